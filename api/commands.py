@@ -1,0 +1,79 @@
+"""Entry-point side of every command: build the envelope, submit it, map the outcome.
+
+REST, GraphQL and WebSocket all call ``submit``; no business rule lives here.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from litestar import Request
+
+from api.auth import actor_of
+from api.errors import ApiError, rejection_error, request_id_of
+from commands.envelope import CommandEnvelope, Outcome
+from infra.bootstrap import ApiContainer
+
+# Namespace for ids derived from an Idempotency-Key: the same key from the same caller names the
+# same command (and, for creations, the same new aggregate), so a retry lands on the same partition.
+IDEMPOTENCY_NS = uuid.UUID("5b0e9a52-4c1f-4d3e-9b7a-2f6c8e1d0a77")
+MAX_KEY_LENGTH = 200
+
+
+def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
+        raise ApiError(400, "invalid_header", f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable characters")
+    return key
+
+
+def expected_version(request: Request[Any, Any, Any]) -> int | None:
+    """``If-Match: <version>`` (quotes and a weak prefix allowed, as for an ETag)."""
+    value = request.headers.get("if-match")
+    if value is None:
+        return None
+    cleaned = value.strip().removeprefix("W/").strip('"')
+    if not cleaned.isdigit():
+        raise ApiError(400, "invalid_header", 'If-Match must be an aggregate version, e.g. If-Match: "3"')
+    return int(cleaned)
+
+
+def derived_id(request: Request[Any, Any, Any], purpose: str) -> str | None:
+    """A stable id from the caller's Idempotency-Key, or None without one."""
+    key = idempotency_key(request)
+    if key is None:
+        return None
+    return str(uuid.uuid5(IDEMPOTENCY_NS, f"{actor_of(request).user_id}\x00{purpose}\x00{key}"))
+
+
+async def submit(
+    request: Request[Any, Any, Any],
+    container: ApiContainer,
+    command_type: str,
+    aggregate_id: str,
+    payload: dict[str, Any],
+    expected: int | None = None,
+) -> Outcome:
+    """Submit one command on behalf of the caller; a refusal raises the mapped ApiError."""
+    request_id = request_id_of(request) or uuid.uuid4().hex
+    command_id = derived_id(request, f"command:{command_type}:{aggregate_id}") or str(uuid.uuid4())
+    envelope = CommandEnvelope(
+        command_id=command_id,
+        type=command_type,
+        aggregate_id=aggregate_id,
+        payload=payload,
+        actor=actor_of(request),
+        expected_version=expected,
+        request_id=request_id,
+        correlation_id=request.headers.get("x-correlation-id", request_id)[:128],
+        submitted_at=time.time(),
+    )
+    outcome = await container.bus.submit(envelope)
+    if not outcome.accepted:
+        assert outcome.rejection is not None
+        raise rejection_error(outcome.rejection)
+    return outcome

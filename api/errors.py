@@ -1,0 +1,96 @@
+"""One table from exceptions to the spec's error envelope: {"error": {code, message, details, request_id}}."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from commands.envelope import Rejection
+from infra.command_bus import CommandTimeout
+
+log = logging.getLogger("pipeline.api")
+
+
+class ApiError(Exception):
+    """An expected failure with its HTTP status and a machine-readable reason."""
+
+    def __init__(self, status: int, reason: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.message, self.details = status, reason, message, details
+
+
+# A refused command's code -> HTTP status.
+REJECTION_STATUS = {
+    "not_found": 404,
+    "conflict": 409,
+    "gone": 410,
+    "invalid": 422,
+    "idempotency_mismatch": 422,
+    "forbidden": 403,
+    "internal": 500,
+}
+
+
+def rejection_error(rejection: Rejection) -> ApiError:
+    return ApiError(REJECTION_STATUS.get(rejection.code, 400), rejection.code, rejection.message, rejection.details)
+
+
+def request_id_of(request: Request[Any, Any, Any]) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+def envelope(
+    request: Request[Any, Any, Any], status: int, reason: str, message: str, details: Any = None
+) -> Response[Any]:
+    body = {
+        "error": {
+            "code": status,
+            "reason": reason,
+            "message": message,
+            "details": details,
+            "request_id": request_id_of(request),
+        }
+    }
+    headers = {"Retry-After": "1"} if status in (503, 504) else None
+    return Response(body, status_code=status, headers=headers)
+
+
+def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
+    return envelope(request, exc.status, exc.reason, exc.message, exc.details)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
+    status = exc.status_code
+    if isinstance(exc, ValidationException):
+        return envelope(request, 400, "validation_error", "the request is not valid", exc.extra or exc.detail)
+    reasons = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+    response = envelope(request, status, reasons.get(status, "http_error"), exc.detail, exc.extra or None)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[Any]:
+    return envelope(
+        request,
+        504,
+        "command_timeout",
+        "the command was accepted but its outcome did not arrive in time; retry with the same Idempotency-Key",
+        {"command_id": str(exc)},
+    )
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return envelope(request, 500, "internal_error", "internal server error")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    CommandTimeout: _timeout,
+    Exception: _unexpected,
+}

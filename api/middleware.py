@@ -1,0 +1,33 @@
+"""Request ids: every request gets one (or keeps a sane incoming one), every response carries it."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def request_id_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = next((v.decode() for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await app(scope, receive, send_with_id)
+
+    return middleware

@@ -1,0 +1,87 @@
+"""Data object commands and their handlers: load the aggregate, call one method."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID, uuid5
+
+import msgspec
+
+from commands.envelope import CommandEnvelope
+from domain.data_object import DataObject
+from domain.errors import DomainError
+
+
+class IngestData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    content_type: str
+    content_hash: str
+    size: int
+    location: str
+    metadata: dict[str, Any] = {}
+    annotations: list[str] = []
+
+
+class AnnotateObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    annotation_id: str
+    annotation_type: str
+    content: Any
+    confidence: float = 1.0
+
+
+class DeleteObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class ObjectNotFound(DomainError):
+    code = "not_found"
+
+
+class ObjectExists(DomainError):
+    code = "conflict"
+
+
+def initial_annotation_id(object_id: UUID, index: int) -> str:
+    """Ids of the annotations given at ingest are derived, so a replay yields the same ids."""
+    return str(uuid5(object_id, f"initial-annotation-{index}"))
+
+
+def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: CommandEnvelope) -> DataObject:
+    if aggregate is not None:
+        raise ObjectExists(f"data object {envelope.aggregate_id} already exists")
+    object_id = UUID(envelope.aggregate_id)
+    obj = DataObject(
+        id=object_id,
+        content_type=command.content_type,
+        content_hash=command.content_hash,
+        size=command.size,
+        location=command.location,
+        metadata=command.metadata,
+        owner=envelope.actor.user_id,
+    )
+    for index, label in enumerate(command.annotations):
+        obj.annotate(initial_annotation_id(object_id, index), "label", label, 1.0, envelope.actor.user_id)
+    return obj
+
+
+def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envelope: CommandEnvelope) -> DataObject:
+    obj = _existing(aggregate, envelope)
+    obj.annotate(
+        command.annotation_id,
+        command.annotation_type,
+        command.content,
+        command.confidence,
+        envelope.actor.user_id,
+    )
+    return obj
+
+
+def delete_object(aggregate: DataObject | None, command: DeleteObject, envelope: CommandEnvelope) -> DataObject:
+    obj = _existing(aggregate, envelope)
+    obj.delete(envelope.actor.user_id)
+    return obj
+
+
+def _existing(aggregate: DataObject | None, envelope: CommandEnvelope) -> DataObject:
+    if aggregate is None:
+        raise ObjectNotFound(f"data object {envelope.aggregate_id} does not exist")
+    return aggregate

@@ -1,0 +1,379 @@
+"""The command processor: the single writer of each partition's aggregates.
+
+It is a consumer group on the commands topic. For each batch of one partition it runs the
+commands against their aggregates and, in ONE Kafka transaction, produces the new events (same
+key, same partition number), each aggregate's new state to the compacted state topic, the
+outcomes the API waits for, and the consumed command offsets (consume-transform-produce). Each
+partition has its own transactional id, so a new owner fences a zombie one. Nothing in RAM is
+needed to restart: states come back from the state topic (see ``state_store``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import msgspec
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import Mapper
+
+from commands.envelope import ENVELOPE_DECODER, CommandEnvelope, Outcome, Position, Rejection, encode
+from commands.registry import execute
+from commands.state_store import AggregateState, PartitionStore, chain_hash
+from domain.errors import DomainError
+
+log = logging.getLogger("pipeline.processor")
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    bootstrap_servers: str
+    commands_topic: str
+    events_topic: str
+    outcomes_topic: str
+    state_topic: str
+    dead_letter_topic: str
+    group_id: str
+    transactional_id_prefix: str
+    state_dir: Path
+    batch_size: int = 500
+    cache_size: int = 10_000
+    commands_per_aggregate: int = 64
+    transaction_timeout_ms: int = 60_000
+
+
+@dataclass
+class _Step:
+    """One command of a batch on its way through the transaction."""
+
+    envelope: CommandEnvelope
+    fingerprint: str
+    state: AggregateState | None = None
+    event_types: list[str] = field(default_factory=list)
+    event_futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    version: int = 0
+    created_at: float = 0.0
+    rejection: Rejection | None = None
+    duplicate_of: bytes | None = None  # the remembered outcome of the same command id
+    same_batch_original: _Step | None = None
+
+
+def fingerprint(envelope: CommandEnvelope) -> str:
+    """What makes two submissions with one command id the same request."""
+    body = orjson.dumps([envelope.type, envelope.aggregate_id, envelope.payload], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(body).hexdigest()[:32]
+
+
+class CommandProcessor:
+    """Consumes commands, writes events + state + outcomes + offsets in one transaction per batch."""
+
+    def __init__(
+        self,
+        config: ProcessorConfig,
+        mapper: Mapper[UUID],
+        run_command: Callable[[CommandEnvelope, Aggregate | None], Aggregate] = execute,
+    ) -> None:
+        self.config = config
+        self.mapper = mapper
+        self.run_command = run_command
+        self._producers: dict[int, AIOKafkaProducer] = {}
+        self._stores: dict[int, PartitionStore] = {}
+        self._lock = asyncio.Lock()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.processed = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process commands until ``stop`` is set."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            group_id=self.config.group_id,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            auto_offset_reset="earliest",
+            max_poll_records=self.config.batch_size,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self.config.commands_topic], listener=_Rebalance(self))
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
+                async with self._lock:
+                    for tp, records in batches.items():
+                        if tp.partition in self._producers:
+                            await self._process_partition(consumer, tp, records)
+        finally:
+            await consumer.stop()
+            async with self._lock:
+                for partition in list(self._producers):
+                    await self._release(partition)
+
+    async def assign(self, partitions: set[TopicPartition]) -> None:
+        """Take ownership: fence the previous owner, then catch the local state up to the state topic."""
+        async with self._lock:
+            for tp in partitions:
+                if tp.partition in self._producers:
+                    continue
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.config.bootstrap_servers,
+                    transactional_id=f"{self.config.transactional_id_prefix}-{tp.partition}",
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=0,
+                    transaction_timeout_ms=self.config.transaction_timeout_ms,
+                )
+                await producer.start()  # init_transactions: aborts whatever a zombie left open
+                store = PartitionStore(
+                    self.config.state_dir / f"{self.config.transactional_id_prefix}-p{tp.partition}.sqlite",
+                    self.mapper,
+                    self.config.cache_size,
+                )
+                await self._restore(store, tp.partition)
+                self._producers[tp.partition] = producer
+                self._stores[tp.partition] = store
+                log.info("owns partition %s", tp.partition)
+
+    async def revoke(self, partitions: set[TopicPartition]) -> None:
+        """Give ownership up between batches, never in the middle of one."""
+        async with self._lock:
+            for tp in partitions:
+                await self._release(tp.partition)
+
+    async def _release(self, partition: int) -> None:
+        producer = self._producers.pop(partition, None)
+        if producer is not None:
+            await producer.stop()
+        store = self._stores.pop(partition, None)
+        if store is not None:
+            store.close()
+
+    async def _restore(self, store: PartitionStore, partition: int) -> None:
+        tp = TopicPartition(self.config.state_topic, partition)
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        await reader.start()
+        try:
+            reader.assign([tp])
+            end = (await reader.end_offsets([tp]))[tp]
+            position = store.next_state_offset
+            if position >= end:
+                return
+            reader.seek(tp, position)
+            restored = 0
+            while position < end:
+                batch = (await reader.getmany(tp, timeout_ms=1000, max_records=5000)).get(tp, [])
+                records = [(r.key.decode(), r.value) for r in batch if r.key is not None and r.value is not None]
+                position = await reader.position(tp)
+                store.restore(records, position)
+                restored += len(records)
+            log.info("partition %s: caught up %s aggregate states from the state topic", partition, restored)
+        finally:
+            await reader.stop()
+
+    async def _process_partition(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
+        producer = self._producers[tp.partition]
+        store = self._stores[tp.partition]
+        touched: dict[str, AggregateState] = {}
+        try:
+            async with producer.transaction():
+                steps = await self._run_commands(producer, store, tp.partition, records, touched)
+                values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
+                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
+        except Exception:
+            # Nothing of the batch is visible: forget in-memory changes and consume it again.
+            log.exception("batch on partition %s aborted; it will be retried", tp.partition)
+            store.forget(touched)
+            committed = await consumer.committed(tp)
+            consumer.seek(tp, committed if committed is not None else records[0].offset)
+            return
+        store.commit(values, touched, next_state_offset)
+        self.processed += len(records)
+
+    async def _run_commands(
+        self,
+        producer: AIOKafkaProducer,
+        store: PartitionStore,
+        partition: int,
+        records: list[Any],
+        touched: dict[str, AggregateState],
+    ) -> list[_Step]:
+        steps: list[_Step] = []
+        in_batch: dict[str, _Step] = {}
+        for record in records:
+            try:
+                envelope = ENVELOPE_DECODER.decode(record.value)
+                UUID(envelope.aggregate_id)
+            except (msgspec.DecodeError, ValueError, TypeError):
+                log.error("undecodable command at %s:%s sent to the dead-letter topic", partition, record.offset)
+                await producer.send(self.config.dead_letter_topic, record.value, key=record.key)
+                continue
+            step = _Step(envelope, fingerprint(envelope))
+            steps.append(step)
+            state = touched.get(envelope.aggregate_id) or store.get(envelope.aggregate_id)
+            touched[envelope.aggregate_id] = state
+            step.state = state
+            remembered = state.commands.get(envelope.command_id)
+            earlier = in_batch.get(envelope.command_id)
+            if remembered is not None or earlier is not None:
+                first_fingerprint = remembered[1] if remembered is not None else earlier.fingerprint  # type: ignore[union-attr]
+                if first_fingerprint != step.fingerprint:
+                    step.rejection = Rejection(
+                        "idempotency_mismatch",
+                        "this Idempotency-Key was already used for a different request",
+                        {"command_id": envelope.command_id},
+                    )
+                elif remembered is not None:
+                    step.duplicate_of = remembered[0]
+                else:
+                    step.same_batch_original = earlier
+                continue
+            in_batch[envelope.command_id] = step
+            await self._apply(producer, partition, step, state)
+        return steps
+
+    async def _apply(self, producer: AIOKafkaProducer, partition: int, step: _Step, state: AggregateState) -> None:
+        envelope = step.envelope
+        try:
+            aggregate = self.run_command(envelope, state.aggregate)
+        except DomainError as exc:
+            step.rejection = Rejection(exc.code, exc.message, dict(exc.details))
+            self._reset(state, envelope.aggregate_id)
+            return
+        except Exception as exc:  # a bug must not block the partition behind one command
+            log.exception("command %s failed unexpectedly", envelope.command_id)
+            step.rejection = Rejection("internal", f"command failed: {type(exc).__name__}")
+            self._reset(state, envelope.aggregate_id)
+            return
+        state.aggregate = aggregate
+        for domain_event in aggregate.collect_events():
+            stored = self.mapper.to_stored_event(domain_event)
+            event_hash = chain_hash(
+                state.last_hash, stored.topic, envelope.aggregate_id, stored.originator_version, stored.state
+            )
+            headers = [
+                ("event_id", uuid.uuid4().hex.encode()),
+                ("event_type", stored.topic.encode()),
+                ("schema_version", str(getattr(type(domain_event), "class_version", 1)).encode()),
+                ("aggregate_id", envelope.aggregate_id.encode()),
+                ("aggregate_version", str(stored.originator_version).encode()),
+                ("command_id", envelope.command_id.encode()),
+                ("correlation_id", (envelope.correlation_id or envelope.command_id).encode()),
+                ("causation_id", envelope.command_id.encode()),
+                ("actor", envelope.actor.user_id.encode()),
+                ("actor_role", envelope.actor.role.encode()),
+                ("timestamp", domain_event.timestamp.isoformat().encode()),
+                ("prev_hash", state.last_hash.encode()),
+                ("hash", event_hash.encode()),
+            ]
+            state.last_hash = event_hash
+            step.event_futures.append(
+                await producer.send(
+                    self.config.events_topic,
+                    stored.state,
+                    key=envelope.aggregate_id.encode(),
+                    partition=partition,
+                    headers=headers,
+                )
+            )
+            step.event_types.append(stored.topic.rsplit(".", 1)[-1])
+            step.version = stored.originator_version
+            if not step.created_at:
+                step.created_at = domain_event.timestamp.timestamp()
+
+    def _reset(self, state: AggregateState, aggregate_id: str) -> None:
+        """A refused command may have half-changed the aggregate in memory: reload it from its snapshot."""
+        if state.aggregate is not None:
+            snapshot = AggregateState.decode(aggregate_id, state.encode(self.mapper), self.mapper)
+            state.aggregate = snapshot.aggregate
+
+    async def _send_results(
+        self,
+        producer: AIOKafkaProducer,
+        partition: int,
+        steps: list[_Step],
+        touched: dict[str, AggregateState],
+    ) -> tuple[dict[str, bytes], int]:
+        """Produce outcomes and new aggregate states; return the states and the next state-topic offset."""
+        outcomes: dict[str, bytes] = {}
+        for step in steps:
+            envelope = step.envelope
+            if step.duplicate_of is not None:
+                outcome = msgspec.structs.replace(_decode_outcome(step.duplicate_of), duplicate=True)
+            elif step.same_batch_original is not None:
+                first = _decode_outcome(outcomes[envelope.command_id])
+                outcome = msgspec.structs.replace(first, duplicate=True)
+            elif step.rejection is not None:
+                outcome = Outcome(
+                    command_id=envelope.command_id,
+                    aggregate_id=envelope.aggregate_id,
+                    accepted=False,
+                    version=step.state.aggregate.version if step.state and step.state.aggregate else 0,
+                    rejection=step.rejection,
+                )
+            else:
+                position = None
+                for future in step.event_futures:
+                    metadata = await future
+                    position = Position(metadata.partition, metadata.offset).token()
+                outcome = Outcome(
+                    command_id=envelope.command_id,
+                    aggregate_id=envelope.aggregate_id,
+                    accepted=True,
+                    version=step.version,
+                    position=position,
+                    event_types=step.event_types,
+                    result={"created_at": step.created_at},
+                )
+                encoded = encode(outcome)
+                outcomes[envelope.command_id] = encoded
+                assert step.state is not None
+                step.state.commands[envelope.command_id] = (encoded, step.fingerprint)
+                while len(step.state.commands) > self.config.commands_per_aggregate:
+                    step.state.commands.popitem(last=False)
+                await producer.send(
+                    self.config.outcomes_topic, encoded, key=envelope.command_id.encode(), partition=partition
+                )
+                continue
+            await producer.send(
+                self.config.outcomes_topic,
+                encode(outcome),
+                key=envelope.command_id.encode(),
+                partition=partition,
+            )
+        changed = {step.envelope.aggregate_id for step in steps if step.event_futures}
+        values = {aggregate_id: touched[aggregate_id].encode(self.mapper) for aggregate_id in changed}
+        last_offset = -1
+        futures = [
+            await producer.send(self.config.state_topic, value, key=aggregate_id.encode(), partition=partition)
+            for aggregate_id, value in values.items()
+        ]
+        for future in futures:
+            last_offset = max(last_offset, (await future).offset)
+        return values, last_offset + 1 if last_offset >= 0 else 0
+
+
+def _decode_outcome(data: bytes) -> Outcome:
+    return msgspec.json.decode(data, type=Outcome)
+
+
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, processor: CommandProcessor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.processor.revoke(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.processor.assign(assigned)

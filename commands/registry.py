@@ -1,0 +1,55 @@
+"""Command type name -> (payload struct, handler). The processor dispatches through this table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from eventsourcing.domain import Aggregate
+
+from commands import data
+from commands.envelope import CommandEnvelope
+from domain.errors import DomainError
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    payload: type[msgspec.Struct]
+    handler: Callable[[Any, Any, CommandEnvelope], Aggregate]
+    creates: bool = False  # the command makes a new aggregate (expected_version must be empty)
+
+
+COMMANDS: dict[str, CommandSpec] = {
+    "IngestData": CommandSpec(data.IngestData, data.ingest_data, creates=True),
+    "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object),
+    "DeleteObject": CommandSpec(data.DeleteObject, data.delete_object),
+}
+
+
+class InvalidCommand(DomainError):
+    code = "invalid"
+
+
+class VersionConflict(DomainError):
+    code = "conflict"
+
+
+def execute(envelope: CommandEnvelope, aggregate: Aggregate | None) -> Aggregate:
+    """Check the expected version, decode the payload, run the handler; return the changed aggregate."""
+    spec = COMMANDS.get(envelope.type)
+    if spec is None:
+        raise InvalidCommand(f"unknown command type {envelope.type!r}")
+    if envelope.expected_version is not None:
+        current = aggregate.version if aggregate is not None else 0
+        if current != envelope.expected_version:
+            raise VersionConflict(
+                f"expected version {envelope.expected_version}, the aggregate is at version {current}",
+                {"expected_version": envelope.expected_version, "current_version": current},
+            )
+    try:
+        payload = msgspec.convert(envelope.payload, spec.payload)
+    except msgspec.ValidationError as exc:
+        raise InvalidCommand(f"invalid {envelope.type} payload: {exc}") from exc
+    return spec.handler(aggregate, payload, envelope)

@@ -1,0 +1,75 @@
+"""The data object aggregate: ingested content (by hash), its annotations, its deletion."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from domain.errors import DomainError
+
+
+class DataObject(Aggregate):
+    class Ingested(Aggregate.Created):
+        content_type: str
+        content_hash: str
+        size: int
+        location: str
+        metadata: dict[str, Any]
+        owner: str
+
+    class Annotated(Aggregate.Event):
+        annotation_id: str
+        annotation_type: str
+        content: Any
+        confidence: float
+        annotator: str
+
+    class Deleted(Aggregate.Event):
+        deleted_by: str
+
+    @event(Ingested)
+    def __init__(
+        self,
+        id: UUID,  # eventsourcing takes the aggregate id from an `id` parameter
+        content_type: str,
+        content_hash: str,
+        size: int,
+        location: str,
+        metadata: dict[str, Any],
+        owner: str,
+    ) -> None:
+        # Only what later decisions need is kept: the read model holds the rest.
+        self.owner = owner
+        self.content_hash = content_hash
+        self.annotation_count = 0
+        self.deleted = False
+
+    def annotate(
+        self, annotation_id: str, annotation_type: str, content: Any, confidence: float, annotator: str
+    ) -> None:
+        self._require_live()
+        self._annotated(annotation_id, annotation_type, content, confidence, annotator)
+
+    @event(Annotated)
+    def _annotated(
+        self, annotation_id: str, annotation_type: str, content: Any, confidence: float, annotator: str
+    ) -> None:
+        self.annotation_count += 1
+
+    def delete(self, deleted_by: str) -> None:
+        self._require_live()
+        self._deleted(deleted_by)
+
+    @event(Deleted)
+    def _deleted(self, deleted_by: str) -> None:
+        self.deleted = True
+
+    def _require_live(self) -> None:
+        if self.deleted:
+            raise ObjectDeleted(f"data object {self.id} was deleted", {"object_id": str(self.id)})
+
+
+class ObjectDeleted(DomainError):
+    code = "gone"

@@ -1,0 +1,136 @@
+"""The composition root: every client and worker is built here from settings, nothing at import."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from psycopg_pool import AsyncConnectionPool
+
+from commands.processor import CommandProcessor, ProcessorConfig
+from infra.blobstore import LocalBlobStore
+from infra.codec import make_mapper
+from infra.command_bus import KafkaCommandBus
+from infra.kafka import Topics, ensure_topics
+from infra.postgres import migrate, open_pool
+from infra.settings import Settings
+from projections.annotations import AnnotationsProjector
+from projections.audit_log import AuditLogProjector
+from projections.changes import ChangeFeed, channel_for
+from projections.data_objects import DataObjectsProjector
+from projections.projector import Projector
+from projections.runner import ProjectionRunner, RunnerConfig
+
+log = logging.getLogger("pipeline.bootstrap")
+
+
+def require_services(settings: Settings) -> None:
+    """Workers and the API connect to services; `pipeline run` or the tests provide them."""
+    missing = [
+        name
+        for name, value in (
+            ("DATABASE_URL", settings.database.url),
+            ("KAFKA_BOOTSTRAP_SERVERS", settings.kafka.bootstrap_servers),
+            ("REDIS_URL", settings.redis.url),
+        )
+        if not value
+    ]
+    if missing:
+        raise SystemExit(f"missing settings: {', '.join(missing)} (or start everything with `make run`)")
+
+
+@dataclass
+class ApiContainer:
+    settings: Settings
+    topics: Topics
+    pool: AsyncConnectionPool
+    bus: KafkaCommandBus
+    blobs: LocalBlobStore
+    changes: ChangeFeed
+    redis: aioredis.Redis
+
+    async def close(self) -> None:
+        await self.bus.stop()
+        await self.changes.stop()
+        await self.pool.close()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
+
+
+def read_model_projectors() -> list[Projector]:
+    """The read models one runner keeps, in the order they are applied."""
+    return [DataObjectsProjector(), AnnotationsProjector(), AuditLogProjector()]
+
+
+async def build_api(settings: Settings) -> ApiContainer:
+    """Connect everything the API needs (topics and schema are created if missing)."""
+    require_services(settings)
+    topics = await ensure_topics(settings.kafka)
+    await migrate(settings.database.url, settings.database.schema)
+    pool = await open_pool(
+        settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
+    )
+    bus = KafkaCommandBus(settings.kafka.bootstrap_servers, topics, settings.kafka.command_timeout_seconds)
+    changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)
+    try:
+        await bus.start()
+        await changes.start()
+    except BaseException:
+        await bus.stop()
+        await changes.stop()
+        await pool.close()
+        raise
+    redis = aioredis.from_url(settings.redis.url)
+    return ApiContainer(settings, topics, pool, bus, LocalBlobStore(settings.storage.blob_path), changes, redis)
+
+
+def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:
+    k = settings.kafka
+    return ProcessorConfig(
+        bootstrap_servers=k.bootstrap_servers,
+        commands_topic=topics.commands,
+        events_topic=topics.events,
+        outcomes_topic=topics.outcomes,
+        state_topic=topics.state,
+        dead_letter_topic=topics.dead_letters,
+        group_id=f"{k.topic_prefix}.{k.processor_group}",
+        transactional_id_prefix=f"{k.topic_prefix}.{k.processor_group}",
+        state_dir=Path(settings.storage.data_dir) / "processor",
+        batch_size=k.processor_batch_size,
+        cache_size=k.processor_cache_size,
+        commands_per_aggregate=k.command_retention_per_aggregate,
+        transaction_timeout_ms=k.transaction_timeout_ms,
+    )
+
+
+async def build_processor(settings: Settings) -> CommandProcessor:
+    require_services(settings)
+    topics = await ensure_topics(settings.kafka)
+    return CommandProcessor(processor_config(settings, topics), make_mapper())
+
+
+def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix: str = "") -> RunnerConfig:
+    k = settings.kafka
+    return RunnerConfig(
+        bootstrap_servers=k.bootstrap_servers,
+        events_topic=topics.events,
+        projection=k.projection_name,
+        group_id=f"{k.topic_prefix}.projection.{k.projection_name}.{schema}{group_suffix}",
+        channel=channel_for(schema),
+        batch_size=k.projection_batch_size,
+    )
+
+
+async def build_runner(settings: Settings, schema: str | None = None, group_suffix: str = "") -> ProjectionRunner:
+    """A projection runner for ``schema`` (the live one by default), with its schema migrated."""
+    require_services(settings)
+    schema = schema or settings.database.schema
+    topics = await ensure_topics(settings.kafka)
+    await migrate(settings.database.url, schema)
+    pool = await open_pool(settings.database.url, schema, 1, 4)
+    return ProjectionRunner(
+        runner_config(settings, topics, schema, group_suffix), pool, make_mapper(), read_model_projectors()
+    )

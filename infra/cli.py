@@ -1,0 +1,142 @@
+"""The `pipeline` command: run everything, or one part of it, and operate the system."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from infra.settings import ENV_ALIASES, Settings, env_name, iter_settings, load_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipeline", description="Pipeline Gateway: event-sourced CQRS API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser(
+        "run",
+        help="start everything on this machine: Kafka, PostgreSQL, Redis (unless given), the API and all workers",
+        description="Start the whole system. Data lives under storage.data_dir (PIPELINE_DATA_DIR, default .data);"
+        " DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, when set, are used instead of starting services."
+        " Ctrl-C stops it all.",
+    )
+    sub.add_parser("api", help="run the HTTP API (uvicorn) on PIPELINE_HOST:PIPELINE_PORT")
+    worker = sub.add_parser("worker", help="run one worker process")
+    worker.add_argument("name", choices=["processor", "projections"], help="which worker")
+    projections = sub.add_parser("projections", help="operate the read models")
+    projections_sub = projections.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = projections_sub.add_parser(
+        "rebuild",
+        help="rebuild the read models from offset 0 into a new schema, then (with --swap) replace the live ones",
+    )
+    rebuild.add_argument("--into", help="schema to build into (default: <live schema>_rebuild_<time>)")
+    rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
+    sub.add_parser("settings", help="list every setting with its environment variable and current value")
+    services = sub.add_parser("services", help="start only Kafka, PostgreSQL and Redis and print where they are")
+    services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    settings = load_settings()
+    if args.command == "run":
+        from infra.supervisor import run_everything
+
+        return run_everything(settings)
+    if args.command == "api":
+        return _run_api(settings)
+    if args.command == "worker":
+        from infra.workers import WORKERS
+
+        asyncio.run(WORKERS[args.name](settings))
+        return 0
+    if args.command == "projections":
+        from infra.rebuild import rebuild_read_models
+
+        asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap))
+        return 0
+    if args.command == "settings":
+        _print_settings(settings)
+        return 0
+    if args.command == "services":
+        from infra.services import ManagedServices
+
+        data_dir = (args.data_dir or Path(settings.storage.data_dir)).resolve()
+        with ManagedServices(data_dir) as managed:
+            endpoints = managed.start()
+            print(f"DATABASE_URL={endpoints.database_url}")
+            print(f"KAFKA_BOOTSTRAP_SERVERS={endpoints.kafka_bootstrap}")
+            print(f"REDIS_URL={endpoints.redis_url}", flush=True)
+            _wait_for_signal()
+        return 0
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _run_api(settings: Settings) -> int:
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:app_factory",
+        factory=True,
+        host=settings.server.host,
+        port=settings.server.port,
+        workers=settings.server.workers if settings.server.workers > 1 else None,
+        log_level="info",
+        access_log=False,
+    )
+    return 0
+
+
+def _print_settings(settings: Settings) -> None:
+    aliases = {v: k for k, v in ENV_ALIASES.items()}
+    for section, key, _ in iter_settings():
+        value = getattr(getattr(settings, section), key)
+        if key == "secret_key" and value:
+            value = "<set>"
+        names = env_name(section, key) + (f" or {aliases[(section, key)]}" if (section, key) in aliases else "")
+        print(f"{section}.{key} = {value!r}    [{names}]")
+
+
+def _wait_for_signal() -> None:
+    received: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: received.append(s))
+    while not received:
+        time.sleep(0.2)
+
+
+def ensure_secret_key(data_dir: Path) -> str:
+    """The embedded default: a random key generated once and kept beside the data."""
+    path = data_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+def python_command(*args: str) -> list[str]:
+    """How to start another `pipeline` subcommand with this interpreter."""
+    return [sys.executable, "-m", "infra.cli", *args]
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = log_path.open("ab")
+    return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The API's side of the write path: produce a command, wait for its outcome.
+
+Commands go to the commands topic keyed by aggregate id. Outcomes come back on the outcomes
+topic; every API process reads all its partitions (from the end, as of its start) and resolves
+the requests it is waiting for. That keeps replicas independent at the cost of each reading
+every outcome, which is small next to the requests themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
+from infra.kafka import Topics
+
+log = logging.getLogger("pipeline.command_bus")
+
+
+class CommandTimeout(Exception):
+    """No outcome in time; the command may still be applied (retry with the same Idempotency-Key)."""
+
+
+class KafkaCommandBus:
+    """Submit command envelopes and await their outcomes."""
+
+    def __init__(self, bootstrap_servers: str, topics: Topics, timeout: float) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topics = topics
+        self.timeout = timeout
+        self._pending: dict[str, list[asyncio.Future[Outcome]]] = {}
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Connect, and position the outcome reader at the end before any command is sent."""
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap_servers, enable_idempotence=True, acks="all", linger_ms=1
+        )
+        await self._producer.start()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            fetch_max_wait_ms=20,
+        )
+        await consumer.start()
+        self._consumer = consumer
+        partitions = await self._producer.partitions_for(self.topics.outcomes)  # waits for metadata
+        tps = [TopicPartition(self.topics.outcomes, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_end(*tps)
+        for tp in tps:
+            await consumer.position(tp)
+        self._task = asyncio.create_task(self._read_outcomes())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def submit(self, envelope: CommandEnvelope) -> Outcome:
+        """Send the command and wait for its outcome; CommandTimeout after the configured time."""
+        assert self._producer is not None, "command bus not started"
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        waiters = self._pending.setdefault(envelope.command_id, [])
+        waiters.append(future)
+        try:
+            await self._producer.send_and_wait(
+                self.topics.commands, encode(envelope), key=envelope.aggregate_id.encode()
+            )
+            return await asyncio.wait_for(future, self.timeout)
+        except TimeoutError as exc:
+            raise CommandTimeout(envelope.command_id) from exc
+        finally:
+            waiters.remove(future)
+            if not waiters:
+                self._pending.pop(envelope.command_id, None)
+
+    async def _read_outcomes(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=500)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reading outcomes failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            for records in batches.values():
+                for record in records:
+                    waiters = self._pending.get(record.key.decode()) if record.key else None
+                    if not waiters:
+                        continue
+                    outcome = OUTCOME_DECODER.decode(record.value)
+                    for future in waiters:
+                        if not future.done():
+                            future.set_result(outcome)

@@ -1,0 +1,256 @@
+"""Typed settings: defaults, then the YAML file, then environment variables.
+
+The YAML file has the shape of the spec's ``api_gateway.yaml`` (sections ``server``, ``cors``,
+``authentication``, ``rate_limiting``, ``websocket``, ``monitoring``) plus the sections this
+system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``). Values may use
+``${VAR}`` or ``${VAR:-default}`` to read the environment.
+
+Every setting can also be given as an environment variable named ``PIPELINE_<SECTION>_<KEY>``
+(for example ``PIPELINE_KAFKA_PARTITIONS``); a few have the short names users expect
+(``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``, ``REDIS_URL``, ``SECRET_KEY``, ``PIPELINE_HOST``,
+``PIPELINE_PORT``, ``PIPELINE_DATA_DIR``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import typing
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    environment: str = "development"  # "production" refuses unsafe defaults
+
+
+@dataclass(frozen=True)
+class CorsSettings:
+    origins: tuple[str, ...] = ("http://localhost:3000",)
+    credentials: bool = True
+    methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    headers: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class AuthenticationSettings:
+    secret_key: str = ""
+    algorithm: str = "HS256"
+    access_token_expire_minutes: int = 30
+    refresh_token_expire_days: int = 7
+
+
+@dataclass(frozen=True)
+class RateLimitingSettings:
+    default_limit: str = "1000 per hour"
+    burst_limit: str = "100 per minute"
+    redis_url: str = ""
+
+
+@dataclass(frozen=True)
+class WebsocketSettings:
+    ping_interval: int = 30
+    ping_timeout: int = 10
+    max_connections: int = 1000
+    max_message_size: int = 1_048_576
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    metrics_enabled: bool = True
+    tracing_enabled: bool = False
+    health_check_path: str = "/health"
+    metrics_path: str = "/metrics"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = ""  # empty: `pipeline run` / the tests start PostgreSQL themselves
+    schema: str = "public"
+    pool_min: int = 2
+    pool_max: int = 10
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap_servers: str = ""  # empty: `pipeline run` / the tests start Apache Kafka themselves
+    topic_prefix: str = "pipeline"
+    partitions: int = 4
+    processor_group: str = "command-processor"
+    projection_name: str = "read-models"
+    command_timeout_seconds: float = 10.0
+    transaction_timeout_ms: int = 60_000
+    processor_batch_size: int = 500
+    processor_cache_size: int = 10_000
+    projection_batch_size: int = 500
+    command_retention_per_aggregate: int = 64
+
+    def topic(self, name: str) -> str:
+        """Full topic name for one of commands/events/outcomes/state."""
+        return f"{self.topic_prefix}.{name}"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = ""  # empty: `pipeline run` / the tests start redis-server themselves
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    data_dir: str = ".data"
+    blob_dir: str = ""  # empty: <data_dir>/blobs
+    max_content_bytes: int = 10 * 1024 * 1024
+    max_metadata_bytes: int = 64 * 1024
+    max_annotations: int = 100
+
+    @property
+    def blob_path(self) -> Path:
+        return Path(self.blob_dir) if self.blob_dir else Path(self.data_dir) / "blobs"
+
+
+@dataclass(frozen=True)
+class ConsistencySettings:
+    wait_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    cors: CorsSettings = field(default_factory=CorsSettings)
+    authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
+    rate_limiting: RateLimitingSettings = field(default_factory=RateLimitingSettings)
+    websocket: WebsocketSettings = field(default_factory=WebsocketSettings)
+    monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
+
+
+# Short environment names users expect, mapped to (section, key).
+ENV_ALIASES: dict[str, tuple[str, str]] = {
+    "DATABASE_URL": ("database", "url"),
+    "KAFKA_BOOTSTRAP_SERVERS": ("kafka", "bootstrap_servers"),
+    "REDIS_URL": ("redis", "url"),
+    "SECRET_KEY": ("authentication", "secret_key"),
+    "PIPELINE_HOST": ("server", "host"),
+    "PIPELINE_PORT": ("server", "port"),
+    "PIPELINE_DATA_DIR": ("storage", "data_dir"),
+}
+CONFIG_FILE_ENV = "PIPELINE_CONFIG"
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class SettingsError(ValueError):
+    """A settings file or variable that cannot be used."""
+
+
+def env_name(section: str, key: str) -> str:
+    """The long environment variable name of one setting."""
+    return f"PIPELINE_{section}_{key}".upper()
+
+
+def iter_settings() -> typing.Iterator[tuple[str, str, Any]]:
+    """(section, key, default) for every setting, in declaration order."""
+    defaults = Settings()
+    for section in dataclasses.fields(Settings):
+        for item in dataclasses.fields(getattr(defaults, section.name)):
+            yield section.name, item.name, getattr(getattr(defaults, section.name), item.name)
+
+
+def load_settings(path: str | Path | None = None, environ: typing.Mapping[str, str] | None = None) -> Settings:
+    """Build settings from defaults, the YAML file (``PIPELINE_CONFIG`` or ``path``) and the environment."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, dict[str, Any]] = {}
+    file = path or env.get(CONFIG_FILE_ENV)
+    if file:
+        raw = _read_yaml(Path(file), env)
+    for section, key, _ in iter_settings():
+        value = env.get(env_name(section, key))
+        if value is not None:
+            raw.setdefault(section, {})[key] = value
+    for name, (section, key) in ENV_ALIASES.items():
+        if env.get(name):
+            raw.setdefault(section, {})[key] = env[name]
+    return _build(raw)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return load_settings()
+
+
+def _read_yaml(path: Path, env: typing.Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SettingsError(f"cannot read settings file {path}: {exc}") from exc
+
+    def substitute(match: re.Match[str]) -> str:
+        return env.get(match.group(1), match.group(2) or "")
+
+    try:
+        data = yaml.safe_load(_VAR.sub(substitute, text)) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"settings file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SettingsError(f"settings file {path} must map section names to mappings")
+    return data
+
+
+def _build(raw: dict[str, dict[str, Any]]) -> Settings:
+    defaults = Settings()
+    sections: dict[str, Any] = {}
+    known = {f.name for f in dataclasses.fields(Settings)}
+    for name in raw:
+        if name not in known:
+            raise SettingsError(f"unknown settings section {name!r}")
+    for section in dataclasses.fields(Settings):
+        current = getattr(defaults, section.name)
+        given = raw.get(section.name, {})
+        fields = {f.name: f for f in dataclasses.fields(current)}
+        for key in given:
+            if key not in fields:
+                raise SettingsError(f"unknown setting {section.name}.{key}")
+        hints = typing.get_type_hints(type(current))
+        changes = {key: _coerce(f"{section.name}.{key}", value, hints[key]) for key, value in given.items()}
+        sections[section.name] = dataclasses.replace(current, **changes)
+    settings = Settings(**sections)
+    if not settings.redis.url and settings.rate_limiting.redis_url:
+        settings = dataclasses.replace(settings, redis=RedisSettings(url=settings.rate_limiting.redis_url))
+    return settings
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(value)
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+        if typing.get_origin(hint) is tuple:
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"setting {name} has an unusable value {value!r}") from exc

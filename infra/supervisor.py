@@ -1,0 +1,102 @@
+"""`pipeline run`: services, then the API and every worker as child processes, until Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from infra.cli import ensure_secret_key, python_command, spawn
+from infra.kafka import ensure_topics
+from infra.postgres import migrate
+from infra.settings import Settings, load_settings
+
+CHILDREN = {
+    "processor": ("worker", "processor"),
+    "projections": ("worker", "projections"),
+    "api": ("api",),
+}
+RESTART_DELAY = 2.0
+
+
+def run_everything(settings: Settings) -> int:
+    """Start (or reuse) the services, then supervise the API and workers; restart any that die."""
+    from infra.services import ManagedServices
+
+    data_dir = Path(settings.storage.data_dir).resolve()
+    logs = data_dir / "logs"
+    managed = ManagedServices(
+        data_dir,
+        kafka_bootstrap=settings.kafka.bootstrap_servers or None,
+        database_url=settings.database.url or None,
+        redis_url=settings.redis.url or None,
+    )
+    stopping: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, _f: stopping.append(s))
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        endpoints = managed.start()
+        env = dict(os.environ)
+        env.update(
+            DATABASE_URL=endpoints.database_url,
+            KAFKA_BOOTSTRAP_SERVERS=endpoints.kafka_bootstrap,
+            REDIS_URL=endpoints.redis_url,
+            PIPELINE_DATA_DIR=str(data_dir),
+            SECRET_KEY=settings.authentication.secret_key or ensure_secret_key(data_dir),
+        )
+        effective = load_settings(environ=env)
+        asyncio.run(_prepare(effective))
+        for name, args in CHILDREN.items():
+            children[name] = spawn(python_command(*args), env, logs / f"{name}.log")
+        _announce(effective, endpoints, data_dir)
+        while not stopping:
+            time.sleep(0.5)
+            for name, child in list(children.items()):
+                code = child.poll()
+                if code is not None and not stopping:
+                    print(f"{name} exited with {code}; restarting (log: {logs / f'{name}.log'})", flush=True)
+                    time.sleep(RESTART_DELAY)
+                    children[name] = spawn(python_command(*CHILDREN[name]), env, logs / f"{name}.log")
+        print("stopping...", flush=True)
+        return 0
+    finally:
+        _stop_children(children)
+        managed.stop()
+
+
+async def _prepare(settings: Settings) -> None:
+    # Topics and schema exist before the children start, so they never race to create them.
+    await ensure_topics(settings.kafka)
+    await migrate(settings.database.url, settings.database.schema)
+
+
+def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
+    host, port = settings.server.host, settings.server.port
+    print(
+        "\nPipeline Gateway is starting:\n"
+        f"  API            http://{host}:{port}   (docs: http://{host}:{port}/api/docs, health: /health)\n"
+        f"  Kafka          {settings.kafka.bootstrap_servers}\n"
+        f"  PostgreSQL     {settings.database.url} (schema {settings.database.schema})\n"
+        f"  Redis          {settings.redis.url}\n"
+        f"  data           {data_dir}\n"
+        f"  logs           {data_dir / 'logs'}\n"
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
+    for child in children.values():
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for child in children.values():
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

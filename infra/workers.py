@@ -1,0 +1,42 @@
+"""Worker process main loops: the command processor and the projection runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from infra.bootstrap import build_processor, build_runner
+from infra.settings import Settings
+
+log = logging.getLogger("pipeline.workers")
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def run_processor(settings: Settings) -> None:
+    """Run the command processor until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    processor = await build_processor(settings)
+    log.info("command processor started (group %s)", processor.config.group_id)
+    await processor.run(stop)
+
+
+async def run_projections(settings: Settings) -> None:
+    """Run the projection runner for the live schema until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    runner = await build_runner(settings)
+    log.info("projection runner started (schema %s)", settings.database.schema)
+    try:
+        await runner.run(stop)
+    finally:
+        await runner.pool.close()
+
+
+WORKERS = {"processor": run_processor, "projections": run_projections}

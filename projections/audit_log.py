@@ -1,0 +1,42 @@
+"""The audit log: every event, with its metadata and hash chain, in one global sequence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from psycopg import AsyncCursor
+from psycopg.types.json import Jsonb
+
+from projections.events import EventRecord
+from projections.projector import Projector
+
+
+class AuditLogProjector(Projector):
+    name = "audit_log"
+
+    async def apply(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        h = record.headers
+        await cur.execute(
+            "INSERT INTO audit_log (event_id, aggregate_id, aggregate_version, event_type, schema_version,"
+            " command_id, correlation_id, causation_id, actor, actor_role, occurred_at, prev_hash, hash,"
+            " topic_partition, topic_offset, payload) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            (
+                h["event_id"],
+                record.aggregate_id,
+                record.version,
+                record.type,
+                int(h.get("schema_version", "1")),
+                h["command_id"],
+                h["correlation_id"],
+                h["causation_id"],
+                h["actor"],
+                h["actor_role"],
+                record.event.timestamp,
+                h["prev_hash"],
+                h["hash"],
+                record.partition,
+                record.offset,
+                Jsonb(orjson.loads(record.state)),
+            ),
+        )

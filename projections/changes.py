@@ -1,0 +1,130 @@
+"""The live change feed: what the runner announces after each commit, and who listens.
+
+The runner calls ``pg_notify`` inside its transaction, so PostgreSQL delivers the message exactly
+when the batch is visible. Each API process keeps one listening connection (``ChangeFeed``): it
+tracks how far the read models have got, for read-your-writes waits, and fans changes out to
+in-process subscribers (bounded queues; a slow subscriber loses its oldest messages and is told).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import orjson
+import psycopg
+
+MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
+log = logging.getLogger("pipeline.changes")
+
+
+def change_payload(projection: str, partition: int, next_offset: int, changes: list[dict[str, Any]]) -> str:
+    """The NOTIFY payload for one committed batch; the change list is cut to fit, and says so."""
+    body: dict[str, Any] = {"projection": projection, "partition": partition, "next_offset": next_offset}
+    encoded = orjson.dumps({**body, "changes": changes})
+    while len(encoded) > MAX_PAYLOAD and changes:
+        changes = changes[: len(changes) // 2]
+        encoded = orjson.dumps({**body, "changes": changes, "truncated": True})
+    return encoded.decode()
+
+
+def channel_for(schema: str) -> str:
+    """One channel per schema, so deployments and tests sharing a database do not hear each other."""
+    return f"pipeline_changes.{schema}"
+
+
+class ChangeFeed:
+    """One LISTEN connection per process: read-model positions and a fan-out of changes."""
+
+    def __init__(self, url: str, schema: str, projection: str, topic: str, queue_size: int = 1000) -> None:
+        self.url = url
+        self.schema = schema
+        self.projection = projection
+        self.topic = topic
+        self.positions: dict[int, int] = {}
+        self.connected = False
+        self._queue_size = queue_size
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._advanced = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start listening; returns once the first connection is up and positions are loaded."""
+        self._task = asyncio.create_task(self._listen_forever())
+        await asyncio.wait_for(self._ready.wait(), timeout=30)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def reached(self, partition: int, offset: int) -> bool:
+        """Has the read model applied the event at ``partition:offset``?"""
+        return self.positions.get(partition, 0) > offset
+
+    async def wait_for(self, partition: int, offset: int, timeout: float) -> bool:
+        """Wait (bounded) until the event at ``partition:offset`` is visible in the read models."""
+        if self.reached(partition, offset):
+            return True
+        try:
+            async with self._advanced:
+                await asyncio.wait_for(self._advanced.wait_for(lambda: self.reached(partition, offset)), timeout)
+            return True
+        except TimeoutError:
+            return self.reached(partition, offset)
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        """A bounded queue of change messages; when full, the oldest message is dropped."""
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(queue)
+
+    async def _listen_forever(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f'LISTEN "{channel_for(self.schema)}"')
+                    await self._load_positions(conn)
+                    self.connected, delay = True, 0.2
+                    self._ready.set()
+                    async for notify in conn.notifies():
+                        await self._on_message(orjson.loads(notify.payload))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnect: positions are reloaded, nothing is lost for waiters
+                self.connected = False
+                log.warning("change feed connection lost (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _load_positions(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        cur = await conn.execute(
+            f'SELECT partition, next_offset FROM "{self.schema}".projection_positions'
+            " WHERE projection = %s AND topic = %s",
+            (self.projection, self.topic),
+        )
+        async with self._advanced:
+            for partition, offset in await cur.fetchall():
+                self.positions[partition] = max(self.positions.get(partition, 0), offset)
+            self._advanced.notify_all()
+
+    async def _on_message(self, message: dict[str, Any]) -> None:
+        if message.get("projection") != self.projection:
+            return
+        async with self._advanced:
+            partition = message["partition"]
+            self.positions[partition] = max(self.positions.get(partition, 0), message["next_offset"])
+            self._advanced.notify_all()
+        for queue in list(self._subscribers):
+            if queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+            queue.put_nowait(message)

@@ -1,0 +1,101 @@
+"""Test harness: workers as real child processes (so they can be SIGKILLed) and waits on positions."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from infra.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Worker:
+    """One `pipeline worker NAME` process with the test's environment."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.env = {**os.environ, **env}
+        self.log_path = log_dir / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "infra.cli", *(["api"] if self.name == "api" else ["worker", self.name])],
+            env=self.env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=out,
+        )
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no flush, like a crash."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 60.0, what: str = "condition") -> Any:
+    """Poll ``check`` until it returns a truthy value (not a sleep-and-hope: it waits on state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def query(settings: Settings, sql: str, params: tuple[Any, ...] = (), schema: str | None = None) -> list[Any]:
+    async with await psycopg.AsyncConnection.connect(
+        settings.database.url, options=f"-c search_path={schema or settings.database.schema}"
+    ) as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def snapshot_read_models(settings: Settings, schema: str | None = None) -> dict[str, list[Any]]:
+    """Every read model's rows in a stable order, minus columns that record when a row was written."""
+    return {
+        "data_objects": await query(
+            settings,
+            "SELECT object_id, object_type, content_type, content_hash, storage_location, size, metadata, owner,"
+            " version, created_at, updated_at FROM data_objects ORDER BY object_id",
+            schema=schema,
+        ),
+        "annotations": await query(settings, "SELECT * FROM annotations ORDER BY annotation_id", schema=schema),
+        "audit_log": await query(
+            settings,
+            "SELECT event_id, aggregate_id, aggregate_version, event_type, command_id, actor, occurred_at, prev_hash,"
+            " hash, topic_partition, topic_offset, payload FROM audit_log ORDER BY topic_partition, topic_offset",
+            schema=schema,
+        ),
+        "aggregate_versions": await query(
+            settings, "SELECT * FROM aggregate_versions ORDER BY aggregate_id", schema=schema
+        ),
+    }

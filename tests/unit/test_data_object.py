@@ -1,0 +1,98 @@
+"""DataObject as Given (past events) / When (command) / Then (new events or refusal)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from commands.envelope import Actor, CommandEnvelope
+from commands.registry import VersionConflict, execute
+from domain.data_object import DataObject, ObjectDeleted
+from domain.errors import DomainError
+
+ALICE = Actor("alice", "user")
+
+
+def envelope(command: str, aggregate_id: UUID, payload: dict, expected: int | None = None) -> CommandEnvelope:
+    return CommandEnvelope(
+        command_id=str(uuid4()),
+        type=command,
+        aggregate_id=str(aggregate_id),
+        payload=payload,
+        actor=ALICE,
+        expected_version=expected,
+    )
+
+
+INGEST = {"content_type": "text/plain", "content_hash": "ab" * 32, "size": 5, "location": "blob://sha256/x"}
+
+
+def given_ingested(object_id: UUID) -> DataObject:
+    obj = execute(envelope("IngestData", object_id, INGEST), None)
+    obj.collect_events()
+    return obj  # type: ignore[return-value]
+
+
+def test_ingest_with_labels_records_ingested_then_one_annotation_per_label() -> None:
+    object_id = uuid4()
+    obj = execute(envelope("IngestData", object_id, {**INGEST, "annotations": ["red", "blue"]}), None)
+    events: Sequence[Any] = obj.collect_events()
+    assert [type(e).__name__ for e in events] == ["Ingested", "Annotated", "Annotated"]
+    assert [e.originator_version for e in events] == [1, 2, 3]
+    assert events[0].owner == "alice"
+    assert [e.content for e in events[1:]] == ["red", "blue"]
+
+
+def test_ingest_of_an_existing_id_is_refused() -> None:
+    object_id = uuid4()
+    obj = given_ingested(object_id)
+    with pytest.raises(DomainError) as refused:
+        execute(envelope("IngestData", object_id, INGEST), obj)
+    assert refused.value.code == "conflict"
+
+
+def test_annotate_records_annotated_with_the_caller_as_annotator() -> None:
+    object_id = uuid4()
+    obj = given_ingested(object_id)
+    payload = {"annotation_id": "a1", "annotation_type": "label", "content": {"x": 1}, "confidence": 0.5}
+    events: Sequence[Any] = execute(envelope("AnnotateObject", object_id, payload), obj).collect_events()
+    assert len(events) == 1
+    assert (events[0].annotator, events[0].confidence, events[0].originator_version) == ("alice", 0.5, 2)
+
+
+def test_annotating_a_missing_object_is_not_found() -> None:
+    payload = {"annotation_id": "a1", "annotation_type": "label", "content": 1}
+    with pytest.raises(DomainError) as refused:
+        execute(envelope("AnnotateObject", uuid4(), payload), None)
+    assert refused.value.code == "not_found"
+
+
+def test_deleted_object_refuses_annotation_and_second_delete() -> None:
+    object_id = uuid4()
+    obj = given_ingested(object_id)
+    events = execute(envelope("DeleteObject", object_id, {}), obj).collect_events()
+    assert [type(e).__name__ for e in events] == ["Deleted"]
+    with pytest.raises(ObjectDeleted):
+        execute(envelope("DeleteObject", object_id, {}), obj)
+    with pytest.raises(ObjectDeleted):
+        execute(
+            envelope("AnnotateObject", object_id, {"annotation_id": "a", "annotation_type": "t", "content": 1}), obj
+        )
+
+
+def test_stale_expected_version_is_a_conflict_and_changes_nothing() -> None:
+    object_id = uuid4()
+    obj = given_ingested(object_id)
+    with pytest.raises(VersionConflict) as refused:
+        execute(envelope("DeleteObject", object_id, {}, expected=7), obj)
+    assert refused.value.details == {"expected_version": 7, "current_version": 1}
+    assert obj.collect_events() == [] and not obj.deleted
+
+
+def test_unknown_payload_fields_are_invalid() -> None:
+    with pytest.raises(DomainError) as refused:
+        execute(envelope("IngestData", uuid4(), {**INGEST, "surprise": 1}), None)
+    assert refused.value.code == "invalid"

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.settings import SettingsError, env_name, iter_settings, load_settings
+
+
+def test_defaults_need_no_file_and_no_environment() -> None:
+    settings = load_settings(environ={})
+    assert settings.server.port == 8000
+    assert settings.storage.max_content_bytes == 10 * 1024 * 1024
+
+
+def test_yaml_file_in_the_spec_shape_with_variable_substitution(tmp_path: Path) -> None:
+    config = tmp_path / "api_gateway.yaml"
+    config.write_text(
+        "server:\n  host: 0.0.0.0\n  port: 9000\n"
+        "authentication:\n  secret_key: ${SECRET}\n  access_token_expire_minutes: 15\n"
+        "rate_limiting:\n  redis_url: ${NOPE:-redis://127.0.0.1:6390/1}\n"
+        "cors:\n  origins:\n    - http://a.example\n    - http://b.example\n"
+    )
+    settings = load_settings(config, environ={"SECRET": "s" * 40})
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 9000)
+    assert settings.authentication.secret_key == "s" * 40
+    assert settings.authentication.access_token_expire_minutes == 15
+    assert settings.cors.origins == ("http://a.example", "http://b.example")
+    assert settings.redis.url == "redis://127.0.0.1:6390/1"  # the spec's rate_limiting.redis_url is honoured
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 9000\nkafka:\n  partitions: 8\n")
+    env = {"PIPELINE_CONFIG": str(config), "PIPELINE_PORT": "9100", "PIPELINE_KAFKA_PARTITIONS": "3"}
+    settings = load_settings(environ=env)
+    assert settings.server.port == 9100
+    assert settings.kafka.partitions == 3
+
+
+def test_short_names_for_service_urls() -> None:
+    env = {"DATABASE_URL": "postgresql://x/y", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "REDIS_URL": "redis://z"}
+    settings = load_settings(environ=env)
+    assert settings.database.url == "postgresql://x/y"
+    assert settings.kafka.bootstrap_servers == "127.0.0.1:1"
+    assert settings.redis.url == "redis://z"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nonsense: {a: 1}\n", "unknown settings section"),
+        ("server:\n  prot: 1\n", "unknown setting server.prot"),
+        ("server:\n  port: many\n", "unusable value"),
+        ("server: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_bad_settings_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(SettingsError, match=message):
+        load_settings(config, environ={})
+
+
+def test_every_setting_has_a_long_environment_name() -> None:
+    names = [env_name(section, key) for section, key, _ in iter_settings()]
+    assert "PIPELINE_KAFKA_TOPIC_PREFIX" in names
+    assert len(names) == len(set(names))
