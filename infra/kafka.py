@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -51,11 +53,33 @@ async def ensure_topics(kafka: KafkaSettings) -> Topics:
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
             log.info("created topics %s", ", ".join(t.name for t in missing))
     finally:
         await admin.close()
     return topics
+
+
+async def topic_partitions(bootstrap_servers: str, topic: str) -> list[int]:
+    """The partition numbers of ``topic`` (waits for metadata, unlike a bare consumer)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        return sorted(await producer.partitions_for(topic))
+    finally:
+        await producer.stop()
+
+
+async def end_offsets(bootstrap_servers: str, topic: str) -> dict[int, int]:
+    """partition -> end offset of what is committed in ``topic`` now (read_committed)."""
+    tps = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap_servers, topic)]
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(tps)
+        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()

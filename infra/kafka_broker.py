@@ -11,6 +11,7 @@ import concurrent.futures
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -152,6 +153,12 @@ def broker_ready(bootstrap: str) -> bool:
         finally:
             await admin.close()
 
+    # A plain connect first: until the broker listens, aiokafka would log an error on every attempt.
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return False
     # A fresh loop in a worker thread, so this works whether or not the caller is inside an event loop.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, probe()).result()

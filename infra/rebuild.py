@@ -17,6 +17,7 @@ import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.bootstrap import build_runner, require_services
+from infra.kafka import end_offsets
 from infra.postgres import check_schema, connection_kwargs
 from infra.settings import Settings
 from projections.runner import ProjectionRunner
@@ -26,14 +27,7 @@ log = logging.getLogger("pipeline.rebuild")
 
 async def event_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """partition -> end offset of committed events now."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, isolation_level="read_committed")
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
-        return {tp.partition: offset for tp, offset in (await consumer.end_offsets(tps)).items()}
-    finally:
-        await consumer.stop()
+    return await end_offsets(settings.kafka.bootstrap_servers, topic)
 
 
 async def rebuild_read_models(settings: Settings, into: str | None = None, *, swap: bool = False) -> str:
@@ -48,15 +42,12 @@ async def rebuild_read_models(settings: Settings, into: str | None = None, *, sw
         print(f"rebuilding read models into schema {target} from {total} events", flush=True)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
-        while True:
-            async with runner.pool.connection() as conn:
-                done = await runner.stored_positions(conn)
-            reached = sum(min(done.get(p, 0), end) for p, end in ends.items())
-            print(f"  {reached}/{total} events", flush=True)
-            if all(done.get(p, 0) >= end for p, end in ends.items()):
-                break
+        while not await runner.caught_up_to(ends):
             if task.done():
                 task.result()  # the runner died: raise its error
+            async with runner.pool.connection() as conn:
+                done = await runner.stored_positions(conn)
+            print(f"  {sum(min(done.get(p, 0), end) for p, end in ends.items())}/{total} offsets", flush=True)
             await asyncio.sleep(1.0)
         stop.set()
         await task

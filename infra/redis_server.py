@@ -19,7 +19,8 @@ def binary() -> str:
 def server_command(home: Path, port: int) -> list[str]:
     """`redis-server` in the foreground on 127.0.0.1:port, keeping its append-only file in home."""
     # --save '' turns RDB snapshots off: the append-only file alone is the durable copy.
-    return [binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home)] + [
+    return [
+        *(binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(home)),
         *("--appendonly", "yes", "--save", "", "--daemonize", "no"),
     ]
 

@@ -46,6 +46,7 @@ class _Child:
     logs: tuple[Path, ...]
     stop_signal: signal.Signals
     stop_timeout: float
+    started: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class ManagedServices:
@@ -121,7 +122,9 @@ class ManagedServices:
             try:
                 child.process.wait(timeout=child.stop_timeout)
             except subprocess.TimeoutExpired:
-                self._log(f"{child.name}: still running {child.stop_timeout:.0f} s after {child.stop_signal.name}; SIGKILL")
+                self._log(
+                    f"{child.name}: still running {child.stop_timeout:.0f} s after {child.stop_signal.name}; SIGKILL"
+                )
                 child.process.kill()
                 child.process.wait()
         self._children.clear()
@@ -138,7 +141,10 @@ class ManagedServices:
     def _launch_kafka(self) -> int:
         home = self._data_dir / "kafka"
         ports, running = self._claim_ports(
-            "kafka", home / "ports.json", ("broker", "controller"), lambda p: kafka_broker.broker_ready(f"127.0.0.1:{p}")
+            "kafka",
+            home / "ports.json",
+            ("broker", "controller"),
+            lambda p: kafka_broker.broker_ready(f"127.0.0.1:{p}"),
         )
         if not running:
             jars = kafka_jars(log=self._log)
@@ -162,9 +168,14 @@ class ManagedServices:
             self._log(f"postgres: starting on 127.0.0.1:{ports['port']}")
             command = postgres_server.server_command(pgdata, ports["port"], sockets)
             # SIGINT is PostgreSQL's "fast" shutdown; SIGTERM ("smart") waits for every client to leave.
-            self._spawn("postgres", command, self._logs / "postgres.log", stop_signal=signal.SIGINT, cwd=root, **(
-                postgres_server.run_as()
-            ))
+            self._spawn(
+                "postgres",
+                command,
+                self._logs / "postgres.log",
+                stop_signal=signal.SIGINT,
+                cwd=root,
+                **(postgres_server.run_as()),
+            )
         return ports["port"]
 
     def _launch_redis(self) -> int:
@@ -230,7 +241,12 @@ class ManagedServices:
             # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the services
             # in order rather than all of them receiving SIGINT at once.
             process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True, **popen
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                **popen,
             )
         self._children.append(_Child(name, process, (out, *logs), stop_signal, stop_timeout))
         atexit.register(self.stop)  # one registration: atexit.unregister drops every equal entry
@@ -244,7 +260,7 @@ class ManagedServices:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not accept connections within {timeout:.0f} s{_tails(child)}")
             time.sleep(0.2)
-        self._log(f"{name}: ready")
+        self._log(f"{name}: ready" + (f", {time.monotonic() - child.started:.1f} s after its start" if child else ""))
 
 
 def _port_free(port: int) -> bool:
@@ -261,8 +277,8 @@ def _port_free(port: int) -> bool:
 def _tails(child: _Child | None, lines: int = 30) -> str:
     parts = []
     for path in child.logs if child else ():
-        if path.is_file():
-            text = path.read_text(errors="replace").strip().splitlines()[-lines:]
+        text = path.read_text(errors="replace").strip().splitlines()[-lines:] if path.is_file() else []
+        if text:
             parts.append(f"\n--- last lines of {path} ---\n" + "\n".join(text))
     return "".join(parts)
 
@@ -280,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         " {kafka_bootstrap, database_url, redis_url} as one JSON line on stdout (progress goes to stderr),"
         " and keep them running until Ctrl-C or SIGTERM.",
     )
-    up.add_argument("--data-dir", type=Path, default=Path(".data"), help="where their data and logs live (default: .data)")
+    up.add_argument(
+        "--data-dir", type=Path, default=Path(".data"), help="where their data and logs live (default: .data)"
+    )
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)

@@ -75,12 +75,30 @@ class ProjectionRunner:
         await consumer.start()
         try:
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
+                # Fetch and apply under one lock, so "the consumer's position" always means "applied".
                 async with self._lock:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
                     for tp, records in batches.items():
                         await self.apply_batch(consumer, tp, records)
         finally:
             await consumer.stop()
+
+    async def caught_up_to(self, ends: dict[int, int]) -> bool:
+        """Has every record before ``ends`` been consumed and applied?
+
+        Stored positions cannot say it: transaction markers take offsets after the last event.
+        """
+        consumer = self.consumer
+        if consumer is None:
+            return False
+        async with self._lock:
+            assigned = {tp.partition: tp for tp in consumer.assignment()}
+            for partition, end in ends.items():
+                if end == 0:
+                    continue
+                if partition not in assigned or await consumer.position(assigned[partition]) < end:
+                    return False
+        return True
 
     async def stored_positions(self, conn: AsyncConnection[Any]) -> dict[int, int]:
         """partition -> next offset to apply, as committed in PostgreSQL."""
