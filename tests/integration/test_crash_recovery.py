@@ -33,7 +33,7 @@ async def ingest_many(
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-def audit_count_reaches(settings: Settings, expected: int):  # type: ignore[no-untyped-def]
+def audit_count_reaches(settings: Settings, expected: int):
     async def check() -> bool:
         rows = await query(settings, "SELECT count(*) FROM audit_log")
         assert rows[0][0] <= expected, f"more events applied than exist: {rows[0][0]} > {expected}"
