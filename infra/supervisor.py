@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ CHILDREN = {
     "api": ("api",),
 }
 RESTART_DELAY = 2.0
+RUNTIME_FILE = "runtime.json"  # where a running system says what it is made of (for bench/ and operators)
 
 
 def run_everything(settings: Settings) -> int:
@@ -52,6 +54,7 @@ def run_everything(settings: Settings) -> int:
         asyncio.run(_prepare(effective))
         for name, args in CHILDREN.items():
             children[name] = spawn(python_command(*args), env, logs / f"{name}.log")
+        _write_runtime(data_dir, effective, children)
         _announce(effective, endpoints, data_dir)
         while not stopping:
             time.sleep(0.5)
@@ -61,17 +64,31 @@ def run_everything(settings: Settings) -> int:
                     print(f"{name} exited with {code}; restarting (log: {logs / f'{name}.log'})", flush=True)
                     time.sleep(RESTART_DELAY)
                     children[name] = spawn(python_command(*CHILDREN[name]), env, logs / f"{name}.log")
+                    _write_runtime(data_dir, effective, children)
         print("stopping...", flush=True)
         return 0
     finally:
         _stop_children(children)
         managed.stop()
+        (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
 
 
 async def _prepare(settings: Settings) -> None:
     # Topics and schema exist before the children start, so they never race to create them.
     await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
+
+
+def _write_runtime(data_dir: Path, settings: Settings, children: dict[str, subprocess.Popen[bytes]]) -> None:
+    runtime = {
+        "api": f"http://{settings.server.host}:{settings.server.port}",
+        "database_url": settings.database.url,
+        "schema": settings.database.schema,
+        "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
+        "redis_url": settings.redis.url,
+        "pids": {name: child.pid for name, child in children.items()},
+    }
+    (data_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
 
 
 def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:

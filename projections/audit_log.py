@@ -20,7 +20,9 @@ class AuditLogProjector(Projector):
         await cur.execute(
             "INSERT INTO audit_log (event_id, aggregate_id, aggregate_version, event_type, schema_version,"
             " command_id, correlation_id, causation_id, actor, actor_role, occurred_at, prev_hash, hash,"
-            " topic_partition, topic_offset, payload) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            " topic_partition, topic_offset, payload, recorded_at)"
+            # clock_timestamp(), not now(): the time of applying, which the lag figures are made of
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, clock_timestamp())",
             (
                 h["event_id"],
                 record.aggregate_id,

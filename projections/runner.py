@@ -78,8 +78,8 @@ class ProjectionRunner:
                 # Fetch and apply under one lock, so "the consumer's position" always means "applied".
                 async with self._lock:
                     batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
-                    for tp, records in batches.items():
-                        await self.apply_batch(consumer, tp, records)
+                    # One transaction (and pool connection) per partition, side by side.
+                    await asyncio.gather(*(self.apply_batch(consumer, tp, records) for tp, records in batches.items()))
         finally:
             await consumer.stop()
 

@@ -1,0 +1,149 @@
+"""Ingest benchmark: drives POST /api/v1/ingest of a running system (`make run`) with wrk, prints JSON.
+
+Figures: requests/s and latency percentiles (request -> outcome, i.e. events durable in Kafka),
+projection lag (event created -> applied in PostgreSQL, from audit_log), peak RSS (VmHWM) of the
+API and each worker, and the core count. The request body is the one of ../shared/peers/ingest.lua
+when that file is there, so the figures compare with the peers' (run_peers.sh) in the same sitting.
+
+    python bench/ingest.py --connections 64 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psycopg
+
+HERE = Path(__file__).resolve().parent
+PEER_BODY = HERE.parent.parent / "shared" / "peers" / "ingest.lua"
+DEFAULT_BODY = (
+    '{"content": "The quick brown fox jumps over the lazy dog. Kafka keeps an ordered log.",'
+    ' "content_type": "text/plain", "metadata": {"source": "bench", "n": 1}}'
+)
+
+
+def request_body() -> str:
+    if PEER_BODY.exists():
+        match = re.search(r"wrk\.body\s*=\s*'(.*)'", PEER_BODY.read_text())
+        if match:
+            return match.group(1)
+    return DEFAULT_BODY
+
+
+def memory_kb(pid: int) -> dict[str, int]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of a process, in kB."""
+    figures = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            figures[key] = int(value.split()[0])
+    return figures
+
+
+def run_wrk(url: str, body_file: str, connections: int, seconds: int, threads: int) -> dict[str, float]:
+    env = {**os.environ, "BODY_FILE": body_file}
+    args = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "wrk_json.lua"),
+    ]
+    out = subprocess.run([*args, f"{url}/api/v1/ingest"], env=env, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("{"))
+    return dict(json.loads(line))
+
+
+def projection_lag(
+    database_url: str, schema: str, since: datetime, expected: int, wait: float = 60.0
+) -> dict[str, float]:
+    """Lag percentiles (ms) of events created since ``since``, once all ``expected`` are applied."""
+    with psycopg.connect(database_url, options=f"-c search_path={schema}") as conn:
+        deadline = time.monotonic() + wait
+        count = 0
+        while time.monotonic() < deadline:
+            row = conn.execute("SELECT count(*) FROM audit_log WHERE occurred_at >= %s", (since,)).fetchone()
+            count = row[0] if row else 0
+            if count >= expected:
+                break
+            time.sleep(0.5)
+        row = conn.execute(
+            "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag),"
+            " percentile_cont(0.99) WITHIN GROUP (ORDER BY lag),"
+            " max(lag) FROM (SELECT extract(epoch FROM recorded_at - occurred_at) * 1000 AS lag FROM audit_log"
+            " WHERE occurred_at >= %s) AS lags",
+            (since,),
+        ).fetchone()
+    assert row is not None
+    return {
+        "applied": count,
+        "lag_p50_ms": round(float(row[0] or 0), 2),
+        "lag_p99_ms": round(float(row[1] or 0), 2),
+        "lag_max_ms": round(float(row[2] or 0), 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("PIPELINE_DATA_DIR", ".data")),
+        help="data directory of the running system (its runtime.json names the parts)",
+    )
+    parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
+    parser.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds first (default 2)")
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    args = parser.parse_args()
+
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk (Debian package wrk; `make system-deps` installs it)")
+    runtime_file = args.data_dir / "runtime.json"
+    if not runtime_file.exists():
+        sys.exit(f"no running system found ({runtime_file} is missing): start it with `make run`")
+    runtime = json.loads(runtime_file.read_text())
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as body:
+        body.write(request_body())
+    print(f"warming up for {args.warmup}s...", file=sys.stderr)
+    run_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads)
+    since = datetime.now(UTC)
+    print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)
+    load = run_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads)
+    print("waiting for the projection to apply everything...", file=sys.stderr)
+    lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))
+    Path(body.name).unlink()
+    memory = {name: memory_kb(pid) for name, pid in runtime["pids"].items()}
+    result = {
+        "benchmark": "ingest",
+        "connections": args.connections,
+        "duration_s": load["duration_s"],
+        "requests": load["requests"],
+        "non2xx": load["non2xx"],
+        "socket_errors": load["socket_errors"],
+        "commands_per_s": round(load["requests"] / load["duration_s"], 1),
+        "latency_ms": {k: load[f"{k}_ms"] for k in ("p50", "p95", "p99", "max")},
+        "projection": lag,
+        "peak_rss_mb": {name: round(m["VmHWM"] / 1024, 1) for name, m in memory.items()},
+        "rss_mb": {name: round(m["VmRSS"] / 1024, 1) for name, m in memory.items()},
+        "cores": os.cpu_count(),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
