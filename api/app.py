@@ -18,6 +18,7 @@ from api.errors import EXCEPTION_HANDLERS
 from api.health import HealthController
 from api.middleware import request_id_middleware
 from api.rest.data import DataController
+from api.rest.search import SearchController
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
 
@@ -45,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     cors = settings.cors
     return Litestar(
-        route_handlers=[DataController, HealthController],
+        route_handlers=[DataController, SearchController, HealthController],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -51,5 +51,12 @@ class LocalBlobStore:
         except FileNotFoundError as exc:
             raise BlobNotFound(content_hash) from exc
 
+    def find(self, content_hash: str) -> bytes | None:
+        """The bytes with this sha256, or None."""
+        try:
+            return self.get(content_hash)
+        except BlobNotFound:
+            return None
+
     def _path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest

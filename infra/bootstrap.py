@@ -60,9 +60,9 @@ class ApiContainer:
             await self.redis.aclose()
 
 
-def read_model_projectors() -> list[Projector]:
+def read_model_projectors(blobs: LocalBlobStore | None = None) -> list[Projector]:
     """The read models one runner keeps, in the order they are applied."""
-    return [DataObjectsProjector(), AnnotationsProjector(), AuditLogProjector()]
+    return [DataObjectsProjector(blobs.find if blobs else None), AnnotationsProjector(), AuditLogProjector()]
 
 
 async def build_api(settings: Settings) -> ApiContainer:
@@ -132,5 +132,8 @@ async def build_runner(settings: Settings, schema: str | None = None, group_suff
     await migrate(settings.database.url, schema)
     pool = await open_pool(settings.database.url, schema, 1, 4)
     return ProjectionRunner(
-        runner_config(settings, topics, schema, group_suffix), pool, make_mapper(), read_model_projectors()
+        runner_config(settings, topics, schema, group_suffix),
+        pool,
+        make_mapper(),
+        read_model_projectors(LocalBlobStore(settings.storage.blob_path)),
     )

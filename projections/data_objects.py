@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -24,8 +26,24 @@ def object_type(content_type: str) -> str:
     return "binary"
 
 
+# Only this much of an object's text is indexed, so one huge object cannot stall the projection.
+MAX_INDEXED_BYTES = 1024 * 1024
+ContentLoader = Callable[[str], bytes | None]  # content hash -> bytes, None when absent
+
+
+def searchable_text(content_type: str, content: bytes | None, metadata: dict[str, Any]) -> str:
+    """What full-text search sees: decoded text/JSON content (bounded) and the metadata's values."""
+    parts = [str(value) for value in metadata.values() if isinstance(value, str | int | float)]
+    if content is not None and object_type(content_type) in {"text", "json"}:
+        parts.append(content[:MAX_INDEXED_BYTES].decode("utf-8", errors="replace"))
+    return "\n".join(parts)
+
+
 class DataObjectsProjector(Projector):
     name = "data_objects"
+
+    def __init__(self, load_content: ContentLoader | None = None) -> None:
+        self.load_content = load_content or (lambda _hash: None)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -38,7 +56,8 @@ class DataObjectsProjector(Projector):
         e = record.event
         await cur.execute(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
-            " metadata, owner, version, created_at, updated_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            " metadata, owner, version, created_at, updated_at, search)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector('simple', %s))",
             (
                 record.aggregate_id,
                 object_type(e.content_type),
@@ -51,6 +70,7 @@ class DataObjectsProjector(Projector):
                 record.version,
                 e.timestamp,
                 e.timestamp,
+                searchable_text(e.content_type, self.load_content(e.content_hash), e.metadata),
             ),
         )
 
@@ -75,3 +95,34 @@ async def get_data_object(conn: AsyncConnection[Any], object_id: str) -> dict[st
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(f"SELECT {_COLUMNS} FROM data_objects WHERE object_id = %s", (object_id,))
         return await cur.fetchone()
+
+
+SEARCH_FILTERS = {"content_type", "object_type", "owner", "metadata"}
+
+
+async def search_data_objects(
+    conn: AsyncConnection[Any], query: str, filters: dict[str, Any], limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    """Objects matching ``query`` (web-search syntax) and ``filters``, best first, with the total count."""
+    where = ["search @@ q"]
+    params: list[Any] = [query]
+    for key in ("content_type", "object_type", "owner"):
+        if key in filters:
+            where.append(f"{key} = %s")
+            params.append(str(filters[key]))
+    if "metadata" in filters:
+        where.append("metadata @> %s::jsonb")
+        params.append(orjson.dumps(filters["metadata"]).decode())
+    params += [limit, offset]
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS}, ts_rank(search, q) AS score, count(*) OVER () AS total"
+            " FROM data_objects, websearch_to_tsquery('simple', %s) AS q"
+            f" WHERE {' AND '.join(where)} ORDER BY score DESC, created_at DESC LIMIT %s OFFSET %s",
+            params,
+        )
+        rows = await cur.fetchall()
+    total = int(rows[0].pop("total")) if rows else 0
+    for row in rows[1:]:
+        row.pop("total")
+    return rows, total

@@ -1,0 +1,82 @@
+"""REST: full-text search across ingested data objects."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from api.errors import ApiError
+from api.rest.data import DataObject
+from infra.bootstrap import ApiContainer
+from projections.data_objects import SEARCH_FILTERS, search_data_objects
+
+SUPPORTED_MODALITIES = {"text"}
+MAX_QUERY_LENGTH = 500
+
+
+class SearchHit(DataObject):
+    score: float = 0.0
+
+
+class SearchResults(msgspec.Struct):
+    results: list[SearchHit]
+    total: int
+    query: str
+    filters: dict[str, Any]
+
+
+def parse_filters(raw: str | None) -> dict[str, Any]:
+    """The spec's ``filters`` query parameter: a JSON object over known keys."""
+    if not raw:
+        return {}
+    try:
+        filters = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "validation_error", "filters must be a JSON object") from exc
+    if not isinstance(filters, dict):
+        raise ApiError(400, "validation_error", "filters must be a JSON object")
+    unknown = set(filters) - SEARCH_FILTERS
+    if unknown:
+        raise ApiError(
+            400, "validation_error", f"unknown filters {sorted(unknown)}", {"allowed": sorted(SEARCH_FILTERS)}
+        )
+    if "metadata" in filters and not isinstance(filters["metadata"], dict):
+        raise ApiError(400, "validation_error", "filters.metadata must be a JSON object")
+    return filters
+
+
+async def run_search(
+    container: ApiContainer, query: str, modality: str, limit: int, offset: int, filters: dict[str, Any]
+) -> SearchResults:
+    """Search shared by REST and GraphQL."""
+    if modality not in SUPPORTED_MODALITIES:
+        raise ApiError(
+            422, "unsupported_modality", f"modality {modality!r} is not supported", sorted(SUPPORTED_MODALITIES)
+        )
+    if not query.strip() or len(query) > MAX_QUERY_LENGTH:
+        raise ApiError(400, "validation_error", f"query must be 1..{MAX_QUERY_LENGTH} characters")
+    async with container.pool.connection() as conn:
+        rows, total = await search_data_objects(conn, query, filters, limit, offset)
+    hits = [SearchHit(**row, annotations=[]) for row in rows]
+    return SearchResults(results=hits, total=total, query=query, filters=filters)
+
+
+class SearchController(Controller):
+    path = "/api/v1"
+    tags = ["search"]
+
+    @get("/search", operation_id="searchData", summary="Search across ingested data")
+    async def search(
+        self,
+        container: ApiContainer,
+        # `query` is a reserved litestar parameter name (the whole query string), hence the alias.
+        search_query: Annotated[str, Parameter(query="query", max_length=MAX_QUERY_LENGTH)],
+        modality: str = "text",
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
+        offset: Annotated[int, Parameter(ge=0, le=10_000)] = 0,
+        filters: str | None = None,
+    ) -> SearchResults:
+        return await run_search(container, search_query, modality, limit, offset, parse_filters(filters))
