@@ -41,7 +41,7 @@ async def test_search_filters_by_metadata_and_type(client: AsyncClient) -> None:
 
 
 async def test_bad_search_requests_are_4xx(client: AsyncClient) -> None:
-    cases = [
+    cases: list[tuple[dict[str, Any], int]] = [
         ({"query": "x", "filters": "[1]"}, 400),
         ({"query": "x", "filters": '{"colour": "red"}'}, 400),
         ({"query": "x", "filters": "{"}, 400),
