@@ -13,12 +13,17 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp
+from strawberry.litestar import make_graphql_controller
 
 from api.errors import EXCEPTION_HANDLERS
+from api.graphql.context import context_getter
+from api.graphql.schema import schema
 from api.health import HealthController
+from api.hub import LiveHub
 from api.middleware import request_id_middleware
 from api.rest.data import DataController
 from api.rest.search import SearchController
+from api.ws import websocket_endpoint
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
 
@@ -35,9 +40,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await build_api(settings)
         app.state.container = container
+        app.state.hub = LiveHub(container.changes)
+        app.state.hub.start()
         try:
             yield
         finally:
+            await app.state.hub.stop()
             await container.close()
 
     def provide_container(state: State) -> ApiContainer:
@@ -46,7 +54,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     cors = settings.cors
     return Litestar(
-        route_handlers=[DataController, SearchController, HealthController],
+        route_handlers=[
+            DataController,
+            SearchController,
+            HealthController,
+            websocket_endpoint,
+            make_graphql_controller(
+                schema, path="/api/graphql", context_getter=context_getter, graphql_ide="apollo-sandbox"
+            ),
+        ],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

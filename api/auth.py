@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar.connection import ASGIConnection
 
 from commands.envelope import Actor
 
 ANONYMOUS = Actor(user_id="anonymous", role="user")
 
 
-def actor_of(request: Request[Any, Any, Any]) -> Actor:
+def actor_of(request: ASGIConnection[Any, Any, Any, Any]) -> Actor:
     return ANONYMOUS

@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Any
 
-from litestar import Request
+from litestar.connection import ASGIConnection
 
 from api.auth import actor_of
 from api.errors import ApiError, rejection_error, request_id_of
@@ -22,7 +22,7 @@ IDEMPOTENCY_NS = uuid.UUID("5b0e9a52-4c1f-4d3e-9b7a-2f6c8e1d0a77")
 MAX_KEY_LENGTH = 200
 
 
-def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+def idempotency_key(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
         return None
@@ -31,7 +31,7 @@ def idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     return key
 
 
-def expected_version(request: Request[Any, Any, Any]) -> int | None:
+def expected_version(request: ASGIConnection[Any, Any, Any, Any]) -> int | None:
     """``If-Match: <version>`` (quotes and a weak prefix allowed, as for an ETag)."""
     value = request.headers.get("if-match")
     if value is None:
@@ -42,7 +42,7 @@ def expected_version(request: Request[Any, Any, Any]) -> int | None:
     return int(cleaned)
 
 
-def derived_id(request: Request[Any, Any, Any], purpose: str) -> str | None:
+def derived_id(request: ASGIConnection[Any, Any, Any, Any], purpose: str) -> str | None:
     """A stable id from the caller's Idempotency-Key, or None without one."""
     key = idempotency_key(request)
     if key is None:
@@ -51,7 +51,7 @@ def derived_id(request: Request[Any, Any, Any], purpose: str) -> str | None:
 
 
 async def submit(
-    request: Request[Any, Any, Any],
+    request: ASGIConnection[Any, Any, Any, Any],
     container: ApiContainer,
     command_type: str,
     aggregate_id: str,

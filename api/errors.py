@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from litestar import Request, Response
+from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, ValidationException
 
 from commands.envelope import Rejection
@@ -38,7 +39,7 @@ def rejection_error(rejection: Rejection) -> ApiError:
     return ApiError(REJECTION_STATUS.get(rejection.code, 400), rejection.code, rejection.message, rejection.details)
 
 
-def request_id_of(request: Request[Any, Any, Any]) -> str | None:
+def request_id_of(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     return request.scope.get("state", {}).get("request_id")
 
 

@@ -47,3 +47,17 @@ async def annotations_of(conn: AsyncConnection[Any], object_id: str) -> list[dic
             (object_id,),
         )
         return await cur.fetchall()
+
+
+async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Annotations of several objects in one query (for DataLoaders), oldest first per object."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT object_id::text AS object_id, annotation_id, annotator_id, annotation_type, content, confidence,"
+            " created_at FROM annotations WHERE object_id = ANY(%s::uuid[]) ORDER BY created_at, annotation_id",
+            (object_ids,),
+        )
+        for row in await cur.fetchall():
+            found.setdefault(row.pop("object_id"), []).append(row)
+    return found

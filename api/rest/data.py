@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
@@ -12,15 +11,12 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
-from api.commands import derived_id, expected_version, submit
-from api.errors import ApiError
-from commands.envelope import Outcome, Position
+from api import data_service
+from api.commands import expected_version
+from commands.envelope import Outcome
 from infra.bootstrap import ApiContainer
-from projections.annotations import annotations_of
-from projections.data_objects import get_data_object
 
 CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;.{0,200})?$"
-LARGE_CONTENT = 256 * 1024  # above this, hashing and writing the blob leaves the event loop
 
 
 class DataIngestionRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -102,31 +98,12 @@ class DataController(Controller):
         self, request: Request[Any, Any, Any], data: DataIngestionRequest, container: ApiContainer
     ) -> Response[DataIngestionResponse]:
         started = time.perf_counter()
-        limits = container.settings.storage
-        content = data.content.encode()
-        if len(content) > limits.max_content_bytes:
-            raise ApiError(413, "too_large", f"content is larger than {limits.max_content_bytes} bytes")
-        if len(msgspec.json.encode(data.metadata)) > limits.max_metadata_bytes:
-            raise ApiError(413, "too_large", f"metadata is larger than {limits.max_metadata_bytes} bytes")
-        labels = data.annotations or []
-        if len(labels) > limits.max_annotations:
-            raise ApiError(422, "invalid", f"at most {limits.max_annotations} initial annotations")
-        if len(content) > LARGE_CONTENT:
-            blob = await asyncio.to_thread(container.blobs.put, content)
-        else:
-            blob = container.blobs.put(content)
-        object_id = derived_id(request, "ingest") or str(uuid.uuid4())
-        payload = {
-            "content_type": data.content_type,
-            "content_hash": blob.content_hash,
-            "size": blob.size,
-            "location": blob.location,
-            "metadata": data.metadata,
-            "annotations": labels,
-        }
-        outcome = await submit(request, container, "IngestData", object_id, payload)
+        written = await data_service.ingest(
+            request, container, data.content, data.content_type, data.metadata, data.annotations
+        )
+        outcome = written.outcome
         body = DataIngestionResponse(
-            object_id=object_id,
+            object_id=written.aggregate_id,
             status="success",
             created_at=datetime.fromtimestamp(outcome.result.get("created_at", time.time()), UTC),
             processing_time_ms=round((time.perf_counter() - started) * 1000, 3),
@@ -143,13 +120,9 @@ class DataController(Controller):
         container: ApiContainer,
         consistency_token: ConsistencyToken = None,
     ) -> Response[DataObject]:
-        await _wait_for_token(request, container, consistency_token)
-        async with container.pool.connection() as conn:
-            row = await get_data_object(conn, str(object_id))
-            if row is None:
-                raise ApiError(404, "not_found", f"data object {object_id} does not exist")
-            notes = await annotations_of(conn, str(object_id))
-        body = DataObject(**row, annotations=[Annotation(**n) for n in notes])
+        token = consistency_token or request.headers.get("x-consistency-token")
+        row = await data_service.read(container, str(object_id), token)
+        body = msgspec.convert(row, DataObject, from_attributes=True)
         return Response(body, headers={"ETag": f'"{body.version}"'})
 
     @post(
@@ -161,24 +134,25 @@ class DataController(Controller):
     async def annotate(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, data: AnnotationCreate, container: ApiContainer
     ) -> Response[AnnotationCreated]:
-        if len(msgspec.json.encode(data.content)) > container.settings.storage.max_metadata_bytes:
-            raise ApiError(413, "too_large", "annotation content is too large")
-        annotation_id = derived_id(request, f"annotation:{object_id}") or str(uuid.uuid4())
-        payload = {
-            "annotation_id": annotation_id,
-            "annotation_type": data.annotation_type,
-            "content": data.content,
-            "confidence": data.confidence,
-        }
-        outcome = await submit(request, container, "AnnotateObject", str(object_id), payload, expected_version(request))
-        body = AnnotationCreated(annotation_id, str(object_id), outcome.version, outcome.position)
+        written = await data_service.annotate(
+            request,
+            container,
+            str(object_id),
+            data.annotation_type,
+            data.content,
+            data.confidence,
+            expected_version(request),
+        )
+        outcome = written.outcome
+        body = AnnotationCreated(written.created_id or "", str(object_id), outcome.version, outcome.position)
         return Response(body, status_code=201, headers=_write_headers(outcome))
 
     @delete("/data/{object_id:uuid}", operation_id="deleteDataObject", status_code=200, summary="Delete a data object")
     async def delete_object(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer
     ) -> Response[Deleted]:
-        outcome = await submit(request, container, "DeleteObject", str(object_id), {}, expected_version(request))
+        written = await data_service.delete(request, container, str(object_id), expected_version(request))
+        outcome = written.outcome
         body = Deleted("deleted", str(object_id), outcome.version, outcome.position)
         return Response(body, headers=_write_headers(outcome))
 
@@ -190,21 +164,3 @@ def _write_headers(outcome: Outcome) -> dict[str, str]:
     if outcome.duplicate:
         headers["Idempotent-Replayed"] = "true"
     return headers
-
-
-async def _wait_for_token(request: Request[Any, Any, Any], container: ApiContainer, query_token: str | None) -> None:
-    token = query_token or request.headers.get("x-consistency-token")
-    if not token:
-        return
-    try:
-        position = Position.parse(token)
-    except ValueError as exc:
-        raise ApiError(400, "invalid_token", "consistency token must look like '<partition>:<offset>'") from exc
-    timeout = container.settings.consistency.wait_timeout_seconds
-    if not await container.changes.wait_for(position.partition, position.offset, timeout):
-        raise ApiError(
-            503,
-            "not_yet_consistent",
-            f"the read model has not reached position {token} within {timeout:g}s; retry shortly",
-            {"position": token},
-        )

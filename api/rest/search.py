@@ -36,6 +36,11 @@ def parse_filters(raw: str | None) -> dict[str, Any]:
         filters = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise ApiError(400, "validation_error", "filters must be a JSON object") from exc
+    return check_filters(filters)
+
+
+def check_filters(filters: Any) -> dict[str, Any]:
+    """Filters as a JSON object over known keys (shared by REST and GraphQL)."""
     if not isinstance(filters, dict):
         raise ApiError(400, "validation_error", "filters must be a JSON object")
     unknown = set(filters) - SEARCH_FILTERS

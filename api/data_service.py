@@ -1,0 +1,123 @@
+"""The data-object use cases as every entry point runs them (REST, GraphQL, WebSocket).
+
+Each builds a command from already-validated input, submits it and maps the outcome; reads go
+to the read model, after waiting for a consistency token when one is given. No business rule
+lives here: the aggregate decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from litestar.connection import ASGIConnection
+
+from api.commands import derived_id, submit
+from api.errors import ApiError
+from commands.envelope import Outcome, Position
+from infra.bootstrap import ApiContainer
+from projections.annotations import annotations_of
+from projections.data_objects import get_data_object
+
+LARGE_CONTENT = 256 * 1024  # above this, hashing and writing the blob leaves the event loop
+Connection = ASGIConnection[Any, Any, Any, Any]
+
+
+@dataclass(frozen=True)
+class Written:
+    aggregate_id: str
+    outcome: Outcome
+    created_id: str | None = None  # e.g. the new annotation's id
+
+
+async def ingest(
+    connection: Connection,
+    container: ApiContainer,
+    content: str,
+    content_type: str,
+    metadata: dict[str, Any],
+    annotations: list[str] | None,
+) -> Written:
+    """Store the content by hash, then submit IngestData for a new object."""
+    limits = container.settings.storage
+    data = content.encode()
+    if len(data) > limits.max_content_bytes:
+        raise ApiError(413, "too_large", f"content is larger than {limits.max_content_bytes} bytes")
+    if len(msgspec.json.encode(metadata)) > limits.max_metadata_bytes:
+        raise ApiError(413, "too_large", f"metadata is larger than {limits.max_metadata_bytes} bytes")
+    labels = annotations or []
+    if len(labels) > limits.max_annotations:
+        raise ApiError(422, "invalid", f"at most {limits.max_annotations} initial annotations")
+    if len(data) > LARGE_CONTENT:
+        blob = await asyncio.to_thread(container.blobs.put, data)
+    else:
+        blob = container.blobs.put(data)
+    object_id = derived_id(connection, "ingest") or str(uuid.uuid4())
+    payload = {
+        "content_type": content_type,
+        "content_hash": blob.content_hash,
+        "size": blob.size,
+        "location": blob.location,
+        "metadata": metadata,
+        "annotations": labels,
+    }
+    return Written(object_id, await submit(connection, container, "IngestData", object_id, payload))
+
+
+async def annotate(
+    connection: Connection,
+    container: ApiContainer,
+    object_id: str,
+    annotation_type: str,
+    content: Any,
+    confidence: float,
+    expected: int | None,
+) -> Written:
+    """Submit AnnotateObject; the annotation id is derived from the Idempotency-Key when given."""
+    if len(msgspec.json.encode(content)) > container.settings.storage.max_metadata_bytes:
+        raise ApiError(413, "too_large", "annotation content is too large")
+    annotation_id = derived_id(connection, f"annotation:{object_id}") or str(uuid.uuid4())
+    payload = {
+        "annotation_id": annotation_id,
+        "annotation_type": annotation_type,
+        "content": content,
+        "confidence": confidence,
+    }
+    outcome = await submit(connection, container, "AnnotateObject", object_id, payload, expected)
+    return Written(object_id, outcome, annotation_id)
+
+
+async def delete(connection: Connection, container: ApiContainer, object_id: str, expected: int | None) -> Written:
+    return Written(object_id, await submit(connection, container, "DeleteObject", object_id, {}, expected))
+
+
+async def wait_for_token(container: ApiContainer, token: str | None) -> None:
+    """Block (bounded) until the read models have applied the write that returned ``token``."""
+    if not token:
+        return
+    try:
+        position = Position.parse(token)
+    except ValueError as exc:
+        raise ApiError(400, "invalid_token", "consistency token must look like '<partition>:<offset>'") from exc
+    timeout = container.settings.consistency.wait_timeout_seconds
+    if not await container.changes.wait_for(position.partition, position.offset, timeout):
+        raise ApiError(
+            503,
+            "not_yet_consistent",
+            f"the read model has not reached position {token} within {timeout:g}s; retry shortly",
+            {"position": token},
+        )
+
+
+async def read(container: ApiContainer, object_id: str, token: str | None = None) -> dict[str, Any]:
+    """The object row with its annotations (list under "annotations"); 404 ApiError when absent."""
+    await wait_for_token(container, token)
+    async with container.pool.connection() as conn:
+        row = await get_data_object(conn, object_id)
+        if row is None:
+            raise ApiError(404, "not_found", f"data object {object_id} does not exist")
+        row["annotations"] = await annotations_of(conn, object_id)
+    return row

@@ -1,0 +1,37 @@
+"""The GraphQL context: the composition root's clients, the connection, per-request loaders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.connection import ASGIConnection
+from strawberry.dataloader import DataLoader
+from strawberry.litestar import BaseContext
+
+from infra.bootstrap import ApiContainer
+from projections.annotations import annotations_of_many
+
+
+class GraphQLContext(BaseContext, kw_only=True):
+    """strawberry fills in ``request`` (HTTP) or ``websocket`` (subscriptions)."""
+
+    container: ApiContainer
+    annotations: DataLoader[str, list[dict[str, Any]]]
+
+    @property
+    def connection(self) -> ASGIConnection[Any, Any, Any, Any]:
+        """Whichever connection carries this operation; auth and request ids read it."""
+        connection = self.request if self.request is not None else self.websocket
+        assert connection is not None
+        return connection
+
+
+async def context_getter(container: ApiContainer) -> GraphQLContext:
+    """A litestar dependency: one context (and one set of DataLoaders) per operation."""
+
+    async def load_annotations(object_ids: list[str]) -> list[list[dict[str, Any]]]:
+        async with container.pool.connection() as conn:
+            found = await annotations_of_many(conn, object_ids)
+        return [found.get(object_id, []) for object_id in object_ids]
+
+    return GraphQLContext(container=container, annotations=DataLoader(load_fn=load_annotations))

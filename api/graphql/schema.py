@@ -1,0 +1,195 @@
+"""GraphQL: the spec's queries, mutations and subscriptions, over the same use cases as REST."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Awaitable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import msgspec
+import strawberry
+from graphql import GraphQLError
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from api import data_service
+from api.errors import ApiError
+from api.graphql.context import GraphQLContext
+from api.rest.search import check_filters, run_search
+from infra.command_bus import CommandTimeout
+from projections.data_objects import get_data_object
+
+T = TypeVar("T")
+GqlInfo = Info[GraphQLContext, None]
+
+
+@strawberry.type
+class Annotation:
+    annotation_id: str
+    annotator_id: str
+    annotation_type: str
+    content: JSON
+    confidence: float
+    created_at: datetime
+
+
+@strawberry.type
+class DataObject:
+    object_id: str
+    object_type: str
+    content_type: str
+    content_hash: str
+    storage_location: str
+    size: int
+    metadata: JSON
+    owner: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+    @strawberry.field
+    async def annotations(self, info: GqlInfo) -> list[Annotation]:
+        return [Annotation(**row) for row in await info.context.annotations.load(self.object_id)]
+
+
+@strawberry.type
+class DataChange:
+    object_id: str
+    change_type: str  # Ingested, Annotated, Deleted
+    version: int
+    data: DataObject | None  # the object as the read model has it now; None once deleted
+
+
+@strawberry.type
+class Deletion:
+    object_id: str
+    version: int
+    position: str | None
+
+
+def to_object(row: dict[str, Any]) -> DataObject:
+    fields = {k: v for k, v in row.items() if k in DataObject.__annotations__}
+    return DataObject(**fields)
+
+
+async def answer(call: Awaitable[T]) -> T:
+    """Run a use case; its expected failures become GraphQL errors with the REST envelope's fields."""
+    try:
+        return await call
+    except ApiError as exc:
+        extensions = {"code": exc.status, "reason": exc.reason, "details": exc.details}
+        raise GraphQLError(exc.message, extensions=extensions) from exc
+    except CommandTimeout as exc:
+        extensions = {"code": 504, "reason": "command_timeout", "details": {"command_id": str(exc)}}
+        raise GraphQLError("the command's outcome did not arrive in time", extensions=extensions) from exc
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Get a single data object by id (waiting for consistency_token if given)")
+    async def data_object(
+        self, info: GqlInfo, object_id: str, consistency_token: str | None = None
+    ) -> DataObject | None:
+        try:
+            row = await answer(data_service.read(info.context.container, object_id, consistency_token))
+        except GraphQLError as exc:
+            if (exc.extensions or {}).get("code") == 404:
+                return None
+            raise
+        return to_object(row)
+
+    @strawberry.field(description="Full-text search over data objects")
+    async def search_objects(
+        self, info: GqlInfo, query: str, modality: str = "text", limit: int = 10, filters: JSON | None = None
+    ) -> list[DataObject]:
+        if not 1 <= limit <= 100:
+            raise GraphQLError("limit must be 1..100", extensions={"code": 400, "reason": "validation_error"})
+        checked = await answer(_checked(filters))
+        results = await answer(run_search(info.context.container, query, modality, limit, 0, checked))
+        return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
+
+
+async def _checked(filters: Any) -> dict[str, Any]:
+    return {} if filters is None else check_filters(filters)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation(description="Ingest new data; returns the object once the read model has it")
+    async def ingest_data(
+        self,
+        info: GqlInfo,
+        content: str,
+        content_type: str,
+        metadata: JSON | None = None,
+        annotations: list[str] | None = None,
+    ) -> DataObject:
+        if metadata is not None and not isinstance(metadata, dict):
+            raise GraphQLError("metadata must be a JSON object", extensions={"code": 400, "reason": "validation_error"})
+        ctx = info.context
+        written = await answer(
+            data_service.ingest(ctx.connection, ctx.container, content, content_type, metadata or {}, annotations)
+        )
+        return to_object(await answer(data_service.read(ctx.container, written.aggregate_id, written.outcome.position)))
+
+    @strawberry.mutation(description="Add an annotation to a data object")
+    async def add_annotation(
+        self,
+        info: GqlInfo,
+        object_id: str,
+        annotation_type: str,
+        content: JSON,
+        confidence: float = 1.0,
+        expected_version: int | None = None,
+    ) -> Annotation:
+        if not 0.0 <= confidence <= 1.0 or not 1 <= len(annotation_type) <= 100:
+            raise GraphQLError(
+                "confidence must be 0..1 and annotation_type 1..100 characters",
+                extensions={"code": 400, "reason": "validation_error"},
+            )
+        ctx = info.context
+        written = await answer(
+            data_service.annotate(
+                ctx.connection, ctx.container, object_id, annotation_type, content, confidence, expected_version
+            )
+        )
+        row = await answer(data_service.read(ctx.container, object_id, written.outcome.position))
+        return next(Annotation(**a) for a in row["annotations"] if a["annotation_id"] == written.created_id)
+
+    @strawberry.mutation(description="Delete a data object")
+    async def delete_data_object(self, info: GqlInfo, object_id: str, expected_version: int | None = None) -> Deletion:
+        ctx = info.context
+        written = await answer(data_service.delete(ctx.connection, ctx.container, object_id, expected_version))
+        return Deletion(object_id=object_id, version=written.outcome.version, position=written.outcome.position)
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description="Data objects as they change; filters: {object_id?, change_type?}")
+    async def data_changes(self, info: GqlInfo, filters: JSON | None = None) -> AsyncGenerator[DataChange, None]:
+        wanted: dict[str, Any] = filters if isinstance(filters, dict) else {}
+        container = info.context.container
+        queue = container.changes.subscribe()
+        try:
+            while True:
+                message = await queue.get()
+                for change in message.get("changes", []):
+                    aggregate, _, kind = change["type"].partition(".")
+                    if aggregate != "DataObject":
+                        continue
+                    if wanted.get("object_id") not in (None, change["id"]):
+                        continue
+                    if wanted.get("change_type") not in (None, kind):
+                        continue
+                    async with container.pool.connection() as conn:
+                        row = await get_data_object(conn, change["id"])
+                    data = to_object(row) if row is not None else None
+                    yield DataChange(object_id=change["id"], change_type=kind, version=change["version"], data=data)
+        except asyncio.CancelledError:
+            raise
+        finally:
+            container.changes.unsubscribe(queue)
+
+
+schema = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)

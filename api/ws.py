@@ -1,0 +1,98 @@
+"""WebSocket ``/ws/{client_id}``: the spec's message protocol over the live hub.
+
+Client -> server: ``{"type": "subscribe", "topic": T}``, ``{"type": "unsubscribe", "topic": T}``,
+``{"type": "execution_status", "execution_id": ID}``, ``{"type": "ping"}``.
+Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution_update``,
+``execution_status``, ``lagged``, ``pong`` and ``error`` (``{"type": "error", "code", "message"}``).
+Topics: ``data_changes``, ``execution:{id}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from litestar import WebSocket, websocket
+from litestar.exceptions import WebSocketDisconnect
+
+from api.hub import LiveHub, Subscriber
+from infra.bootstrap import ApiContainer
+
+TOPIC = re.compile(r"^(data_changes|execution:[0-9a-fA-F-]{36})$")
+CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Extra message types (e.g. execution_status, once executions exist) register here.
+MessageHandler = Callable[[ApiContainer, dict[str, Any]], Awaitable[dict[str, Any]]]
+MESSAGE_HANDLERS: dict[str, MessageHandler] = {}
+
+
+def error(code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "code": code, "message": message}
+
+
+async def handle(container: ApiContainer, hub: LiveHub, subscriber: Subscriber, message: Any) -> dict[str, Any] | None:
+    """The reply to one client message (None: nothing to say)."""
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        return error("invalid_message", "messages are JSON objects with a string 'type'")
+    kind = message["type"]
+    if kind in ("subscribe", "unsubscribe"):
+        topic = message.get("topic")
+        if not isinstance(topic, str) or not TOPIC.match(topic):
+            return error("invalid_topic", "topics are 'data_changes' or 'execution:<id>'")
+        if kind == "subscribe":
+            hub.subscribe(subscriber, topic)
+            return {"type": "subscribed", "topic": topic}
+        hub.unsubscribe(subscriber, topic)
+        return {"type": "unsubscribed", "topic": topic}
+    if kind == "ping":
+        return {"type": "pong"}
+    handler = MESSAGE_HANDLERS.get(kind)
+    if handler is None:
+        return error("unsupported", f"message type {kind!r} is not supported")
+    return await handler(container, message)
+
+
+@websocket("/ws/{client_id:str}")
+async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, container: ApiContainer) -> None:
+    """One client's live connection."""
+    hub: LiveHub = socket.app.state.hub
+    limits = container.settings.websocket
+    if not CLIENT_ID.match(client_id) or hub.connections >= limits.max_connections:
+        await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
+        return
+    await socket.accept()
+    subscriber = hub.connect()
+    sender = asyncio.create_task(_send_loop(socket, subscriber))
+    try:
+        while True:
+            raw = await socket.receive_data(mode="text")
+            if len(raw) > limits.max_message_size:
+                reply: dict[str, Any] | None = error(
+                    "too_large", f"messages are limited to {limits.max_message_size} bytes"
+                )
+            else:
+                try:
+                    reply = await handle(container, hub, subscriber, msgspec.json.decode(raw))
+                except msgspec.DecodeError:
+                    reply = error("invalid_json", "messages must be JSON")
+            if reply is not None:
+                subscriber.offer(reply)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        hub.disconnect(subscriber)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+
+
+async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -> None:
+    while True:
+        message = await subscriber.outbox.get()
+        if subscriber.dropped:
+            await socket.send_json({"type": "lagged", "dropped": subscriber.dropped})
+            subscriber.dropped = 0
+        await socket.send_json(message)
