@@ -50,6 +50,33 @@ def memory_kb(pid: int) -> dict[str, int]:
     return figures
 
 
+def cpu_seconds_by_tree(roots: dict[str, int]) -> dict[str, float]:
+    """CPU time (user + system) of each root process and all its descendants, in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
+    totals = {}
+    for name, root in roots.items():
+        tree, frontier = {root}, [root]
+        while frontier:
+            current = frontier.pop()
+            children = [pid for pid, ppid in parent.items() if ppid == current and pid not in tree]
+            tree.update(children)
+            frontier.extend(children)
+        totals[name] = sum(cpu.get(pid, 0.0) for pid in tree)
+    return totals
+
+
 def run_wrk(url: str, body_file: str, connections: int, seconds: int, threads: int) -> dict[str, float]:
     env = {**os.environ, "BODY_FILE": body_file}
     args = [
@@ -122,7 +149,10 @@ def main() -> int:
     run_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads)
     since = datetime.now(UTC)
     print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)
+    processes = {**runtime["pids"], **runtime.get("service_pids", {})}
+    cpu_before = cpu_seconds_by_tree(processes)
     load = run_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads)
+    cpu_after = cpu_seconds_by_tree(processes)
     print("waiting for the projection to apply everything...", file=sys.stderr)
     lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))
     Path(body.name).unlink()
@@ -139,6 +169,10 @@ def main() -> int:
         "projection": lag,
         "peak_rss_mb": {name: round(m["VmHWM"] / 1024, 1) for name, m in memory.items()},
         "rss_mb": {name: round(m["VmRSS"] / 1024, 1) for name, m in memory.items()},
+        # CPU milliseconds each part spent per request during the measured run: what limits throughput.
+        "cpu_ms_per_request": {
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / max(1, load["requests"]), 3) for name in processes
+        },
         "cores": os.cpu_count(),
     }
     print(json.dumps(result))

@@ -94,6 +94,11 @@ def write_config(home: Path, logs: Path, port: int, controller_port: int) -> Pat
         "offsets.topic.num.partitions": "10",
         "transaction.state.log.num.partitions": "10",
         "group.initial.rebalance.delay.ms": "0",
+        # Sized for a development machine of a few cores: fewer threads, fewer context switches.
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "background.threads": "2",
+        "num.recovery.threads.per.data.dir": "1",
         "log.cleaner.enable": "true",
         # The cleaner's default 128 MiB dedupe buffer is a sixth of the heap we give the JVM.
         "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),

@@ -131,6 +131,10 @@ class ManagedServices:
         self._claimed.clear()
         self._endpoints = None
 
+    def pids(self) -> dict[str, int]:
+        """Process ids of the services started here (for operators and benchmarks)."""
+        return {child.name: child.process.pid for child in self._children if child.process.poll() is None}
+
     def __enter__(self) -> ManagedServices:
         self.start()
         return self

@@ -54,7 +54,7 @@ def run_everything(settings: Settings) -> int:
         asyncio.run(_prepare(effective))
         for name, args in CHILDREN.items():
             children[name] = spawn(python_command(*args), env, logs / f"{name}.log")
-        _write_runtime(data_dir, effective, children)
+        _write_runtime(data_dir, effective, children, managed.pids())
         _announce(effective, endpoints, data_dir)
         while not stopping:
             time.sleep(0.5)
@@ -64,7 +64,7 @@ def run_everything(settings: Settings) -> int:
                     print(f"{name} exited with {code}; restarting (log: {logs / f'{name}.log'})", flush=True)
                     time.sleep(RESTART_DELAY)
                     children[name] = spawn(python_command(*CHILDREN[name]), env, logs / f"{name}.log")
-                    _write_runtime(data_dir, effective, children)
+                    _write_runtime(data_dir, effective, children, managed.pids())
         print("stopping...", flush=True)
         return 0
     finally:
@@ -79,7 +79,9 @@ async def _prepare(settings: Settings) -> None:
     await migrate(settings.database.url, settings.database.schema)
 
 
-def _write_runtime(data_dir: Path, settings: Settings, children: dict[str, subprocess.Popen[bytes]]) -> None:
+def _write_runtime(
+    data_dir: Path, settings: Settings, children: dict[str, subprocess.Popen[bytes]], services: dict[str, int]
+) -> None:
     runtime = {
         "api": f"http://{settings.server.host}:{settings.server.port}",
         "database_url": settings.database.url,
@@ -87,6 +89,7 @@ def _write_runtime(data_dir: Path, settings: Settings, children: dict[str, subpr
         "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
         "redis_url": settings.redis.url,
         "pids": {name: child.pid for name, child in children.items()},
+        "service_pids": services,
     }
     (data_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
 
