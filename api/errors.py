@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import psycopg
+from aiokafka.errors import KafkaError
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, ValidationException
+from psycopg_pool import PoolTimeout
 
 from commands.envelope import Rejection
 from infra.command_bus import CommandTimeout
@@ -84,6 +87,11 @@ def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[A
     )
 
 
+def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+    return envelope(request, 503, "unavailable", "a backing service is unavailable; retry shortly")
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return envelope(request, 500, "internal_error", "internal server error")
@@ -93,5 +101,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     CommandTimeout: _timeout,
+    KafkaError: _unavailable,
+    psycopg.OperationalError: _unavailable,
+    PoolTimeout: _unavailable,
     Exception: _unexpected,
 }

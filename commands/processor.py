@@ -24,6 +24,7 @@ import aiokafka.producer.sender as aiokafka_sender
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 
@@ -206,6 +207,12 @@ class CommandProcessor:
                 steps = await self._run_commands(producer, store, tp.partition, records, touched)
                 values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
                 await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
+        except ProducerFenced:
+            # A newer owner of this partition exists (we were presumed dead): stop writing for it.
+            log.warning("partition %s: fenced by a newer owner; giving it up", tp.partition)
+            store.forget(touched)
+            await self._release(tp.partition)
+            return
         except Exception:
             # Nothing of the batch is visible: forget in-memory changes and consume it again.
             log.exception("batch on partition %s aborted; it will be retried", tp.partition)
