@@ -11,6 +11,7 @@ needed to restart: states come back from the state topic (see ``state_store``).
 from __future__ import annotations
 
 import asyncio
+import copy
 import hashlib
 import logging
 import uuid
@@ -267,16 +268,19 @@ class CommandProcessor:
 
     async def _apply(self, producer: AIOKafkaProducer, partition: int, step: _Step, state: AggregateState) -> None:
         envelope = step.envelope
+        # A handler that triggers an event and then refuses would leave the aggregate changed in
+        # memory; keep a copy to put back. Aggregates hold only what decisions need: small to copy.
+        before = copy.deepcopy(state.aggregate)
         try:
             aggregate = self.run_command(envelope, state.aggregate)
         except DomainError as exc:
             step.rejection = Rejection(exc.code, exc.message, dict(exc.details))
-            self._reset(state, envelope.aggregate_id)
+            state.aggregate = before
             return
         except Exception as exc:  # a bug must not block the partition behind one command
             log.exception("command %s failed unexpectedly", envelope.command_id)
             step.rejection = Rejection("internal", f"command failed: {type(exc).__name__}")
-            self._reset(state, envelope.aggregate_id)
+            state.aggregate = before
             return
         state.aggregate = aggregate
         for domain_event in aggregate.collect_events():
@@ -313,12 +317,6 @@ class CommandProcessor:
             step.version = stored.originator_version
             if not step.created_at:
                 step.created_at = domain_event.timestamp.timestamp()
-
-    def _reset(self, state: AggregateState, aggregate_id: str) -> None:
-        """A refused command may have half-changed the aggregate in memory: reload it from its snapshot."""
-        if state.aggregate is not None:
-            snapshot = AggregateState.decode(aggregate_id, state.encode(self.mapper), self.mapper)
-            state.aggregate = snapshot.aggregate
 
     async def _send_results(
         self,

@@ -96,3 +96,33 @@ def test_unknown_payload_fields_are_invalid() -> None:
     with pytest.raises(DomainError) as refused:
         execute(envelope("IngestData", uuid4(), {**INGEST, "surprise": 1}), None)
     assert refused.value.code == "invalid"
+
+
+def test_processor_puts_back_an_aggregate_that_a_refusing_handler_changed() -> None:
+    """A handler that triggers an event and then refuses must leave no trace in the processor's state."""
+    from pathlib import Path
+    from tempfile import TemporaryDirectory
+
+    from commands.processor import CommandProcessor, ProcessorConfig, _Step, fingerprint
+    from commands.state_store import AggregateState
+    from infra.codec import make_mapper
+
+    def half_then_refuse(env: CommandEnvelope, aggregate: Any) -> Any:
+        aggregate.annotate("x", "label", "half", 1.0, "alice")
+        raise DomainError("refused after a change")
+
+    object_id = uuid4()
+    with TemporaryDirectory() as tmp:
+        config = ProcessorConfig("unused", "c", "e", "o", "s", "d", "g", "t", Path(tmp))
+        processor = CommandProcessor(config, make_mapper(), run_command=half_then_refuse)
+        state = AggregateState(given_ingested(object_id))
+        step = _Step(envelope("AnnotateObject", object_id, {}), "f")
+        step.fingerprint = fingerprint(step.envelope)
+        import asyncio
+
+        asyncio.run(processor._apply(None, 0, step, state))
+    assert step.rejection is not None and step.rejection.message == "refused after a change"
+    assert state.aggregate is not None
+    restored: Any = state.aggregate
+    assert restored.annotation_count == 0 and restored.version == 1
+    assert state.aggregate.collect_events() == []
