@@ -98,6 +98,8 @@ def params_schema(properties: dict[str, Any], required: tuple[str, ...] = ()) ->
 
 def compatible(produced: str, accepted: str) -> bool:
     """Can an output of type ``produced`` feed an input of type ``accepted``?"""
+    if produced == "list" and accepted == "text":
+        return True  # text inputs join a list of strings (e.g. chunks) and check it at run time
     return produced == accepted or "any" in (produced, accepted) or accepted == "json"
 
 
