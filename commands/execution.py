@@ -98,9 +98,7 @@ def fail_node(aggregate: Execution | None, command: FailNode, envelope: CommandE
     return execution
 
 
-def complete_execution(
-    aggregate: Execution | None, command: CompleteExecution, envelope: CommandEnvelope
-) -> Execution:
+def complete_execution(aggregate: Execution | None, command: CompleteExecution, envelope: CommandEnvelope) -> Execution:
     execution = _existing(aggregate, envelope)
     execution.complete()
     return execution

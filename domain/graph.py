@@ -97,7 +97,8 @@ def _nodes(raw_nodes: list[Any], problems: list[dict[str, Any]]) -> dict[str, No
         if node_id in nodes:
             problems.append(problem(node_id, None, "duplicate node id"))
             continue
-        node_type = CATALOG.get(raw.get("type")) if isinstance(raw.get("type"), str) else None
+        type_name = raw.get("type")
+        node_type = CATALOG.get(type_name) if isinstance(type_name, str) else None
         if node_type is None:
             problems.append(problem(node_id, None, f"unknown node type {raw.get('type')!r}"))
             continue
@@ -143,7 +144,9 @@ def _edges(raw_edges: list[Any], nodes: dict[str, Node], problems: list[dict[str
         assert produced is not None and accepted is not None
         if not compatible(produced.type, accepted.type):
             problems.append(
-                problem(target[0], target[1], f"type mismatch: {'.'.join(source)} is {produced.type}, needs {accepted.type}")
+                problem(
+                    target[0], target[1], f"type mismatch: {'.'.join(source)} is {produced.type}, needs {accepted.type}"
+                )
             )
             continue
         if target in wired:

@@ -66,7 +66,9 @@ class ExecutionsProjector(Projector):
             f" version = %s, updated_at = %s{extra} WHERE execution_id = %s",
             (e.node_id, e.node_id, Jsonb(patch), record.version, e.timestamp, *extra_params, record.aggregate_id),
         )
-        await cur.execute(f"UPDATE executions SET progress = {_PROGRESS} WHERE execution_id = %s", (record.aggregate_id,))
+        await cur.execute(
+            f"UPDATE executions SET progress = {_PROGRESS} WHERE execution_id = %s", (record.aggregate_id,)
+        )
 
     async def on_node_started(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         e = record.event

@@ -107,9 +107,7 @@ def encoded_size(value: Any) -> int:
     return len(orjson.dumps(value, default=str))
 
 
-def run_node(
-    node_type: NodeType, inputs: dict[str, Any], params: dict[str, Any], context: NodeContext
-) -> NodeResult:
+def run_node(node_type: NodeType, inputs: dict[str, Any], params: dict[str, Any], context: NodeContext) -> NodeResult:
     """Run one node with its limits: parameters checked and defaulted, input and output sizes bounded."""
     problems = validate(params, node_type.params)
     if problems:

@@ -36,12 +36,16 @@ def select(value: Any, steps: list[str | int | None]) -> list[Any]:
         for item in current:
             if step is None:
                 following += list(item.values()) if isinstance(item, dict) else item if isinstance(item, list) else []
-            elif isinstance(step, int) and isinstance(item, list) and step < len(item):
-                following.append(item[step])
-            elif isinstance(step, str) and isinstance(item, dict) and step in item:
+            elif _has(item, step):
                 following.append(item[step])
         current = following
     return current
+
+
+def _has(item: Any, step: str | int) -> bool:
+    if isinstance(step, int):
+        return isinstance(item, list) and step < len(item)
+    return isinstance(item, dict) and step in item
 
 
 def path_problem(path: str) -> str | None:

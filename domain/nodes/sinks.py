@@ -21,7 +21,12 @@ def _annotate(inputs: dict[str, Any], p: dict[str, Any], _: NodeContext) -> Node
     if len(items) > MAX_ANNOTATIONS:
         raise NodeError(f"at most {MAX_ANNOTATIONS} annotations per node")
     planned = [
-        {"object_id": object_id, "annotation_type": p["annotation_type"], "content": item, "confidence": p["confidence"]}
+        {
+            "object_id": object_id,
+            "annotation_type": p["annotation_type"],
+            "content": item,
+            "confidence": p["confidence"],
+        }
         for item in items
     ]
     return NodeResult({"annotations": planned, "count": len(planned)}, [Effect("annotate", a) for a in planned])
@@ -34,7 +39,9 @@ def _store(inputs: dict[str, Any], p: dict[str, Any], _: NodeContext) -> NodeRes
     else:
         body, content_type = orjson.dumps(content).decode(), p["content_type"] or "application/json"
     planned = {"content": body, "content_type": content_type, "metadata": p["metadata"]}
-    return NodeResult({"stored": {"content_type": content_type, "size": len(body.encode())}}, [Effect("store", planned)])
+    return NodeResult(
+        {"stored": {"content_type": content_type, "size": len(body.encode())}}, [Effect("store", planned)]
+    )
 
 
 NODES = [
