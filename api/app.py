@@ -18,6 +18,8 @@ from api.errors import EXCEPTION_HANDLERS
 from api.health import HealthController
 from api.middleware import request_id_middleware
 from api.rest.data import DataController
+from api.rest.executions import ExecutionsController
+from api.rest.nodes import NodesController
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
 
@@ -45,7 +47,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     cors = settings.cors
     return Litestar(
-        route_handlers=[DataController, HealthController],
+        route_handlers=[DataController, ExecutionsController, NodesController, HealthController],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
