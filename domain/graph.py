@@ -81,8 +81,8 @@ def check_graph(raw: Any) -> tuple[Graph | None, list[dict[str, Any]]]:
     if not raw["nodes"]:
         problems.append(problem(None, None, "a graph needs at least one node"))
     nodes = _nodes(raw["nodes"], problems)
-    edges = _edges(raw.get("edges", []), nodes, problems)
-    _check_inputs(nodes, edges, problems)
+    edges, named = _edges(raw.get("edges", []), nodes, problems)
+    _check_inputs(nodes, named, problems)
     order = _order(nodes, edges, problems)
     return Graph(nodes, edges, order), problems
 
@@ -119,9 +119,14 @@ def _endpoint(value: Any) -> tuple[str, str] | None:
     return (node, port) if node and port else None
 
 
-def _edges(raw_edges: list[Any], nodes: dict[str, Node], problems: list[dict[str, Any]]) -> list[Edge]:
+def _edges(
+    raw_edges: list[Any], nodes: dict[str, Node], problems: list[dict[str, Any]]
+) -> tuple[list[Edge], set[tuple[str, str]]]:
+    """The usable edges, and every existing input port some edge names (so a mismatched edge is
+    reported once, as a mismatch, not again as an unwired input)."""
     edges: list[Edge] = []
     wired: set[tuple[str, str]] = set()
+    named: set[tuple[str, str]] = set()
     for index, raw in enumerate(raw_edges):
         source = _endpoint(raw.get("from")) if isinstance(raw, dict) else None
         target = _endpoint(raw.get("to")) if isinstance(raw, dict) else None
@@ -142,6 +147,7 @@ def _edges(raw_edges: list[Any], nodes: dict[str, Node], problems: list[dict[str
         produced = CATALOG[nodes[source[0]].type].output(source[1])
         accepted = CATALOG[nodes[target[0]].type].input(target[1])
         assert produced is not None and accepted is not None
+        named.add(target)
         if not compatible(produced.type, accepted.type):
             problems.append(
                 problem(
@@ -154,13 +160,13 @@ def _edges(raw_edges: list[Any], nodes: dict[str, Node], problems: list[dict[str
             continue
         wired.add(target)
         edges.append(Edge(source[0], source[1], target[0], target[1]))
-    return edges
+    return edges, named
 
 
-def _check_inputs(nodes: dict[str, Node], edges: list[Edge], problems: list[dict[str, Any]]) -> None:
+def _check_inputs(nodes: dict[str, Node], named: set[tuple[str, str]], problems: list[dict[str, Any]]) -> None:
     for node in nodes.values():
         node_type: NodeType = CATALOG[node.type]
-        wired = {e.input for e in edges if e.target == node.id}
+        wired = {port for node_id, port in named if node_id == node.id}
         for port in node_type.inputs:
             if port.required and port.name not in wired:
                 problems.append(problem(node.id, port.name, "required input is not wired"))
