@@ -18,6 +18,7 @@ from uuid import UUID, uuid5
 import orjson
 
 from commands.envelope import Actor, CommandEnvelope, Outcome
+from commands.isolation import run_isolated
 from domain.graph import Graph, parse_graph
 from domain.nodes import CATALOG
 from domain.nodes.catalog import Effect, NodeContext, NodeError, NodeResult, run_node
@@ -170,6 +171,8 @@ class ExecutionRun:
         def search(query: str, limit: int) -> list[dict[str, Any]]:
             return asyncio.run_coroutine_threadsafe(self.deps.search(query, limit), loop).result(timeout)
 
+        if CATALOG[node_type].isolated:
+            return await asyncio.to_thread(run_isolated, node_type, inputs, params, self.view.inputs, timeout)
         context = NodeContext(self.view.inputs, load_object, search)
         return await asyncio.to_thread(run_node, CATALOG[node_type], inputs, params, context)
 

@@ -73,6 +73,7 @@ class NodeType:
     run: Run
     cost_seconds: float = 0.05  # a rough estimate, for estimated_time_seconds
     check: Check | None = None  # rules the schema cannot state, e.g. "param or wired input"
+    isolated: bool = False  # may run away (a regex): the executor runs it in a process it can kill
 
     def input(self, name: str) -> Port | None:
         return next((p for p in self.inputs if p.name == name), None)

@@ -158,6 +158,7 @@ NODES = [
             ("pattern",),
         ),
         _regex_extract,
+        isolated=True,
         check=lambda params, _: [m for m in [regex_problem(params.get("pattern", ""))] if m and params.get("pattern")],
     ),
     NodeType(
