@@ -99,16 +99,24 @@ class ExecutionRun:
     async def run(self) -> None:
         graph = parse_graph(self.view.graph)
         outputs: dict[str, dict[str, Any]] = {}
-        for node_id in graph.order:
+        for level in graph.levels():  # independent branches of one level run side by side
             if self.view.finished:
                 return
-            if node_id in self.view.completed:
-                outputs[node_id] = self._recorded_output(node_id)
-                continue
-            try:
-                outputs[node_id] = await self._run_node(graph, node_id, outputs)
-            except StopRun as stop:
-                log.info("execution %s stops: %s", self.view.execution_id, stop)
+            for node_id in level:
+                if node_id in self.view.completed:
+                    outputs[node_id] = self._recorded_output(node_id)
+            todo = [node_id for node_id in level if node_id not in outputs]
+            results = await asyncio.gather(*(self._run_node(graph, n, outputs) for n in todo), return_exceptions=True)
+            stopped = False
+            for node_id, result in zip(todo, results, strict=True):
+                if isinstance(result, StopRun):
+                    log.info("execution %s stops: %s", self.view.execution_id, result)
+                    stopped = True
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    outputs[node_id] = result
+            if stopped:
                 return
         if not self.view.finished:
             await self.send(self.command("CompleteExecution", {}, "complete"))

@@ -45,6 +45,16 @@ class Graph:
     def incoming(self, node_id: str) -> list[Edge]:
         return [e for e in self.edges if e.target == node_id]
 
+    def levels(self) -> list[list[str]]:
+        """Nodes grouped by depth: a node's inputs all come from earlier levels, so a level may run at once."""
+        depth: dict[str, int] = {}
+        for node_id in self.order:
+            depth[node_id] = 1 + max((depth[e.source] for e in self.incoming(node_id)), default=-1)
+        grouped: list[list[str]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for node_id in self.order:
+            grouped[depth[node_id]].append(node_id)
+        return grouped
+
     def estimated_seconds(self) -> float:
         return round(sum(CATALOG[n.type].cost_seconds for n in self.nodes.values()) + 0.5, 3)
 

@@ -66,6 +66,7 @@ async def test_object_chunk_keywords_annotate_puts_the_keywords_on_the_object(cl
             {"id": "kw", "type": "keywords", "params": {"top_k": 5}},
             {"id": "note", "type": "annotate", "params": {"annotation_type": "keyword", "each": True}},
             {"id": "count", "type": "word_count"},
+            {"id": "names", "type": "regex_extract", "params": {"pattern": "Kafka|PostgreSQL"}},
         ],
         "edges": [
             {"from": "doc.text", "to": "chunks.text"},
@@ -73,6 +74,7 @@ async def test_object_chunk_keywords_annotate_puts_the_keywords_on_the_object(cl
             {"from": "kw.keywords", "to": "note.content"},
             {"from": "doc.object_id", "to": "note.object_id"},
             {"from": "doc.text", "to": "count.text"},
+            {"from": "doc.text", "to": "names.text"},
         ],
     }
     submitted = await submit(client, graph)
@@ -81,10 +83,12 @@ async def test_object_chunk_keywords_annotate_puts_the_keywords_on_the_object(cl
     done = await wait_for_status(client, submitted["execution_id"], {"completed", "failed"}, progress)
     assert done["status"] == "completed", done
     assert done["progress"] == 1.0 and done["errors"] == [] and done["completed_at"] is not None
-    assert [n["status"] for n in done["nodes"]] == ["completed"] * 5
+    assert [n["status"] for n in done["nodes"]] == ["completed"] * 6
     assert progress == sorted(progress), "progress went backwards"
     counts = next(n for n in done["nodes"] if n["node_id"] == "count")["summary"]
     assert counts["count"]["preview"] == str(len(TEXT.split()))
+    names = next(n for n in done["nodes"] if n["node_id"] == "names")["summary"]  # ran in a child process
+    assert names["matches"]["preview"] == '["Kafka","PostgreSQL"]'
 
     expected = run_node(CATALOG["keywords"], {"text": chunk_text(TEXT, 120, 20)}, {"top_k": 5}, NodeContext())
     keywords = expected.outputs["keywords"]

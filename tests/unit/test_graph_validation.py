@@ -137,3 +137,23 @@ def test_parse_graph_raises_with_every_problem() -> None:
         parse_graph({"nodes": [node("a", "teleport"), node("b", "word_count")]})
     assert caught.value.code == "invalid"
     assert len(caught.value.details["problems"]) == 2  # type: ignore[arg-type]
+
+
+def test_levels_group_independent_branches() -> None:
+    graph = parse_graph(
+        {
+            "nodes": [
+                node("src", "input", name="t"),
+                node("a", "word_count"),
+                node("b", "summarize"),
+                node("m", "merge"),
+            ],
+            "edges": [
+                edge("src.value", "a.text"),
+                edge("src.value", "b.text"),
+                edge("a.count", "m.a"),
+                edge("b.summary", "m.b"),
+            ],
+        }
+    )
+    assert graph.levels() == [["src"], ["a", "b"], ["m"]]
