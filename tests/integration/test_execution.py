@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import httpx
@@ -195,3 +197,35 @@ async def test_list_filters_by_status_and_nodes_lists_the_catalog(client: httpx.
     assert (await client.get("/api/v1/executions?status=failed")).json()["total"] == 0
     nodes = (await client.get("/api/v1/nodes?category=text")).json()
     assert "chunk" in {n["type"] for n in nodes} and {n["category"] for n in nodes} == {"text"}
+
+
+async def test_search_feeds_store_which_ingests_a_new_object(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/ingest",
+        json={"content": TEXT, "content_type": "text/plain", "metadata": {"topic": "tidal-rivers-42"}},
+    )
+    assert response.status_code == 201, response.text
+    found_id = response.json()["object_id"]
+    await client.get(f"/api/v1/data/{found_id}", headers={"X-Consistency-Token": response.json()["position"]})
+    graph = {
+        "nodes": [
+            {"id": "find", "type": "search", "params": {"query": "TIDAL-rivers-42"}},
+            {"id": "keep", "type": "store", "params": {"metadata": {"kind": "search-result"}}},
+        ],
+        "edges": [{"from": "find.ids", "to": "keep.content"}],
+    }
+    submitted = await submit(client, graph)
+    done = await wait_for_status(client, submitted["execution_id"], {"completed", "failed"})
+    assert done["status"] == "completed", done
+    stored_id = json.loads(done["nodes"][1]["summary"]["object_id"]["preview"])
+    stored = await eventually(
+        lambda: _object_or_none(client, stored_id), timeout=30, what="the stored object in the read model"
+    )
+    assert stored["content_type"] == "application/json"
+    assert stored["metadata"] == {"kind": "search-result", "execution_id": submitted["execution_id"], "node_id": "keep"}
+    assert stored["content_hash"] == hashlib.sha256(json.dumps([found_id]).replace(" ", "").encode()).hexdigest()
+
+
+async def _object_or_none(client: httpx.AsyncClient, object_id: str) -> dict | None:
+    response = await client.get(f"/api/v1/data/{object_id}")
+    return dict(response.json()) if response.status_code == 200 else None
