@@ -39,6 +39,10 @@ class FailNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     error: str
 
 
+class FailExecution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    error: str
+
+
 class CompleteExecution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
@@ -95,6 +99,12 @@ def complete_node(aggregate: Execution | None, command: CompleteNode, envelope: 
 def fail_node(aggregate: Execution | None, command: FailNode, envelope: CommandEnvelope) -> Execution:
     execution = _existing(aggregate, envelope)
     execution.fail_node(command.node_id, command.error[:2000])
+    return execution
+
+
+def fail_execution(aggregate: Execution | None, command: FailExecution, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.fail(command.error[:2000])
     return execution
 
 

@@ -19,7 +19,7 @@ import orjson
 
 from commands.envelope import Actor, CommandEnvelope, Outcome
 from commands.isolation import run_isolated
-from domain.graph import Graph, parse_graph
+from domain.graph import Graph, InvalidGraph, parse_graph
 from domain.nodes import CATALOG
 from domain.nodes.catalog import Effect, NodeContext, NodeError, NodeResult, run_node
 
@@ -97,7 +97,11 @@ class ExecutionRun:
         return await self.deps.submit(envelope)
 
     async def run(self) -> None:
-        graph = parse_graph(self.view.graph)
+        try:
+            graph = parse_graph(self.view.graph)
+        except InvalidGraph as exc:  # valid when submitted; the catalog has changed since
+            await self.send(self.command("FailExecution", {"error": f"{exc.message}: {exc.details}"}, "invalid"))
+            return
         outputs: dict[str, dict[str, Any]] = {}
         for level in graph.levels():  # independent branches of one level run side by side
             if self.view.finished:

@@ -29,6 +29,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "StartNode": CommandSpec(execution.StartNode, execution.start_node),
     "CompleteNode": CommandSpec(execution.CompleteNode, execution.complete_node),
     "FailNode": CommandSpec(execution.FailNode, execution.fail_node),
+    "FailExecution": CommandSpec(execution.FailExecution, execution.fail_execution),
     "CompleteExecution": CommandSpec(execution.CompleteExecution, execution.complete_execution),
     "CancelExecution": CommandSpec(execution.CancelExecution, execution.cancel_execution),
 }

@@ -94,6 +94,11 @@ class Execution(Aggregate):
         self._node_failed(node_id, error)
         self._failed(f"node {node_id} failed: {error}")
 
+    def fail(self, error: str) -> None:
+        """The execution cannot run at all (e.g. its graph no longer validates against the catalog)."""
+        self._require_live()
+        self._failed(error)
+
     @event(NodeFailed)
     def _node_failed(self, node_id: str, error: str) -> None:
         self.nodes[node_id] = "failed"

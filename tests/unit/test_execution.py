@@ -106,3 +106,16 @@ def test_only_the_submitter_or_an_admin_cancels() -> None:
 def test_unknown_node_and_unknown_execution_are_refused() -> None:
     assert refusal(given(uuid4()), "StartNode", {"node_id": "zz"}).code == "invalid"
     assert refusal(None, "StartNode", {"node_id": "a"}).code == "not_found"
+
+
+def test_data_object_commands_on_an_execution_id_are_not_found() -> None:
+    execution = given(uuid4())
+    payload = {"annotation_id": "a", "annotation_type": "t", "content": 1}
+    assert refusal(execution, "AnnotateObject", payload).code == "not_found"
+    assert refusal(execution, "DeleteObject", {}).code == "not_found"
+
+
+def test_an_execution_that_cannot_run_is_failed_as_a_whole() -> None:
+    execution = given(uuid4())
+    assert when(execution, "FailExecution", {"error": "graph no longer valid"}) == ["Execution.Failed"]
+    assert refusal(execution, "FailExecution", {"error": "again"}).code == "conflict"

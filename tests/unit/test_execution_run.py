@@ -163,3 +163,11 @@ async def test_a_cancelled_execution_stops_before_its_next_node() -> None:
     world.commands.clear()
     await ExecutionRun(view, world.deps()).run()
     assert world.commands == []
+
+
+async def test_a_graph_the_catalog_no_longer_accepts_fails_the_execution() -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    view.graph = {"nodes": [{"id": "x", "type": "retired-node"}], "edges": []}
+    await ExecutionRun(view, world.deps()).run()
+    assert kinds(world) == ["FailExecution"] and view.status == "failed"
