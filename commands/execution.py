@@ -12,8 +12,14 @@ from domain.errors import DomainError
 from domain.execution import Execution
 from domain.graph import parse_graph
 from domain.nodes.catalog import encoded_size
+from domain.schema import validate
 
 MAX_INPUTS_BYTES = 1024 * 1024
+# Options the system reads; others are kept as given (clients may tag executions).
+OPTIONS_SCHEMA = {
+    "type": "object",
+    "properties": {"node_timeout_seconds": {"type": "number", "minimum": 0.1, "maximum": 3600}},
+}
 NODE_ID = msgspec.Meta(min_length=1, max_length=64)
 
 
@@ -72,6 +78,12 @@ def execute_graph(aggregate: Execution | None, command: ExecuteGraph, envelope: 
         raise ExecutionExists(f"execution {envelope.aggregate_id} already exists")
     if encoded_size(command.inputs) > MAX_INPUTS_BYTES:
         raise InvalidExecution(f"inputs are larger than {MAX_INPUTS_BYTES} bytes")
+    problems = [
+        {"node_id": None, "port": None, "message": f"option {p} {m}"}
+        for p, m in validate(command.options, OPTIONS_SCHEMA)
+    ]
+    if problems:
+        raise InvalidExecution("the options are not valid", {"problems": problems})
     graph = parse_graph(command.graph)  # InvalidGraph (code "invalid") lists every problem
     return Execution(
         id=UUID(envelope.aggregate_id),

@@ -49,6 +49,7 @@ class ExecutionView:
     submitter: str
     partition: int
     first_offset: int
+    options: dict[str, Any] = field(default_factory=dict)
     status: str = "submitted"
     completed: dict[str, tuple[dict[str, Any] | None, str | None]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -80,6 +81,8 @@ class ExecutionRun:
         self.view = view
         self.deps = deps
         self.id = UUID(view.execution_id)
+        # The execution may ask for a shorter node time limit than the executor's, never a longer one.
+        self.timeout = min(float(view.options.get("node_timeout_seconds", deps.node_timeout)), deps.node_timeout)
 
     def command(
         self, kind: str, payload: dict[str, Any], step: str, aggregate_id: str | None = None
@@ -149,12 +152,12 @@ class ExecutionRun:
             if edge.output in outputs.get(edge.source, {})
         }
         try:
-            result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.deps.node_timeout)
+            result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
             produced = dict(result.outputs)
             for index, effect in enumerate(result.effects):
                 produced.update(await self._apply(effect, node_id, index))
         except TimeoutError:
-            await self._fail(node_id, f"timed out after {self.deps.node_timeout:g}s")
+            await self._fail(node_id, f"timed out after {self.timeout:g}s")
         except NodeError as exc:
             await self._fail(node_id, exc.message)
         except Exception as exc:  # a node bug fails its execution, not the executor
@@ -175,7 +178,7 @@ class ExecutionRun:
 
     async def _compute(self, node_type: str, inputs: dict[str, Any], params: dict[str, Any]) -> NodeResult:
         loop = asyncio.get_running_loop()
-        timeout = self.deps.node_timeout
+        timeout = self.timeout
 
         def load_object(object_id: str) -> str:
             return asyncio.run_coroutine_threadsafe(self.deps.load_object(object_id), loop).result(timeout)

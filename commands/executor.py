@@ -97,6 +97,7 @@ class Executor:
                 event.submitter,
                 partition,
                 record.offset,
+                event.options,
             )
             return
         view = self.views.get(execution_id)

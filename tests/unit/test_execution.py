@@ -119,3 +119,11 @@ def test_an_execution_that_cannot_run_is_failed_as_a_whole() -> None:
     execution = given(uuid4())
     assert when(execution, "FailExecution", {"error": "graph no longer valid"}) == ["Execution.Failed"]
     assert refusal(execution, "FailExecution", {"error": "again"}).code == "conflict"
+
+
+def test_options_the_system_reads_are_checked() -> None:
+    error = refusal(None, "ExecuteGraph", {"graph": GRAPH, "options": {"node_timeout_seconds": -1, "tag": "x"}})
+    assert error.code == "invalid"
+    assert error.details["problems"] == [
+        {"node_id": None, "port": None, "message": "option node_timeout_seconds must be >= 0.1"}
+    ]

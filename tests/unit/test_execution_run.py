@@ -171,3 +171,16 @@ async def test_a_graph_the_catalog_no_longer_accepts_fails_the_execution() -> No
     view.graph = {"nodes": [{"id": "x", "type": "retired-node"}], "edges": []}
     await ExecutionRun(view, world.deps()).run()
     assert kinds(world) == ["FailExecution"] and view.status == "failed"
+
+
+async def test_an_execution_may_shorten_the_node_time_limit() -> None:
+    async def slow(object_id: str) -> str:
+        await asyncio.sleep(10)
+        return ""
+
+    world = World()
+    graph = {"nodes": [{"id": "doc", "type": "object", "params": {"object_id": OBJECT_ID}}], "edges": []}
+    view = await world.given_submitted(graph, {})
+    view.options = {"node_timeout_seconds": 0.2}
+    await ExecutionRun(view, world.deps(load_object=slow, node_timeout=60)).run()
+    assert world.commands[-1][1]["error"] == "timed out after 0.2s"
