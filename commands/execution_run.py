@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from uuid import UUID, uuid5
 
 import orjson
@@ -153,9 +153,6 @@ class ExecutionRun:
         }
         try:
             result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
-            produced = dict(result.outputs)
-            for index, effect in enumerate(result.effects):
-                produced.update(await self._apply(effect, node_id, index))
         except TimeoutError:
             await self._fail(node_id, f"timed out after {self.timeout:g}s")
         except NodeError as exc:
@@ -163,6 +160,14 @@ class ExecutionRun:
         except Exception as exc:  # a node bug fails its execution, not the executor
             log.exception("node %s of %s crashed", node_id, self.view.execution_id)
             await self._fail(node_id, f"{type(exc).__name__}: {exc}")
+        produced = dict(result.outputs)
+        # Effects are commands, outside the node's time limit. A refusal fails the node; a command
+        # timeout propagates, and the run is resumed later (effect command ids make a retry a duplicate).
+        try:
+            for index, effect in enumerate(result.effects):
+                produced.update(await self._apply(effect, node_id, index))
+        except NodeError as exc:
+            await self._fail(node_id, exc.message)
         encoded = orjson.dumps(produced)
         inline = len(encoded) <= self.deps.inline_output_bytes
         payload = {
@@ -217,7 +222,7 @@ class ExecutionRun:
             raise NodeError(f"storing the result: {outcome.rejection.message}")
         return {"object_id": object_id}
 
-    async def _fail(self, node_id: str, error: str) -> None:
+    async def _fail(self, node_id: str, error: str) -> NoReturn:
         await self.send(self.command("FailNode", {"node_id": node_id, "error": error}, f"{node_id}:fail"))
         raise StopRun(f"node {node_id} failed: {error}")
 
