@@ -85,9 +85,14 @@ class Executor:
         topic = headers.get("event_type", "")
         if not topic.startswith(PREFIX):
             return
-        execution_id = headers["aggregate_id"]
-        stored = StoredEvent(UUID(execution_id), int(headers["aggregate_version"]), topic, record.value)
-        event: Any = self.mapper.to_domain_event(stored)
+        execution_id = headers.get("aggregate_id", "")
+        try:
+            stored = StoredEvent(UUID(execution_id), int(headers["aggregate_version"]), topic, record.value)
+            event: Any = self.mapper.to_domain_event(stored)
+        except (KeyError, ValueError, TypeError):
+            # A poison record must not stop every execution behind it; the projections dead-letter it.
+            log.exception("undecodable execution event at %s:%s skipped", partition, record.offset)
+            return
         kind = topic.removeprefix(PREFIX)
         if kind == "Submitted":
             self.views[execution_id] = ExecutionView(

@@ -83,7 +83,9 @@ class ExecutionsProjector(Projector):
     async def on_node_completed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         e = record.event
         patch = {"status": "completed", "completed_at": _iso(e.timestamp), "summary": e.summary}
-        await self._node(cur, record, patch, ", current_node = NULL")
+        # Branches run side by side: only clear the current node if it is still this one.
+        extra = ", current_node = CASE WHEN current_node = %s THEN NULL ELSE current_node END"
+        await self._node(cur, record, patch, extra, (e.node_id,))
 
     async def on_node_failed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         e = record.event

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from domain.nodes import data, sinks, sources, text
+from domain.nodes import data, regex, sinks, sources, text
 from domain.nodes.catalog import NodeType
 
-CATALOG: dict[str, NodeType] = {node.name: node for module in (sources, text, data, sinks) for node in module.NODES}
+CATALOG: dict[str, NodeType] = {
+    node.name: node for module in (sources, text, regex, data, sinks) for node in module.NODES
+}
 
 
 def available_nodes(category: str | None = None) -> list[dict[str, object]]:

@@ -1,36 +1,13 @@
-"""Text nodes: normalize, regex_extract, chunk, word_count, template, summarize."""
+"""Text nodes: normalize, chunk, keywords, language_detect, summarize, word_count, template."""
 
 from __future__ import annotations
 
-import re
 import string
 import unicodedata
 from typing import Any
 
 from domain.nodes.catalog import NodeContext, NodeError, NodeType, Port, as_text, params_schema
 from domain.nodes.language import detect_language, keywords, sentences, summarize, words
-
-MAX_PATTERN = 200
-# A quantified group that itself contains a quantifier, e.g. (a+)+ or (a|aa)*: the classic shapes
-# of catastrophic backtracking. Python's re cannot be interrupted, so such patterns are refused.
-_NESTED_QUANTIFIER = re.compile(r"\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)\s*[+*{]")
-_ALTERNATION_REPEAT = re.compile(r"\((?:[^()\\]|\\.)*\|(?:[^()\\]|\\.)*\)\s*[+*{]")
-MAX_REGEX_INPUT = 200_000  # characters a pattern may scan
-
-
-def regex_problem(pattern: str) -> str | None:
-    """Why a pattern is refused, or None. Length, syntax and nested-quantifier guards."""
-    if len(pattern) > MAX_PATTERN:
-        return f"pattern longer than {MAX_PATTERN} characters"
-    if _NESTED_QUANTIFIER.search(pattern) or _ALTERNATION_REPEAT.search(pattern):
-        return "pattern repeats a group that itself repeats or alternates (catastrophic backtracking)"
-    if re.search(r"\\[1-9]", pattern) or "(?<" in pattern.replace("(?<=", "").replace("(?<!", ""):
-        return "backreferences and named groups are not supported"
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        return f"invalid pattern: {exc}"
-    return None
 
 
 def _normalize(inputs: dict[str, Any], p: dict[str, Any], _: NodeContext) -> dict[str, Any]:
@@ -42,24 +19,6 @@ def _normalize(inputs: dict[str, Any], p: dict[str, Any], _: NodeContext) -> dic
     if p["collapse_whitespace"]:
         text = " ".join(text.split())
     return {"text": text}
-
-
-def _regex_extract(inputs: dict[str, Any], p: dict[str, Any], _: NodeContext) -> dict[str, Any]:
-    problem = regex_problem(p["pattern"])
-    if problem:
-        raise NodeError(problem)
-    text = as_text(inputs["text"])
-    if len(text) > MAX_REGEX_INPUT:
-        raise NodeError(f"regex_extract scans at most {MAX_REGEX_INPUT} characters")
-    compiled = re.compile(p["pattern"], re.IGNORECASE if p["ignore_case"] else 0)
-    if p["group"] > compiled.groups:
-        raise NodeError(f"pattern has {compiled.groups} groups, group {p['group']} was asked for")
-    matches: list[str] = []
-    for match in compiled.finditer(text):
-        matches.append(match.group(p["group"]) or "")
-        if len(matches) >= p["max_matches"]:
-            break
-    return {"matches": matches, "count": len(matches)}
 
 
 def chunk_text(text: str, size: int, overlap: int) -> list[str]:
@@ -141,25 +100,6 @@ NODES = [
             }
         ),
         _normalize,
-    ),
-    NodeType(
-        "regex_extract",
-        "text",
-        "All matches of a regular expression (or of one group); guarded against catastrophic patterns.",
-        (TEXT,),
-        (Port("matches", "list"), Port("count", "number")),
-        params_schema(
-            {
-                "pattern": {"type": "string", "minLength": 1, "maxLength": MAX_PATTERN},
-                "group": {"type": "integer", "minimum": 0, "maximum": 20, "default": 0},
-                "ignore_case": {"type": "boolean", "default": False},
-                "max_matches": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1000},
-            },
-            ("pattern",),
-        ),
-        _regex_extract,
-        isolated=True,
-        check=lambda params, _: [m for m in [regex_problem(params.get("pattern", ""))] if m and params.get("pattern")],
     ),
     NodeType(
         "chunk",

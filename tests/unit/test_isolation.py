@@ -8,7 +8,7 @@ import pytest
 
 from commands.isolation import run_isolated
 from domain.nodes.catalog import NodeError
-from domain.nodes.text import regex_problem
+from domain.nodes.regex import regex_problem
 
 
 def test_isolated_regex_returns_its_matches() -> None:
