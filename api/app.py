@@ -22,6 +22,8 @@ from api.health import HealthController
 from api.hub import LiveHub
 from api.middleware import request_id_middleware
 from api.rest.data import DataController
+from api.rest.executions import ExecutionsController
+from api.rest.nodes import NodesController
 from api.rest.search import SearchController
 from api.ws import websocket_endpoint
 from infra.bootstrap import ApiContainer, build_api
@@ -57,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             DataController,
             SearchController,
+            ExecutionsController,
+            NodesController,
             HealthController,
             websocket_endpoint,
             make_graphql_controller(

@@ -82,6 +82,7 @@ def delete_object(aggregate: DataObject | None, command: DeleteObject, envelope:
 
 
 def _existing(aggregate: DataObject | None, envelope: CommandEnvelope) -> DataObject:
-    if aggregate is None:
+    # Another aggregate type under this id (an execution) is no data object either.
+    if not isinstance(aggregate, DataObject):
         raise ObjectNotFound(f"data object {envelope.aggregate_id} does not exist")
     return aggregate

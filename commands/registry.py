@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import Aggregate
 
-from commands import data
+from commands import data, execution
 from commands.envelope import CommandEnvelope
 from domain.errors import DomainError
 
@@ -25,6 +25,13 @@ COMMANDS: dict[str, CommandSpec] = {
     "IngestData": CommandSpec(data.IngestData, data.ingest_data, creates=True),
     "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object),
     "DeleteObject": CommandSpec(data.DeleteObject, data.delete_object),
+    "ExecuteGraph": CommandSpec(execution.ExecuteGraph, execution.execute_graph, creates=True),
+    "StartNode": CommandSpec(execution.StartNode, execution.start_node),
+    "CompleteNode": CommandSpec(execution.CompleteNode, execution.complete_node),
+    "FailNode": CommandSpec(execution.FailNode, execution.fail_node),
+    "FailExecution": CommandSpec(execution.FailExecution, execution.fail_execution),
+    "CompleteExecution": CommandSpec(execution.CompleteExecution, execution.complete_execution),
+    "CancelExecution": CommandSpec(execution.CancelExecution, execution.cancel_execution),
 }
 
 

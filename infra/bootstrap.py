@@ -21,6 +21,7 @@ from projections.annotations import AnnotationsProjector
 from projections.audit_log import AuditLogProjector
 from projections.changes import ChangeFeed, channel_for
 from projections.data_objects import DataObjectsProjector
+from projections.executions import ExecutionsProjector
 from projections.projector import Projector
 from projections.runner import ProjectionRunner, RunnerConfig
 
@@ -62,7 +63,12 @@ class ApiContainer:
 
 def read_model_projectors(blobs: LocalBlobStore | None = None) -> list[Projector]:
     """The read models one runner keeps, in the order they are applied."""
-    return [DataObjectsProjector(blobs.find if blobs else None), AnnotationsProjector(), AuditLogProjector()]
+    return [
+        DataObjectsProjector(blobs.find if blobs else None),
+        AnnotationsProjector(),
+        ExecutionsProjector(),
+        AuditLogProjector(),
+    ]
 
 
 async def build_api(settings: Settings) -> ApiContainer:

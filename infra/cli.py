@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub.add_parser("api", help="run the HTTP API (uvicorn) on PIPELINE_HOST:PIPELINE_PORT")
     worker = sub.add_parser("worker", help="run one worker process")
-    worker.add_argument("name", choices=["processor", "projections"], help="which worker")
+    worker.add_argument("name", choices=["processor", "projections", "executor"], help="which worker")
     projections = sub.add_parser("projections", help="operate the read models")
     projections_sub = projections.add_subparsers(dest="action", required=True, metavar="ACTION")
     rebuild = projections_sub.add_parser(

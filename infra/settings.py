@@ -2,7 +2,7 @@
 
 The YAML file has the shape of the spec's ``api_gateway.yaml`` (sections ``server``, ``cors``,
 ``authentication``, ``rate_limiting``, ``websocket``, ``monitoring``) plus the sections this
-system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``). Values may use
+system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``, ``execution``). Values may use
 ``${VAR}`` or ``${VAR:-default}`` to read the environment.
 
 Every setting can also be given as an environment variable named ``PIPELINE_<SECTION>_<KEY>``
@@ -123,6 +123,14 @@ class ConsistencySettings:
 
 
 @dataclass(frozen=True)
+class ExecutionSettings:
+    executor_group: str = "executor"  # consumer group of the graph executor on the events topic
+    node_timeout_seconds: float = 30.0
+    inline_output_bytes: int = 16 * 1024  # larger node outputs go to the blob store
+    max_running: int = 16  # executions one executor runs at once
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -135,6 +143,7 @@ class Settings:
     redis: RedisSettings = field(default_factory=RedisSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
+    execution: ExecutionSettings = field(default_factory=ExecutionSettings)
 
 
 # Short environment names users expect, mapped to (section, key).

@@ -18,6 +18,7 @@ from infra.settings import Settings, load_settings
 CHILDREN = {
     "processor": ("worker", "processor"),
     "projections": ("worker", "projections"),
+    "executor": ("worker", "executor"),
     "api": ("api",),
 }
 RESTART_DELAY = 2.0

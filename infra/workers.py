@@ -1,4 +1,4 @@
-"""Worker process main loops: the command processor and the projection runner."""
+"""Worker process main loops: the command processor, the projection runner, the graph executor."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from infra.bootstrap import build_processor, build_runner
+from infra.bootstrap import build_processor, build_runner, require_services
 from infra.settings import Settings
 
 log = logging.getLogger("pipeline.workers")
@@ -39,4 +39,16 @@ async def run_projections(settings: Settings) -> None:
         await runner.pool.close()
 
 
-WORKERS = {"processor": run_processor, "projections": run_projections}
+async def run_executor(settings: Settings) -> None:
+    """Run the graph executor until SIGINT/SIGTERM."""
+    from infra.executor import build_executor
+
+    require_services(settings)
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    service = await build_executor(settings)
+    log.info("graph executor started (group %s)", service.executor.config.group_id)
+    await service.run(stop)
+
+
+WORKERS = {"processor": run_processor, "projections": run_projections, "executor": run_executor}

@@ -18,8 +18,10 @@ def free_port() -> int:
 
 @pytest.fixture
 def workers(isolated_env: dict[str, str], tmp_path: Path) -> Iterator[dict[str, Worker]]:
-    """The command processor and the projection runner, as real processes."""
-    started = {name: Worker(name, isolated_env, tmp_path / "logs").start() for name in ("processor", "projections")}
+    """The command processor, the projection runner and the graph executor, as real processes."""
+    started = {
+        name: Worker(name, isolated_env, tmp_path / "logs").start() for name in ("processor", "projections", "executor")
+    }
     try:
         yield started
     finally:

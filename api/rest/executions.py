@@ -1,0 +1,165 @@
+"""REST: submit a graph for execution, follow it, list and cancel executions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.params import Parameter
+
+from api.auth import actor_of
+from api.commands import derived_id, submit
+from api.data_service import wait_for_token
+from api.errors import ApiError
+from api.rest.data import ConsistencyToken
+from domain.graph import parse_graph
+from infra.bootstrap import ApiContainer
+from projections.executions import get_execution, list_executions
+
+Status = Literal["submitted", "running", "completed", "failed", "cancelled"]
+
+
+class ExecutionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    graph: dict[str, Any]
+    inputs: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+
+
+class ExecutionSubmitted(msgspec.Struct):
+    execution_id: str
+    status: str
+    estimated_time_seconds: float
+    version: int
+    position: str | None
+
+
+class NodeState(msgspec.Struct):
+    node_id: str
+    type: str | None
+    status: str
+    started_at: str | None = None
+    completed_at: str | None = None
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class ExecutionStatus(msgspec.Struct):
+    execution_id: str
+    status: str
+    progress: float
+    current_node: str | None
+    errors: list[str]
+    submitted_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    submitter: str
+    estimated_time_seconds: float
+    version: int
+    nodes: list[NodeState]
+
+
+class ExecutionPage(msgspec.Struct):
+    items: list[ExecutionStatus]
+    total: int
+    limit: int
+    offset: int
+
+
+class ExecutionCancelled(msgspec.Struct):
+    execution_id: str
+    status: str
+    version: int
+    position: str | None
+
+
+def to_status(row: dict[str, Any]) -> ExecutionStatus:
+    nodes = [NodeState(node_id=node_id, **row["nodes"].get(node_id, {})) for node_id in row["node_order"]]
+    return ExecutionStatus(
+        execution_id=row["execution_id"],
+        status=row["status"],
+        progress=round(row["progress"], 6),
+        current_node=row["current_node"],
+        errors=list(row["errors"]),
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        submitter=row["submitter"],
+        estimated_time_seconds=row["estimated_time_seconds"],
+        version=row["version"],
+        nodes=nodes,
+    )
+
+
+class ExecutionsController(Controller):
+    path = "/api/v1"
+    tags = ["executions"]
+
+    @post("/execute", operation_id="executeGraph", status_code=202, summary="Submit a processing graph")
+    async def execute(
+        self, request: Request[Any, Any, Any], data: ExecutionRequest, container: ApiContainer
+    ) -> Response[ExecutionSubmitted]:
+        """Validate and record the graph (422 lists every problem); the executor runs it."""
+        execution_id = derived_id(request, "execute") or str(uuid.uuid4())
+        payload = {"graph": data.graph, "inputs": data.inputs, "options": data.options}
+        outcome = await submit(request, container, "ExecuteGraph", execution_id, payload)
+        body = ExecutionSubmitted(
+            execution_id=execution_id,
+            status="submitted",
+            estimated_time_seconds=parse_graph(data.graph).estimated_seconds(),
+            version=outcome.version,
+            position=outcome.position,
+        )
+        headers = {"X-Consistency-Token": outcome.position} if outcome.position else {}
+        return Response(body, status_code=202, headers=headers)
+
+    @get("/executions/{execution_id:uuid}", operation_id="getExecution", summary="An execution's status")
+    async def get_one(
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: uuid.UUID,
+        container: ApiContainer,
+        consistency_token: ConsistencyToken = None,
+    ) -> ExecutionStatus:
+        """Status, progress, current node, errors and node states; 404 for other users' executions."""
+        await wait_for_token(container, consistency_token or request.headers.get("x-consistency-token"))
+        async with container.pool.connection() as conn:
+            row = await get_execution(conn, str(execution_id))
+        actor = actor_of(request)
+        if row is None or (row["submitter"] != actor.user_id and actor.role != "admin"):
+            raise ApiError(404, "not_found", f"execution {execution_id} does not exist")
+        return to_status(row)
+
+    @get("/executions", operation_id="listExecutions", summary="The caller's executions, newest first")
+    async def list_all(
+        self,
+        request: Request[Any, Any, Any],
+        container: ApiContainer,
+        status: Annotated[Status | None, Parameter(query="status", required=False)] = None,
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
+        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+    ) -> ExecutionPage:
+        """Paginated; admins see everyone's executions."""
+        actor = actor_of(request)
+        async with container.pool.connection() as conn:
+            rows, total = await list_executions(
+                conn, None if actor.role == "admin" else actor.user_id, status, limit, offset
+            )
+        return ExecutionPage([to_status(r) for r in rows], total, limit, offset)
+
+    @post(
+        "/executions/{execution_id:uuid}/cancel",
+        operation_id="cancelExecution",
+        status_code=200,
+        summary="Cancel an execution (it stops between nodes)",
+    )
+    async def cancel(
+        self, request: Request[Any, Any, Any], execution_id: uuid.UUID, container: ApiContainer
+    ) -> Response[ExecutionCancelled]:
+        """Only the submitter or an admin may cancel; a finished execution answers 409."""
+        outcome = await submit(request, container, "CancelExecution", str(execution_id), {})
+        body = ExecutionCancelled(str(execution_id), "cancelled", outcome.version, outcome.position)
+        headers = {"X-Consistency-Token": outcome.position} if outcome.position else {}
+        return Response(body, headers=headers)

@@ -1,0 +1,22 @@
+"""REST: the node catalog (the spec's available_nodes)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from litestar import Controller, get
+from litestar.params import Parameter
+
+from domain.nodes import available_nodes
+
+
+class NodesController(Controller):
+    path = "/api/v1/nodes"
+    tags = ["executions"]
+
+    @get("/", operation_id="listNodes", summary="List the available node types")
+    async def list_nodes(
+        self, category: Annotated[str | None, Parameter(query="category", required=False)] = None
+    ) -> list[dict[str, Any]]:
+        """Node types with their ports and JSON-Schema parameters, optionally of one category."""
+        return available_nodes(category)

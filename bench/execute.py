@@ -1,0 +1,148 @@
+"""Execution benchmark: N concurrent submitters run a small graph to completion; prints JSON.
+
+Figures: executions/s (completed executions over the wall time) and time-to-completion percentiles
+(POST /api/v1/execute -> GET shows "completed", polled every 20 ms). Against a running system with
+--url, or, without it, against one it starts itself (Kafka, PostgreSQL, Redis, the API and the
+processor, projections and executor workers) in a temporary directory.
+
+    python bench/execute.py --submitters 8 --executions 200 [--url http://127.0.0.1:8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+TEXT = "Kafka keeps an ordered log. Consumers read it in order. The executor runs graphs of nodes over text. " * 5
+GRAPH: dict[str, list[dict[str, Any]]] = {
+    "nodes": [
+        {"id": "src", "type": "input", "params": {"name": "text"}},
+        {"id": "norm", "type": "normalize"},
+        {"id": "chunks", "type": "chunk", "params": {"size": 120, "overlap": 20}},
+        {"id": "kw", "type": "keywords", "params": {"top_k": 5}},
+        {"id": "count", "type": "word_count"},
+    ],
+    "edges": [
+        {"from": "src.value", "to": "norm.text"},
+        {"from": "norm.text", "to": "chunks.text"},
+        {"from": "chunks.chunks", "to": "kw.text"},
+        {"from": "norm.text", "to": "count.text"},
+    ],
+}
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+async def one(http: httpx.AsyncClient) -> float:
+    started = time.perf_counter()
+    response = await http.post("/api/v1/execute", json={"graph": GRAPH, "inputs": {"text": TEXT}})
+    response.raise_for_status()
+    execution_id = response.json()["execution_id"]
+    while True:
+        status = await http.get(f"/api/v1/executions/{execution_id}")
+        if status.status_code == 200 and status.json()["status"] in {"completed", "failed", "cancelled"}:
+            assert status.json()["status"] == "completed", status.text
+            return time.perf_counter() - started
+        await asyncio.sleep(0.02)
+
+
+async def drive(url: str, submitters: int, executions: int) -> dict[str, float]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        await one(http)  # warm-up: topics, consumer groups, connections
+        queue = list(range(executions))
+        times: list[float] = []
+
+        async def submitter() -> None:
+            while queue:
+                queue.pop()
+                times.append(await one(http))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(submitter() for _ in range(submitters)))
+        wall = time.perf_counter() - started
+    return {
+        "submitters": submitters,
+        "executions": executions,
+        "nodes_per_execution": len(GRAPH["nodes"]),
+        "executions_per_s": round(executions / wall, 2),
+        "ttc_p50_ms": round(percentile(times, 50) * 1000, 1),
+        "ttc_p99_ms": round(percentile(times, 99) * 1000, 1),
+        "ttc_max_ms": round(max(times) * 1000, 1),
+        "cores": os.cpu_count() or 0,
+    }
+
+
+@contextlib.contextmanager
+def own_system() -> Iterator[str]:
+    """Services plus the API and every worker, in a temporary directory; yields the API's URL."""
+    sys.path.insert(0, str(ROOT))
+    from infra.services import ManagedServices
+
+    with tempfile.TemporaryDirectory(prefix="bench-execute-") as tmp, ManagedServices(Path(tmp) / "services") as ms:
+        endpoints = ms.start()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {
+            **os.environ,
+            "DATABASE_URL": endpoints.database_url,
+            "KAFKA_BOOTSTRAP_SERVERS": endpoints.kafka_bootstrap,
+            "REDIS_URL": endpoints.redis_url,
+            "PIPELINE_DATA_DIR": str(Path(tmp) / "data"),
+            "PIPELINE_PORT": str(port),
+        }
+        children = []
+        for args in (["worker", "processor"], ["worker", "projections"], ["worker", "executor"], ["api"]):
+            log = (Path(tmp) / f"{args[-1]}.log").open("ab")
+            children.append(
+                subprocess.Popen([sys.executable, "-m", "infra.cli", *args], env=env, cwd=ROOT, stdout=log, stderr=log)
+            )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with contextlib.suppress(httpx.TransportError):
+                    if httpx.get(f"{url}/health").status_code == 200:
+                        break
+                time.sleep(0.2)
+            yield url
+        finally:
+            for child in children:
+                child.terminate()
+            for child in children:
+                child.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running system's API (default: start one)")
+    parser.add_argument("--submitters", type=int, default=8)
+    parser.add_argument("--executions", type=int, default=200)
+    args = parser.parse_args()
+    if args.url:
+        figures = asyncio.run(drive(args.url, args.submitters, args.executions))
+    else:
+        with own_system() as url:
+            figures = asyncio.run(drive(url, args.submitters, args.executions))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Execution commands and their handlers: ExecuteGraph (validates the graph), node steps, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+import msgspec
+
+from commands.envelope import CommandEnvelope
+from domain.errors import DomainError
+from domain.execution import Execution
+from domain.graph import parse_graph
+from domain.nodes.catalog import encoded_size
+from domain.schema import validate
+
+MAX_INPUTS_BYTES = 1024 * 1024
+# Options the system reads; others are kept as given (clients may tag executions).
+OPTIONS_SCHEMA = {
+    "type": "object",
+    "properties": {"node_timeout_seconds": {"type": "number", "minimum": 0.1, "maximum": 3600}},
+}
+NODE_ID = msgspec.Meta(min_length=1, max_length=64)
+
+
+class ExecuteGraph(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    graph: dict[str, Any]
+    inputs: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+
+
+class StartNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    node_id: str
+
+
+class CompleteNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    node_id: str
+    summary: dict[str, Any]
+    output: dict[str, Any] | None = None
+    output_location: str | None = None
+
+
+class FailNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    node_id: str
+    error: str
+
+
+class FailExecution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    error: str
+
+
+class CompleteExecution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class CancelExecution(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    pass
+
+
+class ExecutionNotFound(DomainError):
+    code = "not_found"
+
+
+class ExecutionExists(DomainError):
+    code = "conflict"
+
+
+class InvalidExecution(DomainError):
+    code = "invalid"
+
+
+class NotAllowed(DomainError):
+    code = "forbidden"
+
+
+def execute_graph(aggregate: Execution | None, command: ExecuteGraph, envelope: CommandEnvelope) -> Execution:
+    if aggregate is not None:
+        raise ExecutionExists(f"execution {envelope.aggregate_id} already exists")
+    if encoded_size(command.inputs) > MAX_INPUTS_BYTES:
+        raise InvalidExecution(f"inputs are larger than {MAX_INPUTS_BYTES} bytes")
+    problems = [
+        {"node_id": None, "port": None, "message": f"option {p} {m}"}
+        for p, m in validate(command.options, OPTIONS_SCHEMA)
+    ]
+    if problems:
+        raise InvalidExecution("the options are not valid", {"problems": problems})
+    graph = parse_graph(command.graph)  # InvalidGraph (code "invalid") lists every problem
+    return Execution(
+        id=UUID(envelope.aggregate_id),
+        graph=command.graph,
+        inputs=command.inputs,
+        options=command.options,
+        node_order=graph.order,
+        estimated_time_seconds=graph.estimated_seconds(),
+        submitter=envelope.actor.user_id,
+    )
+
+
+def start_node(aggregate: Execution | None, command: StartNode, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.start_node(command.node_id)
+    return execution
+
+
+def complete_node(aggregate: Execution | None, command: CompleteNode, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.complete_node(command.node_id, command.summary, command.output, command.output_location)
+    return execution
+
+
+def fail_node(aggregate: Execution | None, command: FailNode, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.fail_node(command.node_id, command.error[:2000])
+    return execution
+
+
+def fail_execution(aggregate: Execution | None, command: FailExecution, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.fail(command.error[:2000])
+    return execution
+
+
+def complete_execution(aggregate: Execution | None, command: CompleteExecution, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.complete()
+    return execution
+
+
+def cancel_execution(aggregate: Execution | None, command: CancelExecution, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    actor = envelope.actor
+    if actor.user_id != execution.submitter and actor.role != "admin":
+        raise NotAllowed("only the submitter or an admin can cancel an execution")
+    execution.cancel(actor.user_id)
+    return execution
+
+
+def _existing(aggregate: Any, envelope: CommandEnvelope) -> Execution:
+    if not isinstance(aggregate, Execution):
+        raise ExecutionNotFound(f"execution {envelope.aggregate_id} does not exist")
+    return aggregate

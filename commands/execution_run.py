@@ -1,0 +1,240 @@
+"""One execution's run: nodes in topological order, each step reported as a command.
+
+Everything the run needs from outside comes in ``RunDeps`` (submit a command, blobs, object
+loading, search), so the process manager is testable and knows nothing of Kafka or PostgreSQL.
+A run resumes: nodes whose completion is already recorded are skipped and their outputs reused;
+every command id is derived from (execution id, node id, step), so a repeated step is a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+from uuid import UUID, uuid5
+
+import orjson
+
+from commands.envelope import Actor, CommandEnvelope, Outcome
+from commands.isolation import run_isolated
+from domain.graph import Graph, InvalidGraph, parse_graph
+from domain.nodes import CATALOG
+from domain.nodes.catalog import Effect, NodeContext, NodeError, NodeResult, run_node
+
+log = logging.getLogger("pipeline.executor")
+EXECUTOR = Actor(user_id="system:executor", role="system")
+PREVIEW_CHARS = 300
+
+
+@dataclass
+class RunDeps:
+    submit: Callable[[CommandEnvelope], Awaitable[Outcome]]
+    put_blob: Callable[[bytes], str]  # -> location
+    get_blob: Callable[[str], bytes]  # location -> bytes
+    load_object: Callable[[str], Coroutine[Any, Any, str]]
+    search: Callable[[str, int], Coroutine[Any, Any, list[dict[str, Any]]]]
+    node_timeout: float = 30.0
+    inline_output_bytes: int = 16 * 1024
+
+
+@dataclass
+class ExecutionView:
+    """What the executor knows of one execution, folded from its events."""
+
+    execution_id: str
+    graph: dict[str, Any]
+    inputs: dict[str, Any]
+    submitter: str
+    partition: int
+    first_offset: int
+    options: dict[str, Any] = field(default_factory=dict)
+    status: str = "submitted"
+    completed: dict[str, tuple[dict[str, Any] | None, str | None]] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in {"completed", "failed", "cancelled"}
+
+
+class StopRun(Exception):
+    """The execution cannot go on (cancelled, or finished elsewhere)."""
+
+
+def summarize_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    """A bounded summary of a node's outputs: kind, length and a short JSON preview per port."""
+    summary = {}
+    for port, value in outputs.items():
+        encoded = orjson.dumps(value, default=str).decode()
+        summary[port] = {
+            "kind": type(value).__name__,
+            "length": len(value) if isinstance(value, str | list | dict) else None,
+            "preview": encoded[:PREVIEW_CHARS] + ("…" if len(encoded) > PREVIEW_CHARS else ""),
+        }
+    return summary
+
+
+class ExecutionRun:
+    def __init__(self, view: ExecutionView, deps: RunDeps) -> None:
+        self.view = view
+        self.deps = deps
+        self.id = UUID(view.execution_id)
+        # The execution may ask for a shorter node time limit than the executor's, never a longer one.
+        self.timeout = min(float(view.options.get("node_timeout_seconds", deps.node_timeout)), deps.node_timeout)
+
+    def command(
+        self, kind: str, payload: dict[str, Any], step: str, aggregate_id: str | None = None
+    ) -> CommandEnvelope:
+        return CommandEnvelope(
+            command_id=str(uuid5(self.id, step)),
+            type=kind,
+            aggregate_id=aggregate_id or self.view.execution_id,
+            payload=payload,
+            actor=EXECUTOR if aggregate_id is None else Actor(self.view.submitter, "user"),
+            correlation_id=self.view.execution_id,
+        )
+
+    async def send(self, envelope: CommandEnvelope) -> Outcome:
+        return await self.deps.submit(envelope)
+
+    async def run(self) -> None:
+        try:
+            graph = parse_graph(self.view.graph)
+        except InvalidGraph as exc:  # valid when submitted; the catalog has changed since
+            await self.send(self.command("FailExecution", {"error": f"{exc.message}: {exc.details}"}, "invalid"))
+            return
+        outputs: dict[str, dict[str, Any]] = {}
+        for level in graph.levels():  # independent branches of one level run side by side
+            if self.view.finished:
+                return
+            for node_id in level:
+                if node_id in self.view.completed:
+                    outputs[node_id] = self._recorded_output(node_id)
+            todo = [node_id for node_id in level if node_id not in outputs]
+            results = await asyncio.gather(*(self._run_node(graph, n, outputs) for n in todo), return_exceptions=True)
+            stopped = False
+            for node_id, result in zip(todo, results, strict=True):
+                if isinstance(result, StopRun):
+                    log.info("execution %s stops: %s", self.view.execution_id, result)
+                    stopped = True
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    outputs[node_id] = result
+            if stopped:
+                return
+        if not self.view.finished:
+            await self.send(self.command("CompleteExecution", {}, "complete"))
+
+    def _recorded_output(self, node_id: str) -> dict[str, Any]:
+        output, location = self.view.completed[node_id]
+        if output is not None:
+            return output
+        assert location is not None
+        loaded: dict[str, Any] = orjson.loads(self.deps.get_blob(location))
+        return loaded
+
+    async def _run_node(self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        started = await self.send(self.command("StartNode", {"node_id": node_id}, f"{node_id}:start"))
+        if not started.accepted:
+            assert started.rejection is not None
+            if started.rejection.code == "conflict" and "node_id" in started.rejection.details:
+                # Recorded by an earlier owner after this one read the log: use its output.
+                await self._wait(lambda: node_id in self.view.completed)
+                return self._recorded_output(node_id)
+            raise StopRun(started.rejection.message)
+        node = graph.nodes[node_id]
+        inputs = {
+            edge.input: outputs[edge.source][edge.output]
+            for edge in graph.incoming(node_id)
+            if edge.output in outputs.get(edge.source, {})
+        }
+        try:
+            result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
+        except TimeoutError:
+            await self._fail(node_id, f"timed out after {self.timeout:g}s")
+        except NodeError as exc:
+            await self._fail(node_id, exc.message)
+        except Exception as exc:  # a node bug fails its execution, not the executor
+            log.exception("node %s of %s crashed", node_id, self.view.execution_id)
+            await self._fail(node_id, f"{type(exc).__name__}: {exc}")
+        produced = dict(result.outputs)
+        # Effects are commands, outside the node's time limit. A refusal fails the node; a command
+        # timeout propagates, and the run is resumed later (effect command ids make a retry a duplicate).
+        try:
+            for index, effect in enumerate(result.effects):
+                produced.update(await self._apply(effect, node_id, index))
+        except NodeError as exc:
+            await self._fail(node_id, exc.message)
+        encoded = orjson.dumps(produced)
+        inline = len(encoded) <= self.deps.inline_output_bytes
+        payload = {
+            "node_id": node_id,
+            "summary": summarize_outputs(produced),
+            "output": produced if inline else None,
+            "output_location": None if inline else await asyncio.to_thread(self.deps.put_blob, encoded),
+        }
+        done = await self.send(self.command("CompleteNode", payload, f"{node_id}:complete"))
+        if not done.accepted and done.rejection is not None:
+            raise StopRun(done.rejection.message)
+        return produced
+
+    async def _compute(self, node_type: str, inputs: dict[str, Any], params: dict[str, Any]) -> NodeResult:
+        loop = asyncio.get_running_loop()
+        timeout = self.timeout
+
+        def load_object(object_id: str) -> str:
+            return asyncio.run_coroutine_threadsafe(self.deps.load_object(object_id), loop).result(timeout)
+
+        def search(query: str, limit: int) -> list[dict[str, Any]]:
+            return asyncio.run_coroutine_threadsafe(self.deps.search(query, limit), loop).result(timeout)
+
+        if CATALOG[node_type].isolated:
+            return await asyncio.to_thread(run_isolated, node_type, inputs, params, self.view.inputs, timeout)
+        context = NodeContext(self.view.inputs, load_object, search)
+        return await asyncio.to_thread(run_node, CATALOG[node_type], inputs, params, context)
+
+    async def _apply(self, effect: Effect, node_id: str, index: int) -> dict[str, Any]:
+        """Issue a sink's effect as a command on behalf of the submitter; ids derive from the node."""
+        if effect.kind == "annotate":
+            object_id = _uuid(effect.payload["object_id"])
+            payload = {k: effect.payload[k] for k in ("annotation_type", "content", "confidence")}
+            payload["annotation_id"] = str(uuid5(self.id, f"{node_id}:annotation:{index}"))
+            outcome = await self.send(self.command("AnnotateObject", payload, f"{node_id}:annotate:{index}", object_id))
+            if not outcome.accepted and outcome.rejection is not None:
+                raise NodeError(f"annotating {object_id}: {outcome.rejection.message}")
+            return {}
+        content = effect.payload["content"].encode()
+        location = await asyncio.to_thread(self.deps.put_blob, content)
+        object_id = str(uuid5(self.id, f"{node_id}:store:{index}"))
+        metadata = {**effect.payload["metadata"], "execution_id": self.view.execution_id, "node_id": node_id}
+        payload = {
+            "content_type": effect.payload["content_type"],
+            "content_hash": location.rsplit("/", 1)[-1],
+            "size": len(content),
+            "location": location,
+            "metadata": metadata,
+        }
+        outcome = await self.send(self.command("IngestData", payload, f"{node_id}:store:{index}", object_id))
+        if not outcome.accepted and outcome.rejection is not None and outcome.rejection.code != "conflict":
+            raise NodeError(f"storing the result: {outcome.rejection.message}")
+        return {"object_id": object_id}
+
+    async def _fail(self, node_id: str, error: str) -> NoReturn:
+        await self.send(self.command("FailNode", {"node_id": node_id, "error": error}, f"{node_id}:fail"))
+        raise StopRun(f"node {node_id} failed: {error}")
+
+    async def _wait(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                self.view.changed.clear()
+                await self.view.changed.wait()
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(UUID(value))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise NodeError(f"{value!r} is not an object id") from exc

@@ -1,0 +1,85 @@
+"""Wiring of the graph executor: its command bus, blob store and read-model lookups."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from commands.execution_run import RunDeps
+from commands.executor import Executor, ExecutorConfig
+from domain.nodes.catalog import MAX_INPUT_BYTES, NodeError
+from infra.blobstore import BlobNotFound, LocalBlobStore
+from infra.codec import make_mapper
+from infra.command_bus import KafkaCommandBus
+from infra.kafka import ensure_topics
+from infra.postgres import migrate, open_pool
+from infra.settings import Settings
+from projections.data_objects import get_data_object, search_objects
+
+
+@dataclass
+class ExecutorService:
+    executor: Executor
+    bus: KafkaCommandBus
+    pool: AsyncConnectionPool
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the executor until ``stop`` is set, then close its clients."""
+        try:
+            await self.executor.run(stop)
+        finally:
+            await self.bus.stop()
+            await self.pool.close()
+
+
+def blob_hash(location: str) -> str:
+    """The sha256 of a ``blob://sha256/<hash>`` location."""
+    return location.rsplit("/", 1)[-1]
+
+
+async def build_executor(settings: Settings) -> ExecutorService:
+    """The executor with everything it needs connected (topics and schema created if missing)."""
+    topics = await ensure_topics(settings.kafka)
+    await migrate(settings.database.url, settings.database.schema)
+    pool = await open_pool(settings.database.url, settings.database.schema, 1, 4)
+    bus = KafkaCommandBus(settings.kafka.bootstrap_servers, topics, settings.kafka.command_timeout_seconds)
+    await bus.start()
+    blobs = LocalBlobStore(settings.storage.blob_path)
+
+    async def load_object(object_id: str) -> str:
+        async with pool.connection() as conn:
+            row = await get_data_object(conn, object_id)
+        if row is None:
+            raise NodeError(f"data object {object_id} does not exist")
+        if row["size"] > MAX_INPUT_BYTES:
+            raise NodeError(f"data object {object_id} is larger than {MAX_INPUT_BYTES} bytes")
+        try:
+            data = await asyncio.to_thread(blobs.get, row["content_hash"])
+        except BlobNotFound as exc:
+            raise NodeError(f"the content of {object_id} is missing") from exc
+        return data.decode("utf-8", errors="replace")
+
+    async def search(query: str, limit: int) -> list[dict[str, Any]]:
+        async with pool.connection() as conn:
+            return await search_objects(conn, query, limit)
+
+    s = settings.execution
+    deps = RunDeps(
+        submit=bus.submit,
+        put_blob=lambda data: blobs.put(data).location,
+        get_blob=lambda location: blobs.get(blob_hash(location)),
+        load_object=load_object,
+        search=search,
+        node_timeout=s.node_timeout_seconds,
+        inline_output_bytes=s.inline_output_bytes,
+    )
+    config = ExecutorConfig(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        events_topic=topics.events,
+        group_id=f"{settings.kafka.topic_prefix}.{s.executor_group}",
+        max_running=s.max_running,
+    )
+    return ExecutorService(Executor(config, make_mapper(), deps), bus, pool)

@@ -1,0 +1,186 @@
+"""The executor's run of one execution, against the real command handlers and in-memory fakes of I/O."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+from uuid import uuid4
+
+from commands.envelope import Actor, CommandEnvelope, Outcome, Rejection
+from commands.execution_run import ExecutionRun, ExecutionView, RunDeps
+from commands.registry import execute
+from domain.errors import DomainError
+from domain.graph import parse_graph
+
+OBJECT_ID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+GRAPH = {
+    "nodes": [
+        {"id": "src", "type": "input", "params": {"name": "text"}},
+        {"id": "kw", "type": "keywords", "params": {"top_k": 2}},
+        {"id": "note", "type": "annotate", "params": {"object_id": OBJECT_ID, "each": True}},
+    ],
+    "edges": [{"from": "src.value", "to": "kw.text"}, {"from": "kw.keywords", "to": "note.content"}],
+}
+TEXT = "Rivers carry water. Rivers carry boats. Boats carry people across rivers."
+
+
+ALICE = Actor("alice", "user")
+
+
+def envelope(kind: str, aggregate_id: str, payload: dict[str, Any], command_id: str) -> CommandEnvelope:
+    return CommandEnvelope(command_id=command_id, type=kind, aggregate_id=aggregate_id, payload=payload, actor=ALICE)
+
+
+class World:
+    """The command path in memory: aggregates by id, outcomes remembered by command id, blobs by hash."""
+
+    def __init__(self) -> None:
+        self.aggregates: dict[str, Any] = {}
+        self.outcomes: dict[str, Outcome] = {}
+        self.commands: list[tuple[str, dict[str, Any]]] = []
+        self.blobs: dict[str, bytes] = {}
+        self.view: ExecutionView | None = None
+
+    async def submit(self, envelope: CommandEnvelope) -> Outcome:
+        if envelope.command_id in self.outcomes:
+            return self.outcomes[envelope.command_id]
+        self.commands.append((envelope.type, envelope.payload))
+        try:
+            aggregate = execute(envelope, self.aggregates.get(envelope.aggregate_id))
+        except DomainError as exc:
+            return Outcome(
+                command_id=envelope.command_id,
+                aggregate_id=envelope.aggregate_id,
+                accepted=False,
+                rejection=Rejection(exc.code, exc.message, dict(exc.details)),
+            )
+        self.aggregates[envelope.aggregate_id] = aggregate
+        for event in aggregate.collect_events():
+            self.fold(type(event).__name__, event)
+        outcome = Outcome(command_id=envelope.command_id, aggregate_id=envelope.aggregate_id, accepted=True)
+        self.outcomes[envelope.command_id] = outcome
+        return outcome
+
+    def fold(self, kind: str, event: Any) -> None:
+        """What the executor's consumer does with the execution's events."""
+        if self.view is None or str(event.originator_id) != self.view.execution_id:
+            return
+        if kind == "NodeCompleted":
+            self.view.completed[event.node_id] = (event.output, event.output_location)
+        elif kind in {"Completed", "Failed", "Cancelled"}:
+            self.view.status = kind.lower()
+
+    def put_blob(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return f"blob://sha256/{digest}"
+
+    def deps(self, **overrides: Any) -> RunDeps:
+        async def load_object(object_id: str) -> str:
+            return TEXT
+
+        async def search(query: str, limit: int) -> list[dict[str, Any]]:
+            return []
+
+        fields: dict[str, Any] = {
+            "submit": self.submit,
+            "put_blob": self.put_blob,
+            "get_blob": lambda location: self.blobs[location.rsplit("/", 1)[-1]],
+            "load_object": load_object,
+            "search": search,
+            **overrides,
+        }
+        return RunDeps(**fields)
+
+    async def given_submitted(self, graph: dict[str, Any], inputs: dict[str, Any]) -> ExecutionView:
+        execution_id = str(uuid4())
+        ingest = {"content_type": "text/plain", "content_hash": "ab" * 32, "size": 1, "location": "blob://x"}
+        await self.submit(envelope("IngestData", OBJECT_ID, ingest, "ingest"))
+        self.view = ExecutionView(execution_id, graph, inputs, "alice", partition=0, first_offset=0)
+        submitted = await self.submit(envelope("ExecuteGraph", execution_id, {"graph": graph, "inputs": inputs}, "s"))
+        assert submitted.accepted
+        self.commands.clear()
+        return self.view
+
+
+def kinds(world: World) -> list[str]:
+    return [kind for kind, _ in world.commands]
+
+
+async def test_run_reports_each_node_then_completes_and_annotates() -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    await ExecutionRun(view, world.deps()).run()
+    assert kinds(world) == [
+        "StartNode", "CompleteNode", "StartNode", "CompleteNode", "StartNode",
+        "AnnotateObject", "AnnotateObject", "CompleteNode", "CompleteExecution",
+    ]  # fmt: skip
+    assert view.status == "completed"
+    notes = [p["content"]["term"] for kind, p in world.commands if kind == "AnnotateObject"]
+    assert notes == ["carry", "rivers"]
+    assert world.aggregates[OBJECT_ID].annotation_count == 2
+
+
+async def test_a_second_run_resumes_without_repeating_completed_nodes() -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    # An executor that recorded the first node, then died.
+    await ExecutionRun(view, world.deps())._run_node(parse_graph(GRAPH), "src", {})
+    world.commands.clear()
+    await ExecutionRun(view, world.deps()).run()
+    started = [p["node_id"] for kind, p in world.commands if kind == "StartNode"]
+    assert started == ["kw", "note"]
+    assert view.status == "completed"
+
+
+async def test_large_outputs_go_to_the_blob_store_and_are_read_back_on_resume() -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    await ExecutionRun(view, world.deps(inline_output_bytes=10)).run()
+    completed = [p for kind, p in world.commands if kind == "CompleteNode"]
+    assert all(p["output"] is None and p["output_location"].startswith("blob://") for p in completed)
+    assert view.status == "completed"
+
+
+async def test_a_node_over_its_time_limit_fails_the_execution() -> None:
+    async def slow(object_id: str) -> str:
+        await asyncio.sleep(10)
+        return ""
+
+    world = World()
+    graph = {"nodes": [{"id": "doc", "type": "object", "params": {"object_id": OBJECT_ID}}], "edges": []}
+    view = await world.given_submitted(graph, {})
+    await ExecutionRun(view, world.deps(load_object=slow, node_timeout=0.2)).run()
+    assert kinds(world) == ["StartNode", "FailNode"]
+    assert "timed out" in world.commands[-1][1]["error"] and view.status == "failed"
+
+
+async def test_a_cancelled_execution_stops_before_its_next_node() -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    await world.submit(envelope("CancelExecution", view.execution_id, {}, "cancel"))
+    world.commands.clear()
+    await ExecutionRun(view, world.deps()).run()
+    assert world.commands == []
+
+
+async def test_a_graph_the_catalog_no_longer_accepts_fails_the_execution() -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    view.graph = {"nodes": [{"id": "x", "type": "retired-node"}], "edges": []}
+    await ExecutionRun(view, world.deps()).run()
+    assert kinds(world) == ["FailExecution"] and view.status == "failed"
+
+
+async def test_an_execution_may_shorten_the_node_time_limit() -> None:
+    async def slow(object_id: str) -> str:
+        await asyncio.sleep(10)
+        return ""
+
+    world = World()
+    graph = {"nodes": [{"id": "doc", "type": "object", "params": {"object_id": OBJECT_ID}}], "edges": []}
+    view = await world.given_submitted(graph, {})
+    view.options = {"node_timeout_seconds": 0.2}
+    await ExecutionRun(view, world.deps(load_object=slow, node_timeout=60)).run()
+    assert world.commands[-1][1]["error"] == "timed out after 0.2s"
