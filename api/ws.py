@@ -12,28 +12,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
+from api.errors import ApiError
+from api.execution_service import read_execution
 from api.hub import LiveHub, Subscriber
+from api.rest.executions import to_status
 from infra.bootstrap import ApiContainer
 
 TOPIC = re.compile(r"^(data_changes|execution:[0-9a-fA-F-]{36})$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# Extra message types (e.g. execution_status, once executions exist) register here.
-MessageHandler = Callable[[ApiContainer, dict[str, Any]], Awaitable[dict[str, Any]]]
-MESSAGE_HANDLERS: dict[str, MessageHandler] = {}
+
+
+async def execution_status(connection: Any, container: ApiContainer, message: dict[str, Any]) -> dict[str, Any]:
+    """The spec's ``execution_status`` request: the same status REST answers."""
+    execution_id = message.get("execution_id")
+    if not isinstance(execution_id, str):
+        return error("invalid_message", "execution_status needs an 'execution_id'")
+    try:
+        row = await read_execution(connection, container, execution_id)
+    except ApiError as exc:
+        return error(exc.reason, exc.message)
+    return {"type": "execution_status", "data": msgspec.to_builtins(to_status(row))}
 
 
 def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
-async def handle(container: ApiContainer, hub: LiveHub, subscriber: Subscriber, message: Any) -> dict[str, Any] | None:
+async def handle(
+    socket: Any, container: ApiContainer, hub: LiveHub, subscriber: Subscriber, message: Any
+) -> dict[str, Any] | None:
     """The reply to one client message (None: nothing to say)."""
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return error("invalid_message", "messages are JSON objects with a string 'type'")
@@ -49,10 +62,9 @@ async def handle(container: ApiContainer, hub: LiveHub, subscriber: Subscriber, 
         return {"type": "unsubscribed", "topic": topic}
     if kind == "ping":
         return {"type": "pong"}
-    handler = MESSAGE_HANDLERS.get(kind)
-    if handler is None:
-        return error("unsupported", f"message type {kind!r} is not supported")
-    return await handler(container, message)
+    if kind == "execution_status":
+        return await execution_status(socket, container, message)
+    return error("unsupported", f"message type {kind!r} is not supported")
 
 
 @websocket("/ws/{client_id:str}")
@@ -75,7 +87,7 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
                 )
             else:
                 try:
-                    reply = await handle(container, hub, subscriber, msgspec.json.decode(raw))
+                    reply = await handle(socket, container, hub, subscriber, msgspec.json.decode(raw))
                 except msgspec.DecodeError:
                     reply = error("invalid_json", "messages must be JSON")
             if reply is not None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import strawberry
@@ -14,13 +14,12 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api import data_service
-from api.errors import ApiError
 from api.graphql.context import GraphQLContext
+from api.graphql.errors import answer
+from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
 from api.rest.search import check_filters, run_search
-from infra.command_bus import CommandTimeout
 from projections.data_objects import get_data_object
 
-T = TypeVar("T")
 GqlInfo = Info[GraphQLContext, None]
 
 
@@ -73,20 +72,8 @@ def to_object(row: dict[str, Any]) -> DataObject:
     return DataObject(**fields)
 
 
-async def answer(call: Awaitable[T]) -> T:
-    """Run a use case; its expected failures become GraphQL errors with the REST envelope's fields."""
-    try:
-        return await call
-    except ApiError as exc:
-        extensions = {"code": exc.status, "reason": exc.reason, "details": exc.details}
-        raise GraphQLError(exc.message, extensions=extensions) from exc
-    except CommandTimeout as exc:
-        extensions = {"code": 504, "reason": "command_timeout", "details": {"command_id": str(exc)}}
-        raise GraphQLError("the command's outcome did not arrive in time", extensions=extensions) from exc
-
-
 @strawberry.type
-class Query:
+class Query(ExecutionQuery):
     @strawberry.field(description="Get a single data object by id (waiting for consistency_token if given)")
     async def data_object(
         self, info: GqlInfo, object_id: str, consistency_token: str | None = None
@@ -115,7 +102,7 @@ async def _checked(filters: Any) -> dict[str, Any]:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(ExecutionMutation):
     @strawberry.mutation(description="Ingest new data; returns the object once the read model has it")
     async def ingest_data(
         self,
@@ -165,7 +152,7 @@ class Mutation:
 
 
 @strawberry.type
-class Subscription:
+class Subscription(ExecutionSubscription):
     @strawberry.subscription(description="Data objects as they change; filters: {object_id?, change_type?}")
     async def data_changes(self, info: GqlInfo, filters: JSON | None = None) -> AsyncGenerator[DataChange, None]:
         wanted: dict[str, Any] = filters if isinstance(filters, dict) else {}

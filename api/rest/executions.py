@@ -11,13 +11,11 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
 from api.auth import actor_of
-from api.commands import derived_id, submit
-from api.data_service import wait_for_token
-from api.errors import ApiError
+from api.commands import submit
+from api.execution_service import execute_graph, read_execution
 from api.rest.data import ConsistencyToken
-from domain.graph import parse_graph
 from infra.bootstrap import ApiContainer
-from projections.executions import get_execution, list_executions
+from projections.executions import list_executions
 
 Status = Literal["submitted", "running", "completed", "failed", "cancelled"]
 
@@ -102,13 +100,11 @@ class ExecutionsController(Controller):
         self, request: Request[Any, Any, Any], data: ExecutionRequest, container: ApiContainer
     ) -> Response[ExecutionSubmitted]:
         """Validate and record the graph (422 lists every problem); the executor runs it."""
-        execution_id = derived_id(request, "execute") or str(uuid.uuid4())
-        payload = {"graph": data.graph, "inputs": data.inputs, "options": data.options}
-        outcome = await submit(request, container, "ExecuteGraph", execution_id, payload)
+        execution_id, outcome, estimate = await execute_graph(request, container, data.graph, data.inputs, data.options)
         body = ExecutionSubmitted(
             execution_id=execution_id,
             status="submitted",
-            estimated_time_seconds=parse_graph(data.graph).estimated_seconds(),
+            estimated_time_seconds=estimate,
             version=outcome.version,
             position=outcome.position,
         )
@@ -124,13 +120,8 @@ class ExecutionsController(Controller):
         consistency_token: ConsistencyToken = None,
     ) -> ExecutionStatus:
         """Status, progress, current node, errors and node states; 404 for other users' executions."""
-        await wait_for_token(container, consistency_token or request.headers.get("x-consistency-token"))
-        async with container.pool.connection() as conn:
-            row = await get_execution(conn, str(execution_id))
-        actor = actor_of(request)
-        if row is None or (row["submitter"] != actor.user_id and actor.role != "admin"):
-            raise ApiError(404, "not_found", f"execution {execution_id} does not exist")
-        return to_status(row)
+        token = consistency_token or request.headers.get("x-consistency-token")
+        return to_status(await read_execution(request, container, str(execution_id), token))
 
     @get("/executions", operation_id="listExecutions", summary="The caller's executions, newest first")
     async def list_all(

@@ -61,7 +61,7 @@ async def test_run_serves_stops_cleanly_and_finds_its_data_again(isolated_env: d
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
             await wait_healthy(http, system, log)
             runtime = json.loads((data_dir / "runtime.json").read_text())
-            assert set(runtime["pids"]) == {"api", "processor", "projections"}
+            assert set(runtime["pids"]) == {"api", "processor", "projections", "executor"}
             created = (await http.post("/api/v1/ingest", json={"content": "kept", "content_type": "text/plain"})).json()
             token = {"X-Consistency-Token": created["position"]}
             assert (await http.get(f"/api/v1/data/{created['object_id']}", headers=token)).status_code == 200

@@ -112,3 +112,49 @@ async def test_graphql_subscription_streams_data_changes(client: httpx.AsyncClie
         change = message["payload"]["data"]["dataChanges"]
         assert change["objectId"] in created
         assert change["changeType"] == "Ingested" and change["data"] == {"contentType": "text/markdown"}
+
+
+GRAPH = {
+    "nodes": [
+        {"id": "in", "type": "input", "params": {"name": "text"}},
+        {"id": "count", "type": "word_count"},
+    ],
+    "edges": [{"from": "in.value", "to": "count.text"}],
+}
+
+
+async def test_graphql_and_websocket_see_an_execution_through(client: httpx.AsyncClient) -> None:
+    nodes = await gql(client, '{ availableNodes(category: "text") }')
+    assert any(node["type"] == "word_count" for node in nodes["data"]["availableNodes"])
+    submitted = await gql(
+        client,
+        "mutation($g: JSON!, $i: JSON) { executeGraph(graph: $g, inputs: $i) { executionId status } }",
+        g=GRAPH,
+        i={"text": "one two three"},
+    )
+    execution = submitted["data"]["executeGraph"]
+    assert execution["status"] in {"submitted", "running", "completed"}
+
+    async with websockets.connect(ws_url(client, GQL), subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init"}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        query = "subscription($id: String!) { executionUpdates(executionId: $id) { status progress } }"
+        payload = {"query": query, "variables": {"id": execution["executionId"]}}
+        await ws.send(json.dumps({"id": "e", "type": "subscribe", "payload": payload}))
+        statuses = []
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+            if message["type"] == "complete":
+                break
+            assert message["type"] == "next", message
+            statuses.append(message["payload"]["data"]["executionUpdates"])
+        assert statuses[-1] == {"status": "completed", "progress": 1.0}
+        progress = [s["progress"] for s in statuses]
+        assert progress == sorted(progress)
+
+    async with websockets.connect(ws_url(client, "/ws/c2")) as ws:
+        await ws.send(json.dumps({"type": "execution_status", "execution_id": execution["executionId"]}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 15))
+        assert reply["type"] == "execution_status" and reply["data"]["status"] == "completed"
+        await ws.send(json.dumps({"type": "execution_status", "execution_id": "nope"}))
+        assert json.loads(await ws.recv())["code"] == "not_found"

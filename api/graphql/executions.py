@@ -1,0 +1,101 @@
+"""GraphQL for executions: executionStatus, availableNodes, executeGraph, executionUpdates."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from typing import Any, cast
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from api.execution_service import execute_graph, read_execution
+from api.graphql.context import GraphQLContext
+from api.graphql.errors import answer
+from domain.nodes import available_nodes
+
+GqlInfo = Info[GraphQLContext, None]
+FINISHED = {"completed", "failed", "cancelled"}
+
+
+@strawberry.type
+class ExecutionStatus:
+    execution_id: str
+    status: str
+    progress: float
+    current_node: str | None
+    errors: list[str]
+    started_at: datetime | None
+    completed_at: datetime | None
+    submitted_at: datetime
+    estimated_time_seconds: float
+    version: int
+    nodes: JSON  # node id -> {status, summary, error, ...}
+
+
+def to_status(row: dict[str, Any]) -> ExecutionStatus:
+    return ExecutionStatus(
+        execution_id=row["execution_id"],
+        status=row["status"],
+        progress=row["progress"],
+        current_node=row["current_node"],
+        errors=list(row["errors"]),
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        submitted_at=row["submitted_at"],
+        estimated_time_seconds=row["estimated_time_seconds"],
+        version=row["version"],
+        nodes=row["nodes"],
+    )
+
+
+@strawberry.type
+class ExecutionQuery:
+    @strawberry.field(description="An execution's status (yours, or any for admins)")
+    async def execution_status(self, info: GqlInfo, execution_id: str) -> ExecutionStatus | None:
+        ctx = info.context
+        try:
+            return to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id)))
+        except GraphQLError as exc:
+            if (exc.extensions or {}).get("code") == 404:
+                return None
+            raise
+
+    @strawberry.field(description="Node types with ports and JSON-Schema parameters")
+    def available_nodes(self, category: str | None = None) -> list[JSON]:
+        return [cast(JSON, node) for node in available_nodes(category)]
+
+
+@strawberry.type
+class ExecutionMutation:
+    @strawberry.mutation(description="Validate and submit a processing graph")
+    async def execute_graph(
+        self, info: GqlInfo, graph: JSON, inputs: JSON | None = None, options: JSON | None = None
+    ) -> ExecutionStatus:
+        ctx = info.context
+        execution_id, outcome, _ = await answer(
+            execute_graph(ctx.connection, ctx.container, graph, inputs or {}, options or {})
+        )
+        return to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id, outcome.position)))
+
+
+@strawberry.type
+class ExecutionSubscription:
+    @strawberry.subscription(description="The execution's status each time it changes, until it finishes")
+    async def execution_updates(self, info: GqlInfo, execution_id: str) -> AsyncGenerator[ExecutionStatus, None]:
+        ctx = info.context
+        queue = ctx.container.changes.subscribe()
+        try:
+            current = to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id)))
+            yield current
+            while current.status not in FINISHED:
+                message = await queue.get()
+                if any(c["id"] == execution_id for c in message.get("changes", [])):
+                    row = await answer(read_execution(ctx.connection, ctx.container, execution_id))
+                    if row["version"] != current.version:
+                        current = to_status(row)
+                        yield current
+        finally:
+            ctx.container.changes.unsubscribe(queue)
