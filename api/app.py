@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,10 +15,16 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.types import ASGIApp
 
+from api.auth import auth_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.health import HealthController
 from api.middleware import request_id_middleware
+from api.ratelimit import RateLimiter
+from api.rest.auth import AuthController
 from api.rest.data import DataController
+from api.rest.users import UsersController
+from api.tokens import RefreshTokens, check_secret
+from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
 
@@ -27,16 +34,25 @@ BODY_OVERHEAD_FACTOR = 6
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the app; connections open in its lifespan, never at import."""
+    """Build the app; connections open in its lifespan, never at import. Exits on an unusable secret."""
     settings = settings or get_settings()
+    check_secret(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await build_api(settings)
         app.state.container = container
+        prefix = settings.kafka.topic_prefix  # one Redis may serve several deployments (and tests)
+        app.state.limiter = RateLimiter(settings.rate_limiting, container.redis, prefix)
+        app.state.refresh_tokens = RefreshTokens(
+            container.redis, prefix, settings.authentication.refresh_token_expire_days
+        )
+        # In the background: the processor may still be starting, and health must answer meanwhile.
+        first_admin = asyncio.create_task(_ensure_admin(container))
         try:
             yield
         finally:
+            first_admin.cancel()
             await container.close()
 
     def provide_container(state: State) -> ApiContainer:
@@ -45,7 +61,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     cors = settings.cors
     return Litestar(
-        route_handlers=[DataController, HealthController],
+        route_handlers=[DataController, AuthController, UsersController, HealthController],
+        middleware=[auth_middleware],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -66,6 +83,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+
+
+async def _ensure_admin(container: ApiContainer) -> None:
+    for attempt in range(30):
+        try:
+            await ensure_admin(container)
+            return
+        except Exception as exc:  # e.g. the command timed out while the processor starts: try again
+            logging.getLogger("pipeline.api").warning("first-start admin check failed (%s); retrying", exc)
+            await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
 
 
 def app_factory() -> ASGIApp:

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import Aggregate
 
-from commands import data
+from commands import data, users
 from commands.envelope import CommandEnvelope
 from domain.errors import DomainError
 
@@ -25,6 +25,11 @@ COMMANDS: dict[str, CommandSpec] = {
     "IngestData": CommandSpec(data.IngestData, data.ingest_data, creates=True),
     "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object),
     "DeleteObject": CommandSpec(data.DeleteObject, data.delete_object),
+    "RegisterUser": CommandSpec(users.RegisterUser, users.register_user, creates=True),
+    "ChangeRole": CommandSpec(users.ChangeRole, users.change_role),
+    "ChangePassword": CommandSpec(users.ChangePassword, users.change_password),
+    "DisableUser": CommandSpec(users.DisableUser, users.disable_user),
+    "EnableUser": CommandSpec(users.EnableUser, users.enable_user),
 }
 
 

@@ -14,6 +14,7 @@ from commands.processor import CommandProcessor, ProcessorConfig
 from infra.blobstore import LocalBlobStore
 from infra.codec import make_mapper
 from infra.command_bus import KafkaCommandBus
+from infra.credentials import CredentialStore, ensure_credentials_table
 from infra.kafka import Topics, ensure_topics
 from infra.postgres import migrate, open_pool
 from infra.settings import Settings
@@ -23,6 +24,7 @@ from projections.changes import ChangeFeed, channel_for
 from projections.data_objects import DataObjectsProjector
 from projections.projector import Projector
 from projections.runner import ProjectionRunner, RunnerConfig
+from projections.users import UsersProjector
 
 log = logging.getLogger("pipeline.bootstrap")
 
@@ -51,6 +53,7 @@ class ApiContainer:
     blobs: LocalBlobStore
     changes: ChangeFeed
     redis: aioredis.Redis
+    credentials: CredentialStore
 
     async def close(self) -> None:
         await self.bus.stop()
@@ -62,7 +65,7 @@ class ApiContainer:
 
 def read_model_projectors() -> list[Projector]:
     """The read models one runner keeps, in the order they are applied."""
-    return [DataObjectsProjector(), AnnotationsProjector(), AuditLogProjector()]
+    return [DataObjectsProjector(), AnnotationsProjector(), UsersProjector(), AuditLogProjector()]
 
 
 async def build_api(settings: Settings) -> ApiContainer:
@@ -70,6 +73,7 @@ async def build_api(settings: Settings) -> ApiContainer:
     require_services(settings)
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
+    await ensure_credentials_table(settings.database.url, settings.database.schema)
     pool = await open_pool(
         settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
     )
@@ -83,8 +87,11 @@ async def build_api(settings: Settings) -> ApiContainer:
         await changes.stop()
         await pool.close()
         raise
-    redis = aioredis.from_url(settings.redis.url)
-    return ApiContainer(settings, topics, pool, bus, LocalBlobStore(settings.storage.blob_path), changes, redis)
+    # Short timeouts: a Redis outage must degrade requests (rate-limit fallback), not hang them.
+    redis = aioredis.from_url(settings.redis.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    credentials = CredentialStore(pool, settings.database.schema)
+    blobs = LocalBlobStore(settings.storage.blob_path)
+    return ApiContainer(settings, topics, pool, bus, blobs, changes, redis, credentials)
 
 
 def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:

@@ -100,7 +100,7 @@ def _print_settings(settings: Settings) -> None:
     aliases = {v: k for k, v in ENV_ALIASES.items()}
     for section, key, _ in iter_settings():
         value = getattr(getattr(settings, section), key)
-        if key == "secret_key" and value:
+        if key in ("secret_key", "password") and value:
             value = "<set>"
         names = env_name(section, key) + (f" or {aliases[(section, key)]}" if (section, key) in aliases else "")
         print(f"{section}.{key} = {value!r}    [{names}]")

@@ -12,8 +12,10 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
+from api.auth import principal_of
 from api.commands import derived_id, expected_version, submit
 from api.errors import ApiError
+from api.rbac import Permission, can_see, requires
 from commands.envelope import Outcome, Position
 from infra.bootstrap import ApiContainer
 from projections.annotations import annotations_of
@@ -97,7 +99,14 @@ class DataController(Controller):
     path = "/api/v1"
     tags = ["data"]
 
-    @post("/ingest", operation_id="ingestData", status_code=201, summary="Ingest data into the pipeline")
+    @post(
+        "/ingest",
+        operation_id="ingestData",
+        status_code=201,
+        summary="Ingest data into the pipeline",
+        guards=[requires(Permission.WRITE)],
+        opt={"burst": True},
+    )
     async def ingest(
         self, request: Request[Any, Any, Any], data: DataIngestionRequest, container: ApiContainer
     ) -> Response[DataIngestionResponse]:
@@ -135,7 +144,12 @@ class DataController(Controller):
         )
         return Response(body, status_code=201, headers=_write_headers(outcome))
 
-    @get("/data/{object_id:uuid}", operation_id="getDataObject", summary="Get a data object with its annotations")
+    @get(
+        "/data/{object_id:uuid}",
+        operation_id="getDataObject",
+        summary="Get a data object with its annotations (visible to its owner and admins)",
+        guards=[requires(Permission.READ)],
+    )
     async def get_object(
         self,
         request: Request[Any, Any, Any],
@@ -146,7 +160,8 @@ class DataController(Controller):
         await _wait_for_token(request, container, consistency_token)
         async with container.pool.connection() as conn:
             row = await get_data_object(conn, str(object_id))
-            if row is None:
+            caller = principal_of(request)
+            if row is None or not can_see(caller.role, caller.user_id, row["owner"]):
                 raise ApiError(404, "not_found", f"data object {object_id} does not exist")
             notes = await annotations_of(conn, str(object_id))
         body = DataObject(**row, annotations=[Annotation(**n) for n in notes])
@@ -156,7 +171,8 @@ class DataController(Controller):
         "/data/{object_id:uuid}/annotations",
         operation_id="annotateDataObject",
         status_code=201,
-        summary="Add an annotation to a data object",
+        summary="Add an annotation to a data object (its owner or an admin)",
+        guards=[requires(Permission.WRITE)],
     )
     async def annotate(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, data: AnnotationCreate, container: ApiContainer
@@ -174,7 +190,13 @@ class DataController(Controller):
         body = AnnotationCreated(annotation_id, str(object_id), outcome.version, outcome.position)
         return Response(body, status_code=201, headers=_write_headers(outcome))
 
-    @delete("/data/{object_id:uuid}", operation_id="deleteDataObject", status_code=200, summary="Delete a data object")
+    @delete(
+        "/data/{object_id:uuid}",
+        operation_id="deleteDataObject",
+        status_code=200,
+        summary="Delete a data object (its owner or an admin)",
+        guards=[requires(Permission.WRITE)],
+    )
     async def delete_object(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer
     ) -> Response[Deleted]:
