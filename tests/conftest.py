@@ -17,7 +17,6 @@ import pytest
 
 from infra.settings import Settings, load_settings
 
-
 ADMIN_USERNAME = "root-admin"
 ADMIN_PASSWORD = "correct horse battery staple"
 
