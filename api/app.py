@@ -13,6 +13,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp
 
 from api.auth import auth_middleware
@@ -79,6 +80,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Node-based information pipeline system API",
             path="/api/docs",
             render_plugins=[SwaggerRenderPlugin(path="/")],
+            components=Components(
+                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+            security=[{"BearerToken": []}],
         ),
         logging_config=None,
         debug=False,

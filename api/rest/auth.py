@@ -11,10 +11,11 @@ from litestar.datastructures import State
 from redis.exceptions import RedisError
 
 from api.auth import principal_of, rate_limit_of
+from api.commands import submit, wait_for_position
 from api.errors import ApiError
 from api.tokens import RefreshTokens, issue_access_token
 from infra.bootstrap import ApiContainer
-from infra.credentials import MAX_PASSWORD
+from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
 from projections.users import get_user, get_user_by_name
 
 log = logging.getLogger("pipeline.auth")
@@ -28,6 +29,11 @@ class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class RefreshRequest(msgspec.Struct, forbid_unknown_fields=True):
     refresh_token: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class PasswordChange(msgspec.Struct, forbid_unknown_fields=True):
+    current_password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD)]
+    new_password: Annotated[str, msgspec.Meta(min_length=MIN_PASSWORD, max_length=MAX_PASSWORD)]
 
 
 class TokenResponse(msgspec.Struct):
@@ -106,6 +112,23 @@ class AuthController(Controller):
         verdict = rate_limit_of(request)
         quota = Quota(verdict.limit, verdict.remaining, verdict.reset) if verdict else None
         return Response(Me(principal.user_id, principal.username, principal.role, quota))
+
+    @post("/password", operation_id="changePassword", status_code=204, summary="Change the caller's password")
+    async def change_password(
+        self, request: Request[Any, Any, Any], data: PasswordChange, container: ApiContainer
+    ) -> None:
+        principal = principal_of(request)
+        async with container.pool.connection() as conn:
+            user = await get_user(conn, principal.user_id)
+        ok = user is not None and await container.credentials.verify(
+            user["user_id"], user["credential_id"], data.current_password
+        )
+        if not ok:
+            raise ApiError(403, "forbidden", "the current password is not correct")
+        credential_id = await container.credentials.create(principal.user_id, data.new_password)
+        payload = {"credential_id": credential_id}
+        outcome = await submit(request, container, "ChangePassword", principal.user_id, payload)
+        await wait_for_position(container, outcome)
 
 
 async def _tokens(container: ApiContainer, store: RefreshTokens, user_id: str, role: str) -> TokenResponse:

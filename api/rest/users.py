@@ -10,10 +10,10 @@ import msgspec
 from litestar import Controller, Request, get, patch, post
 from litestar.params import Parameter
 
-from api.commands import submit
+from api.commands import submit, wait_for_position
 from api.errors import ApiError
 from api.rbac import Permission, requires
-from commands.envelope import Outcome, Position
+from commands.envelope import Outcome
 from domain.user import user_id_for
 from infra.bootstrap import ApiContainer
 from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
@@ -47,16 +47,6 @@ def _user(row: dict[str, Any]) -> User:
     return User(**{k: v for k, v in row.items() if k != "credential_id"})
 
 
-async def _visible(container: ApiContainer, outcome: Outcome) -> None:
-    """Answer only once the read model shows the change (so a login right after works)."""
-    if not outcome.position:
-        return
-    position = Position.parse(outcome.position)
-    await container.changes.wait_for(
-        position.partition, position.offset, container.settings.consistency.wait_timeout_seconds
-    )
-
-
 async def _row(container: ApiContainer, user_id: str) -> dict[str, Any]:
     async with container.pool.connection() as conn:
         row = await get_user(conn, user_id)
@@ -86,7 +76,7 @@ class UsersController(Controller):
         credential_id = await container.credentials.create(user_id, data.password)
         payload = {"username": data.username, "role": data.role, "credential_id": credential_id}
         outcome = await submit(request, container, "RegisterUser", user_id, payload)
-        await _visible(container, outcome)
+        await wait_for_position(container, outcome)
         return _user(await _row(container, user_id))
 
     @patch("/{user_id:uuid}", operation_id="updateUser", summary="Change a user's role or disable/enable them")
@@ -101,5 +91,5 @@ class UsersController(Controller):
             command = "DisableUser" if data.disabled else "EnableUser"
             last = await submit(request, container, command, target, {})
         if last is not None:
-            await _visible(container, last)
+            await wait_for_position(container, last)
         return _user(await _row(container, target))

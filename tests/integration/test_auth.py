@@ -16,7 +16,7 @@ from infra.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import login
 from tests.integration.harness import query
-from tests.integration.users import PASSWORD, create_user
+from tests.integration.users import PASSWORD, client_for, create_user
 
 
 def assert_401(response: httpx.Response) -> None:
@@ -154,3 +154,27 @@ async def test_no_password_or_hash_reaches_events_or_responses(client: httpx.Asy
 async def test_unusable_passwords_are_refused(client: httpx.AsyncClient, password: str) -> None:
     response = await client.post("/api/v1/users", json={"username": "pw-user", "password": password})
     assert response.status_code == 400
+
+
+async def test_changing_ones_password_replaces_the_old_one(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    await create_user(client, "changer")
+    async with await client_for(anonymous, "changer") as user:
+        wrong = await user.post(
+            "/api/v1/auth/password", json={"current_password": "not it at all", "new_password": "brand new secret"}
+        )
+        assert wrong.status_code == 403
+        changed = await user.post(
+            "/api/v1/auth/password", json={"current_password": PASSWORD, "new_password": "brand new secret"}
+        )
+        assert changed.status_code == 204, changed.text
+    old = await anonymous.post("/api/v1/auth/login", json={"username": "changer", "password": PASSWORD})
+    assert old.status_code == 401
+    await login(anonymous, "changer", "brand new secret")
+
+
+async def test_docs_need_no_token(anonymous: httpx.AsyncClient) -> None:
+    schema = await anonymous.get("/api/docs/openapi.json")
+    assert schema.status_code == 200
+    assert "BearerToken" in schema.json()["components"]["securitySchemes"]
