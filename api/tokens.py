@@ -102,6 +102,8 @@ class RefreshTokens:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self._token_key(digest), user_id, ex=self.ttl)
             pipe.set(self._family_key(family), digest, ex=self.ttl)
+            pipe.sadd(self._user_key(user_id), family)  # so a password change can end every session
+            pipe.expire(self._user_key(user_id), self.ttl)
             await pipe.execute()
         return token
 
@@ -128,6 +130,15 @@ class RefreshTokens:
         family = _family_of(token)
         if family is not None:
             await self.redis.delete(self._family_key(family))
+
+    async def revoke_user(self, user_id: str) -> None:
+        """Revoke every refresh token of ``user_id`` (after a password change)."""
+        families = await self.redis.smembers(self._user_key(user_id))
+        keys = [self._family_key(f.decode() if isinstance(f, bytes) else str(f)) for f in families]
+        await self.redis.delete(*keys, self._user_key(user_id))
+
+    def _user_key(self, user_id: str) -> str:
+        return f"{self.prefix}:rtu:{user_id}"
 
     def _token_key(self, digest: str) -> str:
         return f"{self.prefix}:rt:{digest}"

@@ -115,8 +115,9 @@ class AuthController(Controller):
 
     @post("/password", operation_id="changePassword", status_code=204, summary="Change the caller's password")
     async def change_password(
-        self, request: Request[Any, Any, Any], data: PasswordChange, container: ApiContainer
+        self, request: Request[Any, Any, Any], data: PasswordChange, container: ApiContainer, state: State
     ) -> None:
+        """Needs the current password; ends every refresh token of the caller (other sessions too)."""
         principal = principal_of(request)
         async with container.pool.connection() as conn:
             user = await get_user(conn, principal.user_id)
@@ -129,6 +130,10 @@ class AuthController(Controller):
         payload = {"credential_id": credential_id}
         outcome = await submit(request, container, "ChangePassword", principal.user_id, payload)
         await wait_for_position(container, outcome)
+        try:
+            await state.refresh_tokens.revoke_user(principal.user_id)
+        except RedisError as exc:
+            raise _token_store_down(exc) from exc
 
 
 async def _tokens(container: ApiContainer, store: RefreshTokens, user_id: str, role: str) -> TokenResponse:

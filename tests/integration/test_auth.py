@@ -160,6 +160,7 @@ async def test_changing_ones_password_replaces_the_old_one(
     client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     await create_user(client, "changer")
+    other_session = await login(anonymous, "changer", PASSWORD)
     async with await client_for(anonymous, "changer") as user:
         wrong = await user.post(
             "/api/v1/auth/password", json={"current_password": "not it at all", "new_password": "brand new secret"}
@@ -171,6 +172,7 @@ async def test_changing_ones_password_replaces_the_old_one(
         assert changed.status_code == 204, changed.text
     old = await anonymous.post("/api/v1/auth/login", json={"username": "changer", "password": PASSWORD})
     assert old.status_code == 401
+    assert_401(await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": other_session["refresh_token"]}))
     await login(anonymous, "changer", "brand new secret")
 
 
