@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -15,7 +18,7 @@ import pytest
 from infra.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import login
-from tests.integration.harness import query
+from tests.integration.harness import ROOT, query
 from tests.integration.users import PASSWORD, client_for, create_user
 
 
@@ -180,3 +183,14 @@ async def test_docs_need_no_token(anonymous: httpx.AsyncClient) -> None:
     schema = await anonymous.get("/api/docs/openapi.json")
     assert schema.status_code == 200
     assert "BearerToken" in schema.json()["components"]["securitySchemes"]
+
+
+@pytest.mark.parametrize("secret", ["", "only-31-bytes-long-secret-key!!"])
+def test_production_refuses_to_start_with_a_short_secret(isolated_env: dict[str, str], secret: str) -> None:
+    env = {**os.environ, **isolated_env, "PIPELINE_SERVER_ENVIRONMENT": "production", "SECRET_KEY": secret}
+    env["PIPELINE_PORT"] = "0"
+    done = subprocess.run(
+        [sys.executable, "-m", "infra.cli", "api"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    assert "SECRET_KEY must be set and at least 32 bytes in production" in done.stdout + done.stderr
