@@ -21,7 +21,7 @@ from psycopg import Error as PostgresError
 
 from api.errors import ApiError
 from api.ratelimit import RateLimiter, Verdict
-from api.tokens import InvalidToken, decode_access_token
+from api.tokens import InvalidToken, RefreshTokens, decode_access_token
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 
@@ -76,7 +76,9 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             client = scope.get("client")
             verdict = await limiter.hit(None, client[0] if client else "unknown")
         else:
-            principal = await _authenticate(scope, send, container)
+            # While Redis is known to be down, skip the revocation lookup rather than wait on it each time.
+            tokens = None if limiter.degraded else state.refresh_tokens
+            principal = await _authenticate(scope, send, container, tokens)
             if principal is None:
                 return
             scope["user"] = principal
@@ -105,7 +107,9 @@ def _is_open(scope: Scope) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or scope.get("method") == "OPTIONS"
 
 
-async def _authenticate(scope: Scope, send: Send, container: ApiContainer) -> Principal | None:
+async def _authenticate(
+    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None
+) -> Principal | None:
     header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -119,6 +123,8 @@ async def _authenticate(scope: Scope, send: Send, container: ApiContainer) -> Pr
         return None
     try:
         user_id = str(UUID(claims["sub"]))
+        if tokens is not None and await tokens.access_revoked(str(claims["jti"])):
+            raise ValueError("revoked by logout")
     except ValueError:
         await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from redis.exceptions import RedisError
 from api.auth import principal_of, rate_limit_of
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
-from api.tokens import RefreshTokens, issue_access_token
+from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
 from infra.bootstrap import ApiContainer
 from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
 from projections.users import get_user, get_user_by_name
@@ -99,10 +100,24 @@ class AuthController(Controller):
         access, lifetime = issue_access_token(container.settings, user["user_id"], user["role"])
         return TokenResponse(access, result.token, "bearer", lifetime)
 
-    @post("/logout", operation_id="logout", status_code=204, opt=PUBLIC, summary="Revoke a refresh token")
-    async def logout(self, data: RefreshRequest, state: State) -> None:
+    @post(
+        "/logout",
+        operation_id="logout",
+        status_code=204,
+        opt=PUBLIC,
+        summary="Revoke a refresh token (and the access token sent as Bearer, if any)",
+    )
+    async def logout(
+        self, request: Request[Any, Any, Any], data: RefreshRequest, container: ApiContainer, state: State
+    ) -> None:
+        store: RefreshTokens = state.refresh_tokens
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
         try:
-            await state.refresh_tokens.revoke(data.refresh_token)
+            if scheme.lower() == "bearer" and token:
+                with contextlib.suppress(InvalidToken):
+                    claims = decode_access_token(container.settings, token.strip())
+                    await store.revoke_access(str(claims["jti"]), int(claims["exp"]))
+            await store.revoke(data.refresh_token)
         except RedisError as exc:
             raise _token_store_down(exc) from exc
 

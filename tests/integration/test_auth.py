@@ -104,8 +104,11 @@ async def test_refresh_rotates_and_a_reused_token_revokes_the_family(anonymous: 
 
 async def test_logout_revokes_the_refresh_token(anonymous: httpx.AsyncClient) -> None:
     tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
-    out = await anonymous.post("/api/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]})
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    assert (await anonymous.get("/api/v1/auth/me", headers=bearer)).status_code == 200
+    out = await anonymous.post("/api/v1/auth/logout", json={"refresh_token": tokens["refresh_token"]}, headers=bearer)
     assert out.status_code == 204
+    assert_401(await anonymous.get("/api/v1/auth/me", headers=bearer))
     assert_401(await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}))
     assert_401(await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": "made.up"}))
 
