@@ -4,7 +4,8 @@ Every route needs a valid access token except those marked ``opt={"public": True
 refresh, logout) and health, docs and metrics. A token is honoured only if it verifies (HS256,
 unexpired, with ``sub``) AND its user still exists and is enabled in the users read model: one
 primary-key lookup per request, so disabling a user ends their tokens at once and a role change
-applies to the next request (the role comes from the read model, not from the token).
+applies to the next request (the role comes from the read model, not from the token). A token
+whose ``jti`` was revoked by logout is refused too (one Redis lookup, skipped while Redis is down).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
     """Authenticate, then rate-limit, then call the route; RateLimit-* headers go on the response."""
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        # WebSocket routes (none yet) must authenticate in their handshake handler: this only covers HTTP.
         if scope["type"] != "http" or _is_open(scope):
             await app(scope, receive, send)
             return
