@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,20 +13,27 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
+from api.auth import auth_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
 from api.graphql.schema import schema
 from api.health import HealthController
 from api.hub import LiveHub
 from api.middleware import request_id_middleware
+from api.ratelimit import RateLimiter
+from api.rest.auth import AuthController
 from api.rest.data import DataController
 from api.rest.executions import ExecutionsController
 from api.rest.nodes import NodesController
 from api.rest.search import SearchController
+from api.rest.users import UsersController
+from api.tokens import RefreshTokens, check_secret
 from api.ws import websocket_endpoint
+from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
 
@@ -35,18 +43,27 @@ BODY_OVERHEAD_FACTOR = 6
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
-    """Build the app; connections open in its lifespan, never at import."""
+    """Build the app; connections open in its lifespan, never at import. Exits on an unusable secret."""
     settings = settings or get_settings()
+    check_secret(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         container = await build_api(settings)
         app.state.container = container
-        app.state.hub = LiveHub(container.changes)
+        prefix = settings.kafka.topic_prefix  # one Redis may serve several deployments (and tests)
+        app.state.limiter = RateLimiter(settings.rate_limiting, container.redis, prefix)
+        app.state.refresh_tokens = RefreshTokens(
+            container.redis, prefix, settings.authentication.refresh_token_expire_days
+        )
+        app.state.hub = LiveHub(container.changes, container.pool)
         app.state.hub.start()
+        # In the background: the processor may still be starting, and health must answer meanwhile.
+        first_admin = asyncio.create_task(_ensure_admin(container))
         try:
             yield
         finally:
+            first_admin.cancel()
             await app.state.hub.stop()
             await container.close()
 
@@ -61,12 +78,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SearchController,
             ExecutionsController,
             NodesController,
+            AuthController,
+            UsersController,
             HealthController,
             websocket_endpoint,
             make_graphql_controller(
                 schema, path="/api/graphql", context_getter=context_getter, graphql_ide="apollo-sandbox"
             ),
         ],
+        middleware=[auth_middleware],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -83,10 +103,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="Node-based information pipeline system API",
             path="/api/docs",
             render_plugins=[SwaggerRenderPlugin(path="/")],
+            components=Components(
+                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
+            security=[{"BearerToken": []}],
         ),
         logging_config=None,
         debug=False,
     )
+
+
+async def _ensure_admin(container: ApiContainer) -> None:
+    for attempt in range(30):
+        try:
+            await ensure_admin(container)
+            return
+        except Exception as exc:  # e.g. the command timed out while the processor starts: try again
+            logging.getLogger("pipeline.api").warning("first-start admin check failed (%s); retrying", exc)
+            await asyncio.sleep(min(2.0 * (attempt + 1), 10.0))
 
 
 def app_factory() -> ASGIApp:

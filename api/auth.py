@@ -1,15 +1,179 @@
-"""Who is calling. Until login and tokens land (issue #3) every caller is the anonymous user."""
+"""Who is calling: bearer-token authentication and rate limiting, in one ASGI middleware.
+
+Every route needs a valid access token except those marked ``opt={"public": True}`` (login,
+refresh, logout) and health, docs and metrics. A token is honoured only if it verifies (HS256,
+unexpired, with ``sub``) AND its user still exists and is enabled in the users read model: one
+primary-key lookup per request, so disabling a user ends their tokens at once and a role change
+applies to the next request (the role comes from the read model, not from the token). A token
+whose ``jti`` was revoked by logout is refused too (one Redis lookup, skipped while Redis is down).
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import parse_qs
+from uuid import UUID
 
+import orjson
+from litestar import Request
 from litestar.connection import ASGIConnection
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from psycopg import Error as PostgresError
 
+from api.errors import ApiError
+from api.ratelimit import RateLimiter, Verdict
+from api.tokens import InvalidToken, RefreshTokens, decode_access_token
 from commands.envelope import Actor
+from infra.bootstrap import ApiContainer
 
-ANONYMOUS = Actor(user_id="anonymous", role="user")
+log = logging.getLogger("pipeline.auth")
+OPEN_PATHS = ("/health", "/metrics")
+OPEN_PREFIXES = ("/api/docs", "/schema")
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller, as litestar's ``connection.user``."""
+
+    user_id: str
+    username: str
+    role: str
+    token_id: str
+
+
+def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
+    """The caller of a protected route (401 if the route was somehow reached without one)."""
+    principal = request.scope.get("user")
+    if not isinstance(principal, Principal):
+        raise ApiError(401, "unauthorized", "authentication required")
+    return principal
 
 
 def actor_of(request: ASGIConnection[Any, Any, Any, Any]) -> Actor:
-    return ANONYMOUS
+    """The caller as the command envelope records it."""
+    principal = principal_of(request)
+    return Actor(user_id=principal.user_id, role=principal.role)
+
+
+def rate_limit_of(request: Request[Any, Any, Any]) -> Verdict | None:
+    """The rate-limit verdict of this request (for ``/auth/me``)."""
+    verdict = request.scope.get("state", {}).get("rate_limit")
+    return verdict if isinstance(verdict, Verdict) else None
+
+
+def auth_middleware(app: ASGIApp) -> ASGIApp:
+    """Authenticate, then rate-limit, then call the route; RateLimit-* headers go on the response."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket") or _is_open(scope):
+            await app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            # Authenticated once, at the handshake (browsers cannot set headers on a WebSocket, so the
+            # token may also come as ?access_token=); a refused handshake is closed with 4401/4403.
+            ws_state = scope["litestar_app"].state
+            ws_principal = await _authenticate(scope, send, ws_state.container, ws_state.refresh_tokens)
+            if ws_principal is not None:
+                scope["user"] = ws_principal
+                await app(scope, receive, send)
+            return
+        state = scope["litestar_app"].state
+        container: ApiContainer = state.container
+        limiter: RateLimiter = state.limiter
+        handler = scope.get("route_handler")
+        opt = handler.opt if handler is not None else {}
+        if opt.get("public"):
+            client = scope.get("client")
+            verdict = await limiter.hit(None, client[0] if client else "unknown")
+        else:
+            # While Redis is known to be down, skip the revocation lookup rather than wait on it each time.
+            tokens = None if limiter.degraded else state.refresh_tokens
+            principal = await _authenticate(scope, send, container, tokens)
+            if principal is None:
+                return
+            scope["user"] = principal
+            verdict = await limiter.hit(principal.role, principal.user_id, burst=bool(opt.get("burst")))
+        scope.setdefault("state", {})["rate_limit"] = verdict
+        headers = verdict.headers()
+        if not verdict.allowed:
+            await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", headers)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    *((k.encode(), v.encode()) for k, v in headers.items()),
+                ]
+            await send(message)
+
+        await app(scope, receive, send_with_headers)
+
+    return middleware
+
+
+def _is_open(scope: Scope) -> bool:
+    path: str = scope.get("path", "")
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or scope.get("method") == "OPTIONS"
+
+
+async def _authenticate(
+    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None
+) -> Principal | None:
+    header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
+    if not header and scope["type"] == "websocket":
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        header = f"Bearer {query['access_token'][0]}" if "access_token" in query else ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        await _unauthorized(scope, send, "a bearer token is required", "")
+        return None
+    try:
+        claims = decode_access_token(container.settings, token.strip())
+    except InvalidToken as exc:
+        log.info("refused token: %s", exc)
+        await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
+        return None
+    try:
+        user_id = str(UUID(claims["sub"]))
+        if tokens is not None and await tokens.access_revoked(str(claims["jti"])):
+            raise ValueError("revoked by logout")
+    except ValueError:
+        await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
+        return None
+    try:
+        async with container.pool.connection() as conn:
+            cur = await conn.execute("SELECT username, role, disabled FROM users WHERE user_id = %s", (user_id,))
+            row = await cur.fetchone()
+    except PostgresError:
+        log.exception("user lookup failed")
+        await _error(scope, send, 503, "unavailable", "cannot check the token right now; retry", {"Retry-After": "1"})
+        return None
+    if row is None or row[2]:
+        await _unauthorized(scope, send, "the user is unknown or disabled", 'error="invalid_token"')
+        return None
+    return Principal(user_id=user_id, username=row[0], role=row[1], token_id=str(claims["jti"]))
+
+
+async def _unauthorized(scope: Scope, send: Send, message: str, params: str) -> None:
+    challenge = f"Bearer {params}".strip()
+    await _error(scope, send, 401, "unauthorized", message, {"WWW-Authenticate": challenge})
+
+
+async def _error(scope: Scope, send: Send, status: int, reason: str, message: str, headers: dict[str, str]) -> None:
+    """The spec's error envelope, written straight to ASGI (the route never ran)."""
+    if scope["type"] == "websocket":  # before the handshake is accepted: close it with an app code
+        await send({"type": "websocket.close", "code": 4000 + status if status < 500 else 1011, "reason": message})
+        return
+    request_id = scope.get("state", {}).get("request_id")
+    body = orjson.dumps(
+        {"error": {"code": status, "reason": reason, "message": message, "details": None, "request_id": request_id}}
+    )
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+    start: Message = {"type": "http.response.start", "status": status, "headers": raw}
+    await send(start)
+    end: Message = {"type": "http.response.body", "body": body, "more_body": False}
+    await send(end)

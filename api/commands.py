@@ -13,7 +13,7 @@ from litestar.connection import ASGIConnection
 
 from api.auth import actor_of
 from api.errors import ApiError, rejection_error, request_id_of
-from commands.envelope import CommandEnvelope, Outcome
+from commands.envelope import CommandEnvelope, Outcome, Position
 from infra.bootstrap import ApiContainer
 
 # Namespace for ids derived from an Idempotency-Key: the same key from the same caller names the
@@ -77,3 +77,13 @@ async def submit(
         assert outcome.rejection is not None
         raise rejection_error(outcome.rejection)
     return outcome
+
+
+async def wait_for_position(container: ApiContainer, outcome: Outcome) -> None:
+    """Return once the read models show this outcome's events (or the consistency timeout passed)."""
+    if not outcome.position:
+        return
+    position = Position.parse(outcome.position)
+    await container.changes.wait_for(
+        position.partition, position.offset, container.settings.consistency.wait_timeout_seconds
+    )

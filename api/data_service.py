@@ -15,8 +15,10 @@ from typing import Any
 import msgspec
 from litestar.connection import ASGIConnection
 
+from api.auth import actor_of
 from api.commands import derived_id, submit
 from api.errors import ApiError
+from api.rbac import can_see
 from commands.envelope import Outcome, Position
 from infra.bootstrap import ApiContainer
 from projections.annotations import annotations_of
@@ -112,12 +114,18 @@ async def wait_for_token(container: ApiContainer, token: str | None) -> None:
         )
 
 
-async def read(container: ApiContainer, object_id: str, token: str | None = None) -> dict[str, Any]:
-    """The object row with its annotations (list under "annotations"); 404 ApiError when absent."""
+async def read(
+    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
+) -> dict[str, Any]:
+    """The object row with its annotations (list under "annotations").
+
+    404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
+    """
     await wait_for_token(container, token)
+    actor = actor_of(connection)
     async with container.pool.connection() as conn:
         row = await get_data_object(conn, object_id)
-        if row is None:
+        if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
             raise ApiError(404, "not_found", f"data object {object_id} does not exist")
         row["annotations"] = await annotations_of(conn, object_id)
     return row

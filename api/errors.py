@@ -59,6 +59,8 @@ def envelope(
         }
     }
     headers = {"Retry-After": "1"} if status in (503, 504) else None
+    if status == 401:  # RFC 6750: every 401 names the scheme to authenticate with
+        headers = {"WWW-Authenticate": "Bearer"}
     return Response(body, status_code=status, headers=headers)
 
 

@@ -11,18 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from typing import Any
 
+from psycopg_pool import AsyncConnectionPool
+
+from commands.envelope import Actor
 from projections.changes import ChangeFeed
 
 log = logging.getLogger("pipeline.hub")
+OWNER_CACHE_SIZE = 100_000
 
 
 class Subscriber:
-    """One connection's subscriptions and its bounded outbox."""
+    """One connection's subscriptions, who it is, and its bounded outbox."""
 
-    def __init__(self, queue_size: int) -> None:
+    def __init__(self, queue_size: int, actor: Actor) -> None:
+        self.actor = actor
         self.topics: set[str] = set()
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self.dropped = 0
@@ -41,6 +46,7 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if aggregate == "DataObject":
         message = {
             "type": "data_change",
+            "owner": change.get("owner"),
             "object_id": change["id"],
             "change_type": kind,
             "data": {"version": change["version"]},
@@ -53,8 +59,11 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 class LiveHub:
-    def __init__(self, feed: ChangeFeed, queue_size: int = 256) -> None:
+    def __init__(self, feed: ChangeFeed, pool: AsyncConnectionPool, queue_size: int = 256) -> None:
         self.feed = feed
+        self.pool = pool
+        # object id -> owner, so data changes reach only those who may see the object (even deleted).
+        self._owners: OrderedDict[str, str] = OrderedDict()
         self.queue_size = queue_size
         self._by_topic: dict[str, set[Subscriber]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
@@ -69,9 +78,9 @@ class LiveHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def connect(self) -> Subscriber:
+    def connect(self, actor: Actor) -> Subscriber:
         self.connections += 1
-        return Subscriber(self.queue_size)
+        return Subscriber(self.queue_size, actor)
 
     def disconnect(self, subscriber: Subscriber) -> None:
         self.connections -= 1
@@ -91,15 +100,40 @@ class LiveHub:
                 del self._by_topic[topic]
 
     def publish(self, topic: str, message: dict[str, Any]) -> None:
+        owner = message.pop("owner", None)
         for subscriber in list(self._by_topic.get(topic, ())):
+            actor = subscriber.actor
+            if topic == "data_changes" and not (actor.role == "admin" or (owner and owner == actor.user_id)):
+                continue
             subscriber.offer({**message, "topic": topic})
+
+    async def _learn_owners(self, changes: list[dict[str, Any]]) -> None:
+        unknown = list(
+            {c["id"] for c in changes if c["type"].startswith("DataObject.") and c["id"] not in self._owners}
+        )
+        if unknown:
+            try:
+                async with self.pool.connection() as conn:
+                    cur = await conn.execute(
+                        "SELECT object_id::text, owner FROM data_objects WHERE object_id = ANY(%s::uuid[])", (unknown,)
+                    )
+                    rows = await cur.fetchall()
+            except Exception:
+                log.exception("owner lookup failed; those changes go to admins only")
+                rows = []
+            for object_id, owner in rows:
+                self._owners[object_id] = owner
+        while len(self._owners) > OWNER_CACHE_SIZE:
+            self._owners.popitem(last=False)
 
     async def _pump(self) -> None:
         queue = self.feed.subscribe()
         try:
             while True:
                 batch = await queue.get()
+                await self._learn_owners(batch.get("changes", []))
                 for change in batch.get("changes", []):
+                    change = {**change, "owner": self._owners.get(change["id"])}
                     for topic, message in messages_for(change):
                         self.publish(topic, message)
         finally:

@@ -18,6 +18,7 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
+from api.auth import actor_of
 from api.errors import ApiError
 from api.execution_service import read_execution
 from api.hub import LiveHub, Subscriber
@@ -56,6 +57,11 @@ async def handle(
         if not isinstance(topic, str) or not TOPIC.match(topic):
             return error("invalid_topic", "topics are 'data_changes' or 'execution:<id>'")
         if kind == "subscribe":
+            if topic.startswith("execution:"):
+                try:  # the same visibility as reading it: yours, or any for admins
+                    await read_execution(socket, container, topic.split(":", 1)[1])
+                except ApiError as exc:
+                    return error(exc.reason, exc.message)
             hub.subscribe(subscriber, topic)
             return {"type": "subscribed", "topic": topic}
         hub.unsubscribe(subscriber, topic)
@@ -76,7 +82,7 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
         await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
         return
     await socket.accept()
-    subscriber = hub.connect()
+    subscriber = hub.connect(actor_of(socket))
     sender = asyncio.create_task(_send_loop(socket, subscriber))
     try:
         while True:

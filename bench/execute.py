@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCH_ADMIN = ("bench-admin", "bench-admin-password-1")
 TEXT = "Kafka keeps an ordered log. Consumers read it in order. The executor runs graphs of nodes over text. " * 5
 GRAPH: dict[str, list[dict[str, Any]]] = {
     "nodes": [
@@ -63,8 +64,22 @@ async def one(http: httpx.AsyncClient) -> float:
         await asyncio.sleep(0.02)
 
 
-async def drive(url: str, submitters: int, executions: int) -> dict[str, float]:
+async def log_in(http: httpx.AsyncClient, username: str, password: str) -> None:
+    """Authenticate the client; the first-start admin may take a moment to exist."""
+    deadline = time.monotonic() + 60
+    while True:
+        response = await http.post("/api/v1/auth/login", json={"username": username, "password": password})
+        if response.status_code == 200:
+            http.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"login as {username!r} failed: {response.text}")
+        await asyncio.sleep(0.5)
+
+
+async def drive(url: str, submitters: int, executions: int, username: str, password: str) -> dict[str, float]:
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        await log_in(http, username, password)
         await one(http)  # warm-up: topics, consumer groups, connections
         queue = list(range(executions))
         times: list[float] = []
@@ -107,6 +122,10 @@ def own_system() -> Iterator[str]:
             "REDIS_URL": endpoints.redis_url,
             "PIPELINE_DATA_DIR": str(Path(tmp) / "data"),
             "PIPELINE_PORT": str(port),
+            "SECRET_KEY": "bench-" + "x" * 40,
+            "PIPELINE_ADMIN_USERNAME": BENCH_ADMIN[0],
+            "PIPELINE_ADMIN_PASSWORD": BENCH_ADMIN[1],
+            "PIPELINE_RATE_LIMITING_ENABLED": "false",  # measure the pipeline, not the limiter
         }
         children = []
         for args in (["worker", "processor"], ["worker", "projections"], ["worker", "executor"], ["api"]):
@@ -135,12 +154,22 @@ def main() -> None:
     parser.add_argument("--url", help="a running system's API (default: start one)")
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--executions", type=int, default=200)
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
+        help="with --url: who submits (default: PIPELINE_ADMIN_USERNAME or admin)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
+        help="with --url: their password (default: PIPELINE_ADMIN_PASSWORD)",
+    )
     args = parser.parse_args()
     if args.url:
-        figures = asyncio.run(drive(args.url, args.submitters, args.executions))
+        figures = asyncio.run(drive(args.url, args.submitters, args.executions, args.username, args.password))
     else:
         with own_system() as url:
-            figures = asyncio.run(drive(url, args.submitters, args.executions))
+            figures = asyncio.run(drive(url, args.submitters, args.executions, *BENCH_ADMIN))
     print(json.dumps(figures))
 
 

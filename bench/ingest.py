@@ -6,6 +6,9 @@ API and each worker, and the core count. The request body is the one of ../share
 when that file is there, so the figures compare with the peers' (run_peers.sh) in the same sitting.
 
     python bench/ingest.py --connections 64 --duration 10
+
+Rate limits apply to the benchmark's user too (ingest: 100/min by default): for throughput figures
+start the system with PIPELINE_RATE_LIMITING_ENABLED=false; any 429 shows up in "non2xx".
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -77,8 +82,22 @@ def cpu_seconds_by_tree(roots: dict[str, int]) -> dict[str, float]:
     return totals
 
 
-def run_wrk(url: str, body_file: str, connections: int, seconds: int, threads: int) -> dict[str, float]:
-    env = {**os.environ, "BODY_FILE": body_file}
+def log_in(url: str, username: str, password: str) -> str:
+    """An access token for the benchmark's requests."""
+    request = urllib.request.Request(
+        f"{url}/api/v1/auth/login",
+        data=json.dumps({"username": username, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.load(response)["access_token"])
+    except urllib.error.HTTPError as exc:
+        sys.exit(f"login as {username!r} failed ({exc.code}); pass --username/--password of an admin")
+
+
+def run_wrk(url: str, body_file: str, connections: int, seconds: int, threads: int, token: str) -> dict[str, float]:
+    env = {**os.environ, "BODY_FILE": body_file, "ACCESS_TOKEN": token}
     args = [
         "wrk",
         f"-t{threads}",
@@ -135,6 +154,16 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds first (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
+        help="who the requests are made as (default: PIPELINE_ADMIN_USERNAME or admin)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
+        help="their password (default: PIPELINE_ADMIN_PASSWORD)",
+    )
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -146,12 +175,13 @@ def main() -> int:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as body:
         body.write(request_body())
     print(f"warming up for {args.warmup}s...", file=sys.stderr)
-    run_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads)
+    token = log_in(runtime["api"], args.username, args.password)
+    run_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads, token)
     since = datetime.now(UTC)
     print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)
     processes = {**runtime["pids"], **runtime.get("service_pids", {})}
     cpu_before = cpu_seconds_by_tree(processes)
-    load = run_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads)
+    load = run_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads, token)
     cpu_after = cpu_seconds_by_tree(processes)
     print("waiting for the projection to apply everything...", file=sys.stderr)
     lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))

@@ -40,12 +40,17 @@ class ObjectExists(DomainError):
     code = "conflict"
 
 
+class Forbidden(DomainError):
+    code = "forbidden"
+
+
 def initial_annotation_id(object_id: UUID, index: int) -> str:
     """Ids of the annotations given at ingest are derived, so a replay yields the same ids."""
     return str(uuid5(object_id, f"initial-annotation-{index}"))
 
 
 def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: CommandEnvelope) -> DataObject:
+    _require_writer(envelope)
     if aggregate is not None:
         raise ObjectExists(f"data object {envelope.aggregate_id} already exists")
     object_id = UUID(envelope.aggregate_id)
@@ -64,7 +69,7 @@ def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: Com
 
 
 def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envelope: CommandEnvelope) -> DataObject:
-    obj = _existing(aggregate, envelope)
+    obj = _owned(_existing(aggregate, envelope), envelope)
     obj.annotate(
         command.annotation_id,
         command.annotation_type,
@@ -76,13 +81,27 @@ def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envel
 
 
 def delete_object(aggregate: DataObject | None, command: DeleteObject, envelope: CommandEnvelope) -> DataObject:
-    obj = _existing(aggregate, envelope)
+    obj = _owned(_existing(aggregate, envelope), envelope)
     obj.delete(envelope.actor.user_id)
     return obj
 
 
 def _existing(aggregate: DataObject | None, envelope: CommandEnvelope) -> DataObject:
-    # Another aggregate type under this id (an execution) is no data object either.
-    if not isinstance(aggregate, DataObject):
+    if not isinstance(aggregate, DataObject):  # absent, or another kind of aggregate under this id
         raise ObjectNotFound(f"data object {envelope.aggregate_id} does not exist")
     return aggregate
+
+
+def _owned(obj: DataObject, envelope: CommandEnvelope) -> DataObject:
+    """Only the owner or an admin may change an object (see README "Authentication": visibility)."""
+    _require_writer(envelope)
+    if envelope.actor.role != "admin" and envelope.actor.user_id != obj.owner:
+        raise Forbidden(
+            "only the owner of a data object or an admin may change it", {"object_id": envelope.aggregate_id}
+        )
+    return obj
+
+
+def _require_writer(envelope: CommandEnvelope) -> None:
+    if envelope.actor.role not in ("admin", "user"):
+        raise Forbidden("this role may only read", {"role": envelope.actor.role})

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import Aggregate
 
-from commands import data, execution
+from commands import data, execution, users
 from commands.envelope import CommandEnvelope
 from domain.errors import DomainError
 
@@ -32,6 +32,11 @@ COMMANDS: dict[str, CommandSpec] = {
     "FailExecution": CommandSpec(execution.FailExecution, execution.fail_execution),
     "CompleteExecution": CommandSpec(execution.CompleteExecution, execution.complete_execution),
     "CancelExecution": CommandSpec(execution.CancelExecution, execution.cancel_execution),
+    "RegisterUser": CommandSpec(users.RegisterUser, users.register_user, creates=True),
+    "ChangeRole": CommandSpec(users.ChangeRole, users.change_role),
+    "ChangePassword": CommandSpec(users.ChangePassword, users.change_password),
+    "DisableUser": CommandSpec(users.DisableUser, users.disable_user),
+    "EnableUser": CommandSpec(users.EnableUser, users.enable_user),
 }
 
 

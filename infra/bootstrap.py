@@ -14,6 +14,7 @@ from commands.processor import CommandProcessor, ProcessorConfig
 from infra.blobstore import LocalBlobStore
 from infra.codec import make_mapper
 from infra.command_bus import KafkaCommandBus
+from infra.credentials import CredentialStore, ensure_credentials_table
 from infra.kafka import Topics, ensure_topics
 from infra.postgres import migrate, open_pool
 from infra.settings import Settings
@@ -24,6 +25,7 @@ from projections.data_objects import DataObjectsProjector
 from projections.executions import ExecutionsProjector
 from projections.projector import Projector
 from projections.runner import ProjectionRunner, RunnerConfig
+from projections.users import UsersProjector
 
 log = logging.getLogger("pipeline.bootstrap")
 
@@ -52,6 +54,7 @@ class ApiContainer:
     blobs: LocalBlobStore
     changes: ChangeFeed
     redis: aioredis.Redis
+    credentials: CredentialStore
 
     async def close(self) -> None:
         await self.bus.stop()
@@ -67,6 +70,7 @@ def read_model_projectors(blobs: LocalBlobStore | None = None) -> list[Projector
         DataObjectsProjector(blobs.find if blobs else None),
         AnnotationsProjector(),
         ExecutionsProjector(),
+        UsersProjector(),
         AuditLogProjector(),
     ]
 
@@ -76,6 +80,7 @@ async def build_api(settings: Settings) -> ApiContainer:
     require_services(settings)
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
+    await ensure_credentials_table(settings.database.url, settings.database.schema)
     pool = await open_pool(
         settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
     )
@@ -89,8 +94,11 @@ async def build_api(settings: Settings) -> ApiContainer:
         await changes.stop()
         await pool.close()
         raise
-    redis = aioredis.from_url(settings.redis.url)
-    return ApiContainer(settings, topics, pool, bus, LocalBlobStore(settings.storage.blob_path), changes, redis)
+    # Short timeouts: a Redis outage must degrade requests (rate-limit fallback), not hang them.
+    redis = aioredis.from_url(settings.redis.url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    credentials = CredentialStore(pool, settings.database.schema)
+    blobs = LocalBlobStore(settings.storage.blob_path)
+    return ApiContainer(settings, topics, pool, bus, blobs, changes, redis, credentials)
 
 
 def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:

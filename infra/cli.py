@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     rebuild.add_argument("--into", help="schema to build into (default: <live schema>_rebuild_<time>)")
     rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
+    from infra.user_cli import add_parser as add_user_parser
+
+    add_user_parser(sub)
     sub.add_parser("settings", help="list every setting with its environment variable and current value")
     services = sub.add_parser("services", help="start only Kafka, PostgreSQL and Redis and print where they are")
     services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap))
         return 0
+    if args.command == "user":
+        from infra.user_cli import run as run_user_command
+
+        return run_user_command(settings, args)
     if args.command == "settings":
         _print_settings(settings)
         return 0
@@ -100,7 +107,7 @@ def _print_settings(settings: Settings) -> None:
     aliases = {v: k for k, v in ENV_ALIASES.items()}
     for section, key, _ in iter_settings():
         value = getattr(getattr(settings, section), key)
-        if key == "secret_key" and value:
+        if key in ("secret_key", "password") and value:
             value = "<set>"
         names = env_name(section, key) + (f" or {aliases[(section, key)]}" if (section, key) in aliases else "")
         print(f"{section}.{key} = {value!r}    [{names}]")

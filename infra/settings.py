@@ -51,9 +51,23 @@ class AuthenticationSettings:
 
 @dataclass(frozen=True)
 class RateLimitingSettings:
-    default_limit: str = "1000 per hour"
-    burst_limit: str = "100 per minute"
+    enabled: bool = True
+    default_limit: str = "1000 per hour"  # per client IP, for requests without a token
+    burst_limit: str = "100 per minute"  # ingest, per user, on top of the role's limit
+    admin_limit: str = "10000 per hour"
+    user_limit: str = "1000 per hour"
+    viewer_limit: str = "100 per hour"
+    # When Redis is unreachable: "memory" limits per API process, "open" lets requests through.
+    fallback: str = "memory"
     redis_url: str = ""
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """The admin created on first start when no admin exists (PIPELINE_ADMIN_USERNAME/PASSWORD)."""
+
+    username: str = "admin"
+    password: str = ""  # empty: a random one is generated and printed once
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
 
 
 # Short environment names users expect, mapped to (section, key).

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psycopg
+
 from infra.cli import ensure_secret_key, python_command, spawn
 from infra.kafka import ensure_topics
-from infra.postgres import migrate
+from infra.postgres import check_schema, migrate
 from infra.settings import Settings, load_settings
+from projections.users import admin_exists
 
 CHILDREN = {
     "processor": ("worker", "processor"),
@@ -52,11 +56,20 @@ def run_everything(settings: Settings) -> int:
             SECRET_KEY=settings.authentication.secret_key or ensure_secret_key(data_dir),
         )
         effective = load_settings(environ=env)
-        asyncio.run(_prepare(effective))
+        first_admin_password = asyncio.run(_prepare(effective))
+        if first_admin_password:
+            # Handed to the API (which creates the admin) and shown here once, never written to a log.
+            env["PIPELINE_ADMIN_PASSWORD"] = first_admin_password
         for name, args in CHILDREN.items():
             children[name] = spawn(python_command(*args), env, logs / f"{name}.log")
         _write_runtime(data_dir, effective, children, managed.pids())
         _announce(effective, endpoints, data_dir)
+        if first_admin_password:
+            print(
+                f"First start: admin {effective.admin.username!r} gets the password {first_admin_password}"
+                " (shown once; change it with POST /api/v1/auth/password).\n",
+                flush=True,
+            )
         while not stopping:
             time.sleep(0.5)
             for name, child in list(children.items()):
@@ -74,10 +87,20 @@ def run_everything(settings: Settings) -> int:
         (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
 
 
-async def _prepare(settings: Settings) -> None:
-    # Topics and schema exist before the children start, so they never race to create them.
+async def _prepare(settings: Settings) -> str | None:
+    """Create topics and schema before the children start, so they never race to create them.
+
+    Returns a generated first-admin password when no admin exists and none was configured.
+    """
     await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
+    if settings.admin.password:
+        return None
+    options = f"-c search_path={check_schema(settings.database.schema)}"
+    async with await psycopg.AsyncConnection.connect(settings.database.url, options=options) as conn:
+        if await admin_exists(conn):
+            return None
+    return secrets.token_urlsafe(18)
 
 
 def _write_runtime(

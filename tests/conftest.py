@@ -17,6 +17,9 @@ import pytest
 
 from infra.settings import Settings, load_settings
 
+ADMIN_USERNAME = "root-admin"
+ADMIN_PASSWORD = "correct horse battery staple"
+
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
@@ -56,6 +59,12 @@ def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
         "PIPELINE_KAFKA_PARTITIONS": "2",
         "PIPELINE_CONSISTENCY_WAIT_TIMEOUT_SECONDS": "15",
         "PIPELINE_KAFKA_COMMAND_TIMEOUT_SECONDS": "30",
+        "SECRET_KEY": "test-secret-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "PIPELINE_ADMIN_USERNAME": ADMIN_USERNAME,
+        "PIPELINE_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        # Load tests ingest hundreds of objects as the admin; the rate-limit tests set their own limits.
+        "PIPELINE_RATE_LIMITING_ADMIN_LIMIT": "1000000 per hour",
+        "PIPELINE_RATE_LIMITING_BURST_LIMIT": "100000 per minute",
     }
 
 

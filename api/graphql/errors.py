@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from graphql import GraphQLError
+from litestar.connection import ASGIConnection
 
 from api.errors import ApiError
+from api.rbac import Permission, has_permission
 from infra.command_bus import CommandTimeout
 
 T = TypeVar("T")
@@ -23,3 +25,15 @@ async def answer(call: Awaitable[T]) -> T:
     except CommandTimeout as exc:
         extensions = {"code": 504, "reason": "command_timeout", "details": {"command_id": str(exc)}}
         raise GraphQLError("the command's outcome did not arrive in time", extensions=extensions) from exc
+
+
+def require(connection: ASGIConnection[Any, Any, Any, Any], permission: Permission) -> None:
+    """The REST guards' rule for GraphQL fields: 401 without a caller, 403 without the permission."""
+    principal = connection.scope.get("user")
+    role = getattr(principal, "role", None)
+    if role is None:
+        raise GraphQLError("authentication required", extensions={"code": 401, "reason": "unauthorized"})
+    if not has_permission(role, permission):
+        raise GraphQLError(
+            f"the {role} role lacks the {permission} permission", extensions={"code": 403, "reason": "forbidden"}
+        )

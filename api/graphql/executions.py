@@ -13,7 +13,8 @@ from strawberry.types import Info
 
 from api.execution_service import execute_graph, read_execution
 from api.graphql.context import GraphQLContext
-from api.graphql.errors import answer
+from api.graphql.errors import answer, require
+from api.rbac import Permission
 from domain.nodes import available_nodes
 
 GqlInfo = Info[GraphQLContext, None]
@@ -55,6 +56,7 @@ def to_status(row: dict[str, Any]) -> ExecutionStatus:
 class ExecutionQuery:
     @strawberry.field(description="An execution's status (yours, or any for admins)")
     async def execution_status(self, info: GqlInfo, execution_id: str) -> ExecutionStatus | None:
+        require(info.context.connection, Permission.READ)
         ctx = info.context
         try:
             return to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id)))
@@ -74,6 +76,7 @@ class ExecutionMutation:
     async def execute_graph(
         self, info: GqlInfo, graph: JSON, inputs: JSON | None = None, options: JSON | None = None
     ) -> ExecutionStatus:
+        require(info.context.connection, Permission.EXECUTE)
         ctx = info.context
         execution_id, outcome, _ = await answer(
             execute_graph(ctx.connection, ctx.container, graph, inputs or {}, options or {})
@@ -85,6 +88,7 @@ class ExecutionMutation:
 class ExecutionSubscription:
     @strawberry.subscription(description="The execution's status each time it changes, until it finishes")
     async def execution_updates(self, info: GqlInfo, execution_id: str) -> AsyncGenerator[ExecutionStatus, None]:
+        require(info.context.connection, Permission.READ)
         ctx = info.context
         queue = ctx.container.changes.subscribe()
         try:

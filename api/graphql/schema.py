@@ -14,9 +14,11 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api import data_service
+from api.auth import actor_of
 from api.graphql.context import GraphQLContext
-from api.graphql.errors import answer
+from api.graphql.errors import answer, require
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
+from api.rbac import Permission, can_see
 from api.rest.search import check_filters, run_search
 from projections.data_objects import get_data_object
 
@@ -78,8 +80,11 @@ class Query(ExecutionQuery):
     async def data_object(
         self, info: GqlInfo, object_id: str, consistency_token: str | None = None
     ) -> DataObject | None:
+        require(info.context.connection, Permission.READ)
         try:
-            row = await answer(data_service.read(info.context.container, object_id, consistency_token))
+            row = await answer(
+                data_service.read(info.context.connection, info.context.container, object_id, consistency_token)
+            )
         except GraphQLError as exc:
             if (exc.extensions or {}).get("code") == 404:
                 return None
@@ -90,10 +95,13 @@ class Query(ExecutionQuery):
     async def search_objects(
         self, info: GqlInfo, query: str, modality: str = "text", limit: int = 10, filters: JSON | None = None
     ) -> list[DataObject]:
+        require(info.context.connection, Permission.READ)
         if not 1 <= limit <= 100:
             raise GraphQLError("limit must be 1..100", extensions={"code": 400, "reason": "validation_error"})
         checked = await answer(_checked(filters))
-        results = await answer(run_search(info.context.container, query, modality, limit, 0, checked))
+        results = await answer(
+            run_search(info.context.container, actor_of(info.context.connection), query, modality, limit, 0, checked)
+        )
         return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
 
 
@@ -112,13 +120,18 @@ class Mutation(ExecutionMutation):
         metadata: JSON | None = None,
         annotations: list[str] | None = None,
     ) -> DataObject:
+        require(info.context.connection, Permission.WRITE)
         if metadata is not None and not isinstance(metadata, dict):
             raise GraphQLError("metadata must be a JSON object", extensions={"code": 400, "reason": "validation_error"})
         ctx = info.context
         written = await answer(
             data_service.ingest(ctx.connection, ctx.container, content, content_type, metadata or {}, annotations)
         )
-        return to_object(await answer(data_service.read(ctx.container, written.aggregate_id, written.outcome.position)))
+        return to_object(
+            await answer(
+                data_service.read(ctx.connection, ctx.container, written.aggregate_id, written.outcome.position)
+            )
+        )
 
     @strawberry.mutation(description="Add an annotation to a data object")
     async def add_annotation(
@@ -130,6 +143,7 @@ class Mutation(ExecutionMutation):
         confidence: float = 1.0,
         expected_version: int | None = None,
     ) -> Annotation:
+        require(info.context.connection, Permission.WRITE)
         if not 0.0 <= confidence <= 1.0 or not 1 <= len(annotation_type) <= 100:
             raise GraphQLError(
                 "confidence must be 0..1 and annotation_type 1..100 characters",
@@ -141,11 +155,12 @@ class Mutation(ExecutionMutation):
                 ctx.connection, ctx.container, object_id, annotation_type, content, confidence, expected_version
             )
         )
-        row = await answer(data_service.read(ctx.container, object_id, written.outcome.position))
+        row = await answer(data_service.read(ctx.connection, ctx.container, object_id, written.outcome.position))
         return next(Annotation(**a) for a in row["annotations"] if a["annotation_id"] == written.created_id)
 
     @strawberry.mutation(description="Delete a data object")
     async def delete_data_object(self, info: GqlInfo, object_id: str, expected_version: int | None = None) -> Deletion:
+        require(info.context.connection, Permission.WRITE)
         ctx = info.context
         written = await answer(data_service.delete(ctx.connection, ctx.container, object_id, expected_version))
         return Deletion(object_id=object_id, version=written.outcome.version, position=written.outcome.position)
@@ -155,8 +170,11 @@ class Mutation(ExecutionMutation):
 class Subscription(ExecutionSubscription):
     @strawberry.subscription(description="Data objects as they change; filters: {object_id?, change_type?}")
     async def data_changes(self, info: GqlInfo, filters: JSON | None = None) -> AsyncGenerator[DataChange, None]:
+        require(info.context.connection, Permission.READ)
         wanted: dict[str, Any] = filters if isinstance(filters, dict) else {}
         container = info.context.container
+        actor = actor_of(info.context.connection)
+        visible: set[str] = set()  # objects this caller has seen, so their deletion can be told too
         queue = container.changes.subscribe()
         try:
             while True:
@@ -171,6 +189,10 @@ class Subscription(ExecutionSubscription):
                         continue
                     async with container.pool.connection() as conn:
                         row = await get_data_object(conn, change["id"])
+                    if row is not None and can_see(actor.role, actor.user_id, row["owner"]):
+                        visible.add(change["id"])
+                    elif not (row is None and (change["id"] in visible or actor.role == "admin")):
+                        continue
                     data = to_object(row) if row is not None else None
                     yield DataChange(object_id=change["id"], change_type=kind, version=change["version"], data=data)
         except asyncio.CancelledError:

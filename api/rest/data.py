@@ -13,6 +13,7 @@ from litestar.params import Parameter
 
 from api import data_service
 from api.commands import expected_version
+from api.rbac import Permission, requires
 from commands.envelope import Outcome
 from infra.bootstrap import ApiContainer
 
@@ -93,7 +94,14 @@ class DataController(Controller):
     path = "/api/v1"
     tags = ["data"]
 
-    @post("/ingest", operation_id="ingestData", status_code=201, summary="Ingest data into the pipeline")
+    @post(
+        "/ingest",
+        operation_id="ingestData",
+        status_code=201,
+        summary="Ingest data into the pipeline",
+        guards=[requires(Permission.WRITE)],
+        opt={"burst": True},
+    )
     async def ingest(
         self, request: Request[Any, Any, Any], data: DataIngestionRequest, container: ApiContainer
     ) -> Response[DataIngestionResponse]:
@@ -112,7 +120,12 @@ class DataController(Controller):
         )
         return Response(body, status_code=201, headers=_write_headers(outcome))
 
-    @get("/data/{object_id:uuid}", operation_id="getDataObject", summary="Get a data object with its annotations")
+    @get(
+        "/data/{object_id:uuid}",
+        operation_id="getDataObject",
+        summary="Get a data object with its annotations (its owner or an admin)",
+        guards=[requires(Permission.READ)],
+    )
     async def get_object(
         self,
         request: Request[Any, Any, Any],
@@ -121,7 +134,7 @@ class DataController(Controller):
         consistency_token: ConsistencyToken = None,
     ) -> Response[DataObject]:
         token = consistency_token or request.headers.get("x-consistency-token")
-        row = await data_service.read(container, str(object_id), token)
+        row = await data_service.read(request, container, str(object_id), token)
         body = msgspec.convert(row, DataObject, from_attributes=True)
         return Response(body, headers={"ETag": f'"{body.version}"'})
 
@@ -129,7 +142,8 @@ class DataController(Controller):
         "/data/{object_id:uuid}/annotations",
         operation_id="annotateDataObject",
         status_code=201,
-        summary="Add an annotation to a data object",
+        summary="Add an annotation to a data object (its owner or an admin)",
+        guards=[requires(Permission.WRITE)],
     )
     async def annotate(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, data: AnnotationCreate, container: ApiContainer
@@ -147,7 +161,13 @@ class DataController(Controller):
         body = AnnotationCreated(written.created_id or "", str(object_id), outcome.version, outcome.position)
         return Response(body, status_code=201, headers=_write_headers(outcome))
 
-    @delete("/data/{object_id:uuid}", operation_id="deleteDataObject", status_code=200, summary="Delete a data object")
+    @delete(
+        "/data/{object_id:uuid}",
+        operation_id="deleteDataObject",
+        status_code=200,
+        summary="Delete a data object (its owner or an admin)",
+        guards=[requires(Permission.WRITE)],
+    )
     async def delete_object(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer
     ) -> Response[Deleted]:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, get
+from litestar import Controller, Request, get
 from litestar.params import Parameter
 
+from api.auth import actor_of
 from api.errors import ApiError
+from api.rbac import Permission, requires
 from api.rest.data import DataObject
+from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 from projections.data_objects import SEARCH_FILTERS, search_data_objects
 
@@ -54,17 +57,18 @@ def check_filters(filters: Any) -> dict[str, Any]:
 
 
 async def run_search(
-    container: ApiContainer, query: str, modality: str, limit: int, offset: int, filters: dict[str, Any]
+    container: ApiContainer, actor: Actor, query: str, modality: str, limit: int, offset: int, filters: dict[str, Any]
 ) -> SearchResults:
-    """Search shared by REST and GraphQL."""
+    """Search shared by REST and GraphQL; a non-admin only ever finds their own objects (visibility rule)."""
     if modality not in SUPPORTED_MODALITIES:
         raise ApiError(
             422, "unsupported_modality", f"modality {modality!r} is not supported", sorted(SUPPORTED_MODALITIES)
         )
     if not query.strip() or len(query) > MAX_QUERY_LENGTH:
         raise ApiError(400, "validation_error", f"query must be 1..{MAX_QUERY_LENGTH} characters")
+    scoped = filters if actor.role == "admin" else {**filters, "owner": actor.user_id}
     async with container.pool.connection() as conn:
-        rows, total = await search_data_objects(conn, query, filters, limit, offset)
+        rows, total = await search_data_objects(conn, query, scoped, limit, offset)
     hits = [SearchHit(**row, annotations=[]) for row in rows]
     return SearchResults(results=hits, total=total, query=query, filters=filters)
 
@@ -73,9 +77,15 @@ class SearchController(Controller):
     path = "/api/v1"
     tags = ["search"]
 
-    @get("/search", operation_id="searchData", summary="Search across ingested data")
+    @get(
+        "/search",
+        operation_id="searchData",
+        summary="Search across ingested data (the caller's own objects; admins: all)",
+        guards=[requires(Permission.READ)],
+    )
     async def search(
         self,
+        request: Request[Any, Any, Any],
         container: ApiContainer,
         # `query` is a reserved litestar parameter name (the whole query string), hence the alias.
         search_query: Annotated[str, Parameter(query="query", max_length=MAX_QUERY_LENGTH)],
@@ -84,4 +94,6 @@ class SearchController(Controller):
         offset: Annotated[int, Parameter(ge=0, le=10_000)] = 0,
         filters: str | None = None,
     ) -> SearchResults:
-        return await run_search(container, search_query, modality, limit, offset, parse_filters(filters))
+        return await run_search(
+            container, actor_of(request), search_query, modality, limit, offset, parse_filters(filters)
+        )

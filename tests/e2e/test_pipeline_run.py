@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import free_port
 from tests.integration.harness import ROOT, eventually
 
@@ -38,6 +39,11 @@ async def wait_healthy(http: httpx.AsyncClient, system: subprocess.Popen[bytes],
     await eventually(healthy, timeout=90, what="pipeline run to serve /health")
 
 
+async def _login(http: httpx.AsyncClient, credentials: dict[str, str]) -> dict[str, str] | None:
+    response = await http.post("/api/v1/auth/login", json=credentials)
+    return dict(response.json()) if response.status_code == 200 else None
+
+
 def alive(pid: int) -> bool:
     try:
         return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
@@ -62,6 +68,9 @@ async def test_run_serves_stops_cleanly_and_finds_its_data_again(isolated_env: d
             await wait_healthy(http, system, log)
             runtime = json.loads((data_dir / "runtime.json").read_text())
             assert set(runtime["pids"]) == {"api", "processor", "projections", "executor"}
+            credentials = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+            login = await eventually(lambda: _login(http, credentials), timeout=60, what="the first admin to log in")
+            http.headers["Authorization"] = f"Bearer {login['access_token']}"
             created = (await http.post("/api/v1/ingest", json={"content": "kept", "content_type": "text/plain"})).json()
             token = {"X-Consistency-Token": created["position"]}
             assert (await http.get(f"/api/v1/data/{created['object_id']}", headers=token)).status_code == 200

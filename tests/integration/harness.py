@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 class Worker:
     """One `pipeline worker NAME` process with the test's environment."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, log_name: str | None = None) -> None:
         self.name = name
         self.env = {**os.environ, **env}
-        self.log_path = log_dir / f"{name}.log"
+        self.log_path = log_dir / f"{log_name or name}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Worker:

@@ -19,7 +19,9 @@ async def gql(client: httpx.AsyncClient, query: str, **variables: Any) -> dict[s
 
 
 def ws_url(client: httpx.AsyncClient, path: str) -> str:
-    return str(client.base_url).replace("http://", "ws://").rstrip("/") + path
+    """The WebSocket address, with the client's token (browsers cannot set headers on a WebSocket)."""
+    token = client.headers["authorization"].split(" ", 1)[1]
+    return str(client.base_url).replace("http://", "ws://").rstrip("/") + f"{path}?access_token={token}"
 
 
 INGEST = """mutation($content: String!, $labels: [String!]) {
@@ -158,3 +160,20 @@ async def test_graphql_and_websocket_see_an_execution_through(client: httpx.Asyn
         assert reply["type"] == "execution_status" and reply["data"]["status"] == "completed"
         await ws.send(json.dumps({"type": "execution_status", "execution_id": "nope"}))
         assert json.loads(await ws.recv())["code"] == "not_found"
+
+
+async def test_websocket_handshake_without_a_valid_token_is_refused(client: httpx.AsyncClient) -> None:
+    base = str(client.base_url).replace("http://", "ws://").rstrip("/")
+    for url in (f"{base}/ws/c3", f"{base}/ws/c3?access_token=forged", f"{base}{GQL}"):
+        try:
+            async with websockets.connect(url) as ws:
+                await ws.recv()
+        except (websockets.InvalidStatus, websockets.ConnectionClosed):
+            continue
+        raise AssertionError(f"{url} was accepted without a valid token")
+
+
+async def test_graphql_needs_a_token_and_the_right_role(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.post(GQL, json={"query": "{ availableNodes }"})
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")

@@ -1,0 +1,148 @@
+"""Fixed-window rate limits in Redis, one atomic round trip per request, shared by every API process.
+
+Every rule a request falls under (its role's hourly limit, or the per-IP limit without a token,
+plus the ingest burst limit) is counted by one Lua script, so several rules cost one round trip
+and two API processes can never both let the last request of a window through. Refused requests
+count too: hammering a closed window does not reopen it sooner.
+
+If Redis is unreachable the API keeps serving: by default each process counts in memory
+(``rate_limiting.fallback: memory``; ``open`` lets everything through), logs it once, and
+``/health`` says so. Redis is retried after ``RETRY_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from infra.settings import RateLimitingSettings
+
+log = logging.getLogger("pipeline.ratelimit")
+RETRY_SECONDS = 5.0
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+_RULE = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(second|minute|hour|day)s?\s*$")
+
+# KEYS: one counter per rule; ARGV: each rule's window in seconds. Returns count, ttl per rule.
+_SCRIPT = """
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  local ttl = redis.call('TTL', key)
+  if ttl < 0 then
+    redis.call('EXPIRE', key, ARGV[i])
+    ttl = tonumber(ARGV[i])
+  end
+  out[#out + 1] = n
+  out[#out + 1] = ttl
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class Rule:
+    limit: int
+    window: int  # seconds
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """``"1000 per hour"`` (also ``1000/hour``, ``minute``, ``second``, ``day``)."""
+        match = _RULE.match(text.lower())
+        if match is None:
+            raise ValueError(f"not a rate limit: {text!r} (expected e.g. '1000 per hour')")
+        return cls(int(match.group(1)), _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for the tightest rule: what the RateLimit-* headers report."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window of the tightest rule ends
+
+    def headers(self) -> dict[str, str]:
+        """RateLimit-* headers (and Retry-After when refused)."""
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(self.reset, 1))
+        return headers
+
+
+class RateLimiter:
+    """Counts requests per (rule, subject) in Redis, or in memory while Redis is unreachable."""
+
+    def __init__(self, settings: RateLimitingSettings, redis: aioredis.Redis, prefix: str) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.prefix = prefix
+        self.roles = {
+            "admin": Rule.parse(settings.admin_limit),
+            "user": Rule.parse(settings.user_limit),
+            "viewer": Rule.parse(settings.viewer_limit),
+        }
+        self.anonymous = Rule.parse(settings.default_limit)
+        self.burst = Rule.parse(settings.burst_limit)
+        self._script = redis.register_script(_SCRIPT)
+        self._memory: dict[str, tuple[int, float]] = {}  # key -> (count, window end)
+        self._redis_down_until = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable and the fallback is in use."""
+        return time.monotonic() < self._redis_down_until
+
+    def rules_for(self, role: str | None, subject: str, burst: bool) -> list[tuple[str, Rule]]:
+        """The (counter key, rule) pairs one request counts against."""
+        if role is None:
+            return [(f"{self.prefix}:rl:ip:{subject}", self.anonymous)]
+        rules = [(f"{self.prefix}:rl:{role}:{subject}", self.roles.get(role, self.roles["viewer"]))]
+        if burst:
+            rules.append((f"{self.prefix}:rl:burst:{subject}", self.burst))
+        return rules
+
+    async def hit(self, role: str | None, subject: str, burst: bool = False) -> Verdict:
+        """Count one request of ``subject`` (a user id, or an IP when ``role`` is None)."""
+        rules = self.rules_for(role, subject, burst)
+        if not self.settings.enabled:
+            return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
+        counts: list[tuple[int, int]] | None = None
+        if not self.degraded:
+            try:
+                raw = await self._script(keys=[k for k, _ in rules], args=[r.window for _, r in rules])
+                counts = [(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
+            except (RedisError, OSError) as exc:
+                log.warning("rate limiter: Redis unreachable (%s); using the %s fallback", exc, self.settings.fallback)
+                self._redis_down_until = time.monotonic() + RETRY_SECONDS
+        if counts is None:
+            if self.settings.fallback == "open":
+                return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
+            counts = [self._count_in_memory(key, rule) for key, rule in rules]
+        verdicts = [
+            Verdict(count <= rule.limit, rule.limit, max(0, rule.limit - count), ttl)
+            for (count, ttl), (_, rule) in zip(counts, rules, strict=True)
+        ]
+        refused = [v for v in verdicts if not v.allowed]
+        if refused:
+            return max(refused, key=lambda v: v.reset)
+        return min(verdicts, key=lambda v: v.remaining)
+
+    def _count_in_memory(self, key: str, rule: Rule) -> tuple[int, int]:
+        now = time.monotonic()
+        count, ends = self._memory.get(key, (0, 0.0))
+        if now >= ends:
+            count, ends = 0, now + rule.window
+            if len(self._memory) > 100_000:  # bound memory: drop finished windows
+                self._memory = {k: v for k, v in self._memory.items() if v[1] > now}
+        self._memory[key] = (count + 1, ends)
+        return count + 1, max(1, int(ends - now))

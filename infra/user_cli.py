@@ -1,0 +1,68 @@
+"""`pipeline user create|set-role|disable|enable`: operator commands through the normal command path."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import sys
+
+from commands.envelope import Outcome
+from domain.user import ROLES, user_id_for
+from infra.accounts import check_password, register, system_command
+from infra.bootstrap import build_api
+from infra.settings import Settings
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Register the `user` subcommand and its actions."""
+    user = sub.add_parser("user", help="manage users (create, set-role, disable, enable)")
+    actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="create a user; the password is prompted for, or read from stdin with --password-stdin",
+    )
+    create.add_argument("username", help="3-64 letters, digits, '.', '_' or '-'; unique, case-insensitive")
+    create.add_argument("--role", choices=ROLES, default="user", help="the user's role (default: user)")
+    create.add_argument("--password-stdin", action="store_true", help="read the password from the first stdin line")
+    set_role = actions.add_parser("set-role", help="change a user's role")
+    set_role.add_argument("username")
+    set_role.add_argument("role", choices=ROLES)
+    for name, text in (("disable", "disable a user: their tokens stop working at once"), ("enable", "enable again")):
+        actions.add_parser(name, help=text).add_argument("username")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Execute one `pipeline user` action; exit status 0 when the command was accepted."""
+    password = ""
+    if args.action == "create":
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"password for {args.username}: ")
+        try:
+            check_password(password)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    outcome = asyncio.run(_run(settings, args, password))
+    if not outcome.accepted:
+        reason = outcome.rejection.message if outcome.rejection else "refused"
+        print(f"error: {reason}", file=sys.stderr)
+        return 1
+    print(f"ok: {args.action} {args.username} (user id {outcome.aggregate_id}, version {outcome.version})")
+    return 0
+
+
+async def _run(settings: Settings, args: argparse.Namespace, password: str) -> Outcome:
+    container = await build_api(settings)
+    try:
+        user_id = str(user_id_for(args.username))
+        if args.action == "create":
+            return await register(container, args.username, password, args.role)
+        if args.action == "set-role":
+            return await system_command(container, "ChangeRole", user_id, {"role": args.role})
+        command = "DisableUser" if args.action == "disable" else "EnableUser"
+        return await system_command(container, command, user_id, {})
+    finally:
+        await container.close()

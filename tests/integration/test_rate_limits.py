@@ -1,0 +1,84 @@
+"""Rate limits in the real Redis: exact limits, the RateLimit-* headers, the ingest burst, several API processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.conftest import _api_client
+from tests.integration.users import client_for, create_user
+
+BODY = {"content": "limited", "content_type": "text/plain"}
+
+
+@pytest.fixture
+def isolated_env(isolated_env: dict[str, str]) -> dict[str, str]:
+    return {
+        **isolated_env,
+        "PIPELINE_RATE_LIMITING_VIEWER_LIMIT": "5 per hour",
+        "PIPELINE_RATE_LIMITING_BURST_LIMIT": "3 per minute",
+        "PIPELINE_RATE_LIMITING_DEFAULT_LIMIT": "500 per hour",
+    }
+
+
+def assert_limited(response: httpx.Response, limit: int) -> None:
+    assert response.status_code == 429, response.text
+    assert response.json()["error"]["reason"] == "rate_limited"
+    assert response.headers["ratelimit-limit"] == str(limit)
+    assert response.headers["ratelimit-remaining"] == "0"
+    assert 0 < int(response.headers["retry-after"]) <= 3600
+    assert 0 < int(response.headers["ratelimit-reset"]) <= 3600
+
+
+async def test_a_role_limit_is_reached_exactly_at_its_number(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    await create_user(client, "limited-viewer", "viewer")
+    async with await client_for(anonymous, "limited-viewer") as viewer:
+        for expected_remaining in (4, 3, 2, 1, 0):
+            response = await viewer.get("/api/v1/auth/me")
+            assert response.status_code == 200, response.text
+            assert response.headers["ratelimit-limit"] == "5"
+            assert response.headers["ratelimit-remaining"] == str(expected_remaining)
+            assert response.json()["rate_limit"]["remaining"] == expected_remaining
+        assert_limited(await viewer.get("/api/v1/auth/me"), 5)
+
+
+async def test_ingest_has_its_own_per_minute_burst_limit(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    await create_user(client, "bursty")
+    async with await client_for(anonymous, "bursty") as user:
+        for _ in range(3):
+            assert (await user.post("/api/v1/ingest", json=BODY)).status_code == 201
+        refused = await user.post("/api/v1/ingest", json=BODY)
+        assert_limited(refused, 3)
+        assert int(refused.headers["retry-after"]) <= 60
+        assert (await user.get("/api/v1/auth/me")).status_code == 200  # other routes are not in the burst
+
+
+async def test_unauthenticated_requests_are_limited_per_client_ip(anonymous: httpx.AsyncClient) -> None:
+    first = await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": "x.y"})
+    assert first.status_code == 401 and first.headers["ratelimit-limit"] == "500"
+    left = int(first.headers["ratelimit-remaining"])
+    for _ in range(left):
+        assert (await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": "x.y"})).status_code == 401
+    assert_limited(await anonymous.post("/api/v1/auth/login", json={"username": "a", "password": "b"}), 500)
+
+
+async def test_two_api_processes_share_one_limit(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient, isolated_env: dict[str, str], tmp_path: Path
+) -> None:
+    await create_user(client, "shared-viewer", "viewer")
+    async with (
+        await client_for(anonymous, "shared-viewer") as first,
+        _api_client(isolated_env, tmp_path, "api2") as raw,
+    ):
+        second = httpx.AsyncClient(base_url=raw.base_url, headers=dict(first.headers), timeout=60)
+        async with second:
+            statuses = [(await (first if i % 2 else second).get("/api/v1/auth/me")).status_code for i in range(5)]
+            assert statuses == [200] * 5
+            assert_limited(await first.get("/api/v1/auth/me"), 5)
+            assert_limited(await second.get("/api/v1/auth/me"), 5)

@@ -1,0 +1,23 @@
+"""Helpers for tests that need several users: create them as the admin, log them in."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.integration.conftest import login
+
+PASSWORD = "a long enough password"
+
+
+async def create_user(admin: httpx.AsyncClient, username: str, role: str = "user") -> dict:
+    response = await admin.post("/api/v1/users", json={"username": username, "password": PASSWORD, "role": role})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def client_for(anonymous: httpx.AsyncClient, username: str) -> httpx.AsyncClient:
+    """A client with this user's bearer token (close it after use)."""
+    tokens = await login(anonymous, username, PASSWORD)
+    return httpx.AsyncClient(
+        base_url=anonymous.base_url, timeout=60, headers={"Authorization": f"Bearer {tokens['access_token']}"}
+    )

@@ -1,0 +1,58 @@
+"""Access tokens and the secret check, without a server."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jwt
+import pytest
+
+from api.tokens import InvalidToken, check_secret, decode_access_token, issue_access_token
+from infra.settings import AuthenticationSettings, ServerSettings, Settings
+
+SECRET = "s" * 32
+
+
+def settings(secret: str = SECRET, environment: str = "development") -> Settings:
+    return dataclasses.replace(
+        Settings(),
+        authentication=AuthenticationSettings(secret_key=secret),
+        server=ServerSettings(environment=environment),
+    )
+
+
+def test_production_refuses_a_missing_or_short_secret() -> None:
+    for secret in ("", "short"):
+        with pytest.raises(SystemExit):
+            check_secret(settings(secret, "production"))
+    check_secret(settings(SECRET, "production"))
+
+
+def test_development_needs_a_secret_but_not_a_long_one() -> None:
+    with pytest.raises(SystemExit):
+        check_secret(settings(""))
+    check_secret(settings("short"))
+
+
+def test_issued_tokens_decode_with_their_claims() -> None:
+    token, lifetime = issue_access_token(settings(), "u-1", "viewer")
+    claims = decode_access_token(settings(), token)
+    assert (claims["sub"], claims["role"], lifetime) == ("u-1", "viewer", 1800)
+    assert claims["exp"] - claims["iat"] == 1800 and claims["jti"]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode({"sub": "u", "iat": 1, "exp": 2, "jti": "j"}, SECRET, algorithm="HS256"),  # expired
+        jwt.encode({"sub": "u", "iat": 1, "exp": 2**40, "jti": "j"}, SECRET, algorithm="HS384"),
+        jwt.encode({"iat": 1, "exp": 2**40, "jti": "j"}, SECRET, algorithm="HS256"),  # no sub
+        jwt.encode({"sub": "", "iat": 1, "exp": 2**40, "jti": "j"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u", "iat": 1, "exp": 2**40, "jti": "j"}, "x" * 32, algorithm="HS256"),
+        jwt.encode({"sub": "u", "iat": int(time.time()), "exp": 2**40, "jti": "j"}, None, algorithm="none"),
+    ],
+)
+def test_bad_tokens_are_refused(token: str) -> None:
+    with pytest.raises(InvalidToken):
+        decode_access_token(settings(), token)
