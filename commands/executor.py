@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from commands.execution_run import ExecutionRun, ExecutionView, RunDeps
+from commands.rebalance import Rebalance
 
 log = logging.getLogger("pipeline.executor")
 PREFIX = "domain.execution:Execution."
@@ -58,7 +59,7 @@ class Executor:
             auto_offset_reset="earliest",
         )
         self.consumer = consumer
-        consumer.subscribe([self.config.events_topic], listener=_Rebalance(self))
+        consumer.subscribe([self.config.events_topic], listener=Rebalance(self.assigned, self.revoked))
         await consumer.start()
         last_commit = time.monotonic()
         try:
@@ -184,14 +185,3 @@ class Executor:
         for number in numbers:
             self.positions.pop(number, None)
             self.catch_up.pop(number, None)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, executor: Executor) -> None:
-        self.executor = executor
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.executor.revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.executor.assigned(assigned)

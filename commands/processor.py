@@ -24,12 +24,13 @@ from uuid import UUID
 import aiokafka.producer.sender as aiokafka_sender
 import msgspec
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 
 from commands.envelope import ENVELOPE_DECODER, CommandEnvelope, Outcome, Position, Rejection, encode
+from commands.rebalance import Rebalance
 from commands.registry import execute
 from commands.state_store import AggregateState, PartitionStore, chain_hash
 from domain.errors import DomainError
@@ -113,7 +114,7 @@ class CommandProcessor:
             max_poll_records=self.config.batch_size,
         )
         self._consumer = consumer
-        consumer.subscribe([self.config.commands_topic], listener=_Rebalance(self))
+        consumer.subscribe([self.config.commands_topic], listener=Rebalance(self.assign, self.revoke))
         await consumer.start()
         try:
             while not stop.is_set():
@@ -386,14 +387,3 @@ class CommandProcessor:
 
 def _decode_outcome(data: bytes) -> Outcome:
     return msgspec.json.decode(data, type=Outcome)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, processor: CommandProcessor) -> None:
-        self.processor = processor
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.processor.revoke(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.processor.assign(assigned)
