@@ -32,6 +32,7 @@ from api.rest.nodes import NodesController
 from api.rest.search import SearchController
 from api.rest.users import UsersController
 from api.tokens import RefreshTokens, check_secret
+from api.user_cache import UserCache
 from api.ws import websocket_endpoint
 from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
@@ -58,6 +59,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         )
         app.state.hub = LiveHub(container.changes, container.pool)
         app.state.hub.start()
+        app.state.users = UserCache(container.changes, container.pool)
+        app.state.users.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))
         try:
@@ -65,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             first_admin.cancel()
             await app.state.hub.stop()
+            await app.state.users.stop()
             await container.close()
 
     def provide_container(state: State) -> ApiContainer:

@@ -25,6 +25,7 @@ from psycopg import Error as PostgresError
 from api.errors import ApiError
 from api.ratelimit import RateLimiter, Verdict
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token
+from api.user_cache import UserCache
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 
@@ -74,7 +75,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             # Authenticated once, at the handshake (browsers cannot set headers on a WebSocket, so the
             # token may also come as ?access_token=); a refused handshake is closed with 4401/4403.
             ws_state = scope["litestar_app"].state
-            ws_principal = await _authenticate(scope, send, ws_state.container, ws_state.refresh_tokens)
+            ws_principal = await _authenticate(scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users)
             if ws_principal is not None:
                 scope["user"] = ws_principal
                 await app(scope, receive, send)
@@ -90,7 +91,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         else:
             # While Redis is known to be down, skip the revocation lookup rather than wait on it each time.
             tokens = None if limiter.degraded else state.refresh_tokens
-            principal = await _authenticate(scope, send, container, tokens)
+            principal = await _authenticate(scope, send, container, tokens, state.users)
             if principal is None:
                 return
             scope["user"] = principal
@@ -120,7 +121,7 @@ def _is_open(scope: Scope) -> bool:
 
 
 async def _authenticate(
-    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None
+    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None, users: UserCache
 ) -> Principal | None:
     header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
     if not header and scope["type"] == "websocket":
@@ -144,9 +145,7 @@ async def _authenticate(
         await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
         return None
     try:
-        async with container.pool.connection() as conn:
-            cur = await conn.execute("SELECT username, role, disabled FROM users WHERE user_id = %s", (user_id,))
-            row = await cur.fetchone()
+        row = await users.get(user_id)
     except PostgresError:
         log.exception("user lookup failed")
         await _error(scope, send, 503, "unavailable", "cannot check the token right now; retry", {"Retry-After": "1"})

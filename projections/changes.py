@@ -45,6 +45,7 @@ class ChangeFeed:
         self.topic = topic
         self.positions: dict[int, int] = {}
         self.connected = False
+        self.generation = 0  # counts (re)connections
         self._queue_size = queue_size
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
         self._advanced = asyncio.Condition()
@@ -94,6 +95,7 @@ class ChangeFeed:
                     await conn.execute(f'LISTEN "{channel_for(self.schema)}"')
                     await self._load_positions(conn)
                     self.connected, delay = True, 0.2
+                    self.generation += 1  # listeners holding derived state know to drop it
                     self._ready.set()
                     async for notify in conn.notifies():
                         await self._on_message(orjson.loads(notify.payload))
