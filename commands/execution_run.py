@@ -33,8 +33,10 @@ class RunDeps:
     submit: Callable[[CommandEnvelope], Awaitable[Outcome]]
     put_blob: Callable[[bytes], str]  # -> location
     get_blob: Callable[[str], bytes]  # location -> bytes
-    load_object: Callable[[str], Coroutine[Any, Any, str]]
-    search: Callable[[str, int], Coroutine[Any, Any, list[dict[str, Any]]]]
+    # Both read as the submitter: (submitter, object id) and (submitter, query, limit), so a graph sees
+    # only what its submitter may see.
+    load_object: Callable[[str, str], Coroutine[Any, Any, str]]
+    search: Callable[[str, str, int], Coroutine[Any, Any, list[dict[str, Any]]]]
     node_timeout: float = 30.0
     inline_output_bytes: int = 16 * 1024
 
@@ -186,10 +188,14 @@ class ExecutionRun:
         timeout = self.timeout
 
         def load_object(object_id: str) -> str:
-            return asyncio.run_coroutine_threadsafe(self.deps.load_object(object_id), loop).result(timeout)
+            return asyncio.run_coroutine_threadsafe(self.deps.load_object(self.view.submitter, object_id), loop).result(
+                timeout
+            )
 
         def search(query: str, limit: int) -> list[dict[str, Any]]:
-            return asyncio.run_coroutine_threadsafe(self.deps.search(query, limit), loop).result(timeout)
+            return asyncio.run_coroutine_threadsafe(self.deps.search(self.view.submitter, query, limit), loop).result(
+                timeout
+            )
 
         if CATALOG[node_type].isolated:
             return await asyncio.to_thread(run_isolated, node_type, inputs, params, self.view.inputs, timeout)

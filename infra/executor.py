@@ -49,10 +49,11 @@ async def build_executor(settings: Settings) -> ExecutorService:
     await bus.start()
     blobs = LocalBlobStore(settings.storage.blob_path)
 
-    async def load_object(object_id: str) -> str:
+    async def load_object(submitter: str, object_id: str) -> str:
         async with pool.connection() as conn:
             row = await get_data_object(conn, object_id)
-        if row is None:
+        # The visibility rule, as the submitter: someone else's object does not exist for this graph.
+        if row is None or row["owner"] != submitter:
             raise NodeError(f"data object {object_id} does not exist")
         if row["size"] > MAX_INPUT_BYTES:
             raise NodeError(f"data object {object_id} is larger than {MAX_INPUT_BYTES} bytes")
@@ -62,9 +63,9 @@ async def build_executor(settings: Settings) -> ExecutorService:
             raise NodeError(f"the content of {object_id} is missing") from exc
         return data.decode("utf-8", errors="replace")
 
-    async def search(query: str, limit: int) -> list[dict[str, Any]]:
+    async def search(submitter: str, query: str, limit: int) -> list[dict[str, Any]]:
         async with pool.connection() as conn:
-            return await search_objects(conn, query, limit)
+            return await search_objects(conn, query, limit, owner=submitter)
 
     s = settings.execution
     deps = RunDeps(

@@ -229,3 +229,32 @@ async def test_search_feeds_store_which_ingests_a_new_object(client: httpx.Async
 async def _object_or_none(client: httpx.AsyncClient, object_id: str) -> dict | None:
     response = await client.get(f"/api/v1/data/{object_id}")
     return dict(response.json()) if response.status_code == 200 else None
+
+
+async def test_a_graph_sees_only_what_its_submitter_may_see(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    from tests.integration.users import client_for, create_user
+
+    await create_user(client, "graph-owner")
+    await create_user(client, "graph-other")
+    async with await client_for(anonymous, "graph-owner") as owner, await client_for(anonymous, "graph-other") as other:
+        body = {"content": TEXT, "content_type": "text/plain", "metadata": {"topic": "private-marker-77"}}
+        created = (await owner.post("/api/v1/ingest", json=body)).json()
+        await owner.get(f"/api/v1/data/{created['object_id']}", headers={"X-Consistency-Token": created["position"]})
+
+        read_it = {
+            "nodes": [{"id": "doc", "type": "object", "params": {"object_id": created["object_id"]}}],
+            "edges": [],
+        }
+        refused = await wait_for_status(other, (await submit(other, read_it))["execution_id"], {"completed", "failed"})
+        assert refused["status"] == "failed" and "does not exist" in " ".join(refused["errors"])
+        allowed = await wait_for_status(owner, (await submit(owner, read_it))["execution_id"], {"completed", "failed"})
+        assert allowed["status"] == "completed", allowed
+
+        find = {"nodes": [{"id": "find", "type": "search", "params": {"query": "private-marker-77"}}], "edges": []}
+        theirs = await wait_for_status(other, (await submit(other, find))["execution_id"], {"completed", "failed"})
+        mine = await wait_for_status(owner, (await submit(owner, find))["execution_id"], {"completed", "failed"})
+        assert theirs["status"] == mine["status"] == "completed", (theirs, mine)
+        assert created["object_id"] not in json.dumps(theirs["nodes"][0]["summary"])
+        assert created["object_id"] in json.dumps(mine["nodes"][0]["summary"])

@@ -77,10 +77,10 @@ class World:
         return f"blob://sha256/{digest}"
 
     def deps(self, **overrides: Any) -> RunDeps:
-        async def load_object(object_id: str) -> str:
+        async def load_object(submitter: str, object_id: str) -> str:
             return TEXT
 
-        async def search(query: str, limit: int) -> list[dict[str, Any]]:
+        async def search(submitter: str, query: str, limit: int) -> list[dict[str, Any]]:
             return []
 
         fields: dict[str, Any] = {
@@ -144,7 +144,7 @@ async def test_large_outputs_go_to_the_blob_store_and_are_read_back_on_resume() 
 
 
 async def test_a_node_over_its_time_limit_fails_the_execution() -> None:
-    async def slow(object_id: str) -> str:
+    async def slow(submitter: str, object_id: str) -> str:
         await asyncio.sleep(10)
         return ""
 
@@ -174,7 +174,7 @@ async def test_a_graph_the_catalog_no_longer_accepts_fails_the_execution() -> No
 
 
 async def test_an_execution_may_shorten_the_node_time_limit() -> None:
-    async def slow(object_id: str) -> str:
+    async def slow(submitter: str, object_id: str) -> str:
         await asyncio.sleep(10)
         return ""
 
