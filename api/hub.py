@@ -131,7 +131,8 @@ class LiveHub:
         try:
             while True:
                 batch = await queue.get()
-                await self._learn_owners(batch.get("changes", []))
+                if self._by_topic.get("data_changes"):  # owners matter only to data_changes subscribers
+                    await self._learn_owners(batch.get("changes", []))
                 for change in batch.get("changes", []):
                     change = {**change, "owner": self._owners.get(change["id"])}
                     for topic, message in messages_for(change):

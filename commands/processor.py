@@ -101,7 +101,6 @@ class CommandProcessor:
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
-        self.processed = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -223,7 +222,6 @@ class CommandProcessor:
             consumer.seek(tp, committed if committed is not None else records[0].offset)
             return
         store.commit(values, touched, next_state_offset)
-        self.processed += len(records)
 
     async def _run_commands(
         self,

@@ -58,7 +58,6 @@ class ProjectionRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._sought: dict[int, int] = {}  # partition -> stored position the consumer was last sought to
-        self.applied = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set."""
@@ -151,7 +150,6 @@ class ProjectionRunner:
                     change_payload(self.config.projection, tp.partition, next_offset, changes),
                 ),
             )
-        self.applied += len(fresh)
 
     async def apply_records(self, conn: AsyncConnection[Any], records: list[Any]) -> list[dict[str, Any]]:
         """Apply decoded events in order, each at most once per aggregate version; return what changed."""
