@@ -10,7 +10,7 @@ not 403, so object ids cannot be probed. Deleting needs ``write`` on one's own o
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
@@ -39,7 +39,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.READ}),
 }
 
-Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+Guard = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], Awaitable[None]]
 
 
 def has_permission(role: str, permission: Permission) -> bool:
@@ -55,7 +55,9 @@ def can_see(role: str, user_id: str, owner: str) -> bool:
 def requires(permission: Permission) -> Guard:
     """A guard: 401 without a caller, 403 when the caller's role lacks ``permission``."""
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    # async on purpose: litestar runs a sync guard in a worker thread, a thread hop per request
+    # (seen in py-spy profiles of the ingest benchmark).
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
         principal = connection.scope.get("user")
         role = getattr(principal, "role", None)
         if role is None:

@@ -26,6 +26,7 @@ from commands.rebalance import Rebalance
 
 log = logging.getLogger("pipeline.executor")
 PREFIX = "domain.execution:Execution."
+_PREFIX_BYTES = PREFIX.encode()
 COMMIT_INTERVAL = 1.0
 
 
@@ -82,10 +83,12 @@ class Executor:
             await consumer.stop()
 
     def _fold(self, partition: int, record: Any) -> None:
-        headers = {key: value.decode() for key, value in record.headers}
-        topic = headers.get("event_type", "")
-        if not topic.startswith(PREFIX):
+        # Most events are not executions': look at the one header that says so before anything else.
+        event_type = next((value for key, value in record.headers if key == "event_type"), b"")
+        if not event_type.startswith(_PREFIX_BYTES):
             return
+        headers = {key: value.decode() for key, value in record.headers}
+        topic = headers["event_type"]
         execution_id = headers.get("aggregate_id", "")
         try:
             stored = StoredEvent(UUID(execution_id), int(headers["aggregate_version"]), topic, record.value)

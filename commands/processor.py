@@ -61,6 +61,7 @@ class ProcessorConfig:
     cache_size: int = 10_000
     commands_per_aggregate: int = 64
     transaction_timeout_ms: int = 60_000
+    linger_ms: float = 0.0  # group commit: gather commands this long before a transaction
 
 
 @dataclass
@@ -101,6 +102,7 @@ class CommandProcessor:
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
+        self._epoch = 0  # bumped on every assignment change: a linger stops at one
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -117,7 +119,7 @@ class CommandProcessor:
         await consumer.start()
         try:
             while not stop.is_set():
-                batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
+                batches = await self._gather(consumer)
                 async with self._lock:
                     # Partitions are independent (own producer, own transaction, own state): a
                     # transaction costs several broker round trips, so they run side by side.
@@ -134,8 +136,35 @@ class CommandProcessor:
                 for partition in list(self._producers):
                     await self._release(partition)
 
+    async def _gather(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """Group commit: once commands arrive, keep collecting for ``linger_ms`` (or a full batch).
+
+        A transaction costs the same few broker round trips (and marker writes) whatever it holds,
+        so fewer, larger ones are what makes the write path cheap (measured by
+        ../shared/probes/kafka_txn_cost.py: 1.27 ms of broker time per record at 4 records per
+        transaction, 0.065 ms at 64).
+        """
+        batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
+        if not batches or self.config.linger_ms <= 0:
+            return batches
+        deadline = asyncio.get_running_loop().time() + self.config.linger_ms / 1000
+        count = sum(len(records) for records in batches.values())
+        epoch = self._epoch
+        while count < self.config.batch_size and epoch == self._epoch:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            more = await consumer.getmany(
+                timeout_ms=max(1, int(remaining * 1000)), max_records=self.config.batch_size - count
+            )
+            for tp, records in more.items():
+                batches.setdefault(tp, []).extend(records)
+                count += len(records)
+        return batches
+
     async def assign(self, partitions: set[TopicPartition]) -> None:
         """Take ownership: fence the previous owner, then catch the local state up to the state topic."""
+        self._epoch += 1
         async with self._lock:
             for tp in partitions:
                 if tp.partition in self._producers:
@@ -161,6 +190,7 @@ class CommandProcessor:
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         """Give ownership up between batches, never in the middle of one."""
+        self._epoch += 1
         async with self._lock:
             for tp in partitions:
                 await self._release(tp.partition)

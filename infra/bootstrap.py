@@ -117,6 +117,7 @@ def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:
         cache_size=k.processor_cache_size,
         commands_per_aggregate=k.command_retention_per_aggregate,
         transaction_timeout_ms=k.transaction_timeout_ms,
+        linger_ms=k.processor_linger_ms,
     )
 
 

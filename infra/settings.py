@@ -98,12 +98,13 @@ class DatabaseSettings:
 class KafkaSettings:
     bootstrap_servers: str = ""  # empty: `pipeline run` / the tests start Apache Kafka themselves
     topic_prefix: str = "pipeline"
-    partitions: int = 4
+    partitions: int = 2  # fixed when the topics are created; bounds processor instances (see README)
     processor_group: str = "command-processor"
     projection_name: str = "read-models"
     command_timeout_seconds: float = 10.0
     transaction_timeout_ms: int = 60_000
     processor_batch_size: int = 500
+    processor_linger_ms: float = 0.0
     processor_cache_size: int = 10_000
     projection_batch_size: int = 500
     command_retention_per_aggregate: int = 64
