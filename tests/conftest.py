@@ -47,15 +47,14 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         managed.stop()
 
 
-@pytest.fixture
-def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """Environment variables for one test's own topics, schema and data directory."""
+def environment_for(services: dict[str, str], data_dir: Path) -> dict[str, str]:
+    """Environment variables for its own topics, schema and data directory (one test or one module)."""
     name = f"t{uuid.uuid4().hex[:12]}"
     return {
         **services,
         "PIPELINE_KAFKA_TOPIC_PREFIX": name,
         "PIPELINE_DATABASE_SCHEMA": name,
-        "PIPELINE_DATA_DIR": str(tmp_path / "data"),
+        "PIPELINE_DATA_DIR": str(data_dir),
         "PIPELINE_KAFKA_PARTITIONS": "2",
         "PIPELINE_CONSISTENCY_WAIT_TIMEOUT_SECONDS": "15",
         "PIPELINE_KAFKA_COMMAND_TIMEOUT_SECONDS": "30",
@@ -66,6 +65,12 @@ def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
         "PIPELINE_RATE_LIMITING_ADMIN_LIMIT": "1000000 per hour",
         "PIPELINE_RATE_LIMITING_BURST_LIMIT": "100000 per minute",
     }
+
+
+@pytest.fixture
+def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Environment variables for one test's own topics, schema and data directory."""
+    return environment_for(services, tmp_path / "data")
 
 
 @pytest.fixture
