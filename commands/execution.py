@@ -40,6 +40,16 @@ class CompleteNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     output_location: str | None = None
 
 
+class RecordNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A side-effect-free node's start and result in one command; ``finish`` completes the execution."""
+
+    node_id: str
+    summary: dict[str, Any]
+    output: dict[str, Any] | None = None
+    output_location: str | None = None
+    finish: bool = False
+
+
 class FailNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     node_id: str
     error: str
@@ -105,6 +115,12 @@ def start_node(aggregate: Execution | None, command: StartNode, envelope: Comman
 def complete_node(aggregate: Execution | None, command: CompleteNode, envelope: CommandEnvelope) -> Execution:
     execution = _existing(aggregate, envelope)
     execution.complete_node(command.node_id, command.summary, command.output, command.output_location)
+    return execution
+
+
+def record_node(aggregate: Execution | None, command: RecordNode, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    execution.record_node(command.node_id, command.summary, command.output, command.output_location, command.finish)
     return execution
 
 

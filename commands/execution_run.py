@@ -85,6 +85,9 @@ class ExecutionRun:
         self.id = UUID(view.execution_id)
         # The execution may ask for a shorter node time limit than the executor's, never a longer one.
         self.timeout = min(float(view.options.get("node_timeout_seconds", deps.node_timeout)), deps.node_timeout)
+        # Results of side-effect-free nodes on their way to the processor: the next level starts at
+        # once instead of after a Kafka round trip (they reach the execution's partition in order).
+        self.recording: list[asyncio.Task[Outcome]] = []
 
     def command(
         self, kind: str, payload: dict[str, Any], step: str, aggregate_id: str | None = None
@@ -108,27 +111,55 @@ class ExecutionRun:
             await self.send(self.command("FailExecution", {"error": f"{exc.message}: {exc.details}"}, "invalid"))
             return
         outputs: dict[str, dict[str, Any]] = {}
-        for level in graph.levels():  # independent branches of one level run side by side
-            if self.view.finished:
-                return
-            for node_id in level:
-                if node_id in self.view.completed:
-                    outputs[node_id] = self._recorded_output(node_id)
-            todo = [node_id for node_id in level if node_id not in outputs]
-            results = await asyncio.gather(*(self._run_node(graph, n, outputs) for n in todo), return_exceptions=True)
-            stopped = False
-            for node_id, result in zip(todo, results, strict=True):
-                if isinstance(result, StopRun):
-                    log.info("execution %s stops: %s", self.view.execution_id, result)
-                    stopped = True
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    outputs[node_id] = result
-            if stopped:
-                return
-        if not self.view.finished:
+        levels = graph.levels()
+        try:
+            for index, level in enumerate(levels):  # independent branches of one level run side by side
+                if self.view.finished or self._refused():
+                    return
+                for node_id in level:
+                    if node_id in self.view.completed:
+                        outputs[node_id] = self._recorded_output(node_id)
+                todo = [node_id for node_id in level if node_id not in outputs]
+                last = index == len(levels) - 1
+                results = await asyncio.gather(
+                    *(self._run_node(graph, n, outputs, finish=last) for n in todo), return_exceptions=True
+                )
+                stopped = False
+                for node_id, result in zip(todo, results, strict=True):
+                    if isinstance(result, StopRun):
+                        log.info("execution %s stops: %s", self.view.execution_id, result)
+                        stopped = True
+                    elif isinstance(result, BaseException):
+                        raise result
+                    else:
+                        outputs[node_id] = result
+                if stopped:
+                    return
+            outcomes = await asyncio.gather(*self.recording)
+        except asyncio.CancelledError:  # e.g. the partition moved: stop waiting (ids make a resend a duplicate)
+            for task in self.recording:
+                task.cancel()
+            raise
+        finally:
+            # A run that stops early still lets its recordings finish: they are the record of the work.
+            await asyncio.gather(*self.recording, return_exceptions=True)
+        if self._refused():
+            return
+        if not self.view.finished and not any("Completed" in o.event_types for o in outcomes):
             await self.send(self.command("CompleteExecution", {}, "complete"))
+
+    def _refused(self) -> bool:
+        """Did the processor refuse a recording (e.g. the execution was cancelled meanwhile)?"""
+        for task in self.recording:
+            if not task.done() or task.cancelled() or task.exception() is not None:
+                continue
+            outcome = task.result()
+            rejection = outcome.rejection
+            # Recorded already (by an earlier owner): the same output, since such nodes are deterministic.
+            if not outcome.accepted and rejection is not None and "node_id" not in rejection.details:
+                log.info("execution %s stops: %s", self.view.execution_id, rejection.message)
+                return True
+        return False
 
     def _recorded_output(self, node_id: str) -> dict[str, Any]:
         output, location = self.view.completed[node_id]
@@ -138,7 +169,12 @@ class ExecutionRun:
         loaded: dict[str, Any] = orjson.loads(self.deps.get_blob(location))
         return loaded
 
-    async def _run_node(self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    async def _run_node(
+        self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]], finish: bool = False
+    ) -> dict[str, Any]:
+        node = graph.nodes[node_id]
+        if CATALOG[node.type].category != "sink":
+            return await self._run_pure_node(graph, node_id, outputs, finish)
         started = await self.send(self.command("StartNode", {"node_id": node_id}, f"{node_id}:start"))
         if not started.accepted:
             assert started.rejection is not None
@@ -147,7 +183,6 @@ class ExecutionRun:
                 await self._wait(lambda: node_id in self.view.completed)
                 return self._recorded_output(node_id)
             raise StopRun(started.rejection.message)
-        node = graph.nodes[node_id]
         inputs = {
             edge.input: outputs[edge.source][edge.output]
             for edge in graph.incoming(node_id)
@@ -170,18 +205,45 @@ class ExecutionRun:
                 produced.update(await self._apply(effect, node_id, index))
         except NodeError as exc:
             await self._fail(node_id, exc.message)
+        payload = await self._result_payload(node_id, produced)
+        done = await self.send(self.command("CompleteNode", payload, f"{node_id}:complete"))
+        if not done.accepted and done.rejection is not None:
+            raise StopRun(done.rejection.message)
+        return produced
+
+    async def _run_pure_node(
+        self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]], finish: bool
+    ) -> dict[str, Any]:
+        """Run a node without effects, then record its start and result with one command, not awaited."""
+        node = graph.nodes[node_id]
+        inputs = {
+            edge.input: outputs[edge.source][edge.output]
+            for edge in graph.incoming(node_id)
+            if edge.output in outputs.get(edge.source, {})
+        }
+        try:
+            result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
+        except TimeoutError:
+            await self._fail(node_id, f"timed out after {self.timeout:g}s")
+        except NodeError as exc:
+            await self._fail(node_id, exc.message)
+        except Exception as exc:  # a node bug fails its execution, not the executor
+            log.exception("node %s of %s crashed", node_id, self.view.execution_id)
+            await self._fail(node_id, f"{type(exc).__name__}: {exc}")
+        produced = dict(result.outputs)
+        payload = {**await self._result_payload(node_id, produced), "finish": finish}
+        self.recording.append(asyncio.create_task(self.send(self.command("RecordNode", payload, f"{node_id}:record"))))
+        return produced
+
+    async def _result_payload(self, node_id: str, produced: dict[str, Any]) -> dict[str, Any]:
         encoded = orjson.dumps(produced)
         inline = len(encoded) <= self.deps.inline_output_bytes
-        payload = {
+        return {
             "node_id": node_id,
             "summary": summarize_outputs(produced),
             "output": produced if inline else None,
             "output_location": None if inline else await asyncio.to_thread(self.deps.put_blob, encoded),
         }
-        done = await self.send(self.command("CompleteNode", payload, f"{node_id}:complete"))
-        if not done.accepted and done.rejection is not None:
-            raise StopRun(done.rejection.message)
-        return produced
 
     async def _compute(self, node_type: str, inputs: dict[str, Any], params: dict[str, Any]) -> NodeResult:
         loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "ExecuteGraph": CommandSpec(execution.ExecuteGraph, execution.execute_graph, creates=True),
     "StartNode": CommandSpec(execution.StartNode, execution.start_node),
     "CompleteNode": CommandSpec(execution.CompleteNode, execution.complete_node),
+    "RecordNode": CommandSpec(execution.RecordNode, execution.record_node),
     "FailNode": CommandSpec(execution.FailNode, execution.fail_node),
     "FailExecution": CommandSpec(execution.FailExecution, execution.fail_execution),
     "CompleteExecution": CommandSpec(execution.CompleteExecution, execution.complete_execution),

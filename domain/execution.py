@@ -82,6 +82,27 @@ class Execution(Aggregate):
             raise NodeNotRunning(f"node {node_id} is {self.nodes[node_id]}, not running", {"node_id": node_id})
         self._node_completed(node_id, summary, output, output_location)
 
+    def record_node(
+        self,
+        node_id: str,
+        summary: dict[str, Any],
+        output: dict[str, Any] | None,
+        output_location: str | None,
+        finish: bool = False,
+    ) -> None:
+        """A node without side effects, started and completed in one decision (the same two events).
+
+        Running such a node twice changes nothing, so it needs no claim before it runs. With
+        ``finish`` the execution completes too once this was its last unfinished node.
+        """
+        self._require_running(node_id)
+        if self.nodes[node_id] == "completed":
+            raise NodeAlreadyCompleted(f"node {node_id} already completed", {"node_id": node_id})
+        self._node_started(node_id)
+        self._node_completed(node_id, summary, output, output_location)
+        if finish and all(state == "completed" for state in self.nodes.values()):
+            self._completed()
+
     @event(NodeCompleted)
     def _node_completed(
         self, node_id: str, summary: dict[str, Any], output: dict[str, Any] | None, output_location: str | None

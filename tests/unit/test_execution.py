@@ -73,6 +73,21 @@ def test_node_steps_record_progress_and_completion() -> None:
     assert execution.status == "completed"
 
 
+def test_a_recorded_node_is_started_and_completed_by_one_command() -> None:
+    execution = given(uuid4())
+    record = {"node_id": "a", "summary": {}, "output": {"value": "x"}, "finish": True}
+    # Not the last node: finish does not complete the execution yet.
+    assert when(execution, "RecordNode", record) == ["Execution.NodeStarted", "Execution.NodeCompleted"]
+    assert execution.status == "running"
+    assert refusal(execution, "RecordNode", record).details == {"node_id": "a"}  # recorded once
+    assert when(execution, "RecordNode", {**record, "node_id": "b"}) == [
+        "Execution.NodeStarted",
+        "Execution.NodeCompleted",
+        "Execution.Completed",
+    ]
+    assert refusal(execution, "RecordNode", {**record, "node_id": "b"}).code == "conflict"
+
+
 def test_completed_node_is_not_started_again() -> None:
     execution = given(uuid4(), ("StartNode", {"node_id": "a"}), ("CompleteNode", {"node_id": "a", "summary": {}}))
     assert refusal(execution, "StartNode", {"node_id": "a"}).code == "conflict"
