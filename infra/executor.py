@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 
 from commands.execution_run import RunDeps
@@ -14,7 +16,7 @@ from domain.nodes.catalog import MAX_INPUT_BYTES, NodeError
 from infra.blobstore import BlobNotFound, LocalBlobStore
 from infra.codec import make_mapper
 from infra.command_bus import KafkaCommandBus
-from infra.kafka import ensure_topics
+from infra.kafka import ensure_topics, topic_partitions
 from infra.postgres import migrate, open_pool
 from infra.settings import Settings
 from projections.data_objects import get_data_object, search_objects
@@ -25,6 +27,7 @@ class ExecutorService:
     executor: Executor
     bus: KafkaCommandBus
     pool: AsyncConnectionPool
+    offsets: AIOKafkaConsumer
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run the executor until ``stop`` is set, then close its clients."""
@@ -32,6 +35,7 @@ class ExecutorService:
             await self.executor.run(stop)
         finally:
             await self.bus.stop()
+            await self.offsets.stop()
             await self.pool.close()
 
 
@@ -48,10 +52,41 @@ async def build_executor(settings: Settings) -> ExecutorService:
     bus = KafkaCommandBus(settings.kafka.bootstrap_servers, topics, settings.kafka.command_timeout_seconds)
     await bus.start()
     blobs = LocalBlobStore(settings.storage.blob_path)
+    # Only asks for end offsets: no group, never fetches.
+    offsets = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, isolation_level="read_committed")
+    await offsets.start()
+    partitions = [
+        TopicPartition(topics.events, p)
+        for p in await topic_partitions(settings.kafka.bootstrap_servers, topics.events)
+    ]
+
+    async def read_models_caught_up() -> bool:
+        """Has the projection applied every event committed so far?"""
+        ends = await offsets.end_offsets(partitions)
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "SELECT partition, next_offset FROM projection_positions WHERE projection = %s AND topic = %s",
+                (settings.kafka.projection_name, topics.events),
+            )
+            stored: dict[int, int] = {partition: offset for partition, offset in await cur.fetchall()}
+        # A committed transaction ends with its marker, an offset no projection applies.
+        return all(stored.get(tp.partition, 0) >= end - 1 for tp, end in ends.items() if end > 0)
 
     async def load_object(submitter: str, object_id: str) -> str:
+        # Read-your-writes for graphs: an object ingested just before the graph was submitted may not
+        # be in the read model yet (nodes now start within milliseconds of Submitted). "Does not
+        # exist" only once the projection has caught up, or after the consistency wait.
+        deadline = time.monotonic() + settings.consistency.wait_timeout_seconds
         async with pool.connection() as conn:
             row = await get_data_object(conn, object_id)
+        while row is None and time.monotonic() < deadline:
+            # Caught up first, then read: a row missing after that is missing for good.
+            caught_up = await read_models_caught_up()
+            async with pool.connection() as conn:
+                row = await get_data_object(conn, object_id)
+            if caught_up:
+                break
+            await asyncio.sleep(0.02)
         # The visibility rule, as the submitter: someone else's object does not exist for this graph.
         if row is None or row["owner"] != submitter:
             raise NodeError(f"data object {object_id} does not exist")
@@ -83,4 +118,4 @@ async def build_executor(settings: Settings) -> ExecutorService:
         group_id=f"{settings.kafka.topic_prefix}.{s.executor_group}",
         max_running=s.max_running,
     )
-    return ExecutorService(Executor(config, make_mapper(), deps), bus, pool)
+    return ExecutorService(Executor(config, make_mapper(), deps), bus, pool, offsets)
