@@ -36,6 +36,7 @@ class ExecutorConfig:
     events_topic: str
     group_id: str
     max_running: int = 16
+    fetch_max_wait_ms: int = 500
 
 
 class Executor:
@@ -58,6 +59,7 @@ class Executor:
             enable_auto_commit=False,
             isolation_level="read_committed",
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
         )
         self.consumer = consumer
         consumer.subscribe([self.config.events_topic], listener=Rebalance(self.assigned, self.revoked))

@@ -84,7 +84,12 @@ async def build_api(settings: Settings) -> ApiContainer:
     pool = await open_pool(
         settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
     )
-    bus = KafkaCommandBus(settings.kafka.bootstrap_servers, topics, settings.kafka.command_timeout_seconds)
+    bus = KafkaCommandBus(
+        settings.kafka.bootstrap_servers,
+        topics,
+        settings.kafka.command_timeout_seconds,
+        settings.kafka.event_fetch_max_wait_ms,
+    )
     changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)
     try:
         await bus.start()
@@ -136,6 +141,7 @@ def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix:
         group_id=f"{k.topic_prefix}.projection.{k.projection_name}.{schema}{group_suffix}",
         channel=channel_for(schema),
         batch_size=k.projection_batch_size,
+        fetch_max_wait_ms=k.event_fetch_max_wait_ms,
     )
 
 

@@ -27,10 +27,11 @@ class CommandTimeout(Exception):
 class KafkaCommandBus:
     """Submit command envelopes and await their outcomes."""
 
-    def __init__(self, bootstrap_servers: str, topics: Topics, timeout: float) -> None:
+    def __init__(self, bootstrap_servers: str, topics: Topics, timeout: float, fetch_max_wait_ms: int = 20) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
         self.timeout = timeout
+        self.fetch_max_wait_ms = fetch_max_wait_ms  # outcomes are transactional: see kafka.event_fetch_max_wait_ms
         self._pending: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -46,7 +47,7 @@ class KafkaCommandBus:
             bootstrap_servers=self.bootstrap_servers,
             enable_auto_commit=False,
             isolation_level="read_committed",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
         )
         await consumer.start()
         self._consumer = consumer

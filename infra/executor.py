@@ -49,7 +49,12 @@ async def build_executor(settings: Settings) -> ExecutorService:
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
     pool = await open_pool(settings.database.url, settings.database.schema, 1, 4)
-    bus = KafkaCommandBus(settings.kafka.bootstrap_servers, topics, settings.kafka.command_timeout_seconds)
+    bus = KafkaCommandBus(
+        settings.kafka.bootstrap_servers,
+        topics,
+        settings.kafka.command_timeout_seconds,
+        settings.kafka.event_fetch_max_wait_ms,
+    )
     await bus.start()
     blobs = LocalBlobStore(settings.storage.blob_path)
     # Only asks for end offsets: no group, never fetches.
@@ -117,5 +122,6 @@ async def build_executor(settings: Settings) -> ExecutorService:
         events_topic=topics.events,
         group_id=f"{settings.kafka.topic_prefix}.{s.executor_group}",
         max_running=s.max_running,
+        fetch_max_wait_ms=settings.kafka.event_fetch_max_wait_ms,
     )
     return ExecutorService(Executor(config, make_mapper(), deps), bus, pool, offsets)

@@ -39,6 +39,7 @@ class RunnerConfig:
     group_id: str
     channel: str  # where committed batches are announced (see projections.changes)
     batch_size: int = 500
+    fetch_max_wait_ms: int = 500
 
 
 class ProjectionRunner:
@@ -68,6 +69,7 @@ class ProjectionRunner:
             isolation_level="read_committed",
             auto_offset_reset="earliest",
             max_poll_records=self.config.batch_size,
+            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
         )
         self.consumer = consumer
         consumer.subscribe([self.config.events_topic], listener=_SeekToStoredPositions(self))
