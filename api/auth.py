@@ -30,7 +30,7 @@ from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 
 log = logging.getLogger("pipeline.auth")
-OPEN_PATHS = ("/health", "/metrics")
+OPEN_PATHS = ("/health", "/ready", "/metrics")
 OPEN_PREFIXES = ("/api/docs", "/schema")
 
 

@@ -27,6 +27,7 @@ from commands.rebalance import Rebalance
 log = logging.getLogger("pipeline.executor")
 PREFIX = "domain.execution:Execution."
 COMMIT_INTERVAL = 1.0
+REVOKE_COMMIT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,9 @@ class Executor:
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.consumer: AIOKafkaConsumer | None = None
         self._slots = asyncio.Semaphore(config.max_running)
+        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / records were read.
+        self.last_loop = 0.0
+        self.last_progress = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """React to execution events until ``stop`` is set."""
@@ -64,7 +68,10 @@ class Executor:
         last_commit = time.monotonic()
         try:
             while not stop.is_set():
+                self.last_loop = time.time()
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                if batches:
+                    self.last_progress = time.time()
                 for tp, records in batches.items():
                     for record in records:
                         self._fold(tp.partition, record)
@@ -178,8 +185,10 @@ class Executor:
             self.catch_up[tp.partition] = ends[tp]
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
+        # Bounded: the group cannot rejoin until this returns, and a commit waits for a coordinator
+        # for as long as the broker is away. Not committing only means re-reading some events.
         with contextlib.suppress(Exception):
-            await self._commit()
+            await asyncio.wait_for(self._commit(), REVOKE_COMMIT_TIMEOUT)
         numbers = {tp.partition for tp in partitions}
         await self._cancel_runs(numbers)
         for number in numbers:

@@ -11,9 +11,11 @@ needed to restart: states come back from the state topic (see ``state_store``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ import aiokafka.producer.sender as aiokafka_sender
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 
@@ -44,6 +46,8 @@ log = logging.getLogger("pipeline.processor")
 # sooner; aiokafka has no setting for it, hence the module attribute.
 TRANSACTION_RETRY_BACKOFF_S = 0.002
 aiokafka_sender.BACKOFF_OVERRIDE = TRANSACTION_RETRY_BACKOFF_S
+# A producer stopped after a broker error may wait on a transaction that can never end.
+PRODUCER_STOP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,9 @@ class CommandProcessor:
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
+        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was processed.
+        self.last_loop = 0.0
+        self.last_progress = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -117,6 +124,7 @@ class CommandProcessor:
         await consumer.start()
         try:
             while not stop.is_set():
+                self.last_loop = time.time()
                 batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
                 async with self._lock:
                     # Partitions are independent (own producer, own transaction, own state): a
@@ -134,21 +142,18 @@ class CommandProcessor:
                 for partition in list(self._producers):
                     await self._release(partition)
 
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The group consumer while running (the heartbeat reads its lag)."""
+        return self._consumer
+
     async def assign(self, partitions: set[TopicPartition]) -> None:
         """Take ownership: fence the previous owner, then catch the local state up to the state topic."""
         async with self._lock:
             for tp in partitions:
                 if tp.partition in self._producers:
                     continue
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.config.bootstrap_servers,
-                    transactional_id=f"{self.config.transactional_id_prefix}-{tp.partition}",
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=0,
-                    transaction_timeout_ms=self.config.transaction_timeout_ms,
-                )
-                await producer.start()  # init_transactions: aborts whatever a zombie left open
+                producer = await self._start_producer(tp.partition)
                 store = PartitionStore(
                     self.config.state_dir / f"{self.config.transactional_id_prefix}-p{tp.partition}.sqlite",
                     self.mapper,
@@ -158,6 +163,35 @@ class CommandProcessor:
                 self._producers[tp.partition] = producer
                 self._stores[tp.partition] = store
                 log.info("owns partition %s", tp.partition)
+
+    async def _start_producer(self, partition: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            transactional_id=f"{self.config.transactional_id_prefix}-{partition}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            transaction_timeout_ms=self.config.transaction_timeout_ms,
+        )
+        await producer.start()  # init_transactions: aborts whatever a zombie left open
+        return producer
+
+    async def _renew_producer(self, partition: int) -> None:
+        """Replace a partition's producer after a broker error (e.g. the broker restarted).
+
+        aiokafka leaves a transactional producer in a fatal state after some of them (an unknown
+        producer id, an out-of-order sequence, a fenced epoch after the coordinator moved), and then
+        refuses every later transaction; a new one with the same transactional id starts clean and
+        aborts whatever the old one left open. If even that fails the error ends the worker, and the
+        supervisor starts a new one.
+        """
+        old = self._producers.get(partition)
+        if old is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), PRODUCER_STOP_TIMEOUT_S)
+        log.warning("partition %s: replacing its transactional producer after a broker error", partition)
+        self._producers[partition] = await self._start_producer(partition)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         """Give ownership up between batches, never in the middle of one."""
@@ -195,6 +229,7 @@ class CommandProcessor:
                 position = await reader.position(tp)
                 store.restore(records, position)
                 restored += len(records)
+                self.last_progress = time.time()  # a long catch-up is progress, not a stall
             log.info("partition %s: caught up %s aggregate states from the state topic", partition, restored)
         finally:
             await reader.stop()
@@ -214,14 +249,17 @@ class CommandProcessor:
             store.forget(touched)
             await self._release(tp.partition)
             return
-        except Exception:
+        except Exception as exc:
             # Nothing of the batch is visible: forget in-memory changes and consume it again.
             log.exception("batch on partition %s aborted; it will be retried", tp.partition)
             store.forget(touched)
+            if isinstance(exc, KafkaError):
+                await self._renew_producer(tp.partition)
             committed = await consumer.committed(tp)
             consumer.seek(tp, committed if committed is not None else records[0].offset)
             return
         store.commit(values, touched, next_state_offset)
+        self.last_progress = time.time()
 
     async def _run_commands(
         self,

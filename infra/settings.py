@@ -2,7 +2,8 @@
 
 The YAML file has the shape of the spec's ``api_gateway.yaml`` (sections ``server``, ``cors``,
 ``authentication``, ``rate_limiting``, ``websocket``, ``monitoring``) plus the sections this
-system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``, ``execution``). Values may use
+system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``, ``execution``,
+``supervision``). Values may use
 ``${VAR}`` or ``${VAR:-default}`` to read the environment.
 
 Every setting can also be given as an environment variable named ``PIPELINE_<SECTION>_<KEY>``
@@ -102,6 +103,8 @@ class KafkaSettings:
     processor_group: str = "command-processor"
     projection_name: str = "read-models"
     command_timeout_seconds: float = 10.0
+    # How long the API tries to hand a command to the broker before answering 503 unavailable.
+    send_timeout_seconds: float = 5.0
     transaction_timeout_ms: int = 60_000
     processor_batch_size: int = 500
     processor_cache_size: int = 10_000
@@ -145,6 +148,18 @@ class ExecutionSettings:
 
 
 @dataclass(frozen=True)
+class SupervisionSettings:
+    """How `pipeline run` keeps what it started alive (infra.supervisor, infra.heartbeat)."""
+
+    # A worker with records waiting and no progress for this long (or no heartbeat at all) is restarted.
+    stall_seconds: float = 60.0
+    # The first restart of a process that died waits this long, each further one twice as long, up to
+    # the maximum; a process that stayed up for a minute starts over at the first delay.
+    restart_backoff_seconds: float = 1.0
+    restart_backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -159,6 +174,7 @@ class Settings:
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
 
 
 # Short environment names users expect, mapped to (section, key).

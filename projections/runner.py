@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,10 @@ class ProjectionRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._sought: dict[int, int] = {}  # partition -> stored position the consumer was last sought to
+        self._unapplied = False  # a fetched batch is waiting for the lock
+        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was applied.
+        self.last_loop = 0.0
+        self.last_progress = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set."""
@@ -74,11 +79,18 @@ class ProjectionRunner:
         await consumer.start()
         try:
             while not stop.is_set():
-                # Fetch and apply under one lock, so "the consumer's position" always means "applied".
+                self.last_loop = time.time()
+                # Never fetch under the lock: while a rebalance is under way getmany waits for the new
+                # assignment, which waits for on_partitions_revoked, which waits for this lock. Holding
+                # it across getmany deadlocked the runner after a broker restart (issue 7).
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
+                self._unapplied = bool(batches)
                 async with self._lock:
-                    batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
                     # One transaction (and pool connection) per partition, side by side.
                     await asyncio.gather(*(self.apply_batch(consumer, tp, records) for tp, records in batches.items()))
+                    self._unapplied = False
+                if batches:
+                    self.last_progress = time.time()
         finally:
             await consumer.stop()
 
@@ -91,6 +103,8 @@ class ProjectionRunner:
         if consumer is None:
             return False
         async with self._lock:
+            if self._unapplied:  # fetched (the position moved on) but not applied yet
+                return False
             assigned = {tp.partition: tp for tp in consumer.assignment()}
             for partition, end in ends.items():
                 if end == 0:
