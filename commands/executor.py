@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from commands.execution_run import ExecutionRun, ExecutionView, RunDeps
@@ -80,7 +81,12 @@ class Executor:
                     self.positions[tp.partition] = await consumer.position(tp)
                 self._start_runs()
                 if time.monotonic() - last_commit > COMMIT_INTERVAL:
-                    await self._commit()
+                    try:
+                        await self._commit()
+                    except KafkaError as exc:
+                        # E.g. the group rebalanced while the broker was away (CommitFailedError): the
+                        # rejoin that follows seeks to what was committed, and re-reading is harmless.
+                        log.warning("committing executor offsets failed (%r); next time", exc)
                     last_commit = time.monotonic()
         finally:
             await self._cancel_runs(set(self.positions))

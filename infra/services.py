@@ -176,7 +176,7 @@ class ManagedServices:
                 child.restart_at = now + delay
                 child.ready_at = None
                 self._log(
-                    f"{child.name} (pid {child.process.pid}) exited with code {code}; restarting it in {delay:.0f} s"
+                    f"{child.name} (pid {child.process.pid}) exited with code {code}; restarting it in {delay:.1f} s"
                     f" on the same port (log: {child.logs[-1]})"
                 )
             elif now >= child.restart_at:

@@ -150,7 +150,7 @@ def _restart_if_exited(child: _Child, env: dict[str, str], logs: Path, backoff: 
         delay = backoff.delay(child.failures)
         child.failures += 1
         child.restart_at = now + delay
-        print(f"{child.name} exited with {code}; restarting in {delay:.0f} s (log: {log})", flush=True)
+        print(f"{child.name} exited with {code}; restarting in {delay:.1f} s (log: {log})", flush=True)
     elif now >= child.restart_at:
         child.restart_at = None
         child.process = spawn(python_command(*CHILDREN[child.name]), env, log)

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -59,8 +61,11 @@ class System:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    data_dir = tmp_path_factory.mktemp("supervised") / "data"
+def system() -> Iterator[System]:
+    # Not under pytest's temporary directory: a later pytest session makes /tmp/pytest-of-<user> 0700
+    # again, and PostgreSQL, restarted here as its own user, must still reach its data directory.
+    root = Path(tempfile.mkdtemp(prefix="pipeline-supervision-"))
+    data_dir = root / "data"
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "REDIS_URL")}
     env.update(
@@ -79,7 +84,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         PIPELINE_SUPERVISION_RESTART_BACKOFF_SECONDS="0.5",
         PIPELINE_SUPERVISION_RESTART_BACKOFF_MAX_SECONDS="3",
     )
-    output = data_dir.parent / "run.out"
+    output = root / "run.out"
     with output.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "infra.cli", "run"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
@@ -99,6 +104,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if not os.environ.get("PIPELINE_KEEP_TEST_DATA"):  # keep it to read run.out and the logs
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def _healthy_sync(system: System) -> bool:
