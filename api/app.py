@@ -20,7 +20,7 @@ from strawberry.litestar import make_graphql_controller
 from api.auth import auth_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
-from api.graphql.schema import schema
+from api.graphql.schema import build_schema
 from api.health import HealthController
 from api.hub import LiveHub
 from api.middleware import request_id_middleware
@@ -87,7 +87,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             HealthController,
             websocket_endpoint,
             make_graphql_controller(
-                schema, path="/api/graphql", context_getter=context_getter, graphql_ide="apollo-sandbox"
+                build_schema(settings.graphql),
+                path="/api/graphql",
+                context_getter=context_getter,
+                graphql_ide="apollo-sandbox",
             ),
         ],
         middleware=[auth_middleware],
