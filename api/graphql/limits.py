@@ -9,12 +9,14 @@ Three layers stop that, cheapest first:
    (``MaxAliasesLimiter``) and its *costly* root fields (every mutation field and
    ``searchObjects``, the fields that do a REST request's work) are capped; a request over a cap is
    refused whole, with nothing run. 5,000 aliased ``availableNodes`` stop at the token limit.
-2. While running: each costly root field counts once against the caller's rate limits (its role's
-   limit, and ``ingestData`` also the per-user ingest burst limit), exactly as the REST request
-   doing the same work would, on top of the one count of the HTTP request itself. A field over a
-   limit is not run and answers a GraphQL error with ``extensions.code`` 429; the fields before it
-   (mutations run one after another) keep their effects. The same counting applies to operations
-   sent over the GraphQL WebSocket, whose messages the HTTP middleware never sees.
+2. Just before running: each costly root field counts once against the caller's rate limits (its
+   role's limit, and ``ingestData`` also the per-user ingest burst limit), exactly as the REST request
+   doing the same work would, on top of the one count of the HTTP request itself. The count is taken
+   at once, all or nothing (one Redis round trip): if any limit has no room for every field, no
+   field runs and the operation answers one error with ``extensions.code`` 429. Counting field by
+   field would let the first fields run and then lose their answers: a refused non-null mutation
+   field nulls the whole ``data`` and stops the fields after it. The same counting applies to
+   operations sent over the GraphQL WebSocket, whose messages the HTTP middleware never sees.
 3. After running: a result whose JSON is larger than ``graphql.max_response_bytes`` is replaced by a
    413 error and never sent (mutations in it have taken effect; their ids are lost to the client, so
    the cap is set well above any single field's answer).
@@ -23,22 +25,23 @@ Three layers stop that, cheapest first:
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, TypeGuard
 
 import orjson
 from graphql import (
+    ExecutionResult,
     FieldNode,
+    FragmentDefinitionNode,
     FragmentSpreadNode,
     GraphQLError,
-    GraphQLResolveInfo,
     InlineFragmentNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
     ValidationRule,
+    get_operation_ast,
 )
 from strawberry.extensions import (
     AddValidationRules,
@@ -65,7 +68,7 @@ def limit_extensions(settings: GraphQLSettings) -> list[Callable[[], SchemaExten
         functools.partial(QueryDepthLimiter, max_depth=settings.max_depth),
         functools.partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
         functools.partial(AddValidationRules, [costly_fields_rule(settings.max_costly_fields)]),
-        FieldRateLimits,
+        CostlyFieldRateLimits,
         functools.partial(ResponseSizeCap, max_bytes=settings.max_response_bytes),
     ]
 
@@ -75,7 +78,8 @@ def costly_fields_rule(max_fields: int) -> type[ValidationRule]:
 
     class MaxCostlyFields(ValidationRule):
         def enter_operation_definition(self, node: OperationDefinitionNode, *_: Any) -> None:
-            count = self._count(node.selection_set, node.operation == OperationType.MUTATION, frozenset())
+            fragments = {f.name.value: f for f in self.context.document.definitions if _is_fragment(f)}
+            count = len(costly_root_fields(node, fragments))
             if count > max_fields:
                 self.report_error(
                     GraphQLError(
@@ -85,57 +89,66 @@ def costly_fields_rule(max_fields: int) -> type[ValidationRule]:
                     )
                 )
 
-        def _count(self, selections: SelectionSetNode, mutation: bool, seen: frozenset[str]) -> int:
-            count = 0
-            for selection in selections.selections:
-                if isinstance(selection, FieldNode):
-                    count += mutation or selection.name.value in COSTLY_QUERY_FIELDS
-                elif isinstance(selection, InlineFragmentNode):
-                    count += self._count(selection.selection_set, mutation, seen)
-                elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in seen:
-                    fragment = self.context.get_fragment(selection.name.value)
-                    if fragment is not None:
-                        count += self._count(fragment.selection_set, mutation, seen | {selection.name.value})
-            return count
-
     return MaxCostlyFields
 
 
-def is_costly(info: GraphQLResolveInfo) -> bool:
-    """A root field that does a REST request's work."""
-    if info.path.prev is not None:
-        return False
-    return info.operation.operation == OperationType.MUTATION or info.field_name in COSTLY_QUERY_FIELDS
+def _is_fragment(node: Any) -> TypeGuard[FragmentDefinitionNode]:
+    return isinstance(node, FragmentDefinitionNode)
 
 
-class FieldRateLimits(SchemaExtension):
-    """Counts each costly root field against the caller's rate limits before it runs."""
+def costly_root_fields(operation: OperationDefinitionNode, fragments: dict[str, FragmentDefinitionNode]) -> list[str]:
+    """The names of the costly root fields ``operation`` runs, once per occurrence (fragments expanded)."""
+    mutation = operation.operation == OperationType.MUTATION
 
-    def resolve(self, _next: Callable[..., Any], root: Any, info: GraphQLResolveInfo, *args: Any, **kwargs: Any) -> Any:
-        """Pass other fields straight through; count a costly one first."""
-        if not is_costly(info):
-            return _next(root, info, *args, **kwargs)
-        return self._counted(_next, root, info, *args, **kwargs)
+    def walk(selections: SelectionSetNode, seen: frozenset[str]) -> Iterator[str]:
+        for selection in selections.selections:
+            if isinstance(selection, FieldNode):
+                if mutation or selection.name.value in COSTLY_QUERY_FIELDS:
+                    yield selection.name.value
+            elif isinstance(selection, InlineFragmentNode):
+                yield from walk(selection.selection_set, seen)
+            elif isinstance(selection, FragmentSpreadNode) and selection.name.value not in seen:
+                fragment = fragments.get(selection.name.value)
+                if fragment is not None:
+                    yield from walk(fragment.selection_set, seen | {selection.name.value})
 
-    async def _counted(
-        self, _next: Callable[..., Any], root: Any, info: GraphQLResolveInfo, *args: Any, **kwargs: Any
-    ) -> Any:
-        connection = info.context.connection
-        principal = connection.scope.get("user")
-        if isinstance(principal, Principal):  # without one the field's own permission check answers 401
-            limiter: RateLimiter = connection.app.state.limiter
-            verdict = await limiter.hit(principal.role, principal.user_id, burst=info.field_name in BURST_FIELDS)
-            if not verdict.allowed:
-                raise GraphQLError(
-                    "rate limit exceeded; retry later",
-                    extensions={
-                        "code": 429,
-                        "reason": "rate_limited",
-                        "details": {"limit": verdict.limit, "retry_after": max(verdict.reset, 1)},
-                    },
-                )
-        result = _next(root, info, *args, **kwargs)
-        return await result if inspect.isawaitable(result) else result
+    return list(walk(operation.selection_set, frozenset()))
+
+
+class CostlyFieldRateLimits(SchemaExtension):
+    """Counts the operation's costly root fields against the caller's rate limits, before any runs."""
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        """All or nothing: if the limits have no room for every costly field, none runs (429)."""
+        refusal = await self._count()
+        if refusal is not None:
+            self.execution_context.result = ExecutionResult(data=None, errors=[refusal])  # strawberry skips execution
+        yield
+
+    async def _count(self) -> GraphQLError | None:
+        ctx = self.execution_context
+        connection = getattr(ctx.context, "connection", None)
+        principal = connection.scope.get("user") if connection is not None else None
+        document = ctx.graphql_document
+        operation = get_operation_ast(document, ctx.operation_name) if document is not None else None
+        if connection is None or not isinstance(principal, Principal) or document is None or operation is None:
+            return None  # without a principal each field's own permission check answers 401
+        fragments = {f.name.value: f for f in document.definitions if _is_fragment(f)}
+        fields = costly_root_fields(operation, fragments)
+        if not fields:
+            return None
+        bursts = sum(name in BURST_FIELDS for name in fields)
+        limiter: RateLimiter = connection.app.state.limiter
+        verdict = await limiter.hit(
+            principal.role, principal.user_id, burst=bursts > 0, cost=len(fields), burst_cost=bursts
+        )
+        if verdict.allowed:
+            return None
+        details = {"limit": verdict.limit, "cost": len(fields), "retry_after": max(verdict.reset, 1)}
+        return GraphQLError(
+            f"rate limit exceeded: this operation counts as {len(fields)} requests; retry later",
+            extensions={"code": 429, "reason": "rate_limited", "details": details},
+        )
 
 
 class ResponseSizeCap(SchemaExtension):
