@@ -24,6 +24,7 @@ from api.graphql.schema import build_schema
 from api.health import HealthController
 from api.hub import LiveHub
 from api.middleware import request_id_middleware
+from api.openapi import document_errors
 from api.ratelimit import RateLimiter
 from api.rest.auth import AuthController
 from api.rest.data import DataController
@@ -75,8 +76,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         container: ApiContainer = state.container
         return container
 
+    graphql = make_graphql_controller(
+        build_schema(settings.graphql),
+        path="/api/graphql",
+        context_getter=context_getter,
+        graphql_ide="apollo-sandbox",
+    )
+    graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     cors = settings.cors
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             DataController,
             SearchController,
@@ -86,12 +94,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             UsersController,
             HealthController,
             websocket_endpoint,
-            make_graphql_controller(
-                build_schema(settings.graphql),
-                path="/api/graphql",
-                context_getter=context_getter,
-                graphql_ide="apollo-sandbox",
-            ),
+            graphql,
         ],
         middleware=[auth_middleware],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
@@ -118,6 +121,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    document_errors(app)
+    return app
 
 
 async def _ensure_admin(container: ApiContainer) -> None:

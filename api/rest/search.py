@@ -89,7 +89,7 @@ class SearchController(Controller):
         container: ApiContainer,
         # `query` is a reserved litestar parameter name (the whole query string), hence the alias.
         search_query: Annotated[str, Parameter(query="query", max_length=MAX_QUERY_LENGTH)],
-        modality: str = "text",
+        modality: Annotated[str, Parameter(schema_extra={"enum": sorted(SUPPORTED_MODALITIES)})] = "text",
         limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
         offset: Annotated[int, Parameter(ge=0, le=10_000)] = 0,
         filters: str | None = None,
