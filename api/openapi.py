@@ -84,7 +84,9 @@ def envelope_schema() -> Schema:
 
 def error_statuses(route: HTTPRoute, method: str, public: bool, guarded: bool, has_body: bool) -> list[int]:
     """The error statuses one operation can answer."""
-    statuses = [400, 401, 429, 503]  # every route: bad input, bad credentials, rate limits, a dependency down
+    # Every route: bad input, bad credentials, rate limits, a dependency down; 422 for a well-formed
+    # value the use case refuses (e.g. search's unsupported modality, a refused command).
+    statuses = [400, 401, 422, 429, 503]
     if guarded:
         statuses.append(403)
     if route.path_parameters:
