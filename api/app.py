@@ -17,6 +17,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
+from api.allow import correct_allow_header
 from api.auth import auth_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             graphql,
         ],
         middleware=[auth_middleware],
+        before_send=[correct_allow_header],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

@@ -21,7 +21,8 @@ from tests.integration.system import RunningSystem, running_system
 ST = Path(sys.executable).with_name("st")
 # Bounded: ~20 operations x a few phases; measured ~60-90 s on 2 busy cores.
 MAX_EXAMPLES = "8"
-SEED = "20261201"  # a fixed seed: a failure reproduces with the same cases
+SEED = "20261201"
+CONFIG = Path(__file__).with_name("schemathesis.toml")  # a fixed seed: a failure reproduces with the same cases
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def schemathesis(base_url: str, token: str, report_dir: Path, *selection: str) -
     """`st run` with every check, bounded examples, against the running API."""
     command = [
         str(ST),
+        "--config-file",
+        str(CONFIG),
         "run",
         f"{base_url}/api/docs/openapi.json",
         "--url",
@@ -57,7 +60,9 @@ def schemathesis(base_url: str, token: str, report_dir: Path, *selection: str) -
         "false",
         *selection,
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    # Run in the report directory: schemathesis keeps a cache of crashes in its working directory.
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=report_dir)
 
 
 async def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
