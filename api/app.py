@@ -17,13 +17,15 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
+from api.allow import correct_allow_header
 from api.auth import auth_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
-from api.graphql.schema import schema
+from api.graphql.schema import build_schema
 from api.health import HealthController
 from api.hub import LiveHub
 from api.middleware import request_id_middleware
+from api.openapi import document_errors
 from api.ratelimit import RateLimiter
 from api.rest.auth import AuthController
 from api.rest.data import DataController
@@ -75,8 +77,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         container: ApiContainer = state.container
         return container
 
+    graphql = make_graphql_controller(
+        build_schema(settings.graphql),
+        path="/api/graphql",
+        context_getter=context_getter,
+        graphql_ide="apollo-sandbox",
+    )
+    graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     cors = settings.cors
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             DataController,
             SearchController,
@@ -86,11 +95,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             UsersController,
             HealthController,
             websocket_endpoint,
-            make_graphql_controller(
-                schema, path="/api/graphql", context_getter=context_getter, graphql_ide="apollo-sandbox"
-            ),
+            graphql,
         ],
         middleware=[auth_middleware],
+        before_send=[correct_allow_header],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -115,6 +123,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    document_errors(app)
+    return app
 
 
 async def _ensure_admin(container: ApiContainer) -> None:

@@ -104,12 +104,34 @@ async def wait_for_token(container: ApiContainer, token: str | None) -> None:
         position = Position.parse(token)
     except ValueError as exc:
         raise ApiError(400, "invalid_token", "consistency token must look like '<partition>:<offset>'") from exc
+    if container.changes.reached(position.partition, position.offset):
+        return
+    await _refuse_unreachable(container, position, token)
     timeout = container.settings.consistency.wait_timeout_seconds
     if not await container.changes.wait_for(position.partition, position.offset, timeout):
         raise ApiError(
             503,
             "not_yet_consistent",
             f"the read model has not reached position {token} within {timeout:g}s; retry shortly",
+            {"position": token},
+        )
+
+
+async def _refuse_unreachable(container: ApiContainer, position: Position, token: str) -> None:
+    """400 for a token no write returned (no such partition, or past the log's committed end).
+
+    Without this a made-up token waits the whole consistency timeout and then answers 503, as if
+    the read model were behind. A broker that does not answer leaves the decision to the wait.
+    """
+    try:
+        end = await container.bus.events_end(position.partition)
+    except Exception:  # broker unreachable or slow: keep the bounded wait
+        return
+    if end is None or position.offset >= end:
+        raise ApiError(
+            400,
+            "invalid_token",
+            f"consistency token {token} names no committed event: no write returned it",
             {"position": token},
         )
 

@@ -103,6 +103,21 @@ class KafkaCommandBus:
         assert self._producer is not None, "command bus not started"
         await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
 
+    async def events_end(self, partition: int) -> int | None:
+        """The events partition's last stable offset (what a read_committed reader can reach).
+
+        None when the topic has no such partition. Raises when the broker does not answer, so a
+        caller can fall back to waiting. Used only on a read's slow path, to refuse a position
+        token that no write returned instead of waiting for it until the timeout.
+        """
+        assert self._consumer is not None and self._producer is not None, "command bus not started"
+        partitions = await self._producer.partitions_for(self.topics.events)
+        if partition not in partitions:
+            return None
+        tp = TopicPartition(self.topics.events, partition)
+        ends = await asyncio.wait_for(self._consumer.end_offsets([tp]), 2.0)
+        return int(ends[tp])
+
     async def _read_outcomes(self) -> None:
         assert self._consumer is not None
         while True:

@@ -2,9 +2,8 @@
 
 The YAML file has the shape of the spec's ``api_gateway.yaml`` (sections ``server``, ``cors``,
 ``authentication``, ``rate_limiting``, ``websocket``, ``monitoring``) plus the sections this
-system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``, ``execution``,
-``supervision``). Values may use
-``${VAR}`` or ``${VAR:-default}`` to read the environment.
+system needs (``graphql``, ``database``, ``kafka``, ``redis``, ``storage``, ``consistency``,
+``execution``, ``supervision``). Values may use ``${VAR}`` or ``${VAR:-default}`` to read the environment.
 
 Every setting can also be given as an environment variable named ``PIPELINE_<SECTION>_<KEY>``
 (for example ``PIPELINE_KAFKA_PARTITIONS``); a few have the short names users expect
@@ -88,6 +87,19 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class GraphQLSettings:
+    """Limits on one GraphQL operation, checked before it runs (except the response size)."""
+
+    max_depth: int = 10  # nesting of selections; introspection fields do not count
+    max_aliases: int = 30  # aliases in the whole document
+    max_tokens: int = 2000  # lexical tokens, checked while parsing
+    # Root fields that do a REST request's work (every mutation, searchObjects): each counts once
+    # against the rate limits, and a request naming more than this many is refused before any runs.
+    max_costly_fields: int = 10
+    max_response_bytes: int = 4 * 1024 * 1024  # a larger result is replaced by a 413 error
+
+
+@dataclass(frozen=True)
 class DatabaseSettings:
     url: str = ""  # empty: `pipeline run` / the tests start PostgreSQL themselves
     schema: str = "public"
@@ -167,6 +179,7 @@ class Settings:
     rate_limiting: RateLimitingSettings = field(default_factory=RateLimitingSettings)
     websocket: WebsocketSettings = field(default_factory=WebsocketSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    graphql: GraphQLSettings = field(default_factory=GraphQLSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)

@@ -50,6 +50,12 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 @pytest.fixture
 def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
     """Environment variables for one test's own topics, schema and data directory."""
+    return environment_for(services, tmp_path)
+
+
+def environment_for(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Environment variables for a new set of topics, a new schema and a data directory under ``tmp_path``
+    (also for module-scoped fixtures that share one system between tests)."""
     name = f"t{uuid.uuid4().hex[:12]}"
     return {
         **services,

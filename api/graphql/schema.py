@@ -18,8 +18,11 @@ from api.auth import actor_of
 from api.graphql.context import GraphQLContext
 from api.graphql.errors import answer, require
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
+from api.graphql.limits import limit_extensions
+from api.graphql.masking import ErrorEnvelope, LoggedSchema
 from api.rbac import Permission, can_see
 from api.rest.search import check_filters, run_search
+from infra.settings import GraphQLSettings
 from projections.data_objects import get_data_object
 
 GqlInfo = Info[GraphQLContext, None]
@@ -201,4 +204,7 @@ class Subscription(ExecutionSubscription):
             container.changes.unsubscribe(queue)
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+def build_schema(settings: GraphQLSettings) -> strawberry.Schema:
+    """The schema under the limits of ``settings`` (api.graphql.limits), answering errors as envelopes."""
+    extensions = [*limit_extensions(settings), ErrorEnvelope]
+    return LoggedSchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)

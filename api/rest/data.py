@@ -85,6 +85,7 @@ ConsistencyToken = Annotated[
     Parameter(
         query="consistency_token",
         required=False,
+        pattern=r"^[0-9]+:[0-9]+$",
         description="A position token from a write; the read waits until the read model has reached it.",
     ),
 ]

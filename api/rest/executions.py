@@ -14,6 +14,7 @@ from api.auth import actor_of
 from api.commands import submit
 from api.execution_service import execute_graph, read_execution
 from api.rest.data import ConsistencyToken
+from api.rest.paging import MAX_OFFSET
 from infra.bootstrap import ApiContainer
 from projections.executions import list_executions
 
@@ -130,7 +131,7 @@ class ExecutionsController(Controller):
         container: ApiContainer,
         status: Annotated[Status | None, Parameter(query="status", required=False)] = None,
         limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
-        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+        offset: Annotated[int, Parameter(query="offset", ge=0, le=MAX_OFFSET)] = 0,
     ) -> ExecutionPage:
         """Paginated; admins see everyone's executions."""
         actor = actor_of(request)
