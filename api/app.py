@@ -57,10 +57,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.refresh_tokens = RefreshTokens(
             container.redis, prefix, settings.authentication.refresh_token_expire_days
         )
-        app.state.hub = LiveHub(container.changes, container.pool)
-        app.state.hub.start()
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
+        app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
+        app.state.hub.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))
         try:

@@ -79,7 +79,7 @@ class AuthController(Controller):
         )
         if user is None or not ok or user["disabled"]:
             raise _bad_credentials()
-        return await _tokens(container, state.refresh_tokens, user["user_id"], user["role"])
+        return await _tokens(container, state.refresh_tokens, user)
 
     @post("/refresh", operation_id="refresh", status_code=200, opt=PUBLIC, summary="Rotate a refresh token")
     async def refresh(self, data: RefreshRequest, container: ApiContainer, state: State) -> TokenResponse:
@@ -97,7 +97,9 @@ class AuthController(Controller):
         if user is None or user["disabled"]:
             await store.revoke(result.token)
             raise ApiError(401, "unauthorized", "the user is unknown or disabled")
-        access, lifetime = issue_access_token(container.settings, user["user_id"], user["role"])
+        access, lifetime = issue_access_token(
+            container.settings, user["user_id"], user["role"], user["token_generation"]
+        )
         return TokenResponse(access, result.token, "bearer", lifetime)
 
     @post(
@@ -128,11 +130,17 @@ class AuthController(Controller):
         quota = Quota(verdict.limit, verdict.remaining, verdict.reset) if verdict else None
         return Response(Me(principal.user_id, principal.username, principal.role, quota))
 
-    @post("/password", operation_id="changePassword", status_code=204, summary="Change the caller's password")
+    @post(
+        "/password",
+        operation_id="changePassword",
+        status_code=200,
+        summary="Change the caller's password; other sessions end, this one gets fresh tokens",
+    )
     async def change_password(
         self, request: Request[Any, Any, Any], data: PasswordChange, container: ApiContainer, state: State
-    ) -> None:
-        """Needs the current password; ends every refresh token of the caller (other sessions too)."""
+    ) -> TokenResponse:
+        """Needs the current password. Every access and refresh token issued before stops working
+        (the user's token generation grows), the caller's included; the answer carries new ones."""
         principal = principal_of(request)
         async with container.pool.connection() as conn:
             user = await get_user(conn, principal.user_id)
@@ -149,12 +157,19 @@ class AuthController(Controller):
             await state.refresh_tokens.revoke_user(principal.user_id)
         except RedisError as exc:
             raise _token_store_down(exc) from exc
+        async with container.pool.connection() as conn:
+            changed = await get_user(conn, principal.user_id)
+        assert user is not None and changed is not None
+        # The change raised the generation by one (even if the read model has not shown it yet).
+        generation = max(user["token_generation"] + 1, changed["token_generation"])
+        return await _tokens(container, state.refresh_tokens, {**changed, "token_generation": generation})
 
 
-async def _tokens(container: ApiContainer, store: RefreshTokens, user_id: str, role: str) -> TokenResponse:
-    access, lifetime = issue_access_token(container.settings, user_id, role)
+async def _tokens(container: ApiContainer, store: RefreshTokens, user: dict[str, Any]) -> TokenResponse:
+    """A new login's tokens for a users read-model row."""
+    access, lifetime = issue_access_token(container.settings, user["user_id"], user["role"], user["token_generation"])
     try:
-        refresh = await store.issue(user_id)
+        refresh = await store.issue(user["user_id"])
     except RedisError as exc:
         raise _token_store_down(exc) from exc
     return TokenResponse(access, refresh, "bearer", lifetime)
