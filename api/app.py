@@ -18,11 +18,13 @@ from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
 from api.auth import auth_middleware
+from api.body_timeout import body_timeout_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
 from api.graphql.schema import schema
 from api.health import HealthController
 from api.hub import LiveHub
+from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
 from api.ratelimit import RateLimiter
 from api.rest.auth import AuthController
@@ -57,6 +59,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.refresh_tokens = RefreshTokens(
             container.redis, prefix, settings.authentication.refresh_token_expire_days
         )
+        app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
         app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
@@ -90,7 +93,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
                 schema, path="/api/graphql", context_getter=context_getter, graphql_ide="apollo-sandbox"
             ),
         ],
-        middleware=[auth_middleware],
+        middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

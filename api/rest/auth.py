@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 from api.auth import principal_of, rate_limit_of
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
+from api.login_throttle import LoginThrottle
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
 from infra.bootstrap import ApiContainer
 from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
@@ -71,14 +72,36 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/login", operation_id="login", status_code=200, opt=PUBLIC, summary="Log in with username and password")
-    async def login(self, data: LoginRequest, container: ApiContainer, state: State) -> TokenResponse:
+    async def login(
+        self, request: Request[Any, Any, Any], data: LoginRequest, container: ApiContainer, state: State
+    ) -> TokenResponse:
+        """Failed logins are throttled per username and per client IP (429 with Retry-After)."""
+        throttle: LoginThrottle = state.login_throttle
+        ip = request.client.host if request.client else "unknown"
+        try:
+            wait = await throttle.wait_seconds(data.username, ip)
+        except RedisError as exc:
+            raise _token_store_down(exc) from exc
+        if wait:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many failed logins; retry later",
+                {"retry_after": wait},
+                {"Retry-After": str(wait)},
+            )
         async with container.pool.connection() as conn:
             user = await get_user_by_name(conn, data.username)
         ok = await container.credentials.verify(
             user["user_id"] if user else None, user["credential_id"] if user else None, data.password
         )
-        if user is None or not ok or user["disabled"]:
-            raise _bad_credentials()
+        try:
+            if user is None or not ok or user["disabled"]:
+                await throttle.failed(data.username, ip)
+                raise _bad_credentials()
+            await throttle.succeeded(data.username)
+        except RedisError as exc:
+            raise _token_store_down(exc) from exc
         return await _tokens(container, state.refresh_tokens, user)
 
     @post("/refresh", operation_id="refresh", status_code=200, opt=PUBLIC, summary="Rotate a refresh token")
