@@ -81,7 +81,7 @@ async def test_login_returns_the_documented_token_response(anonymous: httpx.Asyn
     tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
     assert tokens["token_type"] == "bearer" and tokens["expires_in"] == 30 * 60
     claims = jwt.decode(tokens["access_token"], settings.authentication.secret_key, algorithms=["HS256"])
-    assert set(claims) == {"sub", "role", "exp", "iat", "jti"} and claims["role"] == "admin"
+    assert set(claims) == {"sub", "role", "exp", "iat", "jti", "gen"} and claims["role"] == "admin"
     me = await anonymous.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert me.json()["username"] == ADMIN_USERNAME and me.json()["rate_limit"]["limit"] > 0
 
