@@ -19,11 +19,13 @@ from strawberry.litestar import make_graphql_controller
 
 from api.allow import correct_allow_header
 from api.auth import auth_middleware
+from api.body_timeout import body_timeout_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
 from api.graphql.schema import build_schema
 from api.health import HealthController
 from api.hub import LiveHub
+from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
 from api.openapi import document_errors
 from api.ratelimit import RateLimiter
@@ -59,10 +61,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.refresh_tokens = RefreshTokens(
             container.redis, prefix, settings.authentication.refresh_token_expire_days
         )
-        app.state.hub = LiveHub(container.changes, container.pool)
-        app.state.hub.start()
+        app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
+        app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
+        app.state.hub.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))
         try:
@@ -97,7 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             websocket_endpoint,
             graphql,
         ],
-        middleware=[auth_middleware],
+        middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
         before_send=[correct_allow_header],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,

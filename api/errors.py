@@ -21,9 +21,12 @@ log = logging.getLogger("pipeline.api")
 class ApiError(Exception):
     """An expected failure with its HTTP status and a machine-readable reason."""
 
-    def __init__(self, status: int, reason: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.details = status, reason, message, details
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
 
 # A refused command's code -> HTTP status.
@@ -65,7 +68,9 @@ def envelope(
 
 
 def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return envelope(request, exc.status, exc.reason, exc.message, exc.details)
+    response = envelope(request, exc.status, exc.reason, exc.message, exc.details)
+    response.headers.update(exc.headers)
+    return response
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:

@@ -113,7 +113,7 @@ def document_errors(app: Litestar) -> None:
                 operation: Operation | None = getattr(item, method.lower(), None)
                 if operation is None:
                     continue
-                if route.path_format == "/health":
+                if route.path_format in ("/health", "/ready"):
                     _document_health(operation)
                     continue
                 public = bool(handler.opt.get("public"))
@@ -166,7 +166,7 @@ def _json_query_parameters(app: Litestar) -> None:
 
 
 def _document_health(operation: Operation) -> None:
-    """/health is open and unlimited; it answers 503 with its own body when it cannot serve."""
+    """/health and /ready are open and unlimited; they answer 503 with their own body when they cannot serve."""
     operation.security = []
     responses: dict[str, Any] = dict(operation.responses or {})
     healthy = responses["200"]

@@ -104,4 +104,4 @@ def _owned(obj: DataObject, envelope: CommandEnvelope) -> DataObject:
 
 def _require_writer(envelope: CommandEnvelope) -> None:
     if envelope.actor.role not in ("admin", "user"):
-        raise Forbidden("this role may only read", {"role": envelope.actor.role})
+        raise Forbidden(f"the {envelope.actor.role} role may not write", {"role": envelope.actor.role})

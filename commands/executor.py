@@ -117,6 +117,7 @@ class Executor:
                 partition,
                 record.offset,
                 event.options,
+                event.submitter_role,
             )
             return
         view = self.views.get(execution_id)

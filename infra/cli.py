@@ -96,6 +96,8 @@ def _run_api(settings: Settings) -> int:
         workers=settings.server.workers if settings.server.workers > 1 else None,
         log_level="info",
         access_log=False,
+        http="infra.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
+        timeout_keep_alive=settings.server.keep_alive_timeout_seconds,
     )
     return 0
 

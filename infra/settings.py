@@ -31,6 +31,12 @@ class ServerSettings:
     port: int = 8000
     workers: int = 1
     environment: str = "development"  # "production" refuses unsafe defaults
+    # Slow clients (infra/http_protocol.py, api/body_timeout.py): idle time between requests on a
+    # kept-alive connection, time to send a request's headers, and the longest wait for each read
+    # of a request body. Each ends the request with 408 (or closes an idle connection).
+    keep_alive_timeout_seconds: int = 5
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,15 @@ class AuthenticationSettings:
     algorithm: str = "HS256"
     access_token_expire_minutes: int = 30
     refresh_token_expire_days: int = 7
+    # Login throttling (api/login_throttle.py): failed logins are counted per username and per client
+    # IP over a window; past the free failures each further one locks that name (or IP) out for a
+    # delay that doubles, from login_backoff_seconds up to login_backoff_max_seconds.
+    login_throttling_enabled: bool = True
+    login_max_failures_per_username: int = 5
+    login_max_failures_per_ip: int = 50
+    login_failure_window_seconds: int = 900
+    login_backoff_seconds: float = 1.0
+    login_backoff_max_seconds: float = 900.0
 
 
 @dataclass(frozen=True)

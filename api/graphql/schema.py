@@ -19,7 +19,9 @@ from api.graphql.context import GraphQLContext
 from api.graphql.errors import answer, require
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
 from api.graphql.limits import limit_extensions
+from api.graphql.live import live_caller
 from api.graphql.masking import ErrorEnvelope, LoggedSchema
+from api.live_rights import mentions_user
 from api.rbac import Permission, can_see
 from api.rest.search import check_filters, run_search
 from infra.settings import GraphQLSettings
@@ -182,14 +184,14 @@ class Subscription(ExecutionSubscription):
         try:
             while True:
                 message = await queue.get()
-                for change in message.get("changes", []):
-                    aggregate, _, kind = change["type"].partition(".")
-                    if aggregate != "DataObject":
-                        continue
-                    if wanted.get("object_id") not in (None, change["id"]):
-                        continue
-                    if wanted.get("change_type") not in (None, kind):
-                        continue
+                changes = _wanted_changes(message, wanted)
+                if not changes and not mentions_user(message, actor.user_id):
+                    continue
+                now = await live_caller(info.context.connection, message)  # a disabled caller ends here
+                if now != actor:
+                    visible.clear()  # what an admin saw is not what a user may hear deleted
+                    actor = now
+                for change, kind in changes:
                     async with container.pool.connection() as conn:
                         row = await get_data_object(conn, change["id"])
                     if row is not None and can_see(actor.role, actor.user_id, row["owner"]):
@@ -202,6 +204,18 @@ class Subscription(ExecutionSubscription):
             raise
         finally:
             container.changes.unsubscribe(queue)
+
+
+def _wanted_changes(message: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(change, kind) for the message's data object changes that pass the subscription's filters."""
+    found = []
+    for change in message.get("changes", []):
+        aggregate, _, kind = change["type"].partition(".")
+        if aggregate != "DataObject":
+            continue
+        if wanted.get("object_id") in (None, change["id"]) and wanted.get("change_type") in (None, kind):
+            found.append((change, kind))
+    return found
 
 
 def build_schema(settings: GraphQLSettings) -> strawberry.Schema:

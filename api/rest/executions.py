@@ -13,6 +13,7 @@ from litestar.params import Parameter
 from api.auth import actor_of
 from api.commands import submit
 from api.execution_service import execute_graph, read_execution
+from api.rbac import Permission, requires
 from api.rest.data import ConsistencyToken
 from api.rest.paging import MAX_OFFSET
 from infra.bootstrap import ApiContainer
@@ -96,7 +97,13 @@ class ExecutionsController(Controller):
     path = "/api/v1"
     tags = ["executions"]
 
-    @post("/execute", operation_id="executeGraph", status_code=202, summary="Submit a processing graph")
+    @post(
+        "/execute",
+        operation_id="executeGraph",
+        status_code=202,
+        summary="Submit a processing graph",
+        guards=[requires(Permission.EXECUTE)],
+    )
     async def execute(
         self, request: Request[Any, Any, Any], data: ExecutionRequest, container: ApiContainer
     ) -> Response[ExecutionSubmitted]:
@@ -112,7 +119,12 @@ class ExecutionsController(Controller):
         headers = {"X-Consistency-Token": outcome.position} if outcome.position else {}
         return Response(body, status_code=202, headers=headers)
 
-    @get("/executions/{execution_id:uuid}", operation_id="getExecution", summary="An execution's status")
+    @get(
+        "/executions/{execution_id:uuid}",
+        operation_id="getExecution",
+        summary="An execution's status",
+        guards=[requires(Permission.READ)],
+    )
     async def get_one(
         self,
         request: Request[Any, Any, Any],
@@ -124,7 +136,12 @@ class ExecutionsController(Controller):
         token = consistency_token or request.headers.get("x-consistency-token")
         return to_status(await read_execution(request, container, str(execution_id), token))
 
-    @get("/executions", operation_id="listExecutions", summary="The caller's executions, newest first")
+    @get(
+        "/executions",
+        operation_id="listExecutions",
+        summary="The caller's executions, newest first",
+        guards=[requires(Permission.READ)],
+    )
     async def list_all(
         self,
         request: Request[Any, Any, Any],
@@ -146,6 +163,7 @@ class ExecutionsController(Controller):
         operation_id="cancelExecution",
         status_code=200,
         summary="Cancel an execution (it stops between nodes)",
+        guards=[requires(Permission.EXECUTE)],
     )
     async def cancel(
         self, request: Request[Any, Any, Any], execution_id: uuid.UUID, container: ApiContainer

@@ -45,7 +45,7 @@ class User(msgspec.Struct):
 
 
 def _user(row: dict[str, Any]) -> User:
-    return User(**{k: v for k, v in row.items() if k != "credential_id"})
+    return User(**{k: v for k, v in row.items() if k not in ("credential_id", "token_generation")})
 
 
 async def _row(container: ApiContainer, user_id: str) -> dict[str, Any]:
