@@ -94,8 +94,8 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
             else:
                 try:
                     reply = await handle(socket, container, hub, subscriber, msgspec.json.decode(raw))
-                except msgspec.DecodeError:
-                    reply = error("invalid_json", "messages must be JSON")
+                except (msgspec.DecodeError, RecursionError):  # a message nested ~1000 deep exhausts the stack
+                    reply = error("invalid_json", "messages must be JSON, nested at most a few levels")
             if reply is not None:
                 subscriber.offer(reply)
     except WebSocketDisconnect:
