@@ -20,6 +20,9 @@ from domain.data_object import ANNOTATION_TYPE_PATTERN, CONTENT_TYPE_PATTERN
 # JSON values (metadata, annotation content, graph, inputs, options) nest at most this deep: far
 # below orjson's own limit of 254 and Python's recursion limit (1000), which a deeper value hit.
 MAX_JSON_DEPTH = 32
+# What a worker can store at all (orjson refuses 255 levels; events wrap a payload a few levels
+# deeper): the command processor's bound, which also covers the executor's node outputs.
+MAX_STORABLE_DEPTH = 128
 MAX_KEY_CHARS = 256
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # signed 64-bit: what orjson writes and every reader takes
 
