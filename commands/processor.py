@@ -35,7 +35,7 @@ import aiokafka.producer.sender as aiokafka_sender
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 
@@ -301,7 +301,7 @@ class CommandProcessor:
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         try:
             committed = await consumer.committed(tp)
-        except KafkaError:  # the broker is away: the batch's first record is the next one to run
+        except Exception:  # e.g. the broker is away: the batch's first record is the next one to run
             committed = None
         consumer.seek(tp, committed if committed is not None else records[0].offset)
 

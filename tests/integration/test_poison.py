@@ -162,10 +162,10 @@ async def test_poison_annotations_executions_and_logins_over_rest_are_4xx(system
 
 
 async def test_odd_headers_never_answer_500(system: System) -> None:
-    health = await system.http.get("/health", headers={"X-Request-ID": b"\xff\xfe-id"})
+    health = await system.http.get("/health", headers={b"X-Request-ID": b"\xff\xfe-id"})
     assert health.status_code == 200
     assert health.headers["x-request-id"] != "\xff\xfe-id"
-    odd = {"X-Request-ID": b"\xc3\x28", "X-Correlation-ID": b"\xff", "Idempotency-Key": b"\xff\xfe"}
+    odd = {b"X-Request-ID": b"\xc3\x28", b"X-Correlation-ID": b"\xff", b"Idempotency-Key": b"\xff\xfe"}
     response = await system.http.post(INGEST, json={"content": "x", "content_type": "text/plain"}, headers=odd)
     assert response.status_code < 500, response.text
 
