@@ -125,8 +125,8 @@ async def _receive_loop(
             else:
                 try:
                     reply = await handle(socket, container, hub, sub, msgspec.json.decode(raw))
-                except msgspec.DecodeError:
-                    reply = error("invalid_json", "messages must be JSON")
+                except (msgspec.DecodeError, RecursionError):  # a message nested ~1000 deep exhausts the stack
+                    reply = error("invalid_json", "messages must be JSON, nested at most a few levels")
                 except AccessEnded:
                     sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
                     return

@@ -137,6 +137,9 @@ class KafkaSettings:
     processor_cache_size: int = 10_000
     projection_batch_size: int = 500
     command_retention_per_aggregate: int = 64
+    # Commands larger than this are refused at the edge (413): their events must still fit the
+    # broker's max.message.bytes (Kafka's default, which the project keeps: 1,048,588) with headers.
+    max_command_bytes: int = 900_000
 
     def topic(self, name: str) -> str:
         """Full topic name for one of commands/events/outcomes/state."""

@@ -14,8 +14,9 @@ from strawberry.types import Info
 from api.auth import actor_of
 from api.execution_service import execute_graph, read_execution
 from api.graphql.context import GraphQLContext
-from api.graphql.errors import answer, require
+from api.graphql.errors import answer, parsed, require
 from api.graphql.live import live_caller
+from api.inputs import ExecutionRequest
 from api.live_rights import mentions_user
 from api.rbac import Permission
 from domain.nodes import available_nodes
@@ -81,10 +82,9 @@ class ExecutionMutation:
         self, info: GqlInfo, graph: JSON, inputs: JSON | None = None, options: JSON | None = None
     ) -> ExecutionStatus:
         require(info.context.connection, Permission.EXECUTE)
+        request = parsed(ExecutionRequest, graph=graph, inputs=inputs, options=options)
         ctx = info.context
-        execution_id, outcome, _ = await answer(
-            execute_graph(ctx.connection, ctx.container, graph, inputs or {}, options or {})
-        )
+        execution_id, outcome, _ = await answer(execute_graph(ctx.connection, ctx.container, request))
         return to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id, outcome.position)))
 
 

@@ -16,6 +16,7 @@ from api.commands import submit, wait_for_position
 from api.errors import ApiError
 from api.login_throttle import LoginThrottle
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
+from commands.limits import NO_CONTROL
 from infra.bootstrap import ApiContainer
 from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
 from projections.users import get_user, get_user_by_name
@@ -25,7 +26,7 @@ PUBLIC = {"public": True}
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_CONTROL)]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD)]
 
 

@@ -13,6 +13,7 @@ from litestar.params import Parameter
 from api.auth import actor_of
 from api.commands import submit
 from api.execution_service import execute_graph, read_execution
+from api.inputs import ExecutionRequest
 from api.rbac import Permission, requires
 from api.rest.data import ConsistencyToken
 from api.rest.paging import MAX_OFFSET
@@ -20,12 +21,6 @@ from infra.bootstrap import ApiContainer
 from projections.executions import list_executions
 
 Status = Literal["submitted", "running", "completed", "failed", "cancelled"]
-
-
-class ExecutionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    graph: dict[str, Any]
-    inputs: dict[str, Any] = {}
-    options: dict[str, Any] = {}
 
 
 class ExecutionSubmitted(msgspec.Struct):
@@ -108,7 +103,7 @@ class ExecutionsController(Controller):
         self, request: Request[Any, Any, Any], data: ExecutionRequest, container: ApiContainer
     ) -> Response[ExecutionSubmitted]:
         """Validate and record the graph (422 lists every problem); the executor runs it."""
-        execution_id, outcome, estimate = await execute_graph(request, container, data.graph, data.inputs, data.options)
+        execution_id, outcome, estimate = await execute_graph(request, container, data)
         body = ExecutionSubmitted(
             execution_id=execution_id,
             status="submitted",

@@ -11,6 +11,7 @@ from litestar.params import Parameter
 
 from api.auth import actor_of
 from api.errors import ApiError
+from api.inputs import checked_json
 from api.rbac import Permission, requires
 from api.rest.data import DataObject
 from commands.envelope import Actor
@@ -72,6 +73,8 @@ def check_filters(filters: Any) -> dict[str, Any]:
         checked = msgspec.convert(filters, SearchFilters)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "validation_error", f"filters: {exc}", {"field": "filters"}) from exc
+    if checked.metadata is not None:  # compared as jsonb: the same rules as stored metadata
+        checked_json(checked.metadata, "filters.metadata")
     result: dict[str, Any] = msgspec.to_builtins(checked)
     return result
 
