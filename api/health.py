@@ -42,7 +42,17 @@ class HealthController(Controller):
             w["status"] in ("ok", "unknown") for w in workers.values()
         )
         status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
-        body = {"status": status, "checks": checks, "workers": workers}
+        body = {
+            "status": status,
+            "checks": checks,
+            "workers": workers,
+            # Set aside by policy so that their partitions move on (README "Dead letters"): a count
+            # above zero is worth a look but does not stop the system from serving.
+            "dead_letters": {
+                "projections": await _projection_dead_letters(container),
+                "processor_since_start": workers["processor"].get("dead_letters_since_start"),
+            },
+        }
         return Response(body, status_code=200 if serving else 503)
 
     @get("/ready", operation_id="ready", summary="Whether this API process can serve requests now")
@@ -92,6 +102,17 @@ def _workers(container: ApiContainer) -> dict[str, dict[str, Any]]:
 async def _postgres(container: ApiContainer) -> None:
     async with container.pool.connection(timeout=CHECK_TIMEOUT) as conn:
         await conn.execute("SELECT 1")
+
+
+async def _projection_dead_letters(container: ApiContainer) -> int | None:
+    """Events the projections could not apply (projection_dead_letters rows); None if unreadable."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT), container.pool.connection(timeout=CHECK_TIMEOUT) as conn:
+            cur = await conn.execute("SELECT count(*) FROM projection_dead_letters")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+    except Exception:
+        return None
 
 
 async def _admin_registered(container: ApiContainer) -> bool:

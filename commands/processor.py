@@ -161,6 +161,10 @@ class CommandProcessor:
         # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was processed.
         self.last_loop = 0.0
         self.last_progress = 0.0
+        # Dead letters committed since this process started (the heartbeat reports them to /health);
+        # a batch's are counted once its transaction commits, since an aborted batch runs again.
+        self.dead_letters = 0
+        self._batch_dead_letters: dict[int, int] = {}
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}
         self._failures: dict[int, int] = {}  # partition -> consecutive failed batches
@@ -297,6 +301,7 @@ class CommandProcessor:
         store = self._stores[tp.partition]
         touched: dict[str, AggregateState] = {}
         try:
+            self._batch_dead_letters[tp.partition] = 0
             async with producer.transaction():
                 steps = await self._run_commands(producer, store, tp.partition, records, touched)
                 values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
@@ -334,6 +339,7 @@ class CommandProcessor:
             for offset in [o for o in faults if o <= records[-1].offset]:
                 del faults[offset]
         store.commit(values, touched, next_state_offset)
+        self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
         self.last_progress = time.time()
 
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
@@ -349,6 +355,7 @@ class CommandProcessor:
 
     async def _dead_letter(self, producer: AIOKafkaProducer, record: Any, reason: str) -> None:
         """The command as it arrived, with why it was not processed (headers), on the dead-letter topic."""
+        self._batch_dead_letters[record.partition] = self._batch_dead_letters.get(record.partition, 0) + 1
         headers = [
             ("error", reason[:MAX_ERROR_CHARS].encode()),
             ("source_topic", str(record.topic).encode()),

@@ -2,12 +2,14 @@
 
 A worker process writes ``<data_dir>/heartbeats/<worker>.json``::
 
-    {"worker", "pid", "written_at", "loop_at", "progress_at", "lag"}
+    {"worker", "pid", "written_at", "loop_at", "progress_at", "lag", "dead_letters"}
 
 (wall-clock seconds). ``written_at`` comes from a task of its own, so it goes stale only when the event
 loop is blocked or the process is frozen; ``loop_at`` is the last turn of the worker's fetch loop;
 ``progress_at`` the last time it handled records or had nothing to do; ``lag`` the records its consumer
-has not consumed yet (last stable offset minus position, summed over its partitions). The supervisor's
+has not consumed yet (last stable offset minus position, summed over its partitions); ``dead_letters``
+the records it set aside since it started (commands it rejected as unprocessable, events it could not
+apply; see the processor's and the runner's docstrings for the policies). The supervisor's
 watchdog (``stall_reason``) and ``/health`` read these files: a file read costs less than asking Kafka.
 """
 
@@ -48,6 +50,7 @@ class Beat:
     loop_at: float
     progress_at: float
     lag: int
+    dead_letters: int = 0
 
 
 def heartbeat_path(data_dir: str | Path, worker: str) -> Path:
@@ -101,6 +104,7 @@ async def beat(path: Path, worker: str, source: Progressing, interval: float = I
             loop_at=source.last_loop or started,
             progress_at=max(source.last_progress, idle_at),
             lag=lag,
+            dead_letters=int(getattr(source, "dead_letters", 0)),
         )
         tmp = path.with_suffix(".tmp")
         try:
@@ -148,4 +152,5 @@ def describe(beat: Beat | None, now: float, stall_seconds: float) -> dict[str, A
         "lag": beat.lag,
         "last_progress_seconds_ago": round(max(0.0, progress_age), 1),
         "last_heartbeat_seconds_ago": round(max(0.0, heartbeat_age), 1),
+        "dead_letters_since_start": beat.dead_letters,
     }

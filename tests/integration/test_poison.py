@@ -319,6 +319,8 @@ async def test_poison_events_are_dead_lettered_and_the_projection_continues(syst
         ([str(i) for i in bad_ids],),
     )
     assert dict(rows) == {str(i): 2 for i in bad_ids}
+    health = (await system.http.get("/health")).json()
+    assert health["dead_letters"]["projections"] >= len(poisoned), health
 
 
 def command(aggregate_id: str, payload: dict[str, Any], command_type: str = "IngestData") -> tuple[str, bytes]:
@@ -382,3 +384,9 @@ async def test_poison_commands_are_rejected_and_the_partition_continues(system: 
     assert len(dead_letters) == 4 * len(partitions)
     assert all(dict(r.headers).get("error") for r in dead_letters)
     await readable_on_every_partition(system, "after poison commands")
+
+    async def counted_by_health() -> bool:  # the processor's heartbeat carries its count, once a second
+        count = (await system.http.get("/health")).json()["dead_letters"]["processor_since_start"]
+        return isinstance(count, int) and count >= len(dead_letters)
+
+    await eventually(counted_by_health, timeout=15, what="/health to count the processor's dead letters")
