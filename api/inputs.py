@@ -7,33 +7,74 @@ and WebSocket build the same structs from their arguments with ``parse``. The ru
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 
 from api.errors import ApiError
-from commands.limits import AnnotationType, Confidence, ContentType, InvalidInput, Label, Text, check_json, check_uuid
+from commands.limits import (
+    MAX_JSON_DEPTH,
+    MAX_KEY_CHARS,
+    AnnotationType,
+    Confidence,
+    ContentType,
+    InvalidInput,
+    Label,
+    Text,
+    check_json,
+    check_uuid,
+)
 
 S = TypeVar("S", bound=msgspec.Struct)
+
+# What ``check_json`` admits, as JSON Schema for the OpenAPI document (a component of that name): no
+# NUL in strings or keys, keys up to MAX_KEY_CHARS. The integer range and the nesting depth
+# (MAX_JSON_DEPTH) have no JSON Schema keyword that fits; the description states them.
+JSON_VALUE = "JsonValue"
+_NO_NUL = "^[^\\x00]*$"
+_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": (
+        f"Any JSON value the log and PostgreSQL can store: nested at most {MAX_JSON_DEPTH} deep, integers"
+        " in the signed 64-bit range, no NUL characters"
+    ),
+    "anyOf": [
+        {"type": "string", "pattern": _NO_NUL},
+        # Integers must lie in the signed 64-bit range; as a bound on "number" that would also refuse
+        # floats such as 1e300, which JSON Schema counts as integers and the API accepts.
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": _REF},
+        {
+            "type": "object",
+            "propertyNames": {"maxLength": MAX_KEY_CHARS, "pattern": _NO_NUL},
+            "additionalProperties": _REF,
+        },
+    ],
+}
+_OBJECT_RULES = {"propertyNames": {"maxLength": MAX_KEY_CHARS, "pattern": _NO_NUL}, "additionalProperties": _REF}
+JsonObject = Annotated[dict[str, Any], msgspec.Meta(extra_json_schema=_OBJECT_RULES)]
+JsonAny = Annotated[Any, msgspec.Meta(extra_json_schema=_REF)]
 
 
 class DataIngestionRequest(msgspec.Struct, forbid_unknown_fields=True):
     content: Text
     content_type: ContentType
-    metadata: dict[str, Any] = {}
+    metadata: JsonObject = {}
     annotations: list[Label] | None = None
 
 
 class AnnotationCreate(msgspec.Struct, forbid_unknown_fields=True):
     annotation_type: AnnotationType
-    content: Any
+    content: JsonAny
     confidence: Confidence = 1.0
 
 
 class ExecutionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    graph: dict[str, Any]
-    inputs: dict[str, Any] = {}
-    options: dict[str, Any] = {}
+    graph: JsonObject
+    inputs: JsonObject = {}
+    options: JsonObject = {}
 
 
 def invalid(exc: InvalidInput) -> ApiError:

@@ -26,6 +26,8 @@ from litestar.openapi.spec import (
 )
 from litestar.routes import HTTPRoute
 
+from api.inputs import JSON_VALUE, JSON_VALUE_SCHEMA
+
 ENVELOPE = "ErrorEnvelope"
 _COMMAND_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 _DESCRIPTIONS = {
@@ -144,6 +146,7 @@ def _request_bodies_as_msgspec_validates_them(app: Litestar) -> None:
     )
     served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # the cached dict /openapi.json serves
     served["components"]["schemas"].update(components)
+    served["components"]["schemas"][JSON_VALUE] = JSON_VALUE_SCHEMA
 
 
 def _json_query_parameters(app: Litestar) -> None:
