@@ -17,13 +17,17 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
+from api.allow import correct_allow_header
 from api.auth import auth_middleware
+from api.body_timeout import body_timeout_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
-from api.graphql.schema import schema
+from api.graphql.schema import build_schema
 from api.health import HealthController
 from api.hub import LiveHub
+from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
+from api.openapi import document_errors
 from api.ratelimit import RateLimiter
 from api.rest.auth import AuthController
 from api.rest.data import DataController
@@ -57,10 +61,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.refresh_tokens = RefreshTokens(
             container.redis, prefix, settings.authentication.refresh_token_expire_days
         )
-        app.state.hub = LiveHub(container.changes, container.pool)
-        app.state.hub.start()
+        app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
+        app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
+        app.state.hub.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))
         try:
@@ -75,8 +80,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
         container: ApiContainer = state.container
         return container
 
+    graphql = make_graphql_controller(
+        build_schema(settings.graphql),
+        path="/api/graphql",
+        context_getter=context_getter,
+        graphql_ide="apollo-sandbox",
+    )
+    graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     cors = settings.cors
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             DataController,
             SearchController,
@@ -86,11 +98,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             UsersController,
             HealthController,
             websocket_endpoint,
-            make_graphql_controller(
-                schema, path="/api/graphql", context_getter=context_getter, graphql_ide="apollo-sandbox"
-            ),
+            graphql,
         ],
-        middleware=[auth_middleware],
+        middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
+        before_send=[correct_allow_header],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
@@ -115,6 +126,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,
         debug=False,
     )
+    document_errors(app)
+    return app
 
 
 async def _ensure_admin(container: ApiContainer) -> None:

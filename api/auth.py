@@ -3,9 +3,11 @@
 Every route needs a valid access token except those marked ``opt={"public": True}`` (login,
 refresh, logout) and health, docs and metrics. A token is honoured only if it verifies (HS256,
 unexpired, with ``sub``) AND its user still exists and is enabled in the users read model: one
-primary-key lookup per request, so disabling a user ends their tokens at once and a role change
-applies to the next request (the role comes from the read model, not from the token). A token
-whose ``jti`` was revoked by logout is refused too (one Redis lookup, skipped while Redis is down).
+primary-key lookup per request (cached: api/user_cache.py), so disabling a user ends their tokens at
+once and a role change applies to the next request (the role comes from the read model, not from
+the token). A token issued before the user's last password change (its ``gen`` claim is below the
+user's token generation, from the same row) is refused: a password change ends every other session.
+A token whose ``jti`` was revoked by logout is refused too (one Redis lookup, skipped while Redis is down).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 
 log = logging.getLogger("pipeline.auth")
-OPEN_PATHS = ("/health", "/metrics")
+OPEN_PATHS = ("/health", "/ready", "/metrics")
 OPEN_PREFIXES = ("/api/docs", "/schema")
 
 
@@ -42,6 +44,7 @@ class Principal:
     username: str
     role: str
     token_id: str
+    token_generation: int = 0  # live connections end when the user's generation passes it
 
 
 def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
@@ -150,10 +153,13 @@ async def _authenticate(
         log.exception("user lookup failed")
         await _error(scope, send, 503, "unavailable", "cannot check the token right now; retry", {"Retry-After": "1"})
         return None
-    if row is None or row[2]:
+    if row is None or row.disabled:
         await _unauthorized(scope, send, "the user is unknown or disabled", 'error="invalid_token"')
         return None
-    return Principal(user_id=user_id, username=row[0], role=row[1], token_id=str(claims["jti"]))
+    if claims["gen"] < row.token_generation:
+        await _unauthorized(scope, send, "the password changed since this token was issued", 'error="invalid_token"')
+        return None
+    return Principal(user_id, row.username, row.role, str(claims["jti"]), claims["gen"])
 
 
 async def _unauthorized(scope: Scope, send: Send, message: str, params: str) -> None:

@@ -13,7 +13,8 @@ from litestar.connection import ASGIConnection
 
 from api.auth import actor_of
 from api.errors import ApiError, rejection_error, request_id_of
-from commands.envelope import CommandEnvelope, Outcome, Position
+from api.middleware import SANE_ID
+from commands.envelope import CommandEnvelope, Outcome, Position, encode
 from infra.bootstrap import ApiContainer
 
 # Namespace for ids derived from an Idempotency-Key: the same key from the same caller names the
@@ -50,6 +51,12 @@ def derived_id(request: ASGIConnection[Any, Any, Any, Any], purpose: str) -> str
     return str(uuid.uuid5(IDEMPOTENCY_NS, f"{actor_of(request).user_id}\x00{purpose}\x00{key}"))
 
 
+def correlation_id(request: ASGIConnection[Any, Any, Any, Any], request_id: str) -> str:
+    """The caller's X-Correlation-ID when it is a sane id (like X-Request-ID), else the request id."""
+    given = request.headers.get("x-correlation-id", "")
+    return given if SANE_ID.match(given) else request_id
+
+
 async def submit(
     request: ASGIConnection[Any, Any, Any, Any],
     container: ApiContainer,
@@ -58,7 +65,11 @@ async def submit(
     payload: dict[str, Any],
     expected: int | None = None,
 ) -> Outcome:
-    """Submit one command on behalf of the caller; a refusal raises the mapped ApiError."""
+    """Submit one command on behalf of the caller; a refusal raises the mapped ApiError.
+
+    A command whose encoding exceeds ``kafka.max_command_bytes`` is refused (413) before it is sent:
+    its events must fit the broker's message limit too.
+    """
     request_id = request_id_of(request) or uuid.uuid4().hex
     command_id = derived_id(request, f"command:{command_type}:{aggregate_id}") or str(uuid.uuid4())
     envelope = CommandEnvelope(
@@ -69,9 +80,12 @@ async def submit(
         actor=actor_of(request),
         expected_version=expected,
         request_id=request_id,
-        correlation_id=request.headers.get("x-correlation-id", request_id)[:128],
+        correlation_id=correlation_id(request, request_id),
         submitted_at=time.time(),
     )
+    limit = container.settings.kafka.max_command_bytes
+    if len(encode(envelope)) > limit:
+        raise ApiError(413, "too_large", f"the command is larger than {limit} bytes once encoded", {"limit": limit})
     outcome = await container.bus.submit(envelope)
     if not outcome.accepted:
         assert outcome.rejection is not None

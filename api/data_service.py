@@ -1,8 +1,9 @@
 """The data-object use cases as every entry point runs them (REST, GraphQL, WebSocket).
 
-Each builds a command from already-validated input, submits it and maps the outcome; reads go
-to the read model, after waiting for a consistency token when one is given. No business rule
-lives here: the aggregate decides.
+Each takes the input structs of ``api.inputs`` (so every entry point has validated them the same
+way), checks what a struct cannot say (ids are UUIDs, JSON values are storable, sizes), builds a
+command, submits it and maps the outcome; reads go to the read model, after waiting for a
+consistency token when one is given. No business rule lives here: the aggregate decides.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from litestar.connection import ASGIConnection
 from api.auth import actor_of
 from api.commands import derived_id, submit
 from api.errors import ApiError
+from api.inputs import AnnotationCreate, DataIngestionRequest, checked_json
+from api.inputs import object_id as checked_id
 from api.rbac import can_see
 from commands.envelope import Outcome, Position
 from infra.bootstrap import ApiContainer
@@ -35,22 +38,16 @@ class Written:
     created_id: str | None = None  # e.g. the new annotation's id
 
 
-async def ingest(
-    connection: Connection,
-    container: ApiContainer,
-    content: str,
-    content_type: str,
-    metadata: dict[str, Any],
-    annotations: list[str] | None,
-) -> Written:
+async def ingest(connection: Connection, container: ApiContainer, request: DataIngestionRequest) -> Written:
     """Store the content by hash, then submit IngestData for a new object."""
     limits = container.settings.storage
-    data = content.encode()
+    data = request.content.encode()
     if len(data) > limits.max_content_bytes:
         raise ApiError(413, "too_large", f"content is larger than {limits.max_content_bytes} bytes")
+    metadata = checked_json(request.metadata, "metadata")
     if len(msgspec.json.encode(metadata)) > limits.max_metadata_bytes:
         raise ApiError(413, "too_large", f"metadata is larger than {limits.max_metadata_bytes} bytes")
-    labels = annotations or []
+    labels = request.annotations or []
     if len(labels) > limits.max_annotations:
         raise ApiError(422, "invalid", f"at most {limits.max_annotations} initial annotations")
     if len(data) > LARGE_CONTENT:
@@ -59,7 +56,7 @@ async def ingest(
         blob = container.blobs.put(data)
     object_id = derived_id(connection, "ingest") or str(uuid.uuid4())
     payload = {
-        "content_type": content_type,
+        "content_type": request.content_type,
         "content_hash": blob.content_hash,
         "size": blob.size,
         "location": blob.location,
@@ -73,26 +70,28 @@ async def annotate(
     connection: Connection,
     container: ApiContainer,
     object_id: str,
-    annotation_type: str,
-    content: Any,
-    confidence: float,
+    request: AnnotationCreate,
     expected: int | None,
 ) -> Written:
     """Submit AnnotateObject; the annotation id is derived from the Idempotency-Key when given."""
+    object_id = checked_id(object_id)
+    content = checked_json(request.content, "content")
     if len(msgspec.json.encode(content)) > container.settings.storage.max_metadata_bytes:
         raise ApiError(413, "too_large", "annotation content is too large")
     annotation_id = derived_id(connection, f"annotation:{object_id}") or str(uuid.uuid4())
     payload = {
         "annotation_id": annotation_id,
-        "annotation_type": annotation_type,
+        "annotation_type": request.annotation_type,
         "content": content,
-        "confidence": confidence,
+        "confidence": request.confidence,
     }
     outcome = await submit(connection, container, "AnnotateObject", object_id, payload, expected)
     return Written(object_id, outcome, annotation_id)
 
 
 async def delete(connection: Connection, container: ApiContainer, object_id: str, expected: int | None) -> Written:
+    """Submit DeleteObject (400 before anything is sent when the id is not a UUID)."""
+    object_id = checked_id(object_id)
     return Written(object_id, await submit(connection, container, "DeleteObject", object_id, {}, expected))
 
 
@@ -104,12 +103,34 @@ async def wait_for_token(container: ApiContainer, token: str | None) -> None:
         position = Position.parse(token)
     except ValueError as exc:
         raise ApiError(400, "invalid_token", "consistency token must look like '<partition>:<offset>'") from exc
+    if container.changes.reached(position.partition, position.offset):
+        return
+    await _refuse_unreachable(container, position, token)
     timeout = container.settings.consistency.wait_timeout_seconds
     if not await container.changes.wait_for(position.partition, position.offset, timeout):
         raise ApiError(
             503,
             "not_yet_consistent",
             f"the read model has not reached position {token} within {timeout:g}s; retry shortly",
+            {"position": token},
+        )
+
+
+async def _refuse_unreachable(container: ApiContainer, position: Position, token: str) -> None:
+    """400 for a token no write returned (no such partition, or past the log's committed end).
+
+    Without this a made-up token waits the whole consistency timeout and then answers 503, as if
+    the read model were behind. A broker that does not answer leaves the decision to the wait.
+    """
+    try:
+        end = await container.bus.events_end(position.partition)
+    except Exception:  # broker unreachable or slow: keep the bounded wait
+        return
+    if end is None or position.offset >= end:
+        raise ApiError(
+            400,
+            "invalid_token",
+            f"consistency token {token} names no committed event: no write returned it",
             {"position": token},
         )
 
@@ -122,6 +143,10 @@ async def read(
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
     """
     await wait_for_token(container, token)
+    try:
+        object_id = checked_id(object_id)
+    except ApiError as exc:  # like REST's path converter: a malformed id names no object
+        raise ApiError(404, "not_found", "data object does not exist") from exc
     actor = actor_of(connection)
     async with container.pool.connection() as conn:
         row = await get_data_object(conn, object_id)

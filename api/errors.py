@@ -13,6 +13,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from psycopg_pool import PoolTimeout
 
 from commands.envelope import Rejection
+from commands.limits import InvalidInput
 from infra.command_bus import CommandTimeout
 
 log = logging.getLogger("pipeline.api")
@@ -21,9 +22,12 @@ log = logging.getLogger("pipeline.api")
 class ApiError(Exception):
     """An expected failure with its HTTP status and a machine-readable reason."""
 
-    def __init__(self, status: int, reason: str, message: str, details: Any = None) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, details: Any = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.reason, self.message, self.details = status, reason, message, details
+        self.headers = headers or {}  # e.g. Retry-After on a 429
 
 
 # A refused command's code -> HTTP status.
@@ -34,6 +38,7 @@ REJECTION_STATUS = {
     "invalid": 422,
     "idempotency_mismatch": 422,
     "forbidden": 403,
+    "too_large": 413,
     "internal": 500,
 }
 
@@ -65,7 +70,9 @@ def envelope(
 
 
 def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
-    return envelope(request, exc.status, exc.reason, exc.message, exc.details)
+    response = envelope(request, exc.status, exc.reason, exc.message, exc.details)
+    response.headers.update(exc.headers)
+    return response
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
@@ -89,6 +96,21 @@ def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[A
     )
 
 
+def _invalid_input(request: Request[Any, Any, Any], exc: InvalidInput) -> Response[Any]:
+    return envelope(request, 400, "validation_error", exc.message, {"field": exc.field})
+
+
+def _undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[Any]:
+    # Raised while decoding a body (msgspec and the GraphQL view let it through as it is).
+    return envelope(request, 400, "invalid_body", "the request body is not valid UTF-8")
+
+
+def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
+    # Decoding a body nested ~1000 levels deep exhausts the stack before any validator runs.
+    log.warning("too deeply nested input on %s %s", request.method, request.url.path, exc_info=exc)
+    return envelope(request, 400, "validation_error", "the input is nested too deeply")
+
+
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
     return envelope(request, 503, "unavailable", "a backing service is unavailable; retry shortly")
@@ -103,6 +125,9 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     ApiError: _api_error,
     HTTPException: _http_error,
     CommandTimeout: _timeout,
+    InvalidInput: _invalid_input,
+    UnicodeDecodeError: _undecodable,
+    RecursionError: _too_deep,
     KafkaError: _unavailable,
     psycopg.OperationalError: _unavailable,
     PoolTimeout: _unavailable,

@@ -9,6 +9,7 @@ from api.auth import actor_of
 from api.commands import derived_id, submit
 from api.data_service import Connection, wait_for_token
 from api.errors import ApiError
+from api.inputs import ExecutionRequest, checked_json
 from commands.envelope import Outcome
 from domain.graph import parse_graph
 from infra.bootstrap import ApiContainer
@@ -16,13 +17,13 @@ from projections.executions import get_execution
 
 
 async def execute_graph(
-    connection: Connection, container: ApiContainer, graph: Any, inputs: Any, options: Any
+    connection: Connection, container: ApiContainer, request: ExecutionRequest
 ) -> tuple[str, Outcome, float]:
     """Submit ExecuteGraph (422 lists every problem); returns (execution id, outcome, estimated seconds)."""
     execution_id = derived_id(connection, "execute") or str(uuid.uuid4())
-    payload = {"graph": graph, "inputs": inputs, "options": options}
+    payload = {name: checked_json(getattr(request, name), name) for name in ("graph", "inputs", "options")}
     outcome = await submit(connection, container, "ExecuteGraph", execution_id, payload)
-    return execution_id, outcome, parse_graph(graph).estimated_seconds()
+    return execution_id, outcome, parse_graph(request.graph).estimated_seconds()
 
 
 async def read_execution(

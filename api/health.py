@@ -1,8 +1,19 @@
-"""Liveness and readiness: /health answers with the state of each dependency."""
+"""Liveness and readiness: /health says what works and what does not; /ready whether to send traffic.
+
+/health reports each dependency (PostgreSQL, Kafka, Redis, the change feed, the rate limiter, the blob
+store) and each worker's progress from its heartbeat (infra.heartbeat). Overall: "healthy" when all is
+well; "degraded" (200) when the API still serves but something is wrong; "unhealthy" (503) when it
+cannot serve: PostgreSQL or Kafka is unreachable. Tests and load balancers poll it, so every check is
+bounded by a short timeout and the dependency checks are cached for a second.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from litestar import Controller, Response, get
@@ -10,35 +21,118 @@ from litestar.datastructures import State
 
 from api.ratelimit import RateLimiter
 from infra.bootstrap import ApiContainer
+from infra.heartbeat import describe, heartbeat_path, read_beat
+from projections.users import admin_exists
+
+CHECK_TIMEOUT = 1.0
+CACHE_SECONDS = 1.0
+WORKERS = ("processor", "projections", "executor")
+ESSENTIAL = ("postgres", "kafka")  # without either the API cannot serve a write or a read
 
 
 class HealthController(Controller):
     tags = ["health"]
 
-    @get("/health", operation_id="health", summary="Health of the API and its dependencies")
+    @get("/health", operation_id="health", summary="Health of the API, its dependencies and the workers")
     async def health(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
-        limiter: RateLimiter = state.limiter
-        checks = {
-            "postgres": await _check(_postgres(container)),
-            "redis": await _check(container.redis.ping()),
-            "change_feed": "ok" if container.changes.connected else "reconnecting",
-            # Still serving without Redis, but each API process then limits on its own.
-            "rate_limiter": "degraded: in-process fallback" if limiter.degraded else "ok",
+        checks = await _dependencies(container, state)
+        workers = _workers(container)
+        serving = all(checks[name] == "ok" for name in ESSENTIAL)
+        all_ok = all(v == "ok" for v in checks.values()) and all(
+            w["status"] in ("ok", "unknown") for w in workers.values()
+        )
+        status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
+        body = {
+            "status": status,
+            "checks": checks,
+            "workers": workers,
+            # Set aside by policy so that their partitions move on (README "Dead letters"): a count
+            # above zero is worth a look but does not stop the system from serving.
+            "dead_letters": {
+                "projections": await _projection_dead_letters(container),
+                "processor_since_start": workers["processor"].get("dead_letters_since_start"),
+            },
         }
-        healthy = checks["postgres"] == "ok"
-        ok = healthy and all(v == "ok" for v in checks.values())
-        body = {"status": "healthy" if ok else "degraded", "checks": checks}
-        return Response(body, status_code=200 if healthy else 503)
+        return Response(body, status_code=200 if serving else 503)
+
+    @get("/ready", operation_id="ready", summary="Whether this API process can serve requests now")
+    async def ready(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+        checks = await _dependencies(container, state)
+        reasons = [f"{name}: {checks[name]}" for name in ESSENTIAL if checks[name] != "ok"]
+        if not reasons and not await _admin_registered(container):
+            reasons.append("no admin registered yet")
+        if reasons:
+            return Response({"status": "not_ready", "reasons": reasons}, status_code=503)
+        return Response({"status": "ready"}, status_code=200)
+
+
+async def _dependencies(container: ApiContainer, state: State) -> dict[str, str]:
+    """The dependency checks, run at most once per CACHE_SECONDS per API process."""
+    cached: tuple[float, dict[str, str]] | None = getattr(state, "health_cache", None)
+    if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        return cached[1]
+    limiter: RateLimiter = state.limiter
+    postgres, kafka, redis, blobs = await asyncio.gather(
+        _check(_postgres(container)),
+        _check(container.bus.check_broker(CHECK_TIMEOUT)),
+        _check(container.redis.ping()),
+        _check(asyncio.to_thread(_writable, container.blobs.root)),
+    )
+    checks = {
+        "postgres": postgres,
+        "kafka": kafka,
+        "redis": redis,
+        "blob_store": blobs,
+        "change_feed": "ok" if container.changes.connected else "reconnecting",
+        # Still serving without Redis, but each API process then limits on its own.
+        "rate_limiter": "degraded: in-process fallback" if limiter.degraded else "ok",
+    }
+    state.health_cache = (time.monotonic(), checks)
+    return checks
+
+
+def _workers(container: ApiContainer) -> dict[str, dict[str, Any]]:
+    """Each worker's state from its heartbeat file ("unknown" when it runs elsewhere)."""
+    data_dir = container.settings.storage.data_dir
+    stall = container.settings.supervision.stall_seconds
+    now = time.time()
+    return {name: describe(read_beat(heartbeat_path(data_dir, name)), now, stall) for name in WORKERS}
 
 
 async def _postgres(container: ApiContainer) -> None:
-    async with container.pool.connection() as conn:
+    async with container.pool.connection(timeout=CHECK_TIMEOUT) as conn:
         await conn.execute("SELECT 1")
+
+
+async def _projection_dead_letters(container: ApiContainer) -> int | None:
+    """Events the projections could not apply (projection_dead_letters rows); None if unreadable."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT), container.pool.connection(timeout=CHECK_TIMEOUT) as conn:
+            cur = await conn.execute("SELECT count(*) FROM projection_dead_letters")
+            row = await cur.fetchone()
+            return int(row[0]) if row else 0
+    except Exception:
+        return None
+
+
+async def _admin_registered(container: ApiContainer) -> bool:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT), container.pool.connection(timeout=CHECK_TIMEOUT) as conn:
+            return await admin_exists(conn)
+    except Exception:
+        return False
+
+
+def _writable(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=".health-", dir=directory)
+    os.close(fd)
+    os.unlink(name)
 
 
 async def _check(awaitable: Any) -> str:
     try:
-        await asyncio.wait_for(awaitable, 2.0)
+        await asyncio.wait_for(awaitable, CHECK_TIMEOUT + 1.0)
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"

@@ -4,6 +4,11 @@ It reads the process's change feed (PostgreSQL NOTIFY after each projection comm
 change into messages on topics: ``data_changes`` for data objects, ``execution:{id}`` for
 executions. Every connection has a bounded queue; when a slow client's queue is full its oldest
 message is dropped and it is told how many it lost (``{"type": "lagged", "dropped": n}``).
+
+Rights are re-checked for every delivery (api/live_rights.py): before a batch goes out, each
+receiving connection's user is looked up again (the user cache; fresh when the batch changes that
+user). A disabled user's connections are closed with 1008 and get nothing more; a demoted user's
+role applies to the same batch, and an ``execution:{id}`` topic they may no longer see is dropped.
 """
 
 from __future__ import annotations
@@ -14,8 +19,12 @@ import logging
 from collections import OrderedDict, defaultdict
 from typing import Any
 
+from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
+from api.live_rights import POLICY_VIOLATION, changed_users, current_row
+from api.rbac import can_see
+from api.user_cache import UserCache
 from commands.envelope import Actor
 from projections.changes import ChangeFeed
 
@@ -26,18 +35,35 @@ OWNER_CACHE_SIZE = 100_000
 class Subscriber:
     """One connection's subscriptions, who it is, and its bounded outbox."""
 
-    def __init__(self, queue_size: int, actor: Actor) -> None:
+    def __init__(self, queue_size: int, actor: Actor, token_generation: int = 0) -> None:
         self.actor = actor
+        self.token_generation = token_generation  # of the token that opened it: a password change ends it
         self.topics: set[str] = set()
+        self.owners: dict[str, str] = {}  # execution topic -> its submitter, checked on each delivery
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self.dropped = 0
+        self.closed: tuple[int, str] | None = None  # (close code, reason) once the hub ends it
 
     def offer(self, message: dict[str, Any]) -> None:
+        if self.closed is not None:
+            return
         if self.outbox.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self.outbox.get_nowait()
             self.dropped += 1
         self.outbox.put_nowait(message)
+
+    def close(self, code: int, reason: str) -> None:
+        """End the connection: nothing queued is sent any more; the send loop closes the socket."""
+        if self.closed is not None:
+            return
+        self.closed = (code, reason)
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.outbox.put_nowait(CLOSE)
+
+
+CLOSE: dict[str, Any] = {"type": "close"}  # the outbox marker the send loop stops at (compared by identity)
 
 
 def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -59,9 +85,11 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 class LiveHub:
-    def __init__(self, feed: ChangeFeed, pool: AsyncConnectionPool, queue_size: int = 256) -> None:
+    def __init__(self, feed: ChangeFeed, pool: AsyncConnectionPool, users: UserCache, queue_size: int = 256) -> None:
         self.feed = feed
         self.pool = pool
+        self.users = users
+        self._subscribers: set[Subscriber] = set()
         # object id -> owner, so data changes reach only those who may see the object (even deleted).
         self._owners: OrderedDict[str, str] = OrderedDict()
         self.queue_size = queue_size
@@ -78,34 +106,76 @@ class LiveHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def connect(self, actor: Actor) -> Subscriber:
+    def connect(self, actor: Actor, token_generation: int = 0) -> Subscriber:
         self.connections += 1
-        return Subscriber(self.queue_size, actor)
+        subscriber = Subscriber(self.queue_size, actor, token_generation)
+        self._subscribers.add(subscriber)
+        return subscriber
 
     def disconnect(self, subscriber: Subscriber) -> None:
+        if subscriber not in self._subscribers:
+            return
+        self._subscribers.discard(subscriber)
         self.connections -= 1
         for topic in list(subscriber.topics):
             self.unsubscribe(subscriber, topic)
 
-    def subscribe(self, subscriber: Subscriber, topic: str) -> None:
+    def subscribe(self, subscriber: Subscriber, topic: str, owner: str | None = None) -> None:
+        """Add a topic; ``owner`` is an execution topic's submitter (visibility is re-checked per delivery)."""
         subscriber.topics.add(topic)
+        if owner is not None:
+            subscriber.owners[topic] = owner
         self._by_topic[topic].add(subscriber)
 
     def unsubscribe(self, subscriber: Subscriber, topic: str) -> None:
         subscriber.topics.discard(topic)
+        subscriber.owners.pop(topic, None)
         members = self._by_topic.get(topic)
         if members is not None:
             members.discard(subscriber)
             if not members:
                 del self._by_topic[topic]
 
-    def publish(self, topic: str, message: dict[str, Any]) -> None:
+    def publish(self, topic: str, message: dict[str, Any], allowed: set[Subscriber] | None = None) -> None:
+        """Offer a message to the topic's subscribers (those in ``allowed``, if given) who may see it."""
         owner = message.pop("owner", None)
         for subscriber in list(self._by_topic.get(topic, ())):
+            if allowed is not None and subscriber not in allowed:
+                continue
             actor = subscriber.actor
-            if topic == "data_changes" and not (actor.role == "admin" or (owner and owner == actor.user_id)):
+            if topic == "data_changes" and not can_see(actor.role, actor.user_id, owner or ""):
+                continue
+            if topic in subscriber.owners and not can_see(actor.role, actor.user_id, subscriber.owners[topic]):
+                self.unsubscribe(subscriber, topic)
+                subscriber.offer({"type": "error", "code": "forbidden", "message": f"{topic} is no longer visible"})
                 continue
             subscriber.offer({**message, "topic": topic})
+
+    async def recheck(self, candidates: set[Subscriber], fresh: set[str]) -> set[Subscriber]:
+        """Re-read the candidates' users; close the disabled; return those who may receive now.
+
+        One lookup per user; users in ``fresh`` bypass the cache. If a lookup fails, that user's
+        connections receive nothing this time (fail closed) but stay open.
+        """
+        by_user: dict[str, list[Subscriber]] = defaultdict(list)
+        for subscriber in candidates:
+            by_user[subscriber.actor.user_id].append(subscriber)
+        allowed: set[Subscriber] = set()
+        for user_id, subscribers in by_user.items():
+            try:
+                row = await current_row(self.users, user_id, user_id in fresh)
+            except PostgresError:
+                log.exception("cannot re-check user %s; their connections skip this change", user_id)
+                continue
+            for subscriber in subscribers:
+                if row is None or row.disabled or row.token_generation > subscriber.token_generation:
+                    subscriber.close(POLICY_VIOLATION, "the user is disabled or changed their password")
+                    self.disconnect(subscriber)
+                    continue
+                if row[1] != subscriber.actor.role:
+                    subscriber.actor = Actor(user_id, row[1])
+                allowed.add(subscriber)
+        return allowed
 
     async def _learn_owners(self, changes: list[dict[str, Any]]) -> None:
         unknown = list(
@@ -133,9 +203,16 @@ class LiveHub:
                 batch = await queue.get()
                 if self._by_topic.get("data_changes"):  # owners matter only to data_changes subscribers
                     await self._learn_owners(batch.get("changes", []))
-                for change in batch.get("changes", []):
-                    change = {**change, "owner": self._owners.get(change["id"])}
-                    for topic, message in messages_for(change):
-                        self.publish(topic, message)
+                outgoing = [
+                    pair
+                    for change in batch.get("changes", [])
+                    for pair in messages_for({**change, "owner": self._owners.get(change["id"])})
+                ]
+                fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
+                candidates = {s for topic, _ in outgoing for s in self._by_topic.get(topic, ())}
+                candidates |= {s for s in self._subscribers if s.actor.user_id in fresh}
+                allowed = await self.recheck(candidates, fresh) if candidates else set()
+                for topic, message in outgoing:
+                    self.publish(topic, message, allowed)
         finally:
             self.feed.unsubscribe(queue)

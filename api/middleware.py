@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-_SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
@@ -16,8 +16,9 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
-        incoming = next((v.decode() for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = incoming if _SANE_ID.match(incoming) else uuid.uuid4().hex
+        # latin-1 decodes any bytes: a non-UTF-8 id is merely not sane, and replaced like any other.
+        incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
+        request_id = incoming if SANE_ID.match(incoming) else uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
 

@@ -27,11 +27,12 @@ RETRY_SECONDS = 5.0
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _RULE = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(second|minute|hour|day)s?\s*$")
 
-# KEYS: one counter per rule; ARGV: each rule's window in seconds. Returns count, ttl per rule.
+# KEYS: one counter per rule; ARGV: each rule's window in seconds, then each rule's cost (how many
+# requests this one counts as). Returns count, ttl per rule.
 _SCRIPT = """
 local out = {}
 for i, key in ipairs(KEYS) do
-  local n = redis.call('INCR', key)
+  local n = redis.call('INCRBY', key, ARGV[#KEYS + i])
   local ttl = redis.call('TTL', key)
   if ttl < 0 then
     redis.call('EXPIRE', key, ARGV[i])
@@ -111,15 +112,24 @@ class RateLimiter:
             rules.append((f"{self.prefix}:rl:burst:{subject}", self.burst))
         return rules
 
-    async def hit(self, role: str | None, subject: str, burst: bool = False) -> Verdict:
-        """Count one request of ``subject`` (a user id, or an IP when ``role`` is None)."""
+    async def hit(
+        self, role: str | None, subject: str, burst: bool = False, cost: int = 1, burst_cost: int | None = None
+    ) -> Verdict:
+        """Count one request of ``subject`` (a user id, or an IP when ``role`` is None).
+
+        ``cost`` > 1 counts one request doing the work of several at once (GraphQL's costly fields,
+        api.graphql.limits), all or nothing: refused unless every rule has room for all of it (and,
+        like any refused request, counted even so); ``burst_cost`` is what it counts against the burst
+        rule (default: ``cost``).
+        """
         rules = self.rules_for(role, subject, burst)
+        costs = [cost, cost if burst_cost is None else burst_cost][: len(rules)]
         if not self.settings.enabled:
             return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
         counts: list[tuple[int, int]] | None = None
         if not self.degraded:
             try:
-                raw = await self._script(keys=[k for k, _ in rules], args=[r.window for _, r in rules])
+                raw = await self._script(keys=[k for k, _ in rules], args=[*(r.window for _, r in rules), *costs])
                 counts = [(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
             except (RedisError, OSError) as exc:
                 log.warning("rate limiter: Redis unreachable (%s); using the %s fallback", exc, self.settings.fallback)
@@ -127,7 +137,7 @@ class RateLimiter:
         if counts is None:
             if self.settings.fallback == "open":
                 return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
-            counts = [self._count_in_memory(key, rule) for key, rule in rules]
+            counts = [self._count_in_memory(key, rule, n) for (key, rule), n in zip(rules, costs, strict=True)]
         verdicts = [
             Verdict(count <= rule.limit, rule.limit, max(0, rule.limit - count), ttl)
             for (count, ttl), (_, rule) in zip(counts, rules, strict=True)
@@ -137,12 +147,12 @@ class RateLimiter:
             return max(refused, key=lambda v: v.reset)
         return min(verdicts, key=lambda v: v.remaining)
 
-    def _count_in_memory(self, key: str, rule: Rule) -> tuple[int, int]:
+    def _count_in_memory(self, key: str, rule: Rule, cost: int) -> tuple[int, int]:
         now = time.monotonic()
         count, ends = self._memory.get(key, (0, 0.0))
         if now >= ends:
             count, ends = 0, now + rule.window
             if len(self._memory) > 100_000:  # bound memory: drop finished windows
                 self._memory = {k: v for k, v in self._memory.items() if v[1] > now}
-        self._memory[key] = (count + 1, ends)
-        return count + 1, max(1, int(ends - now))
+        self._memory[key] = (count + cost, ends)
+        return count + cost, max(1, int(ends - now))

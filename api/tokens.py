@@ -55,11 +55,16 @@ def check_secret(settings: Settings) -> None:
         raise SystemExit("SECRET_KEY is not set (`pipeline run` generates one; or set SECRET_KEY)")
 
 
-def issue_access_token(settings: Settings, user_id: str, role: str) -> tuple[str, int]:
-    """A signed access token and its lifetime in seconds."""
+def issue_access_token(settings: Settings, user_id: str, role: str, generation: int = 0) -> tuple[str, int]:
+    """A signed access token and its lifetime in seconds.
+
+    ``gen`` is the user's token generation (users read model) when issued: a later password change
+    raises it, and the token is refused from then on (api/auth.py).
+    """
     lifetime = settings.authentication.access_token_expire_minutes * 60
     now = int(time.time())
     claims = {"sub": user_id, "role": role, "iat": now, "exp": now + lifetime, "jti": uuid.uuid4().hex}
+    claims["gen"] = generation
     return jwt.encode(claims, settings.authentication.secret_key, algorithm=ALGORITHM), lifetime
 
 
@@ -76,6 +81,9 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
         raise InvalidToken(str(exc)) from exc
     if not isinstance(claims.get("sub"), str) or not claims["sub"]:
         raise InvalidToken("sub must be a non-empty string")
+    generation = claims.setdefault("gen", 0)  # tokens issued before generations existed are generation 0
+    if type(generation) is not int or generation < 0:
+        raise InvalidToken("gen must be a non-negative integer")
     return claims
 
 

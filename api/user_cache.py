@@ -1,4 +1,4 @@
-"""Callers' role and disabled flag, cached per API process and invalidated by the change feed.
+"""Callers' role, disabled flag and token generation, cached per API process and invalidated by the change feed.
 
 Every authenticated request needs the caller's current role and whether they are disabled. The
 answer comes from the users read model; this cache holds it until the projection announces a
@@ -12,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from psycopg_pool import AsyncConnectionPool
 
 from projections.changes import ChangeFeed
 
-UserRow = tuple[str, str, bool]  # username, role, disabled
+
+class UserRow(NamedTuple):
+    username: str
+    role: str
+    disabled: bool
+    token_generation: int  # access tokens of an older generation are refused (password changed since)
 
 
 class UserCache:
@@ -41,7 +46,7 @@ class UserCache:
                 await self._task
 
     async def get(self, user_id: str) -> UserRow | None:
-        """The user's (username, role, disabled), or None if unknown. Raises psycopg errors."""
+        """The user's row, or None if unknown. Raises psycopg errors."""
         if not self.feed.connected or self.feed.generation != self._generation:
             self._rows.clear()  # announcements may have been missed meanwhile
             self._generation = self.feed.generation
@@ -51,14 +56,21 @@ class UserCache:
         # A change announced while this lookup runs may postdate what it read: then don't keep it.
         invalidations = self._invalidations
         async with self.pool.connection() as conn:
-            cur = await conn.execute("SELECT username, role, disabled FROM users WHERE user_id = %s", (user_id,))
+            cur = await conn.execute(
+                "SELECT username, role, disabled, token_generation FROM users WHERE user_id = %s", (user_id,)
+            )
             row = await cur.fetchone()
-        value: UserRow | None = (row[0], row[1], bool(row[2])) if row else None
+        value = UserRow(row[0], row[1], bool(row[2]), int(row[3])) if row else None
         if self.feed.connected and invalidations == self._invalidations:
             self._rows[user_id] = value
             while len(self._rows) > self.size:
                 self._rows.popitem(last=False)
         return value
+
+    async def refresh(self, user_id: str) -> UserRow | None:
+        """``get`` without the cached answer: for a decision that must see a change just announced."""
+        self._rows.pop(user_id, None)
+        return await self.get(user_id)
 
     async def _invalidate_forever(self) -> None:
         queue = self.feed.subscribe()

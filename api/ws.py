@@ -5,6 +5,9 @@ Client -> server: ``{"type": "subscribe", "topic": T}``, ``{"type": "unsubscribe
 Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution_update``,
 ``execution_status``, ``lagged``, ``pong`` and ``error`` (``{"type": "error", "code", "message"}``).
 Topics: ``data_changes``, ``execution:{id}``.
+
+The caller is re-checked for every client message and every delivered change (api/live_rights.py):
+a disabled user's connection is closed with 1008 (policy violation).
 """
 
 from __future__ import annotations
@@ -18,15 +21,18 @@ import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
-from api.auth import actor_of
+from api.auth import actor_of, principal_of
 from api.errors import ApiError
 from api.execution_service import read_execution
-from api.hub import LiveHub, Subscriber
+from api.hub import CLOSE, LiveHub, Subscriber
+from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
+from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
 from infra.bootstrap import ApiContainer
 
 TOPIC = re.compile(r"^(data_changes|execution:[0-9a-fA-F-]{36})$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+CLOSE_TIMEOUT_S = 5.0
 
 
 async def execution_status(connection: Any, container: ApiContainer, message: dict[str, Any]) -> dict[str, Any]:
@@ -52,17 +58,22 @@ async def handle(
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return error("invalid_message", "messages are JSON objects with a string 'type'")
     kind = message["type"]
+    principal = await recheck(socket, fresh=False)  # AccessEnded closes the connection
+    subscriber.actor = actor_of(socket)
+    if not has_permission(principal.role, Permission.READ):  # every message here reads
+        return error("forbidden", f"the {principal.role} role lacks the read permission")
     if kind in ("subscribe", "unsubscribe"):
         topic = message.get("topic")
         if not isinstance(topic, str) or not TOPIC.match(topic):
             return error("invalid_topic", "topics are 'data_changes' or 'execution:<id>'")
         if kind == "subscribe":
+            owner = None
             if topic.startswith("execution:"):
                 try:  # the same visibility as reading it: yours, or any for admins
-                    await read_execution(socket, container, topic.split(":", 1)[1])
+                    owner = (await read_execution(socket, container, topic.split(":", 1)[1]))["submitter"]
                 except ApiError as exc:
                     return error(exc.reason, exc.message)
-            hub.subscribe(subscriber, topic)
+            hub.subscribe(subscriber, topic, owner)
             return {"type": "subscribed", "topic": topic}
         hub.unsubscribe(subscriber, topic)
         return {"type": "unsubscribed", "topic": topic}
@@ -82,8 +93,28 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
         await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
         return
     await socket.accept()
-    subscriber = hub.connect(actor_of(socket))
+    subscriber = hub.connect(actor_of(socket), principal_of(socket).token_generation)
+    # Either side may end the connection: the client (receive loop) or the hub (a disabled user).
+    receiver = asyncio.create_task(_receive_loop(socket, container, hub, subscriber))
     sender = asyncio.create_task(_send_loop(socket, subscriber))
+    tasks = {receiver, sender}
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if subscriber.closed is not None:  # let the sender close the socket with the subscriber's code
+            await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
+    finally:
+        hub.disconnect(subscriber)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _receive_loop(
+    socket: WebSocket[Any, Any, Any], container: ApiContainer, hub: LiveHub, sub: Subscriber
+) -> None:
+    limits = container.settings.websocket
     try:
         while True:
             raw = await socket.receive_data(mode="text")
@@ -93,23 +124,25 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
                 )
             else:
                 try:
-                    reply = await handle(socket, container, hub, subscriber, msgspec.json.decode(raw))
-                except msgspec.DecodeError:
-                    reply = error("invalid_json", "messages must be JSON")
+                    reply = await handle(socket, container, hub, sub, msgspec.json.decode(raw))
+                except (msgspec.DecodeError, RecursionError):  # a message nested ~1000 deep exhausts the stack
+                    reply = error("invalid_json", "messages must be JSON, nested at most a few levels")
+                except AccessEnded:
+                    sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
+                    return
             if reply is not None:
-                subscriber.offer(reply)
+                sub.offer(reply)
     except WebSocketDisconnect:
         pass
-    finally:
-        hub.disconnect(subscriber)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
 
 
 async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -> None:
     while True:
         message = await subscriber.outbox.get()
+        if message is CLOSE and subscriber.closed is not None:
+            code, reason = subscriber.closed
+            await socket.close(code=code, reason=reason)
+            return
         if subscriber.dropped:
             await socket.send_json({"type": "lagged", "dropped": subscriber.dropped})
             subscriber.dropped = 0

@@ -8,24 +8,25 @@ from uuid import UUID, uuid5
 import msgspec
 
 from commands.envelope import CommandEnvelope
+from commands.limits import AnnotationType, Confidence, ContentType, Label
 from domain.data_object import DataObject
 from domain.errors import DomainError
 
 
 class IngestData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    content_type: str
+    content_type: ContentType
     content_hash: str
     size: int
     location: str
     metadata: dict[str, Any] = {}
-    annotations: list[str] = []
+    annotations: list[Label] = []
 
 
 class AnnotateObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     annotation_id: str
-    annotation_type: str
+    annotation_type: AnnotationType
     content: Any
-    confidence: float = 1.0
+    confidence: Confidence = 1.0
 
 
 class DeleteObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -104,4 +105,4 @@ def _owned(obj: DataObject, envelope: CommandEnvelope) -> DataObject:
 
 def _require_writer(envelope: CommandEnvelope) -> None:
     if envelope.actor.role not in ("admin", "user"):
-        raise Forbidden("this role may only read", {"role": envelope.actor.role})
+        raise Forbidden(f"the {envelope.actor.role} role may not write", {"role": envelope.actor.role})

@@ -20,6 +20,7 @@ OPTIONS_SCHEMA = {
     "type": "object",
     "properties": {"node_timeout_seconds": {"type": "number", "minimum": 0.1, "maximum": 3600}},
 }
+EXECUTE_ROLES = ("admin", "user")
 NODE_ID = msgspec.Meta(min_length=1, max_length=64)
 
 
@@ -84,6 +85,8 @@ class NotAllowed(DomainError):
 
 
 def execute_graph(aggregate: Execution | None, command: ExecuteGraph, envelope: CommandEnvelope) -> Execution:
+    if envelope.actor.role not in EXECUTE_ROLES:  # the API's guards check this too; this is the last word
+        raise NotAllowed(f"the {envelope.actor.role} role may not execute graphs", {"role": envelope.actor.role})
     if aggregate is not None:
         raise ExecutionExists(f"execution {envelope.aggregate_id} already exists")
     if encoded_size(command.inputs) > MAX_INPUTS_BYTES:
@@ -103,6 +106,7 @@ def execute_graph(aggregate: Execution | None, command: ExecuteGraph, envelope: 
         node_order=graph.order,
         estimated_time_seconds=graph.estimated_seconds(),
         submitter=envelope.actor.user_id,
+        submitter_role=envelope.actor.role,
     )
 
 

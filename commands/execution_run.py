@@ -4,6 +4,11 @@ Everything the run needs from outside comes in ``RunDeps`` (submit a command, bl
 loading, search), so the process manager is testable and knows nothing of Kafka or PostgreSQL.
 A run resumes: nodes whose completion is already recorded are skipped and their outputs reused;
 every command id is derived from (execution id, node id, step), so a repeated step is a duplicate.
+
+Rights are checked when the effect happens: before each read of objects and each sink's command the
+run looks up the submitter's current role and disabled flag, and acts with the weaker of that role
+and the one recorded at submission (``acting_role``). A sink's command carries that role, so the
+command handler refuses it when the submitter was demoted to viewer or disabled meanwhile.
 """
 
 from __future__ import annotations
@@ -25,6 +30,12 @@ from domain.nodes.catalog import Effect, NodeContext, NodeError, NodeResult, run
 
 log = logging.getLogger("pipeline.executor")
 EXECUTOR = Actor(user_id="system:executor", role="system")
+# Weakest first. "disabled" is no role: it is what a disabled or deleted submitter acts as, and no
+# handler lets it write; reads refuse it too.
+ROLE_RANK = {"viewer": 0, "user": 1, "admin": 2}
+DISABLED = "disabled"
+# Executions submitted before the role was recorded ran as "user"; they keep that ceiling.
+LEGACY_ROLE = "user"
 PREVIEW_CHARS = 300
 
 
@@ -33,10 +44,12 @@ class RunDeps:
     submit: Callable[[CommandEnvelope], Awaitable[Outcome]]
     put_blob: Callable[[bytes], str]  # -> location
     get_blob: Callable[[str], bytes]  # location -> bytes
-    # Both read as the submitter: (submitter, object id) and (submitter, query, limit), so a graph sees
-    # only what its submitter may see.
-    load_object: Callable[[str, str], Coroutine[Any, Any, str]]
-    search: Callable[[str, str, int], Coroutine[Any, Any, list[dict[str, Any]]]]
+    # Both read as the acting submitter: (actor, object id) and (actor, query, limit), so a graph sees
+    # only what its submitter may see now.
+    load_object: Callable[[Actor, str], Coroutine[Any, Any, str]]
+    search: Callable[[Actor, str, int], Coroutine[Any, Any, list[dict[str, Any]]]]
+    # user id -> (current role, disabled), or None for an unknown user: the users read model.
+    lookup_user: Callable[[str], Coroutine[Any, Any, tuple[str, bool] | None]]
     node_timeout: float = 30.0
     inline_output_bytes: int = 16 * 1024
 
@@ -52,6 +65,7 @@ class ExecutionView:
     partition: int
     first_offset: int
     options: dict[str, Any] = field(default_factory=dict)
+    submitter_role: str | None = None  # as recorded at submission (None: submitted before it was)
     status: str = "submitted"
     completed: dict[str, tuple[dict[str, Any] | None, str | None]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -59,6 +73,18 @@ class ExecutionView:
     @property
     def finished(self) -> bool:
         return self.status in {"completed", "failed", "cancelled"}
+
+
+def acting_role(recorded: str | None, current: tuple[str, bool] | None) -> str:
+    """The role a graph acts with now: the weaker of its submitter's recorded and current roles.
+
+    A demotion applies to a running graph; a promotion does not (the graph was submitted with less).
+    A disabled or unknown submitter acts as ``DISABLED``.
+    """
+    if current is None or current[1] or current[0] not in ROLE_RANK:
+        return DISABLED
+    ceiling = recorded if recorded in ROLE_RANK else LEGACY_ROLE
+    return min(ceiling, current[0], key=ROLE_RANK.__getitem__)
 
 
 class StopRun(Exception):
@@ -90,16 +116,29 @@ class ExecutionRun:
         self.recording: list[asyncio.Task[Outcome]] = []
 
     def command(
-        self, kind: str, payload: dict[str, Any], step: str, aggregate_id: str | None = None
+        self, kind: str, payload: dict[str, Any], step: str, aggregate_id: str | None = None, actor: Actor | None = None
     ) -> CommandEnvelope:
+        """A command about this execution (as the executor), or a sink's effect on behalf of ``actor``."""
         return CommandEnvelope(
             command_id=str(uuid5(self.id, step)),
             type=kind,
             aggregate_id=aggregate_id or self.view.execution_id,
             payload=payload,
-            actor=EXECUTOR if aggregate_id is None else Actor(self.view.submitter, "user"),
+            actor=actor or EXECUTOR,
             correlation_id=self.view.execution_id,
         )
+
+    async def acting_as(self) -> Actor:
+        """The submitter with the role the graph acts with at this moment (looked up now, not cached)."""
+        current = await self.deps.lookup_user(self.view.submitter)
+        return Actor(self.view.submitter, acting_role(self.view.submitter_role, current))
+
+    async def reader(self) -> Actor:
+        """``acting_as`` for a read: a disabled submitter's graph reads nothing."""
+        actor = await self.acting_as()
+        if actor.role == DISABLED:
+            raise NodeError(f"the submitter {actor.user_id} is disabled or no longer exists; the graph may not read")
+        return actor
 
     async def send(self, envelope: CommandEnvelope) -> Outcome:
         return await self.deps.submit(envelope)
@@ -249,15 +288,17 @@ class ExecutionRun:
         loop = asyncio.get_running_loop()
         timeout = self.timeout
 
+        async def read_object(object_id: str) -> str:
+            return await self.deps.load_object(await self.reader(), object_id)
+
+        async def find(query: str, limit: int) -> list[dict[str, Any]]:
+            return await self.deps.search(await self.reader(), query, limit)
+
         def load_object(object_id: str) -> str:
-            return asyncio.run_coroutine_threadsafe(self.deps.load_object(self.view.submitter, object_id), loop).result(
-                timeout
-            )
+            return asyncio.run_coroutine_threadsafe(read_object(object_id), loop).result(timeout)
 
         def search(query: str, limit: int) -> list[dict[str, Any]]:
-            return asyncio.run_coroutine_threadsafe(self.deps.search(self.view.submitter, query, limit), loop).result(
-                timeout
-            )
+            return asyncio.run_coroutine_threadsafe(find(query, limit), loop).result(timeout)
 
         if CATALOG[node_type].isolated:
             return await asyncio.to_thread(run_isolated, node_type, inputs, params, self.view.inputs, timeout)
@@ -265,12 +306,17 @@ class ExecutionRun:
         return await asyncio.to_thread(run_node, CATALOG[node_type], inputs, params, context)
 
     async def _apply(self, effect: Effect, node_id: str, index: int) -> dict[str, Any]:
-        """Issue a sink's effect as a command on behalf of the submitter; ids derive from the node."""
+        """Issue a sink's effect as a command on behalf of the submitter; ids derive from the node.
+
+        The command carries the submitter's role as of now (``acting_as``); the handler decides.
+        """
+        actor = await self.acting_as()
         if effect.kind == "annotate":
             object_id = _uuid(effect.payload["object_id"])
             payload = {k: effect.payload[k] for k in ("annotation_type", "content", "confidence")}
             payload["annotation_id"] = str(uuid5(self.id, f"{node_id}:annotation:{index}"))
-            outcome = await self.send(self.command("AnnotateObject", payload, f"{node_id}:annotate:{index}", object_id))
+            step = f"{node_id}:annotate:{index}"
+            outcome = await self.send(self.command("AnnotateObject", payload, step, object_id, actor))
             if not outcome.accepted and outcome.rejection is not None:
                 raise NodeError(f"annotating {object_id}: {outcome.rejection.message}")
             return {}
@@ -285,7 +331,7 @@ class ExecutionRun:
             "location": location,
             "metadata": metadata,
         }
-        outcome = await self.send(self.command("IngestData", payload, f"{node_id}:store:{index}", object_id))
+        outcome = await self.send(self.command("IngestData", payload, f"{node_id}:store:{index}", object_id, actor))
         if not outcome.accepted and outcome.rejection is not None and outcome.rejection.code != "conflict":
             raise NodeError(f"storing the result: {outcome.rejection.message}")
         return {"object_id": object_id}

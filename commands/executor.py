@@ -19,6 +19,7 @@ from typing import Any
 from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 from eventsourcing.persistence import Mapper, StoredEvent
 
 from commands.execution_run import ExecutionRun, ExecutionView, RunDeps
@@ -28,6 +29,7 @@ log = logging.getLogger("pipeline.executor")
 PREFIX = "domain.execution:Execution."
 _PREFIX_BYTES = PREFIX.encode()
 COMMIT_INTERVAL = 1.0
+REVOKE_COMMIT_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class Executor:
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.consumer: AIOKafkaConsumer | None = None
         self._slots = asyncio.Semaphore(config.max_running)
+        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / records were read.
+        self.last_loop = 0.0
+        self.last_progress = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         """React to execution events until ``stop`` is set."""
@@ -67,7 +72,10 @@ class Executor:
         last_commit = time.monotonic()
         try:
             while not stop.is_set():
+                self.last_loop = time.time()
                 batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                if batches:
+                    self.last_progress = time.time()
                 for tp, records in batches.items():
                     for record in records:
                         self._fold(tp.partition, record)
@@ -76,7 +84,12 @@ class Executor:
                     self.positions[tp.partition] = await consumer.position(tp)
                 self._start_runs()
                 if time.monotonic() - last_commit > COMMIT_INTERVAL:
-                    await self._commit()
+                    try:
+                        await self._commit()
+                    except KafkaError as exc:
+                        # E.g. the group rebalanced while the broker was away (CommitFailedError): the
+                        # rejoin that follows seeks to what was committed, and re-reading is harmless.
+                        log.warning("committing executor offsets failed (%r); next time", exc)
                     last_commit = time.monotonic()
         finally:
             await self._cancel_runs(set(self.positions))
@@ -109,6 +122,7 @@ class Executor:
                 partition,
                 record.offset,
                 event.options,
+                event.submitter_role,
             )
             return
         view = self.views.get(execution_id)
@@ -183,8 +197,10 @@ class Executor:
             self.catch_up[tp.partition] = ends[tp]
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
+        # Bounded: the group cannot rejoin until this returns, and a commit waits for a coordinator
+        # for as long as the broker is away. Not committing only means re-reading some events.
         with contextlib.suppress(Exception):
-            await self._commit()
+            await asyncio.wait_for(self._commit(), REVOKE_COMMIT_TIMEOUT)
         numbers = {tp.partition for tp in partitions}
         await self._cancel_runs(numbers)
         for number in numbers:

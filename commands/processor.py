@@ -6,16 +6,28 @@ key, same partition number), each aggregate's new state to the compacted state t
 outcomes the API waits for, and the consumed command offsets (consume-transform-produce). Each
 partition has its own transactional id, so a new owner fences a zombie one. Nothing in RAM is
 needed to restart: states come back from the state topic (see ``state_store``).
+
+No record blocks a partition. A command that cannot be decoded goes to the dead-letter topic; one
+whose payload breaks ``commands.limits``, cannot be fingerprinted or encoded, or whose events,
+outcome or state would exceed ``MAX_RECORD_BYTES`` becomes a rejected outcome (``invalid`` or
+``too_large``: the API answers 4xx at once) plus a dead letter carrying the error, in the same
+transaction as everything else. Sizes are checked before sending, because a failed produce poisons
+the transaction; a record found too large only at the end of a batch (an aggregate's state) is
+remembered, the batch aborted and run again with that command rejected. A batch that fails for
+any other reason (the broker) is retried from its first command after a backoff that doubles up
+to ``RETRY_BACKOFF_MAX_S`` and is logged once per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import hashlib
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,11 +37,12 @@ import aiokafka.producer.sender as aiokafka_sender
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 
 from commands.envelope import ENVELOPE_DECODER, CommandEnvelope, Outcome, Position, Rejection, encode
+from commands.limits import MAX_STORABLE_DEPTH, InvalidInput, check_json
 from commands.rebalance import Rebalance
 from commands.registry import execute
 from commands.state_store import AggregateState, PartitionStore, chain_hash
@@ -44,6 +57,19 @@ log = logging.getLogger("pipeline.processor")
 # sooner; aiokafka has no setting for it, hence the module attribute.
 TRANSACTION_RETRY_BACKOFF_S = 0.002
 aiokafka_sender.BACKOFF_OVERRIDE = TRANSACTION_RETRY_BACKOFF_S
+# A producer stopped after a broker error may wait on a transaction that can never end.
+PRODUCER_STOP_TIMEOUT_S = 10.0
+
+# The largest record (key + value + headers) the processor produces. Kafka's default
+# max.message.bytes (1,048,588, which the project keeps) and aiokafka's max_request_size
+# (1,048,576) leave ~48 KB for batch framing above this.
+MAX_RECORD_BYTES = 1_000_000
+# A batch that failed as a whole (not because of one command) is retried after this backoff,
+# doubled per consecutive failure: a broker outage costs one log line per step, not a busy loop.
+RETRY_BACKOFF_S = 0.1
+RETRY_BACKOFF_MAX_S = 30.0
+MAX_ERROR_CHARS = 2000  # of an error kept in a rejection or a dead letter
+MAX_ID_CHARS = 256  # command ids, types, actors: the API's are UUIDs and words
 
 
 @dataclass(frozen=True)
@@ -78,6 +104,37 @@ class _Step:
     rejection: Rejection | None = None
     duplicate_of: bytes | None = None  # the remembered outcome of the same command id
     same_batch_original: _Step | None = None
+    offset: int = -1  # of the command record
+    unprocessable: bool = False  # rejected because it cannot be processed: dead-lettered too
+
+
+class _TooLarge(Exception):
+    """A record this command would produce exceeds MAX_RECORD_BYTES."""
+
+
+class _RecordFault(Exception):
+    """One command's result cannot be produced; abort the batch and run it again with it rejected."""
+
+    def __init__(self, offset: int, rejection: Rejection) -> None:
+        super().__init__(rejection.message)
+        self.offset = offset
+        self.rejection = rejection
+
+
+def _record_size(key: bytes | None, value: bytes, headers: Sequence[tuple[str, bytes]] = ()) -> int:
+    return len(key or b"") + len(value) + sum(len(k) + len(v) for k, v in headers)
+
+
+def _check_ids(envelope: CommandEnvelope) -> None:
+    """ValueError for ids no API sends (too long to answer with an outcome, or with NUL)."""
+    actor = envelope.actor
+    ids = (envelope.command_id, envelope.type, envelope.correlation_id, envelope.request_id, actor.user_id, actor.role)
+    if any(len(text) > MAX_ID_CHARS or "\x00" in text for text in ids):
+        raise ValueError("an id of the envelope is too long or contains NUL")
+
+
+def _unprocessable(code: str, message: str) -> Rejection:
+    return Rejection(code, message[:MAX_ERROR_CHARS])
 
 
 def fingerprint(envelope: CommandEnvelope) -> str:
@@ -103,6 +160,16 @@ class CommandProcessor:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._epoch = 0  # bumped on every assignment change: a linger stops at one
+        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was processed.
+        self.last_loop = 0.0
+        self.last_progress = 0.0
+        # Dead letters committed since this process started (the heartbeat reports them to /health);
+        # a batch's are counted once its transaction commits, since an aborted batch runs again.
+        self.dead_letters = 0
+        self._batch_dead_letters: dict[int, int] = {}
+        # partition -> command offset -> the rejection it gets when the batch runs again
+        self._faults: dict[int, dict[int, Rejection]] = {}
+        self._failures: dict[int, int] = {}  # partition -> consecutive failed batches
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -119,6 +186,7 @@ class CommandProcessor:
         await consumer.start()
         try:
             while not stop.is_set():
+                self.last_loop = time.time()
                 batches = await self._gather(consumer)
                 async with self._lock:
                     # Partitions are independent (own producer, own transaction, own state): a
@@ -162,6 +230,11 @@ class CommandProcessor:
                 count += len(records)
         return batches
 
+    @property
+    def consumer(self) -> AIOKafkaConsumer | None:
+        """The group consumer while running (the heartbeat reads its lag)."""
+        return self._consumer
+
     async def assign(self, partitions: set[TopicPartition]) -> None:
         """Take ownership: fence the previous owner, then catch the local state up to the state topic."""
         self._epoch += 1
@@ -169,15 +242,7 @@ class CommandProcessor:
             for tp in partitions:
                 if tp.partition in self._producers:
                     continue
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.config.bootstrap_servers,
-                    transactional_id=f"{self.config.transactional_id_prefix}-{tp.partition}",
-                    enable_idempotence=True,
-                    acks="all",
-                    linger_ms=0,
-                    transaction_timeout_ms=self.config.transaction_timeout_ms,
-                )
-                await producer.start()  # init_transactions: aborts whatever a zombie left open
+                producer = await self._start_producer(tp.partition)
                 store = PartitionStore(
                     self.config.state_dir / f"{self.config.transactional_id_prefix}-p{tp.partition}.sqlite",
                     self.mapper,
@@ -188,6 +253,35 @@ class CommandProcessor:
                 self._stores[tp.partition] = store
                 log.info("owns partition %s", tp.partition)
 
+    async def _start_producer(self, partition: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.config.bootstrap_servers,
+            transactional_id=f"{self.config.transactional_id_prefix}-{partition}",
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=0,
+            transaction_timeout_ms=self.config.transaction_timeout_ms,
+        )
+        await producer.start()  # init_transactions: aborts whatever a zombie left open
+        return producer
+
+    async def _renew_producer(self, partition: int) -> None:
+        """Replace a partition's producer after a broker error (e.g. the broker restarted).
+
+        aiokafka leaves a transactional producer in a fatal state after some of them (an unknown
+        producer id, an out-of-order sequence, a fenced epoch after the coordinator moved), and then
+        refuses every later transaction; a new one with the same transactional id starts clean and
+        aborts whatever the old one left open. If even that fails the error ends the worker, and the
+        supervisor starts a new one.
+        """
+        old = self._producers.get(partition)
+        if old is None:
+            return
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(old.stop(), PRODUCER_STOP_TIMEOUT_S)
+        log.warning("partition %s: replacing its transactional producer after a broker error", partition)
+        self._producers[partition] = await self._start_producer(partition)
+
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         """Give ownership up between batches, never in the middle of one."""
         self._epoch += 1
@@ -196,6 +290,8 @@ class CommandProcessor:
                 await self._release(tp.partition)
 
     async def _release(self, partition: int) -> None:
+        self._faults.pop(partition, None)
+        self._failures.pop(partition, None)
         producer = self._producers.pop(partition, None)
         if producer is not None:
             await producer.stop()
@@ -225,6 +321,7 @@ class CommandProcessor:
                 position = await reader.position(tp)
                 store.restore(records, position)
                 restored += len(records)
+                self.last_progress = time.time()  # a long catch-up is progress, not a stall
             log.info("partition %s: caught up %s aggregate states from the state topic", partition, restored)
         finally:
             await reader.stop()
@@ -234,6 +331,7 @@ class CommandProcessor:
         store = self._stores[tp.partition]
         touched: dict[str, AggregateState] = {}
         try:
+            self._batch_dead_letters[tp.partition] = 0
             async with producer.transaction():
                 steps = await self._run_commands(producer, store, tp.partition, records, touched)
                 values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
@@ -244,14 +342,63 @@ class CommandProcessor:
             store.forget(touched)
             await self._release(tp.partition)
             return
-        except Exception:
-            # Nothing of the batch is visible: forget in-memory changes and consume it again.
-            log.exception("batch on partition %s aborted; it will be retried", tp.partition)
+        except _RecordFault as fault:
+            # Nothing of the batch is visible; run it again at once, this command rejected.
+            log.error("partition %s: command at offset %s cannot be produced: %s", tp.partition, fault.offset, fault)
+            self._faults.setdefault(tp.partition, {})[fault.offset] = fault.rejection
             store.forget(touched)
-            committed = await consumer.committed(tp)
-            consumer.seek(tp, committed if committed is not None else records[0].offset)
+            await self._rewind(consumer, tp, records)
             return
+        except Exception as exc:
+            # Nothing of the batch is visible: forget in-memory changes and consume it again later.
+            failures = self._failures[tp.partition] = self._failures.get(tp.partition, 0) + 1
+            delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
+            log.exception(
+                "batch on partition %s aborted (%s in a row); retrying in %.1fs", tp.partition, failures, delay
+            )
+            store.forget(touched)
+            if isinstance(exc, KafkaError):
+                await self._renew_producer(tp.partition)
+            await self._rewind(consumer, tp, records)
+            consumer.pause(tp)
+            asyncio.get_running_loop().call_later(delay, self._resume, consumer, tp)
+            return
+        self._failures.pop(tp.partition, None)
+        faults = self._faults.get(tp.partition)
+        if faults:
+            for offset in [o for o in faults if o <= records[-1].offset]:
+                del faults[offset]
         store.commit(values, touched, next_state_offset)
+        self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
+        self.last_progress = time.time()
+
+    async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
+        try:
+            committed = await consumer.committed(tp)
+        except Exception:  # e.g. the broker is away: the batch's first record is the next one to run
+            committed = None
+        consumer.seek(tp, committed if committed is not None else records[0].offset)
+
+    def _resume(self, consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+        if tp in consumer.assignment():
+            consumer.resume(tp)
+
+    async def _dead_letter(self, producer: AIOKafkaProducer, record: Any, reason: str) -> None:
+        """The command as it arrived, with why it was not processed (headers), on the dead-letter topic."""
+        self._batch_dead_letters[record.partition] = self._batch_dead_letters.get(record.partition, 0) + 1
+        headers = [
+            ("error", reason[:MAX_ERROR_CHARS].encode()),
+            ("source_topic", str(record.topic).encode()),
+            ("source_partition", str(record.partition).encode()),
+            ("source_offset", str(record.offset).encode()),
+        ]
+        key = (record.key or b"")[:256]
+        value = record.value or b""
+        room = MAX_RECORD_BYTES - _record_size(key, b"", headers) - 64
+        if len(value) > room:  # the whole command stays on the commands topic
+            value = value[:room]
+            headers.append(("truncated", b"true"))
+        await producer.send(self.config.dead_letter_topic, value, key=key, headers=headers)
 
     async def _run_commands(
         self,
@@ -263,16 +410,31 @@ class CommandProcessor:
     ) -> list[_Step]:
         steps: list[_Step] = []
         in_batch: dict[str, _Step] = {}
+        faults = self._faults.get(partition, {})
         for record in records:
             try:
                 envelope = ENVELOPE_DECODER.decode(record.value)
                 UUID(envelope.aggregate_id)
-            except (msgspec.DecodeError, ValueError, TypeError):
+                _check_ids(envelope)
+            except (msgspec.DecodeError, ValueError, TypeError, RecursionError):
                 log.error("undecodable command at %s:%s sent to the dead-letter topic", partition, record.offset)
-                await producer.send(self.config.dead_letter_topic, record.value, key=record.key)
+                await self._dead_letter(producer, record, "undecodable command")
                 continue
-            step = _Step(envelope, fingerprint(envelope))
+            fault = faults.get(record.offset)
+            step = _Step(envelope, "", offset=record.offset)
             steps.append(step)
+            if fault is None:
+                try:
+                    check_json(envelope.payload, "payload", MAX_STORABLE_DEPTH)
+                    step.fingerprint = fingerprint(envelope)
+                except InvalidInput as exc:
+                    fault = _unprocessable("invalid", f"invalid {envelope.type} command: {exc}")
+                except (TypeError, ValueError, RecursionError) as exc:
+                    fault = _unprocessable("invalid", f"{envelope.type} command cannot be encoded: {exc}")
+            if fault is not None:
+                step.rejection, step.unprocessable = fault, True
+                await self._dead_letter(producer, record, f"{fault.code}: {fault.message}")
+                continue
             state = touched.get(envelope.aggregate_id) or store.get(envelope.aggregate_id)
             touched[envelope.aggregate_id] = state
             step.state = state
@@ -293,6 +455,9 @@ class CommandProcessor:
                 continue
             in_batch[envelope.command_id] = step
             await self._apply(producer, partition, step, state)
+            if step.unprocessable:
+                assert step.rejection is not None
+                await self._dead_letter(producer, record, f"{step.rejection.code}: {step.rejection.message}")
         return steps
 
     async def _apply(self, producer: AIOKafkaProducer, partition: int, step: _Step, state: AggregateState) -> None:
@@ -311,11 +476,46 @@ class CommandProcessor:
             step.rejection = Rejection("internal", f"command failed: {type(exc).__name__}")
             state.aggregate = before
             return
+        try:
+            produced = self._event_records(envelope, state, aggregate)
+        except _TooLarge as exc:
+            step.rejection, step.unprocessable = _unprocessable("too_large", str(exc)), True
+            state.aggregate = before
+            return
+        except (TypeError, ValueError, RecursionError) as exc:  # e.g. orjson: "Integer exceeds 64-bit range"
+            step.rejection, step.unprocessable = _unprocessable("invalid", f"events cannot be encoded: {exc}"), True
+            state.aggregate = before
+            return
         state.aggregate = aggregate
+        for stored, domain_event, headers, event_hash in produced:
+            state.last_hash = event_hash
+            try:
+                future = await producer.send(
+                    self.config.events_topic,
+                    stored.state,
+                    key=envelope.aggregate_id.encode(),
+                    partition=partition,
+                    headers=headers,
+                )
+            except MessageSizeTooLargeError as exc:  # refused before it was buffered: this command's fault
+                raise _RecordFault(step.offset, _unprocessable("too_large", f"event not produced: {exc}")) from exc
+            step.event_futures.append(future)
+            step.event_types.append(stored.topic.rsplit(".", 1)[-1])
+            step.version = stored.originator_version
+            if not step.created_at:
+                step.created_at = domain_event.timestamp.timestamp()
+
+    def _event_records(
+        self, envelope: CommandEnvelope, state: AggregateState, aggregate: Aggregate
+    ) -> list[tuple[Any, Any, list[tuple[str, bytes]], str]]:
+        """The new events as (stored event, domain event, headers, hash), each checked against MAX_RECORD_BYTES."""
+        produced = []
+        last_hash = state.last_hash
+        key = envelope.aggregate_id.encode()
         for domain_event in aggregate.collect_events():
             stored = self.mapper.to_stored_event(domain_event)
             event_hash = chain_hash(
-                state.last_hash, stored.topic, envelope.aggregate_id, stored.originator_version, stored.state
+                last_hash, stored.topic, envelope.aggregate_id, stored.originator_version, stored.state
             )
             headers = [
                 ("event_id", uuid.uuid4().hex.encode()),
@@ -329,23 +529,17 @@ class CommandProcessor:
                 ("actor", envelope.actor.user_id.encode()),
                 ("actor_role", envelope.actor.role.encode()),
                 ("timestamp", domain_event.timestamp.isoformat().encode()),
-                ("prev_hash", state.last_hash.encode()),
+                ("prev_hash", last_hash.encode()),
                 ("hash", event_hash.encode()),
             ]
-            state.last_hash = event_hash
-            step.event_futures.append(
-                await producer.send(
-                    self.config.events_topic,
-                    stored.state,
-                    key=envelope.aggregate_id.encode(),
-                    partition=partition,
-                    headers=headers,
+            size = _record_size(key, stored.state, headers)
+            if size > MAX_RECORD_BYTES:
+                raise _TooLarge(
+                    f"the {stored.topic.rsplit('.', 1)[-1]} event would be {size} bytes (limit {MAX_RECORD_BYTES})"
                 )
-            )
-            step.event_types.append(stored.topic.rsplit(".", 1)[-1])
-            step.version = stored.originator_version
-            if not step.created_at:
-                step.created_at = domain_event.timestamp.timestamp()
+            produced.append((stored, domain_event, headers, event_hash))
+            last_hash = event_hash
+        return produced
 
     async def _send_results(
         self,
@@ -397,12 +591,18 @@ class CommandProcessor:
                 continue
             await producer.send(
                 self.config.outcomes_topic,
-                encode(outcome),
+                _bounded(outcome),
                 key=envelope.command_id.encode(),
                 partition=partition,
             )
-        changed = {step.envelope.aggregate_id for step in steps if step.event_futures}
-        values = {aggregate_id: touched[aggregate_id].encode(self.mapper) for aggregate_id in changed}
+        last_change = {step.envelope.aggregate_id: step for step in steps if step.event_futures}
+        values = {aggregate_id: touched[aggregate_id].encode(self.mapper) for aggregate_id in last_change}
+        for aggregate_id, value in values.items():
+            if _record_size(aggregate_id.encode(), value) > MAX_RECORD_BYTES:
+                raise _RecordFault(
+                    last_change[aggregate_id].offset,
+                    _unprocessable("too_large", f"the aggregate's state would be {len(value)} bytes"),
+                )
         last_offset = -1
         futures = [
             await producer.send(self.config.state_topic, value, key=aggregate_id.encode(), partition=partition)
@@ -411,6 +611,15 @@ class CommandProcessor:
         for future in futures:
             last_offset = max(last_offset, (await future).offset)
         return values, last_offset + 1 if last_offset >= 0 else 0
+
+
+def _bounded(outcome: Outcome) -> bytes:
+    """A rejection's encoding, its details and message cut when they would not fit one record."""
+    encoded = encode(outcome)
+    if len(encoded) + len(outcome.command_id) <= MAX_RECORD_BYTES or outcome.rejection is None:
+        return encoded
+    rejection = Rejection(outcome.rejection.code, outcome.rejection.message[:MAX_ERROR_CHARS])
+    return encode(msgspec.structs.replace(outcome, rejection=rejection))
 
 
 def _decode_outcome(data: bytes) -> Outcome:

@@ -9,6 +9,12 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 
+# An annotation's type is a word naming a kind of note (label, keyword, sentiment:score), not text.
+ANNOTATION_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/+-]{0,99}$"
+# type/subtype with optional printable parameters: no markup, no control characters.
+_MEDIA_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
+CONTENT_TYPE_PATTERN = rf"^{_MEDIA_TOKEN}/{_MEDIA_TOKEN}(;[ -~]{{0,200}})?$"
+
 
 class DataObject(Aggregate):
     class Ingested(Aggregate.Created):

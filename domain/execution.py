@@ -20,6 +20,9 @@ class Execution(Aggregate):
         node_order: list[str]
         estimated_time_seconds: float
         submitter: str
+        # The submitter's role when submitting (added later: older events have none, read as "user").
+        # The executor acts with the weaker of this and the submitter's role at the time of each effect.
+        submitter_role: str | None = None
 
     class NodeStarted(Aggregate.Event):
         node_id: str
@@ -53,8 +56,10 @@ class Execution(Aggregate):
         node_order: list[str],
         estimated_time_seconds: float,
         submitter: str,
+        submitter_role: str | None = None,
     ) -> None:
         self.submitter = submitter
+        self.submitter_role = submitter_role
         self.status = "submitted"
         self.nodes: dict[str, str] = {node_id: "pending" for node_id in node_order}
 

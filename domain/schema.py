@@ -1,12 +1,13 @@
 """A small validator for the subset of JSON Schema that node parameters use.
 
 Supported keywords: type, properties, required, additionalProperties (false only), default,
-enum, minimum, maximum, minLength, maxLength, items, maxItems. Anything else in a schema is a
+enum, minimum, maximum, minLength, maxLength, pattern, items, maxItems. Anything else in a schema is a
 programming error in the catalog, not a user error, so it is not checked here.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 _TYPES: dict[str, tuple[type, ...]] = {
@@ -47,6 +48,8 @@ def validate(value: Any, schema: dict[str, Any], path: str = "") -> list[tuple[s
             problems.append((path, f"must be at least {schema['minLength']} characters"))
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             problems.append((path, f"must be at most {schema['maxLength']} characters"))
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            problems.append((path, f"must match {schema['pattern']}"))
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
             problems.append((path, f"must have at most {schema['maxItems']} items"))

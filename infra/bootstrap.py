@@ -88,6 +88,7 @@ async def build_api(settings: Settings) -> ApiContainer:
         settings.kafka.bootstrap_servers,
         topics,
         settings.kafka.command_timeout_seconds,
+        settings.kafka.send_timeout_seconds,
         settings.kafka.event_fetch_max_wait_ms,
     )
     changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)

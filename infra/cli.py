@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import secrets
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,6 +96,8 @@ def _run_api(settings: Settings) -> int:
         workers=settings.server.workers if settings.server.workers > 1 else None,
         log_level="info",
         access_log=False,
+        http="infra.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
+        timeout_keep_alive=settings.server.keep_alive_timeout_seconds,
     )
     return 0
 
@@ -119,30 +118,6 @@ def _wait_for_signal() -> None:
         signal.signal(sig, lambda s, _f: received.append(s))
     while not received:
         time.sleep(0.2)
-
-
-def ensure_secret_key(data_dir: Path) -> str:
-    """The embedded default: a random key generated once and kept beside the data."""
-    path = data_dir / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    return key
-
-
-def python_command(*args: str) -> list[str]:
-    """How to start another `pipeline` subcommand with this interpreter."""
-    return [sys.executable, "-m", "infra.cli", *args]
-
-
-def spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    out = log_path.open("ab")
-    return subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 if __name__ == "__main__":

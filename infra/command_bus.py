@@ -13,6 +13,7 @@ import contextlib
 import logging
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
 from infra.kafka import Topics
@@ -27,10 +28,18 @@ class CommandTimeout(Exception):
 class KafkaCommandBus:
     """Submit command envelopes and await their outcomes."""
 
-    def __init__(self, bootstrap_servers: str, topics: Topics, timeout: float, fetch_max_wait_ms: int = 20) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Topics,
+        timeout: float,
+        send_timeout: float = 5.0,
+        fetch_max_wait_ms: int = 20,
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
         self.timeout = timeout
+        self.send_timeout = send_timeout
         self.fetch_max_wait_ms = fetch_max_wait_ms  # outcomes are transactional: see kafka.event_fetch_max_wait_ms
         self._pending: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._producer: AIOKafkaProducer | None = None
@@ -76,9 +85,19 @@ class KafkaCommandBus:
         waiters = self._pending.setdefault(envelope.command_id, [])
         waiters.append(future)
         try:
-            await self._producer.send_and_wait(
-                self.topics.commands, encode(envelope), key=envelope.aggregate_id.encode()
-            )
+            try:
+                # Without a bound, a send to a broker that is gone waits for metadata and retries for
+                # request_timeout_ms (40 s) and more; the caller should hear "unavailable" at once.
+                await asyncio.wait_for(
+                    self._producer.send_and_wait(
+                        self.topics.commands, encode(envelope), key=envelope.aggregate_id.encode()
+                    ),
+                    self.send_timeout,
+                )
+            except TimeoutError as exc:
+                # A KafkaError answers 503 unavailable. The record may still be delivered later:
+                # a retry with the same Idempotency-Key is safe either way.
+                raise KafkaTimeoutError(f"the broker did not take the command within {self.send_timeout} s") from exc
             return await asyncio.wait_for(future, self.timeout)
         except TimeoutError as exc:
             raise CommandTimeout(envelope.command_id) from exc
@@ -86,6 +105,26 @@ class KafkaCommandBus:
             waiters.remove(future)
             if not waiters:
                 self._pending.pop(envelope.command_id, None)
+
+    async def check_broker(self, timeout: float) -> None:
+        """Raise unless the broker answers a metadata request within ``timeout`` seconds (for /health)."""
+        assert self._producer is not None, "command bus not started"
+        await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
+
+    async def events_end(self, partition: int) -> int | None:
+        """The events partition's last stable offset (what a read_committed reader can reach).
+
+        None when the topic has no such partition. Raises when the broker does not answer, so a
+        caller can fall back to waiting. Used only on a read's slow path, to refuse a position
+        token that no write returned instead of waiting for it until the timeout.
+        """
+        assert self._consumer is not None and self._producer is not None, "command bus not started"
+        partitions = await self._producer.partitions_for(self.topics.events)
+        if partition not in partitions:
+            return None
+        tp = TopicPartition(self.topics.events, partition)
+        ends = await asyncio.wait_for(self._consumer.end_offsets([tp]), 2.0)
+        return int(ends[tp])
 
     async def _read_outcomes(self) -> None:
         assert self._consumer is not None

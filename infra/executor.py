@@ -6,10 +6,12 @@ import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg_pool import AsyncConnectionPool
 
+from commands.envelope import Actor
 from commands.execution_run import RunDeps
 from commands.executor import Executor, ExecutorConfig
 from domain.nodes.catalog import MAX_INPUT_BYTES, NodeError
@@ -53,6 +55,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
         settings.kafka.bootstrap_servers,
         topics,
         settings.kafka.command_timeout_seconds,
+        settings.kafka.send_timeout_seconds,
         settings.kafka.event_fetch_max_wait_ms,
     )
     await bus.start()
@@ -77,7 +80,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
         # A committed transaction ends with its marker, an offset no projection applies.
         return all(stored.get(tp.partition, 0) >= end - 1 for tp, end in ends.items() if end > 0)
 
-    async def load_object(submitter: str, object_id: str) -> str:
+    async def load_object(actor: Actor, object_id: str) -> str:
         # Read-your-writes for graphs: an object ingested just before the graph was submitted may not
         # be in the read model yet (nodes now start within milliseconds of Submitted). "Does not
         # exist" only once the projection has caught up, or after the consistency wait.
@@ -92,8 +95,9 @@ async def build_executor(settings: Settings) -> ExecutorService:
             if caught_up:
                 break
             await asyncio.sleep(0.02)
-        # The visibility rule, as the submitter: someone else's object does not exist for this graph.
-        if row is None or row["owner"] != submitter:
+        # The visibility rule, as the submitter: someone else's object does not exist for this graph
+        # (unless the submitter acts as an admin).
+        if row is None or (actor.role != "admin" and row["owner"] != actor.user_id):
             raise NodeError(f"data object {object_id} does not exist")
         if row["size"] > MAX_INPUT_BYTES:
             raise NodeError(f"data object {object_id} is larger than {MAX_INPUT_BYTES} bytes")
@@ -103,9 +107,20 @@ async def build_executor(settings: Settings) -> ExecutorService:
             raise NodeError(f"the content of {object_id} is missing") from exc
         return data.decode("utf-8", errors="replace")
 
-    async def search(submitter: str, query: str, limit: int) -> list[dict[str, Any]]:
+    async def search(actor: Actor, query: str, limit: int) -> list[dict[str, Any]]:
         async with pool.connection() as conn:
-            return await search_objects(conn, query, limit, owner=submitter)
+            return await search_objects(conn, query, limit, owner=None if actor.role == "admin" else actor.user_id)
+
+    async def lookup_user(user_id: str) -> tuple[str, bool] | None:
+        """The submitter's current (role, disabled), read at each effect: one primary-key lookup."""
+        try:
+            UUID(user_id)
+        except ValueError:
+            return None
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT role, disabled FROM users WHERE user_id = %s", (user_id,))
+            row = await cur.fetchone()
+        return (str(row[0]), bool(row[1])) if row else None
 
     s = settings.execution
     deps = RunDeps(
@@ -114,6 +129,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
         get_blob=lambda location: blobs.get(blob_hash(location)),
         load_object=load_object,
         search=search,
+        lookup_user=lookup_user,
         node_timeout=s.node_timeout_seconds,
         inline_output_bytes=s.inline_output_bytes,
     )

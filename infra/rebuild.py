@@ -106,8 +106,8 @@ async def _catch_up(
     position = start
     while position < end:
         records = [r for r in (await consumer.getmany(tp, timeout_ms=1000)).get(tp, []) if r.offset < end]
-        if records:
-            await runner.apply_records(conn, records)
+        if records:  # the last few events, inside the swap: one by one, so a poison event is dead-lettered
+            await runner.apply_records(conn, records, one_by_one=True)
         position = await consumer.position(tp)
     await conn.execute(
         "INSERT INTO projection_positions (projection, topic, partition, next_offset) VALUES (%s,%s,%s,%s)"

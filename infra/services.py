@@ -1,7 +1,8 @@
 """Apache Kafka, PostgreSQL and Redis as child processes on 127.0.0.1, for `make run` and the tests.
 
 Everything lives under one data directory, so a restart finds the data (and, when still free, the same
-ports) again. Only processes started here are ever stopped, by PID.
+ports) again. Only processes started here are ever stopped, by PID, and only those are restarted when
+they die (``ManagedServices.watch``); a service given by its address belongs to someone else.
 
     python -m infra.services up --data-dir .data
 """
@@ -25,7 +26,7 @@ from typing import Any
 from infra import kafka_broker, postgres_server, redis_server
 from infra.kafka_broker import kafka_jars
 
-__all__ = ["Endpoints", "ManagedServices", "kafka_jars", "main"]
+__all__ = ["Backoff", "Endpoints", "ManagedServices", "kafka_jars", "main"]
 
 KAFKA_START_TIMEOUT = 90.0
 POSTGRES_START_TIMEOUT = 60.0
@@ -46,7 +47,26 @@ class _Child:
     logs: tuple[Path, ...]
     stop_signal: signal.Signals
     stop_timeout: float
+    command: list[str]
+    popen: dict[str, Any]
+    ready: Callable[[], bool]
     started: float = dataclasses.field(default_factory=time.monotonic)
+    ready_at: float | None = None  # None while (re)starting
+    failures: int = 0  # restarts in a row, for the backoff
+    restart_at: float | None = None  # when an exited service is due to be started again
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Delays between restarts of a process that keeps dying: first, doubled each time, capped."""
+
+    first: float = 1.0
+    limit: float = 30.0
+    reset_after: float = 60.0  # up this long: the next death starts over at `first`
+
+    def delay(self, failures: int) -> float:
+        """The wait before restart number ``failures + 1`` in a row."""
+        return min(self.first * 2**failures, self.limit)
 
 
 class ManagedServices:
@@ -64,7 +84,9 @@ class ManagedServices:
         database_url: str | None = None,
         redis_url: str | None = None,
         log: Callable[[str], None] = print,
+        backoff: Backoff | None = None,
     ) -> None:
+        self._backoff = backoff or Backoff()
         self._data_dir = Path(data_dir).expanduser().resolve()
         self._logs = self._data_dir / "logs"
         self._given = (kafka_bootstrap, database_url, redis_url)
@@ -131,6 +153,42 @@ class ManagedServices:
         self._claimed.clear()
         self._endpoints = None
 
+    def watch(self) -> None:
+        """Restart each service started here that has exited: same command, data directory and port.
+
+        Call it periodically (the supervisor does, every half second). Clients keep their address:
+        Kafka's bootstrap, PostgreSQL's and Redis's URLs stay valid. Restarts back off (``Backoff``)
+        while a service keeps dying, and each one is logged with the log file to look at.
+        """
+        now = time.monotonic()
+        for child in self._children:
+            code = child.process.poll()
+            if code is None:
+                if child.ready_at is None and child.restart_at is None and child.ready():
+                    child.ready_at = time.monotonic()
+                    self._log(f"{child.name}: ready again, {child.ready_at - child.started:.1f} s after its restart")
+                elif child.ready_at is not None and now - child.ready_at > self._backoff.reset_after:
+                    child.failures = 0
+                continue
+            if child.restart_at is None:
+                delay = self._backoff.delay(child.failures)
+                child.failures += 1
+                child.restart_at = now + delay
+                child.ready_at = None
+                self._log(
+                    f"{child.name} (pid {child.process.pid}) exited with code {code}; restarting it in {delay:.1f} s"
+                    f" on the same port (log: {child.logs[-1]})"
+                )
+            elif now >= child.restart_at:
+                child.restart_at = None
+                child.process = self._popen(child.command, child.logs[0], child.popen)
+                child.started = time.monotonic()
+                self._log(f"{child.name}: restarted as pid {child.process.pid}")
+
+    def ready(self) -> bool:
+        """True when every service started here runs and has answered since its last (re)start."""
+        return all(child.ready_at is not None and child.process.poll() is None for child in self._children)
+
     def pids(self) -> dict[str, int]:
         """Process ids of the services started here (for operators and benchmarks)."""
         return {child.name: child.process.pid for child in self._children if child.process.poll() is None}
@@ -156,7 +214,14 @@ class ManagedServices:
             kafka_broker.format_storage(jars, home, self._log)
             command = kafka_broker.java_command(jars, home, "kafka.Kafka", str(server), heap=True)
             self._log(f"kafka: starting Apache Kafka {kafka_broker.kafka_version()} on 127.0.0.1:{ports['broker']}")
-            self._spawn("kafka", command, self._logs / "kafka.out", (self._logs / "kafka.log",), cwd=home)
+            self._spawn(
+                "kafka",
+                command,
+                self._logs / "kafka.out",
+                (self._logs / "kafka.log",),
+                ready=lambda: kafka_broker.broker_ready(f"127.0.0.1:{ports['broker']}"),
+                cwd=home,
+            )
         return ports["broker"]
 
     def _launch_postgres(self) -> int:
@@ -176,6 +241,7 @@ class ManagedServices:
                 "postgres",
                 command,
                 self._logs / "postgres.log",
+                ready=lambda: postgres_server.server_ready(ports["port"]),
                 stop_signal=signal.SIGINT,
                 cwd=root,
                 **(postgres_server.run_as()),
@@ -189,7 +255,14 @@ class ManagedServices:
         if not running:
             self._log(f"redis: starting on 127.0.0.1:{ports['port']}")
             command = redis_server.server_command(home, ports["port"])
-            self._spawn("redis", command, self._logs / "redis.log", stop_timeout=15.0, cwd=home)
+            self._spawn(
+                "redis",
+                command,
+                self._logs / "redis.log",
+                ready=lambda: redis_server.server_ready(ports["port"]),
+                stop_timeout=15.0,
+                cwd=home,
+            )
         return ports["port"]
 
     def _claim_ports(
@@ -237,14 +310,21 @@ class ManagedServices:
         out: Path,
         logs: tuple[Path, ...] = (),
         *,
+        ready: Callable[[], bool],
         stop_signal: signal.Signals = signal.SIGTERM,
         stop_timeout: float = 30.0,
         **popen: Any,
     ) -> None:
+        process = self._popen(command, out, popen)
+        self._children.append(_Child(name, process, (out, *logs), stop_signal, stop_timeout, command, popen, ready))
+        atexit.register(self.stop)  # one registration: atexit.unregister drops every equal entry
+
+    @staticmethod
+    def _popen(command: list[str], out: Path, popen: dict[str, Any]) -> subprocess.Popen[bytes]:
         with out.open("ab") as sink:
             # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the services
             # in order rather than all of them receiving SIGINT at once.
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
                 stdout=sink,
@@ -252,8 +332,6 @@ class ManagedServices:
                 start_new_session=True,
                 **popen,
             )
-        self._children.append(_Child(name, process, (out, *logs), stop_signal, stop_timeout))
-        atexit.register(self.stop)  # one registration: atexit.unregister drops every equal entry
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float) -> None:
         child = next((c for c in self._children if c.name == name), None)
@@ -264,6 +342,8 @@ class ManagedServices:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} did not accept connections within {timeout:.0f} s{_tails(child)}")
             time.sleep(0.2)
+        if child is not None:
+            child.ready_at = time.monotonic()
         self._log(f"{name}: ready" + (f", {time.monotonic() - child.started:.1f} s after its start" if child else ""))
 
 

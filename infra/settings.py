@@ -2,8 +2,8 @@
 
 The YAML file has the shape of the spec's ``api_gateway.yaml`` (sections ``server``, ``cors``,
 ``authentication``, ``rate_limiting``, ``websocket``, ``monitoring``) plus the sections this
-system needs (``database``, ``kafka``, ``redis``, ``storage``, ``consistency``, ``execution``). Values may use
-``${VAR}`` or ``${VAR:-default}`` to read the environment.
+system needs (``graphql``, ``database``, ``kafka``, ``redis``, ``storage``, ``consistency``,
+``execution``, ``supervision``). Values may use ``${VAR}`` or ``${VAR:-default}`` to read the environment.
 
 Every setting can also be given as an environment variable named ``PIPELINE_<SECTION>_<KEY>``
 (for example ``PIPELINE_KAFKA_PARTITIONS``); a few have the short names users expect
@@ -31,6 +31,12 @@ class ServerSettings:
     port: int = 8000
     workers: int = 1
     environment: str = "development"  # "production" refuses unsafe defaults
+    # Slow clients (infra/http_protocol.py, api/body_timeout.py): idle time between requests on a
+    # kept-alive connection, time to send a request's headers, and the longest wait for each read
+    # of a request body. Each ends the request with 408 (or closes an idle connection).
+    keep_alive_timeout_seconds: int = 5
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,15 @@ class AuthenticationSettings:
     algorithm: str = "HS256"
     access_token_expire_minutes: int = 30
     refresh_token_expire_days: int = 7
+    # Login throttling (api/login_throttle.py): failed logins are counted per username and per client
+    # IP over a window; past the free failures each further one locks that name (or IP) out for a
+    # delay that doubles, from login_backoff_seconds up to login_backoff_max_seconds.
+    login_throttling_enabled: bool = True
+    login_max_failures_per_username: int = 5
+    login_max_failures_per_ip: int = 50
+    login_failure_window_seconds: int = 900
+    login_backoff_seconds: float = 1.0
+    login_backoff_max_seconds: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,19 @@ class MonitoringSettings:
 
 
 @dataclass(frozen=True)
+class GraphQLSettings:
+    """Limits on one GraphQL operation, checked before it runs (except the response size)."""
+
+    max_depth: int = 10  # nesting of selections; introspection fields do not count
+    max_aliases: int = 30  # aliases in the whole document
+    max_tokens: int = 2000  # lexical tokens, checked while parsing
+    # Root fields that do a REST request's work (every mutation, searchObjects): each counts once
+    # against the rate limits, and a request naming more than this many is refused before any runs.
+    max_costly_fields: int = 10
+    max_response_bytes: int = 4 * 1024 * 1024  # a larger result is replaced by a 413 error
+
+
+@dataclass(frozen=True)
 class DatabaseSettings:
     url: str = ""  # empty: `pipeline run` / the tests start PostgreSQL themselves
     schema: str = "public"
@@ -102,6 +130,8 @@ class KafkaSettings:
     processor_group: str = "command-processor"
     projection_name: str = "read-models"
     command_timeout_seconds: float = 10.0
+    # How long the API tries to hand a command to the broker before answering 503 unavailable.
+    send_timeout_seconds: float = 5.0
     transaction_timeout_ms: int = 60_000
     processor_batch_size: int = 500
     processor_linger_ms: float = 0.0
@@ -112,6 +142,9 @@ class KafkaSettings:
     # default 500 ms, a read with a consistency token took 510 ms at p50 on an idle system.
     event_fetch_max_wait_ms: int = 10
     command_retention_per_aggregate: int = 64
+    # Commands larger than this are refused at the edge (413): their events must still fit the
+    # broker's max.message.bytes (Kafka's default, which the project keeps: 1,048,588) with headers.
+    max_command_bytes: int = 900_000
 
     def topic(self, name: str) -> str:
         """Full topic name for one of commands/events/outcomes/state."""
@@ -150,6 +183,18 @@ class ExecutionSettings:
 
 
 @dataclass(frozen=True)
+class SupervisionSettings:
+    """How `pipeline run` keeps what it started alive (infra.supervisor, infra.heartbeat)."""
+
+    # A worker with records waiting and no progress for this long (or no heartbeat at all) is restarted.
+    stall_seconds: float = 60.0
+    # The first restart of a process that died waits this long, each further one twice as long, up to
+    # the maximum; a process that stayed up for a minute starts over at the first delay.
+    restart_backoff_seconds: float = 1.0
+    restart_backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     cors: CorsSettings = field(default_factory=CorsSettings)
@@ -157,6 +202,7 @@ class Settings:
     rate_limiting: RateLimitingSettings = field(default_factory=RateLimitingSettings)
     websocket: WebsocketSettings = field(default_factory=WebsocketSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
+    graphql: GraphQLSettings = field(default_factory=GraphQLSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -164,6 +210,7 @@ class Settings:
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
+    supervision: SupervisionSettings = field(default_factory=SupervisionSettings)
 
 
 # Short environment names users expect, mapped to (section, key).

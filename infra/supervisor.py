@@ -1,8 +1,15 @@
-"""`pipeline run`: services, then the API and every worker as child processes, until Ctrl-C."""
+"""`pipeline run`: services, then the API and every worker as child processes, until Ctrl-C.
+
+Everything started here is supervised: a service (Kafka, PostgreSQL, Redis; only those started here)
+or a child that exits is started again, with backoff, on the same data and port; a worker that is
+alive but stuck (infra.heartbeat.stall_reason) is killed by the watchdog and started again. The
+watchdog waits while a service started here is down or restarting: no worker gets far without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -13,9 +20,11 @@ from pathlib import Path
 
 import psycopg
 
-from infra.cli import ensure_secret_key, python_command, spawn
+from infra.heartbeat import heartbeat_path, read_beat, stall_reason
 from infra.kafka import ensure_topics
 from infra.postgres import check_schema, migrate
+from infra.processes import ensure_secret_key, python_command, spawn
+from infra.services import Backoff, ManagedServices
 from infra.settings import Settings, load_settings
 from projections.users import admin_exists
 
@@ -25,26 +34,38 @@ CHILDREN = {
     "executor": ("worker", "executor"),
     "api": ("api",),
 }
-RESTART_DELAY = 2.0
+WORKERS = ("processor", "projections", "executor")  # the ones that write heartbeats
+TICK = 0.5
 RUNTIME_FILE = "runtime.json"  # where a running system says what it is made of (for bench/ and operators)
 
 
-def run_everything(settings: Settings) -> int:
-    """Start (or reuse) the services, then supervise the API and workers; restart any that die."""
-    from infra.services import ManagedServices
+@dataclasses.dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    started: float = dataclasses.field(default_factory=time.time)
+    failures: int = 0
+    restart_at: float | None = None
 
+
+def run_everything(settings: Settings) -> int:
+    """Start (or reuse) the services, then supervise them, the API and the workers until Ctrl-C."""
     data_dir = Path(settings.storage.data_dir).resolve()
     logs = data_dir / "logs"
+    s = settings.supervision
+    backoff = Backoff(first=s.restart_backoff_seconds, limit=s.restart_backoff_max_seconds)
     managed = ManagedServices(
         data_dir,
         kafka_bootstrap=settings.kafka.bootstrap_servers or None,
         database_url=settings.database.url or None,
         redis_url=settings.redis.url or None,
+        log=lambda line: print(line, flush=True),
+        backoff=backoff,
     )
     stopping: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda s, _f: stopping.append(s))
-    children: dict[str, subprocess.Popen[bytes]] = {}
+    children: dict[str, _Child] = {}
     try:
         endpoints = managed.start()
         env = dict(os.environ)
@@ -61,8 +82,8 @@ def run_everything(settings: Settings) -> int:
             # Handed to the API (which creates the admin) and shown here once, never written to a log.
             env["PIPELINE_ADMIN_PASSWORD"] = first_admin_password
         for name, args in CHILDREN.items():
-            children[name] = spawn(python_command(*args), env, logs / f"{name}.log")
-        _write_runtime(data_dir, effective, children, managed.pids())
+            children[name] = _Child(name, spawn(python_command(*args), env, logs / f"{name}.log"))
+        runtime = _write_runtime(data_dir, effective, children, managed.pids())
         _announce(effective, endpoints, data_dir)
         if first_admin_password:
             print(
@@ -70,21 +91,70 @@ def run_everything(settings: Settings) -> int:
                 " (shown once; change it with POST /api/v1/auth/password).\n",
                 flush=True,
             )
+        services_up_since = time.time()
         while not stopping:
-            time.sleep(0.5)
-            for name, child in list(children.items()):
-                code = child.poll()
-                if code is not None and not stopping:
-                    print(f"{name} exited with {code}; restarting (log: {logs / f'{name}.log'})", flush=True)
-                    time.sleep(RESTART_DELAY)
-                    children[name] = spawn(python_command(*CHILDREN[name]), env, logs / f"{name}.log")
-                    _write_runtime(data_dir, effective, children, managed.pids())
+            time.sleep(TICK)
+            if stopping:
+                break
+            was_ready = managed.ready()
+            managed.watch()
+            services_ready = managed.ready()
+            if services_ready and not was_ready:
+                services_up_since = time.time()
+            for child in children.values():
+                if services_ready:
+                    _watchdog(child, data_dir, s.stall_seconds, services_up_since, logs)
+                _restart_if_exited(child, env, logs, backoff)
+            current = {
+                "pids": {name: child.process.pid for name, child in children.items()},
+                "service_pids": managed.pids(),
+            }
+            if current != runtime:
+                runtime = _write_runtime(data_dir, effective, children, managed.pids())
         print("stopping...", flush=True)
         return 0
     finally:
         _stop_children(children)
         managed.stop()
         (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
+
+
+def _watchdog(child: _Child, data_dir: Path, stall_seconds: float, since: float, logs: Path) -> None:
+    """SIGKILL a worker that is alive but stuck; the restart follows like after any exit."""
+    if child.name not in WORKERS or child.process.poll() is not None:
+        return
+    beat = read_beat(heartbeat_path(data_dir, child.name))
+    reason = stall_reason(beat, child.process.pid, time.time(), max(child.started, since), stall_seconds)
+    if reason is None:
+        return
+    print(
+        f"watchdog: {child.name} (pid {child.process.pid}) is stuck: {reason}; killing it"
+        f" (log: {logs / f'{child.name}.log'})",
+        flush=True,
+    )
+    # SIGKILL, not SIGTERM: a stuck loop may never get to its signal handler, and a frozen process
+    # keeps a SIGTERM pending. Every worker is built to survive a crash at any point.
+    child.process.kill()
+    child.process.wait()
+
+
+def _restart_if_exited(child: _Child, env: dict[str, str], logs: Path, backoff: Backoff) -> None:
+    now = time.time()
+    code = child.process.poll()
+    if code is None:
+        if now - child.started > backoff.reset_after:
+            child.failures = 0
+        return
+    log = logs / f"{child.name}.log"
+    if child.restart_at is None:
+        delay = backoff.delay(child.failures)
+        child.failures += 1
+        child.restart_at = now + delay
+        print(f"{child.name} exited with {code}; restarting in {delay:.1f} s (log: {log})", flush=True)
+    elif now >= child.restart_at:
+        child.restart_at = None
+        child.process = spawn(python_command(*CHILDREN[child.name]), env, log)
+        child.started = now
 
 
 async def _prepare(settings: Settings) -> str | None:
@@ -104,18 +174,23 @@ async def _prepare(settings: Settings) -> str | None:
 
 
 def _write_runtime(
-    data_dir: Path, settings: Settings, children: dict[str, subprocess.Popen[bytes]], services: dict[str, int]
-) -> None:
+    data_dir: Path, settings: Settings, children: dict[str, _Child], services: dict[str, int]
+) -> dict[str, dict[str, int]]:
+    """Write runtime.json; return the process ids written (to notice when they change)."""
+    pids = {name: child.process.pid for name, child in children.items()}
     runtime = {
         "api": f"http://{settings.server.host}:{settings.server.port}",
         "database_url": settings.database.url,
         "schema": settings.database.schema,
         "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
         "redis_url": settings.redis.url,
-        "pids": {name: child.pid for name, child in children.items()},
+        "pids": pids,
         "service_pids": services,
     }
-    (data_dir / RUNTIME_FILE).write_text(json.dumps(runtime, indent=2))
+    tmp = data_dir / f"{RUNTIME_FILE}.tmp"
+    tmp.write_text(json.dumps(runtime, indent=2))
+    tmp.replace(data_dir / RUNTIME_FILE)  # readers never see half a file
+    return {"pids": pids, "service_pids": services}
 
 
 def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
@@ -133,14 +208,15 @@ def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
     )
 
 
-def _stop_children(children: dict[str, subprocess.Popen[bytes]]) -> None:
-    for child in children.values():
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
+def _stop_children(children: dict[str, _Child]) -> None:
+    processes = [child.process for child in children.values()]
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + 15
-    for child in children.values():
+    for process in processes:
         try:
-            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+            process.kill()
+            process.wait()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 
 from infra.bootstrap import build_processor, build_runner, require_services
+from infra.heartbeat import Progressing, beat, heartbeat_path
 from infra.settings import Settings
 
 log = logging.getLogger("pipeline.workers")
@@ -18,13 +21,26 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+@contextlib.asynccontextmanager
+async def _heartbeat(settings: Settings, name: str, source: Progressing) -> AsyncIterator[None]:
+    """Write the worker's heartbeat (infra.heartbeat) while the body runs."""
+    task = asyncio.create_task(beat(heartbeat_path(settings.storage.data_dir, name), name, source))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def run_processor(settings: Settings) -> None:
     """Run the command processor until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     processor = await build_processor(settings)
     log.info("command processor started (group %s)", processor.config.group_id)
-    await processor.run(stop)
+    async with _heartbeat(settings, "processor", processor):
+        await processor.run(stop)
 
 
 async def run_projections(settings: Settings) -> None:
@@ -34,7 +50,8 @@ async def run_projections(settings: Settings) -> None:
     runner = await build_runner(settings)
     log.info("projection runner started (schema %s)", settings.database.schema)
     try:
-        await runner.run(stop)
+        async with _heartbeat(settings, "projections", runner):
+            await runner.run(stop)
     finally:
         await runner.pool.close()
 
@@ -48,7 +65,8 @@ async def run_executor(settings: Settings) -> None:
     _stop_on_signals(stop)
     service = await build_executor(settings)
     log.info("graph executor started (group %s)", service.executor.config.group_id)
-    await service.run(stop)
+    async with _heartbeat(settings, "executor", service.executor):
+        await service.run(stop)
 
 
 WORKERS = {"processor": run_processor, "projections": run_projections, "executor": run_executor}

@@ -128,16 +128,17 @@ async def search_data_objects(
     return rows, total
 
 
-async def search_objects(conn: AsyncConnection[Any], query: str, limit: int, owner: str) -> list[dict[str, Any]]:
-    """``owner``'s objects whose metadata, content type or kind contains ``query`` (case-insensitive), newest first."""
+async def search_objects(conn: AsyncConnection[Any], query: str, limit: int, owner: str | None) -> list[dict[str, Any]]:
+    """``owner``'s objects (everyone's for None) whose metadata, content type or kind contains ``query``
+    (case-insensitive), newest first."""
     pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT object_id::text AS object_id, object_type, content_type, size, metadata, created_at"
-            " FROM data_objects WHERE owner = %s"
+            " FROM data_objects WHERE (%s::text IS NULL OR owner = %s)"
             " AND (metadata::text ILIKE %s OR content_type ILIKE %s OR object_type ILIKE %s)"
             " ORDER BY created_at DESC, object_id LIMIT %s",
-            (owner, pattern, pattern, pattern, limit),
+            (owner, owner, pattern, pattern, pattern, limit),
         )
         rows = await cur.fetchall()
     return [{**row, "created_at": row["created_at"].isoformat()} for row in rows]

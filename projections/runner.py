@@ -8,27 +8,60 @@ position (someone rewound the table, e.g. a rebuild) makes the runner seek back.
 that each aggregate's event is applied only if its version is the next one expected.
 aiokafka is used rather than faust: faust keeps offsets in Kafka and cannot commit them in a
 PostgreSQL transaction.
+
+Dead letters (``projection_dead_letters``): no event blocks a partition.
+- An event that cannot be decoded, or whose version leaves a gap, is recorded there and skipped.
+- A batch is applied in one go (the fast path, pipelined). If that fails, the transaction is
+  rolled back and the same batch is applied again one event at a time, each under a SAVEPOINT;
+  an event that fails there with a data error (``psycopg.DataError``/``IntegrityError``, or a
+  Python error on the event's content) is rolled back alone, recorded with the error, and the
+  batch goes on. Positions still commit in the batch's transaction.
+- A dead-lettered event still counts as applied for its aggregate's version (and an undecodable
+  one too, when its headers name aggregate and version): the aggregate's later events apply, so
+  e.g. deleting an object whose annotation could not be stored still deletes it. The read model
+  then lacks that one event; a rebuild after a fix replays it.
+- Connection failures (``OperationalError``, ``InterfaceError``, pool timeouts) are not the
+  event's fault: the batch is read again after a backoff that doubles up to
+  ``RETRY_BACKOFF_MAX_S``, logged once per attempt.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from eventsourcing.persistence import Mapper
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from projections.changes import change_payload
 from projections.events import EventRecord
 from projections.projector import Projector
 
 log = logging.getLogger("pipeline.projections")
+
+# What one event's content can raise in a projector: it goes to the dead letters.
+DATA_ERRORS: tuple[type[Exception], ...] = (
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    KeyError,
+    ValueError,
+    TypeError,
+    RecursionError,
+)
+# What the database connection can raise: the batch is retried after a backoff.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+RETRY_BACKOFF_S = 0.1
+RETRY_BACKOFF_MAX_S = 10.0
+MAX_REASON_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,11 @@ class ProjectionRunner:
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
         self._sought: dict[int, int] = {}  # partition -> stored position the consumer was last sought to
+        self._unapplied = False  # a fetched batch is waiting for the lock
+        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was applied.
+        self.last_loop = 0.0
+        self.last_progress = 0.0
+        self._failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set."""
@@ -76,11 +114,18 @@ class ProjectionRunner:
         await consumer.start()
         try:
             while not stop.is_set():
-                # Fetch and apply under one lock, so "the consumer's position" always means "applied".
+                self.last_loop = time.time()
+                # Never fetch under the lock: while a rebalance is under way getmany waits for the new
+                # assignment, which waits for on_partitions_revoked, which waits for this lock. Holding
+                # it across getmany deadlocked the runner after a broker restart (issue 7).
+                batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
+                self._unapplied = bool(batches)
                 async with self._lock:
-                    batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
                     # One transaction (and pool connection) per partition, side by side.
                     await asyncio.gather(*(self.apply_batch(consumer, tp, records) for tp, records in batches.items()))
+                    self._unapplied = False
+                if batches:
+                    self.last_progress = time.time()
         finally:
             await consumer.stop()
 
@@ -93,6 +138,8 @@ class ProjectionRunner:
         if consumer is None:
             return False
         async with self._lock:
+            if self._unapplied:  # fetched (the position moved on) but not applied yet
+                return False
             assigned = {tp.partition: tp for tp in consumer.assignment()}
             for partition, end in ends.items():
                 if end == 0:
@@ -117,7 +164,39 @@ class ProjectionRunner:
             consumer.seek(tp, self._sought[tp.partition])
 
     async def apply_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
-        """Apply one partition's batch and its new position in one transaction."""
+        """Apply one partition's batch and its new position in one transaction (see Dead letters above)."""
+        try:
+            try:
+                await self._apply_batch(consumer, tp, records, one_by_one=False)
+            except Exception as exc:  # in pipeline mode a data error may surface as PipelineAborted
+                # The slow path tells the two apart: a data error dead-letters its event there, a
+                # connection error fails it too and is retried below.
+                log.warning(
+                    "partition %s: batch at offsets %s..%s cannot be applied at once (%s); applying it event by event",
+                    tp.partition,
+                    records[0].offset,
+                    records[-1].offset,
+                    _describe(exc),
+                )
+                await self._apply_batch(consumer, tp, records, one_by_one=True)
+        except TRANSIENT_ERRORS as exc:
+            failures = self._failures[tp.partition] = self._failures.get(tp.partition, 0) + 1
+            delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
+            log.error(
+                "partition %s: batch not applied (%s; %s in a row); retrying in %.1fs",
+                tp.partition,
+                _describe(exc),
+                failures,
+                delay,
+            )
+            consumer.seek(tp, records[0].offset)
+            await asyncio.sleep(delay)
+            return
+        self._failures.pop(tp.partition, None)
+
+    async def _apply_batch(
+        self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any], one_by_one: bool
+    ) -> None:
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT next_offset FROM projection_positions WHERE projection = %s AND topic = %s"
@@ -136,7 +215,7 @@ class ProjectionRunner:
             fresh = [r for r in records if r.offset >= stored]
             if not fresh:
                 return
-            changes = await self.apply_records(conn, fresh)
+            changes = await self.apply_records(conn, fresh, one_by_one)
             next_offset = fresh[-1].offset + 1
             await conn.execute(
                 "INSERT INTO projection_positions (projection, topic, partition, next_offset) VALUES (%s,%s,%s,%s)"
@@ -153,23 +232,39 @@ class ProjectionRunner:
                 ),
             )
 
-    async def apply_records(self, conn: AsyncConnection[Any], records: list[Any]) -> list[dict[str, Any]]:
-        """Apply decoded events in order, each at most once per aggregate version; return what changed."""
+    async def apply_records(
+        self, conn: AsyncConnection[Any], records: list[Any], one_by_one: bool = False
+    ) -> list[dict[str, Any]]:
+        """Apply decoded events in order, each at most once per aggregate version; return what changed.
+
+        ``one_by_one`` applies each event under its own SAVEPOINT and dead-letters those a projector
+        cannot store; otherwise a data error propagates (and the caller takes the slow path).
+        """
         events: list[EventRecord] = []
+        skipped: list[tuple[str, int]] = []  # (aggregate, version) of undecodable events that name them
         for record in records:
             try:
                 events.append(EventRecord.from_kafka(record, self.mapper))
-            except (KeyError, ValueError, TypeError) as exc:
-                await self._dead_letter(conn, record, f"undecodable event: {exc}")
-        ids = list({e.aggregate_id for e in events})
+            except Exception as exc:  # decoding is pure: whatever it raises is this record's fault
+                await self._dead_letter(conn, record, f"undecodable event: {_describe(exc)}")
+                named = _named_version(record)
+                if named is not None:
+                    skipped.append(named)
+        ids = list({e.aggregate_id for e in events} | {aggregate_id for aggregate_id, _ in skipped})
         cur = await conn.execute(
             "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%s::uuid[])",
             (ids,),
         )
         versions: dict[str, int] = dict(await cur.fetchall())
         changed: dict[str, int] = {}
+        for aggregate_id, version in skipped:
+            if version == versions.get(aggregate_id, 0) + 1:
+                versions[aggregate_id] = changed[aggregate_id] = version
         changes: list[dict[str, Any]] = []
-        async with conn.pipeline(), conn.cursor() as cursor:
+        async with contextlib.AsyncExitStack() as stack:
+            if not one_by_one:
+                await stack.enter_async_context(conn.pipeline())
+            cursor = await stack.enter_async_context(conn.cursor())
             for event in events:
                 current = versions.get(event.aggregate_id, 0)
                 if event.version <= current:
@@ -177,8 +272,18 @@ class ProjectionRunner:
                 if event.version != current + 1:
                     await self._dead_letter(conn, event, f"version gap: at {current}, got {event.version}")
                     continue
-                for projector in self.projectors:
-                    await projector.apply(cursor, event)
+                if one_by_one:
+                    try:
+                        async with conn.transaction():  # a SAVEPOINT: a failure undoes this event only
+                            for projector in self.projectors:
+                                await projector.apply(cursor, event)
+                    except DATA_ERRORS as exc:
+                        await self._dead_letter(conn, event, f"{event.type} not applied: {_describe(exc)}")
+                        versions[event.aggregate_id] = changed[event.aggregate_id] = event.version
+                        continue
+                else:
+                    for projector in self.projectors:
+                        await projector.apply(cursor, event)
                 versions[event.aggregate_id] = changed[event.aggregate_id] = event.version
                 changes.append({"id": event.aggregate_id, "type": event.type, "version": event.version})
             if changed:
@@ -190,11 +295,28 @@ class ProjectionRunner:
         return changes
 
     async def _dead_letter(self, conn: AsyncConnection[Any], record: Any, reason: str) -> None:
+        aggregate = getattr(record, "aggregate_id", None)
+        if aggregate is not None:
+            reason = f"{reason} (aggregate {aggregate} version {record.version})"
+        reason = reason.replace("\x00", "\\x00")[:MAX_REASON_CHARS]  # the reason must be storable too
         log.error("event at %s:%s not applied: %s", record.partition, record.offset, reason)
         await conn.execute(
             "INSERT INTO projection_dead_letters (topic_partition, topic_offset, reason) VALUES (%s, %s, %s)",
             (record.partition, record.offset, reason),
         )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _named_version(record: Any) -> tuple[str, int] | None:
+    """(aggregate id, version) from an undecodable record's headers, when they say so."""
+    try:
+        headers = {key: value.decode() for key, value in record.headers}
+        return str(UUID(headers["aggregate_id"])), int(headers["aggregate_version"])
+    except Exception:
+        return None
 
 
 class _SeekToStoredPositions(ConsumerRebalanceListener):

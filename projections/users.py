@@ -1,4 +1,5 @@
-"""The users read model: who exists, their role, whether they are disabled, their current credential id."""
+"""The users read model: who exists, their role, whether they are disabled, their current credential id,
+and their token generation (how many times their password changed: older access tokens are refused)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,9 @@ class UsersProjector(Projector):
         await self._update(cur, record, "role = %s", record.event.role)
 
     async def on_password_changed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        await self._update(cur, record, "credential_id = %s", record.event.credential_id)
+        # Applied once per event (the runner applies only an aggregate's next version), so counting is safe.
+        assignment = "credential_id = %s, token_generation = token_generation + 1"
+        await self._update(cur, record, assignment, record.event.credential_id)
 
     async def on_disabled(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         await self._update(cur, record, "disabled = %s", True)
@@ -50,7 +53,10 @@ class UsersProjector(Projector):
         )
 
 
-_COLUMNS = "user_id::text AS user_id, username, role, credential_id, disabled, version, created_at, updated_at"
+_COLUMNS = (
+    "user_id::text AS user_id, username, role, credential_id, disabled, token_generation, version,"
+    " created_at, updated_at"
+)
 
 
 async def get_user(conn: AsyncConnection[Any], user_id: str) -> dict[str, Any] | None:

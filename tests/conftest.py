@@ -47,14 +47,21 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         managed.stop()
 
 
-def environment_for(services: dict[str, str], data_dir: Path) -> dict[str, str]:
-    """Environment variables for its own topics, schema and data directory (one test or one module)."""
+@pytest.fixture
+def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Environment variables for one test's own topics, schema and data directory."""
+    return environment_for(services, tmp_path)
+
+
+def environment_for(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """Environment variables for a new set of topics, a new schema and a data directory under ``tmp_path``
+    (also for module-scoped fixtures that share one system between tests)."""
     name = f"t{uuid.uuid4().hex[:12]}"
     return {
         **services,
         "PIPELINE_KAFKA_TOPIC_PREFIX": name,
         "PIPELINE_DATABASE_SCHEMA": name,
-        "PIPELINE_DATA_DIR": str(data_dir),
+        "PIPELINE_DATA_DIR": str(tmp_path / "data"),
         "PIPELINE_KAFKA_PARTITIONS": "2",
         "PIPELINE_CONSISTENCY_WAIT_TIMEOUT_SECONDS": "15",
         "PIPELINE_KAFKA_COMMAND_TIMEOUT_SECONDS": "30",
@@ -65,12 +72,6 @@ def environment_for(services: dict[str, str], data_dir: Path) -> dict[str, str]:
         "PIPELINE_RATE_LIMITING_ADMIN_LIMIT": "1000000 per hour",
         "PIPELINE_RATE_LIMITING_BURST_LIMIT": "100000 per minute",
     }
-
-
-@pytest.fixture
-def isolated_env(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """Environment variables for one test's own topics, schema and data directory."""
-    return environment_for(services, tmp_path / "data")
 
 
 @pytest.fixture

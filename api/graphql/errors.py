@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import msgspec
 from graphql import GraphQLError
 from litestar.connection import ASGIConnection
 
 from api.errors import ApiError
+from api.inputs import parse
 from api.rbac import Permission, has_permission
 from infra.command_bus import CommandTimeout
 
 T = TypeVar("T")
+S = TypeVar("S", bound=msgspec.Struct)
 
 
 async def answer(call: Awaitable[T]) -> T:
@@ -20,11 +23,23 @@ async def answer(call: Awaitable[T]) -> T:
     try:
         return await call
     except ApiError as exc:
-        extensions = {"code": exc.status, "reason": exc.reason, "details": exc.details}
-        raise GraphQLError(exc.message, extensions=extensions) from exc
+        raise to_graphql(exc) from exc
     except CommandTimeout as exc:
         extensions = {"code": 504, "reason": "command_timeout", "details": {"command_id": str(exc)}}
         raise GraphQLError("the command's outcome did not arrive in time", extensions=extensions) from exc
+
+
+def to_graphql(exc: ApiError) -> GraphQLError:
+    """The GraphQL error for an ApiError, with the envelope's code, reason and details."""
+    return GraphQLError(exc.message, extensions={"code": exc.status, "reason": exc.reason, "details": exc.details})
+
+
+def parsed(struct: type[S], **fields: Any) -> S:
+    """Arguments as the REST body struct, validated by the same rules (a 400 GraphQL error otherwise)."""
+    try:
+        return parse(struct, {name: value for name, value in fields.items() if value is not None})
+    except ApiError as exc:
+        raise to_graphql(exc) from exc
 
 
 def require(connection: ASGIConnection[Any, Any, Any, Any], permission: Permission) -> None:

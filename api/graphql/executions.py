@@ -11,9 +11,13 @@ from graphql import GraphQLError
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
+from api.auth import actor_of
 from api.execution_service import execute_graph, read_execution
 from api.graphql.context import GraphQLContext
-from api.graphql.errors import answer, require
+from api.graphql.errors import answer, parsed, require
+from api.graphql.live import live_caller
+from api.inputs import ExecutionRequest
+from api.live_rights import mentions_user
 from api.rbac import Permission
 from domain.nodes import available_nodes
 
@@ -66,7 +70,8 @@ class ExecutionQuery:
             raise
 
     @strawberry.field(description="Node types with ports and JSON-Schema parameters")
-    def available_nodes(self, category: str | None = None) -> list[JSON]:
+    def available_nodes(self, info: GqlInfo, category: str | None = None) -> list[JSON]:
+        require(info.context.connection, Permission.READ)
         return [cast(JSON, node) for node in available_nodes(category)]
 
 
@@ -77,10 +82,9 @@ class ExecutionMutation:
         self, info: GqlInfo, graph: JSON, inputs: JSON | None = None, options: JSON | None = None
     ) -> ExecutionStatus:
         require(info.context.connection, Permission.EXECUTE)
+        request = parsed(ExecutionRequest, graph=graph, inputs=inputs, options=options)
         ctx = info.context
-        execution_id, outcome, _ = await answer(
-            execute_graph(ctx.connection, ctx.container, graph, inputs or {}, options or {})
-        )
+        execution_id, outcome, _ = await answer(execute_graph(ctx.connection, ctx.container, request))
         return to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id, outcome.position)))
 
 
@@ -94,9 +98,13 @@ class ExecutionSubscription:
         try:
             current = to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id)))
             yield current
+            user_id = actor_of(ctx.connection).user_id
             while current.status not in FINISHED:
                 message = await queue.get()
-                if any(c["id"] == execution_id for c in message.get("changes", [])):
+                changed = any(c["id"] == execution_id for c in message.get("changes", []))
+                if changed or mentions_user(message, user_id):
+                    # As the caller is now: a disabled caller ends here, a demoted admin gets 404.
+                    await live_caller(ctx.connection, message)
                     row = await answer(read_execution(ctx.connection, ctx.container, execution_id))
                     if row["version"] != current.version:
                         current = to_status(row)

@@ -16,10 +16,16 @@ from strawberry.types import Info
 from api import data_service
 from api.auth import actor_of
 from api.graphql.context import GraphQLContext
-from api.graphql.errors import answer, require
+from api.graphql.errors import answer, parsed, require
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
+from api.graphql.limits import limit_extensions
+from api.graphql.live import live_caller
+from api.graphql.masking import ErrorEnvelope, LoggedSchema
+from api.inputs import AnnotationCreate, DataIngestionRequest
+from api.live_rights import mentions_user
 from api.rbac import Permission, can_see
 from api.rest.search import check_filters, run_search
+from infra.settings import GraphQLSettings
 from projections.data_objects import get_data_object
 
 GqlInfo = Info[GraphQLContext, None]
@@ -121,12 +127,11 @@ class Mutation(ExecutionMutation):
         annotations: list[str] | None = None,
     ) -> DataObject:
         require(info.context.connection, Permission.WRITE)
-        if metadata is not None and not isinstance(metadata, dict):
-            raise GraphQLError("metadata must be a JSON object", extensions={"code": 400, "reason": "validation_error"})
-        ctx = info.context
-        written = await answer(
-            data_service.ingest(ctx.connection, ctx.container, content, content_type, metadata or {}, annotations)
+        request = parsed(
+            DataIngestionRequest, content=content, content_type=content_type, metadata=metadata, annotations=annotations
         )
+        ctx = info.context
+        written = await answer(data_service.ingest(ctx.connection, ctx.container, request))
         return to_object(
             await answer(
                 data_service.read(ctx.connection, ctx.container, written.aggregate_id, written.outcome.position)
@@ -144,16 +149,10 @@ class Mutation(ExecutionMutation):
         expected_version: int | None = None,
     ) -> Annotation:
         require(info.context.connection, Permission.WRITE)
-        if not 0.0 <= confidence <= 1.0 or not 1 <= len(annotation_type) <= 100:
-            raise GraphQLError(
-                "confidence must be 0..1 and annotation_type 1..100 characters",
-                extensions={"code": 400, "reason": "validation_error"},
-            )
+        request = parsed(AnnotationCreate, annotation_type=annotation_type, content=content, confidence=confidence)
         ctx = info.context
         written = await answer(
-            data_service.annotate(
-                ctx.connection, ctx.container, object_id, annotation_type, content, confidence, expected_version
-            )
+            data_service.annotate(ctx.connection, ctx.container, object_id, request, expected_version)
         )
         row = await answer(data_service.read(ctx.connection, ctx.container, object_id, written.outcome.position))
         return next(Annotation(**a) for a in row["annotations"] if a["annotation_id"] == written.created_id)
@@ -179,14 +178,14 @@ class Subscription(ExecutionSubscription):
         try:
             while True:
                 message = await queue.get()
-                for change in message.get("changes", []):
-                    aggregate, _, kind = change["type"].partition(".")
-                    if aggregate != "DataObject":
-                        continue
-                    if wanted.get("object_id") not in (None, change["id"]):
-                        continue
-                    if wanted.get("change_type") not in (None, kind):
-                        continue
+                changes = _wanted_changes(message, wanted)
+                if not changes and not mentions_user(message, actor.user_id):
+                    continue
+                now = await live_caller(info.context.connection, message)  # a disabled caller ends here
+                if now != actor:
+                    visible.clear()  # what an admin saw is not what a user may hear deleted
+                    actor = now
+                for change, kind in changes:
                     async with container.pool.connection() as conn:
                         row = await get_data_object(conn, change["id"])
                     if row is not None and can_see(actor.role, actor.user_id, row["owner"]):
@@ -201,4 +200,19 @@ class Subscription(ExecutionSubscription):
             container.changes.unsubscribe(queue)
 
 
-schema = strawberry.Schema(query=Query, mutation=Mutation, subscription=Subscription)
+def _wanted_changes(message: dict[str, Any], wanted: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(change, kind) for the message's data object changes that pass the subscription's filters."""
+    found = []
+    for change in message.get("changes", []):
+        aggregate, _, kind = change["type"].partition(".")
+        if aggregate != "DataObject":
+            continue
+        if wanted.get("object_id") in (None, change["id"]) and wanted.get("change_type") in (None, kind):
+            found.append((change, kind))
+    return found
+
+
+def build_schema(settings: GraphQLSettings) -> strawberry.Schema:
+    """The schema under the limits of ``settings`` (api.graphql.limits), answering errors as envelopes."""
+    extensions = [*limit_extensions(settings), ErrorEnvelope]
+    return LoggedSchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)

@@ -14,7 +14,9 @@ from redis.exceptions import RedisError
 from api.auth import principal_of, rate_limit_of
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
+from api.login_throttle import LoginThrottle
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
+from commands.limits import NO_CONTROL
 from infra.bootstrap import ApiContainer
 from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
 from projections.users import get_user, get_user_by_name
@@ -24,7 +26,7 @@ PUBLIC = {"public": True}
 
 
 class LoginRequest(msgspec.Struct, forbid_unknown_fields=True):
-    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    username: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=NO_CONTROL)]
     password: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PASSWORD)]
 
 
@@ -71,15 +73,37 @@ class AuthController(Controller):
     tags = ["auth"]
 
     @post("/login", operation_id="login", status_code=200, opt=PUBLIC, summary="Log in with username and password")
-    async def login(self, data: LoginRequest, container: ApiContainer, state: State) -> TokenResponse:
+    async def login(
+        self, request: Request[Any, Any, Any], data: LoginRequest, container: ApiContainer, state: State
+    ) -> TokenResponse:
+        """Failed logins are throttled per username and per client IP (429 with Retry-After)."""
+        throttle: LoginThrottle = state.login_throttle
+        ip = request.client.host if request.client else "unknown"
+        try:
+            wait = await throttle.wait_seconds(data.username, ip)
+        except RedisError as exc:
+            raise _token_store_down(exc) from exc
+        if wait:
+            raise ApiError(
+                429,
+                "rate_limited",
+                "too many failed logins; retry later",
+                {"retry_after": wait},
+                {"Retry-After": str(wait)},
+            )
         async with container.pool.connection() as conn:
             user = await get_user_by_name(conn, data.username)
         ok = await container.credentials.verify(
             user["user_id"] if user else None, user["credential_id"] if user else None, data.password
         )
-        if user is None or not ok or user["disabled"]:
-            raise _bad_credentials()
-        return await _tokens(container, state.refresh_tokens, user["user_id"], user["role"])
+        try:
+            if user is None or not ok or user["disabled"]:
+                await throttle.failed(data.username, ip)
+                raise _bad_credentials()
+            await throttle.succeeded(data.username)
+        except RedisError as exc:
+            raise _token_store_down(exc) from exc
+        return await _tokens(container, state.refresh_tokens, user)
 
     @post("/refresh", operation_id="refresh", status_code=200, opt=PUBLIC, summary="Rotate a refresh token")
     async def refresh(self, data: RefreshRequest, container: ApiContainer, state: State) -> TokenResponse:
@@ -97,7 +121,9 @@ class AuthController(Controller):
         if user is None or user["disabled"]:
             await store.revoke(result.token)
             raise ApiError(401, "unauthorized", "the user is unknown or disabled")
-        access, lifetime = issue_access_token(container.settings, user["user_id"], user["role"])
+        access, lifetime = issue_access_token(
+            container.settings, user["user_id"], user["role"], user["token_generation"]
+        )
         return TokenResponse(access, result.token, "bearer", lifetime)
 
     @post(
@@ -128,11 +154,17 @@ class AuthController(Controller):
         quota = Quota(verdict.limit, verdict.remaining, verdict.reset) if verdict else None
         return Response(Me(principal.user_id, principal.username, principal.role, quota))
 
-    @post("/password", operation_id="changePassword", status_code=204, summary="Change the caller's password")
+    @post(
+        "/password",
+        operation_id="changePassword",
+        status_code=200,
+        summary="Change the caller's password; other sessions end, this one gets fresh tokens",
+    )
     async def change_password(
         self, request: Request[Any, Any, Any], data: PasswordChange, container: ApiContainer, state: State
-    ) -> None:
-        """Needs the current password; ends every refresh token of the caller (other sessions too)."""
+    ) -> TokenResponse:
+        """Needs the current password. Every access and refresh token issued before stops working
+        (the user's token generation grows), the caller's included; the answer carries new ones."""
         principal = principal_of(request)
         async with container.pool.connection() as conn:
             user = await get_user(conn, principal.user_id)
@@ -149,12 +181,19 @@ class AuthController(Controller):
             await state.refresh_tokens.revoke_user(principal.user_id)
         except RedisError as exc:
             raise _token_store_down(exc) from exc
+        async with container.pool.connection() as conn:
+            changed = await get_user(conn, principal.user_id)
+        assert user is not None and changed is not None
+        # The change raised the generation by one (even if the read model has not shown it yet).
+        generation = max(user["token_generation"] + 1, changed["token_generation"])
+        return await _tokens(container, state.refresh_tokens, {**changed, "token_generation": generation})
 
 
-async def _tokens(container: ApiContainer, store: RefreshTokens, user_id: str, role: str) -> TokenResponse:
-    access, lifetime = issue_access_token(container.settings, user_id, role)
+async def _tokens(container: ApiContainer, store: RefreshTokens, user: dict[str, Any]) -> TokenResponse:
+    """A new login's tokens for a users read-model row."""
+    access, lifetime = issue_access_token(container.settings, user["user_id"], user["role"], user["token_generation"])
     try:
-        refresh = await store.issue(user_id)
+        refresh = await store.issue(user["user_id"])
     except RedisError as exc:
         raise _token_store_down(exc) from exc
     return TokenResponse(access, refresh, "bearer", lifetime)

@@ -13,18 +13,10 @@ from litestar.params import Parameter
 
 from api import data_service
 from api.commands import expected_version
+from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.rbac import Permission, requires
 from commands.envelope import Outcome
 from infra.bootstrap import ApiContainer
-
-CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}(;.{0,200})?$"
-
-
-class DataIngestionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    content: str
-    content_type: Annotated[str, msgspec.Meta(pattern=CONTENT_TYPE_PATTERN)]
-    metadata: dict[str, Any] = {}
-    annotations: list[Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]] | None = None
 
 
 class DataIngestionResponse(msgspec.Struct):
@@ -34,12 +26,6 @@ class DataIngestionResponse(msgspec.Struct):
     processing_time_ms: float
     version: int
     position: str | None
-
-
-class AnnotationCreate(msgspec.Struct, forbid_unknown_fields=True):
-    annotation_type: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-    content: Any
-    confidence: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] = 1.0
 
 
 class Annotation(msgspec.Struct):
@@ -85,6 +71,7 @@ ConsistencyToken = Annotated[
     Parameter(
         query="consistency_token",
         required=False,
+        pattern=r"^[0-9]+:[0-9]+$",
         description="A position token from a write; the read waits until the read model has reached it.",
     ),
 ]
@@ -106,9 +93,7 @@ class DataController(Controller):
         self, request: Request[Any, Any, Any], data: DataIngestionRequest, container: ApiContainer
     ) -> Response[DataIngestionResponse]:
         started = time.perf_counter()
-        written = await data_service.ingest(
-            request, container, data.content, data.content_type, data.metadata, data.annotations
-        )
+        written = await data_service.ingest(request, container, data)
         outcome = written.outcome
         body = DataIngestionResponse(
             object_id=written.aggregate_id,
@@ -148,15 +133,7 @@ class DataController(Controller):
     async def annotate(
         self, request: Request[Any, Any, Any], object_id: uuid.UUID, data: AnnotationCreate, container: ApiContainer
     ) -> Response[AnnotationCreated]:
-        written = await data_service.annotate(
-            request,
-            container,
-            str(object_id),
-            data.annotation_type,
-            data.content,
-            data.confidence,
-            expected_version(request),
-        )
+        written = await data_service.annotate(request, container, str(object_id), data, expected_version(request))
         outcome = written.outcome
         body = AnnotationCreated(written.created_id or "", str(object_id), outcome.version, outcome.position)
         return Response(body, status_code=201, headers=_write_headers(outcome))

@@ -13,17 +13,14 @@ from litestar.params import Parameter
 from api.auth import actor_of
 from api.commands import submit
 from api.execution_service import execute_graph, read_execution
+from api.inputs import ExecutionRequest
+from api.rbac import Permission, requires
 from api.rest.data import ConsistencyToken
+from api.rest.paging import MAX_OFFSET
 from infra.bootstrap import ApiContainer
 from projections.executions import list_executions
 
 Status = Literal["submitted", "running", "completed", "failed", "cancelled"]
-
-
-class ExecutionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    graph: dict[str, Any]
-    inputs: dict[str, Any] = {}
-    options: dict[str, Any] = {}
 
 
 class ExecutionSubmitted(msgspec.Struct):
@@ -95,12 +92,18 @@ class ExecutionsController(Controller):
     path = "/api/v1"
     tags = ["executions"]
 
-    @post("/execute", operation_id="executeGraph", status_code=202, summary="Submit a processing graph")
+    @post(
+        "/execute",
+        operation_id="executeGraph",
+        status_code=202,
+        summary="Submit a processing graph",
+        guards=[requires(Permission.EXECUTE)],
+    )
     async def execute(
         self, request: Request[Any, Any, Any], data: ExecutionRequest, container: ApiContainer
     ) -> Response[ExecutionSubmitted]:
         """Validate and record the graph (422 lists every problem); the executor runs it."""
-        execution_id, outcome, estimate = await execute_graph(request, container, data.graph, data.inputs, data.options)
+        execution_id, outcome, estimate = await execute_graph(request, container, data)
         body = ExecutionSubmitted(
             execution_id=execution_id,
             status="submitted",
@@ -111,7 +114,12 @@ class ExecutionsController(Controller):
         headers = {"X-Consistency-Token": outcome.position} if outcome.position else {}
         return Response(body, status_code=202, headers=headers)
 
-    @get("/executions/{execution_id:uuid}", operation_id="getExecution", summary="An execution's status")
+    @get(
+        "/executions/{execution_id:uuid}",
+        operation_id="getExecution",
+        summary="An execution's status",
+        guards=[requires(Permission.READ)],
+    )
     async def get_one(
         self,
         request: Request[Any, Any, Any],
@@ -123,14 +131,19 @@ class ExecutionsController(Controller):
         token = consistency_token or request.headers.get("x-consistency-token")
         return to_status(await read_execution(request, container, str(execution_id), token))
 
-    @get("/executions", operation_id="listExecutions", summary="The caller's executions, newest first")
+    @get(
+        "/executions",
+        operation_id="listExecutions",
+        summary="The caller's executions, newest first",
+        guards=[requires(Permission.READ)],
+    )
     async def list_all(
         self,
         request: Request[Any, Any, Any],
         container: ApiContainer,
         status: Annotated[Status | None, Parameter(query="status", required=False)] = None,
         limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
-        offset: Annotated[int, Parameter(query="offset", ge=0)] = 0,
+        offset: Annotated[int, Parameter(query="offset", ge=0, le=MAX_OFFSET)] = 0,
     ) -> ExecutionPage:
         """Paginated; admins see everyone's executions."""
         actor = actor_of(request)
@@ -145,6 +158,7 @@ class ExecutionsController(Controller):
         operation_id="cancelExecution",
         status_code=200,
         summary="Cancel an execution (it stops between nodes)",
+        guards=[requires(Permission.EXECUTE)],
     )
     async def cancel(
         self, request: Request[Any, Any, Any], execution_id: uuid.UUID, container: ApiContainer

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from litestar import Controller, get
 from litestar.params import Parameter
 
+from api.rbac import Permission, requires
 from domain.nodes import available_nodes
 
 
@@ -14,7 +15,7 @@ class NodesController(Controller):
     path = "/api/v1/nodes"
     tags = ["executions"]
 
-    @get("/", operation_id="listNodes", summary="List the available node types")
+    @get("/", operation_id="listNodes", summary="List the available node types", guards=[requires(Permission.READ)])
     async def list_nodes(
         self, category: Annotated[str | None, Parameter(query="category", required=False)] = None
     ) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from litestar.params import Parameter
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
 from api.rbac import Permission, requires
+from api.rest.paging import MAX_OFFSET
 from commands.envelope import Outcome
 from domain.user import user_id_for
 from infra.bootstrap import ApiContainer
@@ -44,7 +45,7 @@ class User(msgspec.Struct):
 
 
 def _user(row: dict[str, Any]) -> User:
-    return User(**{k: v for k, v in row.items() if k != "credential_id"})
+    return User(**{k: v for k, v in row.items() if k not in ("credential_id", "token_generation")})
 
 
 async def _row(container: ApiContainer, user_id: str) -> dict[str, Any]:
@@ -65,7 +66,7 @@ class UsersController(Controller):
         self,
         container: ApiContainer,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> list[User]:
         async with container.pool.connection() as conn:
             return [_user(r) for r in await list_users(conn, limit, offset)]
@@ -83,6 +84,12 @@ class UsersController(Controller):
     async def update(
         self, request: Request[Any, Any, Any], user_id: uuid.UUID, data: UserUpdate, container: ApiContainer
     ) -> User:
+        # litestar converts bodies laxly (0 -> false, "true" -> true); a flag that disables accounts
+        # takes JSON booleans only, as the schema says.
+        try:
+            data = msgspec.json.decode(await request.body(), type=UserUpdate)
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, "validation_error", str(exc)) from exc
         target = str(user_id)
         last: Outcome | None = None
         if data.role is not None:

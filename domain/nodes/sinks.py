@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from domain.data_object import ANNOTATION_TYPE_PATTERN, CONTENT_TYPE_PATTERN
 from domain.nodes.catalog import Effect, NodeContext, NodeError, NodeResult, NodeType, Port, params_schema
 from domain.nodes.sources import UUID_SCHEMA, _param_or_input
 
@@ -54,7 +55,13 @@ NODES = [
         params_schema(
             {
                 "object_id": UUID_SCHEMA,
-                "annotation_type": {"type": "string", "minLength": 1, "maxLength": 100, "default": "pipeline"},
+                "annotation_type": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 100,
+                    "pattern": ANNOTATION_TYPE_PATTERN,
+                    "default": "pipeline",
+                },
                 "confidence": {"type": "number", "minimum": 0, "maximum": 1, "default": 1.0},
                 "each": {"type": "boolean", "default": False},
             }
@@ -71,7 +78,7 @@ NODES = [
         (Port("stored", "json"),),
         params_schema(
             {
-                "content_type": {"type": "string", "maxLength": 200, "default": ""},
+                "content_type": {"type": "string", "pattern": f"^$|{CONTENT_TYPE_PATTERN}", "default": ""},
                 "metadata": {"type": "object", "default": {}},
             }
         ),

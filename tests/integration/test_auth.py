@@ -81,7 +81,7 @@ async def test_login_returns_the_documented_token_response(anonymous: httpx.Asyn
     tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
     assert tokens["token_type"] == "bearer" and tokens["expires_in"] == 30 * 60
     claims = jwt.decode(tokens["access_token"], settings.authentication.secret_key, algorithms=["HS256"])
-    assert set(claims) == {"sub", "role", "exp", "iat", "jti"} and claims["role"] == "admin"
+    assert set(claims) == {"sub", "role", "exp", "iat", "jti", "gen"} and claims["role"] == "admin"
     me = await anonymous.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert me.json()["username"] == ADMIN_USERNAME and me.json()["rate_limit"]["limit"] > 0
 
@@ -167,6 +167,8 @@ async def test_changing_ones_password_replaces_the_old_one(
 ) -> None:
     await create_user(client, "changer")
     other_session = await login(anonymous, "changer", PASSWORD)
+    other = {"Authorization": f"Bearer {other_session['access_token']}"}
+    assert (await anonymous.get("/api/v1/auth/me", headers=other)).status_code == 200
     async with await client_for(anonymous, "changer") as user:
         wrong = await user.post(
             "/api/v1/auth/password", json={"current_password": "not it at all", "new_password": "brand new secret"}
@@ -175,7 +177,15 @@ async def test_changing_ones_password_replaces_the_old_one(
         changed = await user.post(
             "/api/v1/auth/password", json={"current_password": PASSWORD, "new_password": "brand new secret"}
         )
-        assert changed.status_code == 204, changed.text
+        assert changed.status_code == 200, changed.text
+        # Every token from before the change is refused, this session's too; it carries on with the new ones.
+        assert_401(await user.get("/api/v1/auth/me"))
+        fresh = {"Authorization": f"Bearer {changed.json()['access_token']}"}
+        assert (await anonymous.get("/api/v1/auth/me", headers=fresh)).json()["username"] == "changer"
+        new_refresh = {"refresh_token": changed.json()["refresh_token"]}
+        refreshed = await anonymous.post("/api/v1/auth/refresh", json=new_refresh)
+        assert refreshed.status_code == 200, refreshed.text
+    assert_401(await anonymous.get("/api/v1/auth/me", headers=other))  # the other session's access token
     old = await anonymous.post("/api/v1/auth/login", json={"username": "changer", "password": PASSWORD})
     assert old.status_code == 401
     assert_401(await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": other_session["refresh_token"]}))

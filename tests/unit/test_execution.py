@@ -50,7 +50,14 @@ def test_valid_graph_is_submitted_with_its_order_and_estimate() -> None:
     [submitted] = execution.collect_events()
     assert type(submitted).__qualname__ == "Execution.Submitted"
     assert submitted.node_order == ["a", "b"] and submitted.submitter == "alice"
+    assert submitted.submitter_role == "user"
     assert submitted.estimated_time_seconds > 0
+
+
+@pytest.mark.parametrize("role", ["viewer", "system", ""])
+def test_only_users_and_admins_may_submit_a_graph(role: str) -> None:
+    error = refusal(None, "ExecuteGraph", {"graph": GRAPH}, Actor("vic", role))
+    assert error.code == "forbidden" and error.details == {"role": role}
 
 
 def test_invalid_graph_is_refused_with_every_problem_and_no_event() -> None:

@@ -29,10 +29,11 @@ GOLDEN: list[tuple[Aggregate.Event, str]] = [
             node_order=["a"],
             estimated_time_seconds=0.51,
             submitter="alice",
+            submitter_role="user",
         ),
         '{"timestamp":' + TS + ',"originator_topic":"domain.execution:Execution",'
         '"graph":{"nodes":[{"id":"a","type":"input","params":{"name":"t"}}],"edges":[]},"inputs":{"t":"hi"},'
-        '"options":{},"node_order":["a"],"estimated_time_seconds":0.51,"submitter":"alice"}',
+        '"options":{},"node_order":["a"],"estimated_time_seconds":0.51,"submitter":"alice","submitter_role":"user"}',
     ),
     (
         E.NodeStarted(originator_id=ID, originator_version=2, timestamp=AT, node_id="a"),
@@ -67,6 +68,18 @@ GOLDEN: list[tuple[Aggregate.Event, str]] = [
 ]
 
 
+# Shapes stored before an optional field was added: they must still read, with the field's default.
+LEGACY: list[tuple[str, str, dict[str, Any]]] = [
+    (
+        "Submitted",
+        '{"timestamp":' + TS + ',"originator_topic":"domain.execution:Execution",'
+        '"graph":{"nodes":[{"id":"a","type":"input","params":{"name":"t"}}],"edges":[]},"inputs":{"t":"hi"},'
+        '"options":{},"node_order":["a"],"estimated_time_seconds":0.51,"submitter":"alice"}',
+        {"submitter": "alice", "submitter_role": None},
+    ),
+]
+
+
 @pytest.mark.parametrize(("event", "golden"), GOLDEN, ids=lambda v: type(v).__qualname__)
 def test_execution_event_serializes_to_its_golden_example(event: Aggregate.Event, golden: str) -> None:
     stored = make_mapper().to_stored_event(event)
@@ -87,3 +100,18 @@ def test_every_execution_event_type_has_a_golden_example() -> None:
         if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in {"Event", "Created"}
     }
     assert declared == {type(event).__name__ for event, _ in GOLDEN}
+
+
+@pytest.mark.parametrize(("name", "stored", "expected"), LEGACY, ids=lambda v: v if isinstance(v, str) else "")
+def test_execution_events_stored_before_an_optional_field_still_read(
+    name: str, stored: str, expected: dict[str, Any]
+) -> None:
+    event = make_mapper().to_domain_event(StoredEvent(ID, 1, f"domain.execution:Execution.{name}", stored.encode()))
+    assert {key: getattr(event, key) for key in expected} == expected
+
+
+def test_an_execution_submitted_before_roles_were_recorded_rebuilds_with_no_recorded_role() -> None:
+    stored = StoredEvent(ID, 1, "domain.execution:Execution.Submitted", LEGACY[0][1].encode())
+    event: Any = make_mapper().to_domain_event(stored)
+    execution: Any = event.mutate(None)
+    assert execution.submitter == "alice" and execution.submitter_role is None

@@ -7,8 +7,10 @@ import hashlib
 from typing import Any
 from uuid import uuid4
 
+import pytest
+
 from commands.envelope import Actor, CommandEnvelope, Outcome, Rejection
-from commands.execution_run import ExecutionRun, ExecutionView, RunDeps
+from commands.execution_run import DISABLED, ExecutionRun, ExecutionView, RunDeps, acting_role
 from commands.registry import execute
 from domain.errors import DomainError
 from domain.graph import parse_graph
@@ -41,6 +43,7 @@ class World:
         self.commands: list[tuple[str, dict[str, Any]]] = []
         self.blobs: dict[str, bytes] = {}
         self.view: ExecutionView | None = None
+        self.users: dict[str, tuple[str, bool]] = {"alice": ("user", False)}  # the users read model
 
     async def submit(self, envelope: CommandEnvelope) -> Outcome:
         if envelope.command_id in self.outcomes:
@@ -77,11 +80,14 @@ class World:
         return f"blob://sha256/{digest}"
 
     def deps(self, **overrides: Any) -> RunDeps:
-        async def load_object(submitter: str, object_id: str) -> str:
+        async def load_object(submitter: Actor, object_id: str) -> str:
             return TEXT
 
-        async def search(submitter: str, query: str, limit: int) -> list[dict[str, Any]]:
+        async def search(submitter: Actor, query: str, limit: int) -> list[dict[str, Any]]:
             return []
+
+        async def lookup_user(user_id: str) -> tuple[str, bool] | None:
+            return self.users.get(user_id)
 
         fields: dict[str, Any] = {
             "submit": self.submit,
@@ -89,6 +95,7 @@ class World:
             "get_blob": lambda location: self.blobs[location.rsplit("/", 1)[-1]],
             "load_object": load_object,
             "search": search,
+            "lookup_user": lookup_user,
             **overrides,
         }
         return RunDeps(**fields)
@@ -97,7 +104,7 @@ class World:
         execution_id = str(uuid4())
         ingest = {"content_type": "text/plain", "content_hash": "ab" * 32, "size": 1, "location": "blob://x"}
         await self.submit(envelope("IngestData", OBJECT_ID, ingest, "ingest"))
-        self.view = ExecutionView(execution_id, graph, inputs, "alice", partition=0, first_offset=0)
+        self.view = ExecutionView(execution_id, graph, inputs, "alice", 0, 0, submitter_role="user")
         submitted = await self.submit(envelope("ExecuteGraph", execution_id, {"graph": graph, "inputs": inputs}, "s"))
         assert submitted.accepted
         self.commands.clear()
@@ -150,7 +157,7 @@ async def test_large_outputs_go_to_the_blob_store_and_are_read_back_on_resume() 
 
 
 async def test_a_node_over_its_time_limit_fails_the_execution() -> None:
-    async def slow(submitter: str, object_id: str) -> str:
+    async def slow(submitter: Actor, object_id: str) -> str:
         await asyncio.sleep(10)
         return ""
 
@@ -180,7 +187,7 @@ async def test_a_graph_the_catalog_no_longer_accepts_fails_the_execution() -> No
 
 
 async def test_an_execution_may_shorten_the_node_time_limit() -> None:
-    async def slow(submitter: str, object_id: str) -> str:
+    async def slow(submitter: Actor, object_id: str) -> str:
         await asyncio.sleep(10)
         return ""
 
@@ -190,3 +197,67 @@ async def test_an_execution_may_shorten_the_node_time_limit() -> None:
     view.options = {"node_timeout_seconds": 0.2}
     await ExecutionRun(view, world.deps(load_object=slow, node_timeout=60)).run()
     assert world.commands[-1][1]["error"] == "timed out after 0.2s"
+
+
+@pytest.mark.parametrize(
+    ("recorded", "current", "acting"),
+    [
+        ("user", ("user", False), "user"),
+        ("admin", ("admin", False), "admin"),
+        ("admin", ("viewer", False), "viewer"),  # demoted since submitting: the demotion applies
+        ("user", ("admin", False), "user"),  # promoted since: the graph keeps what it was submitted with
+        (None, ("admin", False), "user"),  # submitted before roles were recorded: as before, a user
+        ("user", ("user", True), DISABLED),
+        ("user", None, DISABLED),  # the submitter no longer exists
+        ("user", ("auditor", False), DISABLED),  # a role this code does not know grants nothing
+    ],
+)
+def test_a_graph_acts_with_the_weaker_of_its_recorded_and_current_role(
+    recorded: str | None, current: tuple[str, bool] | None, acting: str
+) -> None:
+    assert acting_role(recorded, current) == acting
+
+
+@pytest.mark.parametrize(("role", "disabled"), [("viewer", False), ("user", True)])
+async def test_a_sink_of_a_demoted_or_disabled_submitter_is_refused_and_fails_the_execution(
+    role: str, disabled: bool
+) -> None:
+    world = World()
+    view = await world.given_submitted(GRAPH, {"text": TEXT})
+    world.users["alice"] = (role, disabled)  # demoted or disabled after submitting
+    await ExecutionRun(view, world.deps()).run()
+    assert kinds(world) == ["RecordNode", "RecordNode", "StartNode", "AnnotateObject", "FailNode"]
+    annotate = world.commands[-2]
+    assert annotate[0] == "AnnotateObject"
+    error = world.commands[-1][1]["error"]
+    expected = "viewer" if role == "viewer" else DISABLED
+    assert f"the {expected} role may not write" in error
+    assert view.status == "failed" and world.aggregates[OBJECT_ID].annotation_count == 0
+
+
+async def test_an_object_node_reads_as_the_acting_submitter() -> None:
+    seen: list[Actor] = []
+
+    async def load_object(actor: Actor, object_id: str) -> str:
+        seen.append(actor)
+        return TEXT
+
+    world = World()
+    world.users["alice"] = ("admin", False)
+    graph = {"nodes": [{"id": "doc", "type": "object", "params": {"object_id": OBJECT_ID}}], "edges": []}
+    view = await world.given_submitted(graph, {})
+    view.submitter_role = "admin"
+    await ExecutionRun(view, world.deps(load_object=load_object)).run()
+    assert seen == [Actor("alice", "admin")] and view.status == "completed"
+
+
+async def test_a_disabled_submitters_graph_reads_nothing() -> None:
+    async def load_object(actor: Actor, object_id: str) -> str:
+        raise AssertionError("read as a disabled user")
+
+    world = World()
+    graph = {"nodes": [{"id": "doc", "type": "object", "params": {"object_id": OBJECT_ID}}], "edges": []}
+    view = await world.given_submitted(graph, {})
+    world.users["alice"] = ("user", True)
+    await ExecutionRun(view, world.deps(load_object=load_object)).run()
+    assert kinds(world) == ["FailNode"] and "disabled" in world.commands[-1][1]["error"]

@@ -40,6 +40,17 @@ def test_issued_tokens_decode_with_their_claims() -> None:
     claims = decode_access_token(settings(), token)
     assert (claims["sub"], claims["role"], lifetime) == ("u-1", "viewer", 1800)
     assert claims["exp"] - claims["iat"] == 1800 and claims["jti"]
+    assert claims["gen"] == 0
+
+
+def test_a_token_carries_the_token_generation_it_was_issued_under() -> None:
+    token, _ = issue_access_token(settings(), "u-1", "user", 3)
+    assert decode_access_token(settings(), token)["gen"] == 3
+
+
+def test_a_token_from_before_generations_existed_is_generation_zero() -> None:
+    token = jwt.encode({"sub": "u", "iat": 1, "exp": 2**40, "jti": "j"}, SECRET, algorithm="HS256")
+    assert decode_access_token(settings(), token)["gen"] == 0
 
 
 @pytest.mark.parametrize(
@@ -51,6 +62,8 @@ def test_issued_tokens_decode_with_their_claims() -> None:
         jwt.encode({"sub": "", "iat": 1, "exp": 2**40, "jti": "j"}, SECRET, algorithm="HS256"),
         jwt.encode({"sub": "u", "iat": 1, "exp": 2**40, "jti": "j"}, "x" * 32, algorithm="HS256"),
         jwt.encode({"sub": "u", "iat": int(time.time()), "exp": 2**40, "jti": "j"}, None, algorithm="none"),
+        jwt.encode({"sub": "u", "iat": 1, "exp": 2**40, "jti": "j", "gen": "1"}, SECRET, algorithm="HS256"),
+        jwt.encode({"sub": "u", "iat": 1, "exp": 2**40, "jti": "j", "gen": -1}, SECRET, algorithm="HS256"),
     ],
 )
 def test_bad_tokens_are_refused(token: str) -> None:

@@ -1,0 +1,26 @@
+"""``OPTIONS`` answers with every method of its path.
+
+litestar 2.x builds the automatic OPTIONS handler of a path when its first handler is added and
+keeps it when more methods join, so ``OPTIONS /api/v1/data/{id}`` said ``Allow: DELETE, OPTIONS``
+without GET (litestar issue 4169, fixed only in 3.x). This hook rewrites the header from the
+route's full method set.
+"""
+
+from __future__ import annotations
+
+from litestar.datastructures import MutableScopeHeaders
+from litestar.routes import HTTPRoute
+from litestar.types import Message, Scope
+
+
+async def correct_allow_header(message: Message, scope: Scope) -> None:
+    """A ``before_send`` hook: set ``Allow`` of an OPTIONS answer to every method of the route."""
+    if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
+        return
+    handler = scope.get("route_handler")
+    for route in scope["app"].routes:
+        if isinstance(route, HTTPRoute) and any(h is handler for h in route.route_handlers):
+            headers = MutableScopeHeaders.from_message(message)
+            if "allow" in headers:
+                headers["Allow"] = ", ".join(sorted(route.methods))
+            return

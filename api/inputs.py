@@ -1,0 +1,113 @@
+"""Command input as every entry point takes it: one set of structs and checks for REST, GraphQL, WebSocket.
+
+REST declares these structs as request bodies (litestar validates them, 400 on failure); GraphQL
+and WebSocket build the same structs from their arguments with ``parse``. The rules themselves
+(``commands.limits``) are the ones the command processor checks again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+
+from api.errors import ApiError
+from commands.limits import (
+    MAX_JSON_DEPTH,
+    MAX_KEY_CHARS,
+    AnnotationType,
+    Confidence,
+    ContentType,
+    InvalidInput,
+    Label,
+    Text,
+    check_json,
+    check_uuid,
+)
+
+S = TypeVar("S", bound=msgspec.Struct)
+
+# What ``check_json`` admits, as JSON Schema for the OpenAPI document (a component of that name): no
+# NUL in strings or keys, keys up to MAX_KEY_CHARS. The integer range and the nesting depth
+# (MAX_JSON_DEPTH) have no JSON Schema keyword that fits; the description states them.
+JSON_VALUE = "JsonValue"
+_NO_NUL = "^[^\\x00]*$"
+_REF = {"$ref": f"#/components/schemas/{JSON_VALUE}"}
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": (
+        f"Any JSON value the log and PostgreSQL can store: nested at most {MAX_JSON_DEPTH} deep, integers"
+        " in the signed 64-bit range, no NUL characters"
+    ),
+    "anyOf": [
+        {"type": "string", "pattern": _NO_NUL},
+        # Integers must lie in the signed 64-bit range; as a bound on "number" that would also refuse
+        # floats such as 1e300, which JSON Schema counts as integers and the API accepts.
+        {"type": "number"},
+        {"type": "boolean"},
+        {"type": "null"},
+        {"type": "array", "items": _REF},
+        {
+            "type": "object",
+            "propertyNames": {"maxLength": MAX_KEY_CHARS, "pattern": _NO_NUL},
+            "additionalProperties": _REF,
+        },
+    ],
+}
+_OBJECT_RULES = {"propertyNames": {"maxLength": MAX_KEY_CHARS, "pattern": _NO_NUL}, "additionalProperties": _REF}
+JsonObject = Annotated[dict[str, Any], msgspec.Meta(extra_json_schema=_OBJECT_RULES)]
+JsonAny = Annotated[Any, msgspec.Meta(extra_json_schema=_REF)]
+
+
+class DataIngestionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    content: Text
+    content_type: ContentType
+    metadata: JsonObject = {}
+    annotations: list[Label] | None = None
+
+
+class AnnotationCreate(msgspec.Struct, forbid_unknown_fields=True):
+    annotation_type: AnnotationType
+    content: JsonAny
+    confidence: Confidence = 1.0
+
+
+class ExecutionRequest(msgspec.Struct, forbid_unknown_fields=True):
+    graph: JsonObject
+    inputs: JsonObject = {}
+    options: JsonObject = {}
+
+
+def invalid(exc: InvalidInput) -> ApiError:
+    """The 400 an InvalidInput answers, naming the field."""
+    return ApiError(400, "validation_error", exc.message, {"field": exc.field})
+
+
+def parse(struct: type[S], fields: dict[str, Any]) -> S:
+    """Build ``struct`` from already-decoded arguments with the REST body's rules; 400 naming the field."""
+    try:
+        return msgspec.convert(fields, struct)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "validation_error", str(exc), {"field": _field_of(str(exc))}) from exc
+
+
+def checked_json(value: Any, field: str) -> Any:
+    """``value`` if every worker can store it (depth, numbers, NUL), else a 400 naming the field."""
+    try:
+        check_json(value, field)
+    except InvalidInput as exc:
+        raise invalid(exc) from exc
+    return value
+
+
+def object_id(value: Any, field: str = "object_id") -> str:
+    """A UUID id, checked before any command is sent or any query runs (400 otherwise)."""
+    try:
+        return check_uuid(value, field)
+    except InvalidInput as exc:
+        raise invalid(exc) from exc
+
+
+def _field_of(message: str) -> str | None:
+    # msgspec ends its messages with "- at `$.field`"
+    _, _, where = message.rpartition("- at `$.")
+    return where.rstrip("`") or None

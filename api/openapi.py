@@ -1,0 +1,200 @@
+"""The OpenAPI document says what the API really answers: the error envelope, each error status, headers.
+
+Litestar documents a 2xx and its own ``ValidationException`` shape for 400. Every error this API
+sends is the envelope of ``api.errors`` (also from the auth middleware, which answers before any
+route runs), so one pass over the finished document, driven by what each route is (public or not,
+guarded, with path parameters, with a body, sending a command), adds the statuses it can answer,
+their envelope schema and their headers. Schemathesis (tests/e2e/test_schemathesis.py) checks the
+result against the running API.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Litestar
+from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Reference,
+    Schema,
+)
+from litestar.routes import HTTPRoute
+
+from api.inputs import JSON_VALUE, JSON_VALUE_SCHEMA
+
+ENVELOPE = "ErrorEnvelope"
+_COMMAND_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+_DESCRIPTIONS = {
+    400: "The request is not valid (body, parameters or a field's value)",
+    401: "No valid bearer token (the user may be unknown or disabled)",
+    403: "The caller's role lacks the permission, or the object is not theirs to change",
+    404: "No such resource visible to the caller",
+    409: "A conflict: expected_version is stale, or the resource already exists",
+    410: "The resource is gone",
+    413: "The request body is too large",
+    422: "The command was refused: the request is well-formed but cannot be carried out",
+    429: "Rate limit exceeded; see Retry-After",
+    503: "A backing service is unavailable; retry shortly",
+    504: "The command was accepted but its outcome did not arrive in time; retry with the same Idempotency-Key",
+}
+
+
+def _digits(description: str) -> OpenAPIHeader:
+    return OpenAPIHeader(
+        description=description, required=False, schema=Schema(type=OpenAPIType.STRING, pattern=r"^[0-9]+$")
+    )
+
+
+REQUEST_ID = OpenAPIHeader(
+    description="The request's id (the client's X-Request-ID if sane, else a new one)",
+    required=True,
+    schema=Schema(type=OpenAPIType.STRING, pattern=r"^[A-Za-z0-9._-]{1,128}$"),
+)
+RATE_HEADERS = {
+    "RateLimit-Limit": _digits("Requests allowed in the tightest window"),
+    "RateLimit-Remaining": _digits("Requests left in it"),
+    "RateLimit-Reset": _digits("Seconds until it ends"),
+}
+
+
+def envelope_schema() -> Schema:
+    """The JSON Schema of ``{"error": {code, reason, message, details, request_id}}``."""
+    return Schema(
+        type=OpenAPIType.OBJECT,
+        required=["error"],
+        properties={
+            "error": Schema(
+                type=OpenAPIType.OBJECT,
+                required=["code", "reason", "message", "details", "request_id"],
+                properties={
+                    "code": Schema(type=OpenAPIType.INTEGER, description="The HTTP status"),
+                    "reason": Schema(type=OpenAPIType.STRING, description="Machine-readable cause"),
+                    "message": Schema(type=OpenAPIType.STRING),
+                    "details": Schema(description="Anything that helps: fields, limits, ids (or null)"),
+                    "request_id": Schema(one_of=[Schema(type=OpenAPIType.STRING), Schema(type=OpenAPIType.NULL)]),
+                },
+            )
+        },
+    )
+
+
+def error_statuses(route: HTTPRoute, method: str, public: bool, guarded: bool, has_body: bool) -> list[int]:
+    """The error statuses one operation can answer."""
+    # Every route: bad input, bad credentials, rate limits, a dependency down; 422 for a well-formed
+    # value the use case refuses (e.g. search's unsupported modality, a refused command).
+    statuses = [400, 401, 422, 429, 503]
+    if guarded:
+        statuses.append(403)
+    if route.path_parameters:
+        statuses.append(404)
+    if has_body:
+        statuses.append(413)
+    if method in _COMMAND_METHODS and not public:
+        statuses += [403, 404, 409, 410, 422, 504]
+    return sorted(set(statuses))
+
+
+def document_errors(app: Litestar) -> None:
+    """Add the error responses, their envelope schema and the response headers to every operation."""
+    document = app.openapi_schema
+    assert document.components is not None and document.paths is not None
+    schemas = document.components.schemas
+    schemas[ENVELOPE] = envelope_schema()
+    for route in app.routes:
+        if not isinstance(route, HTTPRoute) or route.path_format not in document.paths:
+            continue
+        item = document.paths[route.path_format]
+        for handler in route.route_handlers:
+            for method in handler.http_methods:
+                operation: Operation | None = getattr(item, method.lower(), None)
+                if operation is None:
+                    continue
+                if route.path_format in ("/health", "/ready"):
+                    _document_health(operation)
+                    continue
+                public = bool(handler.opt.get("public"))
+                if public:
+                    operation.security = []
+                statuses = error_statuses(
+                    route, method, public, bool(handler.resolve_guards()), operation.request_body is not None
+                )
+                _document(operation, statuses)
+    _request_bodies_as_msgspec_validates_them(app)
+    _json_query_parameters(app)
+
+
+def _request_bodies_as_msgspec_validates_them(app: Litestar) -> None:
+    """Request body schemas from msgspec itself: litestar's drop ``additionalProperties: false``
+    (``forbid_unknown_fields``) and the constraints on list items, which msgspec enforces."""
+    bodies: set[type[msgspec.Struct]] = set()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            data = handler.parsed_fn_signature.parameters.get("data")
+            annotation = getattr(data, "annotation", None)
+            if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+                bodies.add(annotation)
+    if not bodies:
+        return
+    _, components = msgspec.json.schema_components(
+        sorted(bodies, key=lambda t: t.__name__), ref_template="#/components/schemas/{name}"
+    )
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # the cached dict /openapi.json serves
+    served["components"]["schemas"].update(components)
+    served["components"]["schemas"][JSON_VALUE] = JSON_VALUE_SCHEMA
+
+
+def _json_query_parameters(app: Litestar) -> None:
+    """A query parameter that carries a JSON value (route ``opt={"json_query": {name: Struct}}``) is
+    documented with ``content: application/json`` and the struct's schema, not as a bare string."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            for name, struct in handler.opt.get("json_query", {}).items():
+                (schema,), components = msgspec.json.schema_components(
+                    [struct], ref_template="#/components/schemas/{name}"
+                )
+                served["components"]["schemas"].update(components)
+                for method in handler.http_methods:
+                    operation = served["paths"][route.path_format][method.lower()]
+                    for parameter in operation.get("parameters", []):
+                        if parameter["name"] == name and parameter["in"] == "query":
+                            parameter.pop("schema", None)
+                            parameter["content"] = {"application/json": {"schema": schema}}
+
+
+def _document_health(operation: Operation) -> None:
+    """/health and /ready are open and unlimited; they answer 503 with their own body when they cannot serve."""
+    operation.security = []
+    responses: dict[str, Any] = dict(operation.responses or {})
+    healthy = responses["200"]
+    if isinstance(healthy, OpenAPIResponse):
+        healthy.headers = {**(healthy.headers or {}), "X-Request-ID": REQUEST_ID}
+        responses["503"] = OpenAPIResponse(
+            description="Unhealthy: a dependency cannot serve", headers=healthy.headers, content=healthy.content
+        )
+    operation.responses = responses
+
+
+def _document(operation: Operation, statuses: list[int]) -> None:
+    responses: dict[str, Any] = dict(operation.responses or {})
+    for status in statuses:
+        headers: dict[str, OpenAPIHeader | Reference] = {"X-Request-ID": REQUEST_ID}
+        if status == 401:
+            headers["WWW-Authenticate"] = OpenAPIHeader(required=True, schema=Schema(type=OpenAPIType.STRING))
+        if status in (429, 503, 504):
+            headers["Retry-After"] = _digits("Seconds to wait before retrying")
+        responses[str(status)] = OpenAPIResponse(
+            description=_DESCRIPTIONS[status],
+            headers=headers,
+            content={"application/json": OpenAPIMediaType(schema=Reference(f"#/components/schemas/{ENVELOPE}"))},
+        )
+    for code, response in responses.items():
+        if isinstance(response, OpenAPIResponse) and code.startswith("2"):
+            response.headers = {**(response.headers or {}), "X-Request-ID": REQUEST_ID, **RATE_HEADERS}
+    operation.responses = responses

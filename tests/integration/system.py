@@ -1,0 +1,43 @@
+"""One running system (workers and API as real processes) shared by the tests of a module."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
+from tests.integration.conftest import _api_client, login
+from tests.integration.harness import Worker, eventually
+
+
+@dataclass(frozen=True)
+class RunningSystem:
+    env: dict[str, str]
+    anonymous: httpx.AsyncClient  # no token
+    admin: httpx.AsyncClient  # the first-start admin's bearer token
+    logs: Path  # each process's log: api.log, processor.log, ...
+
+
+@asynccontextmanager
+async def running_system(env: dict[str, str], tmp_path: Path) -> AsyncIterator[RunningSystem]:
+    """Start the processor, projections, executor and the API; yield once the admin can log in."""
+    workers = [Worker(name, env, tmp_path / "logs").start() for name in ("processor", "projections", "executor")]
+    try:
+        async with _api_client(env, tmp_path) as anonymous:
+
+            async def admin_ready() -> bool:
+                body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+                return (await anonymous.post("/api/v1/auth/login", json=body)).status_code == 200
+
+            await eventually(admin_ready, timeout=90, what="the first-start admin to be able to log in")
+            tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
+            headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+            async with httpx.AsyncClient(base_url=anonymous.base_url, timeout=60, headers=headers) as admin:
+                yield RunningSystem(env, anonymous, admin, tmp_path / "logs")
+    finally:
+        for worker in workers:
+            worker.stop()
