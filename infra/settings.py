@@ -158,6 +158,10 @@ class StorageSettings:
     max_content_bytes: int = 10 * 1024 * 1024
     max_metadata_bytes: int = 64 * 1024
     max_annotations: int = 100
+    inline_content_bytes: int = 64 * 1024  # GraphQL DataObject.content: text up to this, else contentUrl
+    max_upload_file_bytes: int = 1024 * 1024 * 1024  # one file of POST /api/v1/upload
+    max_upload_request_bytes: int = 2 * 1024 * 1024 * 1024  # all files of one upload request
+    max_upload_files: int = 20
 
     @property
     def blob_path(self) -> Path:

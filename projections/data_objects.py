@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
 from projections.projector import Handler, Projector
+from projections.text_extraction import extract_text
 
 
 def object_type(content_type: str) -> str:
@@ -26,16 +28,15 @@ def object_type(content_type: str) -> str:
     return "binary"
 
 
-# Only this much of an object's text is indexed, so one huge object cannot stall the projection.
-MAX_INDEXED_BYTES = 1024 * 1024
-ContentLoader = Callable[[str], bytes | None]  # content hash -> bytes, None when absent
+# content hash, content type -> the bytes extraction needs (bounded, see text_extraction), None when absent
+ContentLoader = Callable[[str, str], bytes | None]
 
 
 def searchable_text(content_type: str, content: bytes | None, metadata: dict[str, Any]) -> str:
-    """What full-text search sees: decoded text/JSON content (bounded) and the metadata's values."""
+    """What full-text search sees: the content's text (projections.text_extraction) and the metadata's values."""
     parts = [str(value) for value in metadata.values() if isinstance(value, str | int | float)]
-    if content is not None and object_type(content_type) in {"text", "json"}:
-        parts.append(content[:MAX_INDEXED_BYTES].decode("utf-8", errors="replace"))
+    if content is not None:
+        parts.append(extract_text(content_type, content))
     return "\n".join(parts)
 
 
@@ -43,7 +44,7 @@ class DataObjectsProjector(Projector):
     name = "data_objects"
 
     def __init__(self, load_content: ContentLoader | None = None) -> None:
-        self.load_content = load_content or (lambda _hash: None)
+        self.load_content = load_content or (lambda _hash, _type: None)
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -54,6 +55,10 @@ class DataObjectsProjector(Projector):
 
     async def on_ingested(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         e = record.event
+        # Reading the blob and extracting (a PDF can take a while) stay off the projection's loop.
+        text = await asyncio.to_thread(
+            lambda: searchable_text(e.content_type, self.load_content(e.content_hash, e.content_type), e.metadata)
+        )
         await cur.execute(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
             " metadata, owner, version, created_at, updated_at, search)"
@@ -70,7 +75,7 @@ class DataObjectsProjector(Projector):
                 record.version,
                 e.timestamp,
                 e.timestamp,
-                searchable_text(e.content_type, self.load_content(e.content_hash), e.metadata),
+                text,
             ),
         )
 
@@ -142,3 +147,9 @@ async def search_objects(conn: AsyncConnection[Any], query: str, limit: int, own
         )
         rows = await cur.fetchall()
     return [{**row, "created_at": row["created_at"].isoformat()} for row in rows]
+
+
+async def content_hashes(conn: AsyncConnection[Any]) -> list[tuple[str, str]]:
+    """(object_id, content_hash) of every live object: what the log says the blob store holds."""
+    cur = await conn.execute("SELECT object_id::text, content_hash FROM data_objects ORDER BY object_id")
+    return [(str(object_id), str(content_hash)) for object_id, content_hash in await cur.fetchall()]

@@ -24,6 +24,7 @@ from api.graphql.masking import ErrorEnvelope, LoggedSchema
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.live_rights import mentions_user
 from api.rbac import Permission, can_see
+from api.rest.content import content_url
 from api.rest.search import check_filters, run_search
 from infra.settings import GraphQLSettings
 from projections.data_objects import get_data_object
@@ -58,6 +59,26 @@ class DataObject:
     @strawberry.field
     async def annotations(self, info: GqlInfo) -> list[Annotation]:
         return [Annotation(**row) for row in await info.context.annotations.load(self.object_id)]
+
+    @strawberry.field(
+        description="The content as text for text and JSON objects up to storage.inline_content_bytes;"
+        " null otherwise (read the bytes at contentUrl)"
+    )
+    async def content(self, info: GqlInfo) -> str | None:
+        container = info.context.container
+        if self.object_type not in ("text", "json") or self.size > container.settings.storage.inline_content_bytes:
+            return None
+        data = await asyncio.to_thread(container.blobs.find, self.content_hash)
+        if data is None:  # missing from the store: /health and `pipeline blobs check` report it
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @strawberry.field(description="Where GET serves the object's bytes (Range, ETag; owner and admins only)")
+    def content_url(self) -> str:
+        return content_url(self.object_id)
 
 
 @strawberry.type
