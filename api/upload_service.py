@@ -33,6 +33,7 @@ from infra.blobstore import BlobTooLarge, BlobWriter
 from infra.bootstrap import ApiContainer
 
 MAX_FILENAME = 255
+FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries and part headers on top of the files' bytes
 FILES_FIELD = "files"
 METADATA_FIELD = "metadata"
 
@@ -95,6 +96,9 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
     """Stream the body into temp blobs; ApiError (nothing kept) when the request as a whole is bad."""
     limits = container.settings.storage
     boundary = boundary_of(request)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_upload_request_bytes + FRAMING_ALLOWANCE:
+        raise ApiError(413, "too_large", f"the upload is larger than {limits.max_upload_request_bytes} bytes")
     received = Received()
     total = 0
     metadata_raw = bytearray()
@@ -104,7 +108,7 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
         with PushMultipartParser(boundary, max_segment_count=limits.max_upload_files + 2) as parser:
             async for chunk in request.stream():
                 total += len(chunk)
-                if total > limits.max_upload_request_bytes + 64 * 1024:  # multipart framing on top
+                if total > limits.max_upload_request_bytes + FRAMING_ALLOWANCE:
                     raise ApiError(
                         413,
                         "too_large",

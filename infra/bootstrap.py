@@ -80,10 +80,10 @@ def search_content_loader(blobs: LocalBlobStore) -> ContentLoader:
     return load
 
 
-def read_model_projectors(blobs: LocalBlobStore | None = None) -> list[Projector]:
+def read_model_projectors(blobs: LocalBlobStore | None = None, language: str = "simple") -> list[Projector]:
     """The read models one runner keeps, in the order they are applied."""
     return [
-        DataObjectsProjector(search_content_loader(blobs) if blobs else None),
+        DataObjectsProjector(search_content_loader(blobs) if blobs else None, language),
         AnnotationsProjector(),
         ExecutionsProjector(),
         UsersProjector(),
@@ -170,5 +170,5 @@ async def build_runner(settings: Settings, schema: str | None = None, group_suff
         runner_config(settings, topics, schema, group_suffix),
         pool,
         make_mapper(),
-        read_model_projectors(LocalBlobStore(settings.storage.blob_path)),
+        read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language),
     )
