@@ -109,7 +109,10 @@ async def search(conn: AsyncConnection[Any], request: SearchRequest) -> tuple[li
     query_params: list[Any] = []
     if request.modality == "text":
         web, prefixes = split_prefixes(request.query or "")
-        query_sql = ", (websearch_to_tsquery(%s::regconfig, %s) && to_tsquery(%s::regconfig, %s)) AS q"
+        query_sql = (
+            " CROSS JOIN LATERAL (SELECT websearch_to_tsquery(%s::regconfig, %s) && to_tsquery(%s::regconfig, %s) AS q)"
+            " AS tsq"
+        )
         prefix_query = " & ".join(f"{word}:*" for word in prefixes)
         query_params = [request.language, web, request.language, prefix_query]
         where.insert(0, "numnode(q) > 0 AND d.search @@ q")

@@ -86,6 +86,8 @@ class ContentController(Controller):
         except BlobNotFound as exc:
             raise missing(str(object_id), content_hash) from exc
         headers["Content-Length"] = str(end - start + 1 if size else 0)
+        # In the headers, not only media_type: litestar lets the route's default (JSON) win over a Stream's.
+        headers["Content-Type"] = row["content_type"]
         status = 200
         if wanted is not None:
             status = 206

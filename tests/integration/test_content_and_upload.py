@@ -26,7 +26,7 @@ from tests.integration.users import client_for, create_user
 MIB = 1024 * 1024
 FILE_LIMIT = 51 * MIB
 REQUEST_LIMIT = 52 * MIB
-MAX_FILES = 6
+MAX_FILES = 8
 
 
 @pytest.fixture(scope="module")
