@@ -27,7 +27,7 @@ from api.health import HealthController
 from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
-from api.openapi import document_errors
+from api.openapi import document_errors, document_upload_limit
 from api.ratelimit import RateLimiter
 from api.rest.auth import AuthController
 from api.rest.content import ContentController
@@ -131,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     document_errors(app)
+    document_upload_limit(app, settings.storage.max_upload_files)
     return app
 
 

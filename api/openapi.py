@@ -24,7 +24,6 @@ from litestar.openapi.spec import (
     Operation,
     Parameter,
     Reference,
-    RequestBody,
     Schema,
 )
 from litestar.routes import HTTPRoute
@@ -136,10 +135,9 @@ def document_errors(app: Litestar) -> None:
                 _document(operation, statuses)
                 if handler.opt.get("binary_content"):
                     _document_binary_content(operation)
-                if handler.opt.get("multipart"):
-                    _document_multipart(operation, handler.opt["multipart"])
     _request_bodies_as_msgspec_validates_them(app)
     _json_query_parameters(app)
+    _multipart_bodies(app)
 
 
 def _request_bodies_as_msgspec_validates_them(app: Litestar) -> None:
@@ -245,23 +243,38 @@ def _document_binary_content(operation: Operation) -> None:
     operation.parameters = parameters
 
 
-def _document_multipart(operation: Operation, fields: dict[str, Any]) -> None:
-    """A multipart/form-data body the handler parses itself (streamed, so not a litestar ``data``)."""
-    operation.request_body = RequestBody(
-        required=True,
-        content={"multipart/form-data": OpenAPIMediaType(schema=_schema(fields))},
-    )
+def _multipart_bodies(app: Litestar) -> None:
+    """A multipart/form-data body the handler parses itself (streamed, so not a litestar ``data``),
+    documented from a msgspec Struct (route ``opt={"multipart": Struct}``): ``bytes`` fields are file
+    parts (``format: binary``), other fields JSON parts (``encoding: application/json``)."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            form = handler.opt.get("multipart")
+            if form is None:
+                continue
+            _, components = msgspec.json.schema_components([form], ref_template="#/components/schemas/{name}")
+            served["components"]["schemas"].update(components)
+            body = served["components"]["schemas"].pop(form.__name__)
+            encoding = {}
+            for name, field in body["properties"].items():
+                target = field.get("items", field)
+                if target.get("contentEncoding") == "base64":
+                    target.pop("contentEncoding")
+                    target["format"] = "binary"
+                    encoding[name] = {"contentType": "application/octet-stream"}
+                else:
+                    encoding[name] = {"contentType": "application/json"}
+            for method in handler.http_methods:
+                operation = served["paths"][route.path_format][method.lower()]
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": body, "encoding": encoding}},
+                }
 
 
-def _schema(value: dict[str, Any]) -> Schema:
-    """A litestar Schema from a plain JSON Schema dict (nested properties and items too)."""
-    fields = dict(value)
-    if "properties" in fields:
-        fields["properties"] = {k: _schema(v) for k, v in fields["properties"].items()}
-    if "items" in fields:
-        fields["items"] = _schema(fields["items"])
-    if "minItems" in fields:
-        fields["min_items"] = fields.pop("minItems")
-    if "type" in fields:
-        fields["type"] = OpenAPIType(fields["type"])
-    return Schema(**fields)
+def document_upload_limit(app: Litestar, max_files: int) -> None:
+    """The upload's ``files`` count as the settings bound it (``storage.max_upload_files``)."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    body = served["paths"]["/api/v1/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    body["properties"]["files"]["maxItems"] = max_files

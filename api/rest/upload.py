@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, post
 
 from api import upload_service
 from api.errors import ApiError
+from api.inputs import JsonObject
 from api.rbac import Permission, requires
 from infra.bootstrap import ApiContainer
 
@@ -36,15 +37,13 @@ class UploadResponse(msgspec.Struct):
     processing_time_ms: float
 
 
-# The multipart body as OpenAPI says it (the handler parses the stream itself, see api.upload_service).
-MULTIPART_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["files"],
-    "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1},
-        "metadata": {"type": "string", "description": "A JSON object added to every file's metadata"},
-    },
-}
+# The multipart body as OpenAPI shows it (api.openapi): the handler parses the stream itself
+# (api.upload_service), so this struct documents the body and is never decoded into.
+class UploadForm(msgspec.Struct, forbid_unknown_fields=True):
+    """Files, each its own ``files`` part, and an optional ``metadata`` JSON object for all of them."""
+
+    files: Annotated[list[bytes], msgspec.Meta(min_length=1, description="the files, each its own part")]
+    metadata: JsonObject = {}  # added to every file's metadata
 
 
 class UploadController(Controller):
@@ -61,7 +60,7 @@ class UploadController(Controller):
         " kept. When every file fails the answer is an error whose details list them.",
         guards=[requires(Permission.WRITE)],
         request_max_body_size=None,  # bounded by storage.max_upload_request_bytes while streaming
-        opt={"burst": True, "multipart": MULTIPART_SCHEMA},
+        opt={"burst": True, "multipart": UploadForm},
     )
     async def upload(self, request: Request[Any, Any, Any], container: ApiContainer) -> Response[UploadResponse]:
         started = time.perf_counter()
