@@ -127,7 +127,8 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
                 raise ApiError(400, "validation_error", "the multipart body ended early")
     except ParserLimitReached as exc:
         received.discard()
-        raise ApiError(413, "too_large", f"at most {limits.max_upload_files} files per upload") from exc
+        message = f"the multipart body breaks a parser limit ({exc}); at most {limits.max_upload_files} files"
+        raise ApiError(400, "too_many_files", message) from exc
     except ParserError as exc:
         received.discard()
         raise ApiError(400, "validation_error", f"malformed multipart body: {exc}") from exc
@@ -138,7 +139,7 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
         raise ApiError(400, "validation_error", f"no files: send one or more '{FILES_FIELD}' parts")
     if len(received.parts) > limits.max_upload_files:
         received.discard()
-        raise ApiError(413, "too_large", f"at most {limits.max_upload_files} files per upload")
+        raise ApiError(400, "too_many_files", f"at most {limits.max_upload_files} files per upload")
     if metadata_raw:
         received.metadata = _metadata(received, bytes(metadata_raw))
     return received
