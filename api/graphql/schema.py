@@ -118,17 +118,27 @@ class Query(ExecutionQuery):
             raise
         return to_object(row)
 
-    @strawberry.field(description="Full-text search over data objects")
+    @strawberry.field(
+        description="Search over data objects, as GET /api/v1/search: modality text (query in web-search syntax)"
+        " or metadata (filters alone, no query)"
+    )
     async def search_objects(
-        self, info: GqlInfo, query: str, modality: str = "text", limit: int = 10, filters: JSON | None = None
+        self,
+        info: GqlInfo,
+        query: str | None = None,
+        modality: str = "text",
+        limit: int = 10,
+        offset: int = 0,
+        filters: JSON | None = None,
     ) -> list[DataObject]:
         require(info.context.connection, Permission.READ)
-        if not 1 <= limit <= 100:
-            raise GraphQLError("limit must be 1..100", extensions={"code": 400, "reason": "validation_error"})
+        if not 1 <= limit <= 100 or not 0 <= offset <= 10_000:
+            raise GraphQLError(
+                "limit must be 1..100 and offset 0..10000", extensions={"code": 400, "reason": "validation_error"}
+            )
         checked = await answer(_checked(filters))
-        results = await answer(
-            run_search(info.context.container, actor_of(info.context.connection), query, modality, limit, 0, checked)
-        )
+        actor = actor_of(info.context.connection)
+        results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))
         return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
 
 

@@ -169,6 +169,11 @@ async def test_graphql_and_the_search_node_find_what_rest_finds(client: AsyncCli
     )
     objects = gql.json()["data"]["searchObjects"]
     assert [o["objectId"] for o in objects] == rest and objects[0]["annotations"] == [{"annotationType": "label"}]
+    labelled = await client.post(
+        "/api/graphql",
+        json={"query": '{ searchObjects(modality: "metadata", filters: {label: "rodent"}) { objectId } }'},
+    )
+    assert labelled.json()["data"]["searchObjects"] == [{"objectId": a["object_id"]}]
 
     graph = {"nodes": [{"id": "find", "type": "search", "params": {"query": "capybara -naps"}}], "edges": []}
     submitted = await client.post("/api/v1/execute", json={"graph": graph, "inputs": {}})
