@@ -1,11 +1,11 @@
 """Liveness and readiness: /health says what works and what does not; /ready whether to send traffic.
 
 /health reports each dependency (PostgreSQL, Kafka, Redis, the change feed, the rate limiter, the blob
-store) and each worker's progress from its heartbeat (infra.heartbeat), and how many objects name a
-blob the store lacks. Overall: "healthy" when all is
-well; "degraded" (200) when the API still serves but something is wrong; "unhealthy" (503) when it
-cannot serve: PostgreSQL or Kafka is unreachable. Tests and load balancers poll it, so every check is
-bounded by a short timeout and the dependency checks are cached for a second.
+store), each worker's progress from its heartbeat (infra.heartbeat), and how many objects name a blob
+the store lacks. Overall: "healthy" when all is well; "degraded" (200) when the API still serves but
+something is wrong; "unhealthy" (503) when it cannot serve: PostgreSQL or Kafka is unreachable. Tests
+and load balancers poll it, so every check is bounded by a short timeout and the dependency checks are
+cached for a second.
 """
 
 from __future__ import annotations
