@@ -27,13 +27,15 @@ from api.health import HealthController
 from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
-from api.openapi import document_errors
+from api.openapi import document_errors, document_upload_limit
 from api.ratelimit import RateLimiter
 from api.rest.auth import AuthController
+from api.rest.content import ContentController
 from api.rest.data import DataController
 from api.rest.executions import ExecutionsController
 from api.rest.nodes import NodesController
 from api.rest.search import SearchController
+from api.rest.upload import UploadController
 from api.rest.users import UsersController
 from api.tokens import RefreshTokens, check_secret
 from api.user_cache import UserCache
@@ -91,6 +93,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             DataController,
+            ContentController,
+            UploadController,
             SearchController,
             ExecutionsController,
             NodesController,
@@ -127,6 +131,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
     )
     document_errors(app)
+    document_upload_limit(app, settings.storage.max_upload_files)
     return app
 
 

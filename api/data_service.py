@@ -27,7 +27,6 @@ from infra.bootstrap import ApiContainer
 from projections.annotations import annotations_of
 from projections.data_objects import get_data_object
 
-LARGE_CONTENT = 256 * 1024  # above this, hashing and writing the blob leaves the event loop
 Connection = ASGIConnection[Any, Any, Any, Any]
 
 
@@ -50,10 +49,7 @@ async def ingest(connection: Connection, container: ApiContainer, request: DataI
     labels = request.annotations or []
     if len(labels) > limits.max_annotations:
         raise ApiError(422, "invalid", f"at most {limits.max_annotations} initial annotations")
-    if len(data) > LARGE_CONTENT:
-        blob = await asyncio.to_thread(container.blobs.put, data)
-    else:
-        blob = container.blobs.put(data)
+    blob = await asyncio.to_thread(container.blobs.put, data)  # fsyncs: never on the event loop
     object_id = derived_id(connection, "ingest") or str(uuid.uuid4())
     payload = {
         "content_type": request.content_type,
@@ -142,6 +138,16 @@ async def read(
 
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
     """
+    row = await visible_object(connection, container, object_id, token)
+    async with container.pool.connection() as conn:
+        row["annotations"] = await annotations_of(conn, row["object_id"])
+    return row
+
+
+async def visible_object(
+    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
+) -> dict[str, Any]:
+    """The object row (no annotations); 404 when absent or not the caller's to see."""
     await wait_for_token(container, token)
     try:
         object_id = checked_id(object_id)
@@ -150,7 +156,6 @@ async def read(
     actor = actor_of(connection)
     async with container.pool.connection() as conn:
         row = await get_data_object(conn, object_id)
-        if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
-            raise ApiError(404, "not_found", f"data object {object_id} does not exist")
-        row["annotations"] = await annotations_of(conn, object_id)
+    if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
+        raise ApiError(404, "not_found", f"data object {object_id} does not exist")
     return row

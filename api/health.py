@@ -1,10 +1,11 @@
 """Liveness and readiness: /health says what works and what does not; /ready whether to send traffic.
 
 /health reports each dependency (PostgreSQL, Kafka, Redis, the change feed, the rate limiter, the blob
-store) and each worker's progress from its heartbeat (infra.heartbeat). Overall: "healthy" when all is
-well; "degraded" (200) when the API still serves but something is wrong; "unhealthy" (503) when it
-cannot serve: PostgreSQL or Kafka is unreachable. Tests and load balancers poll it, so every check is
-bounded by a short timeout and the dependency checks are cached for a second.
+store), each worker's progress from its heartbeat (infra.heartbeat), and how many objects name a blob
+the store lacks. Overall: "healthy" when all is well; "degraded" (200) when the API still serves but
+something is wrong; "unhealthy" (503) when it cannot serve: PostgreSQL or Kafka is unreachable. Tests
+and load balancers poll it, so every check is bounded by a short timeout and the dependency checks are
+cached for a second.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 
 from api.ratelimit import RateLimiter
+from infra.blob_check import missing_blobs
 from infra.bootstrap import ApiContainer
 from infra.heartbeat import describe, heartbeat_path, read_beat
 from projections.users import admin_exists
@@ -27,6 +29,8 @@ from projections.users import admin_exists
 CHECK_TIMEOUT = 1.0
 CACHE_SECONDS = 1.0
 WORKERS = ("processor", "projections", "executor")
+BLOB_SCAN_SECONDS = 30.0
+BLOB_SCAN_TIMEOUT = 5.0
 ESSENTIAL = ("postgres", "kafka")  # without either the API cannot serve a write or a read
 
 
@@ -41,6 +45,8 @@ class HealthController(Controller):
         all_ok = all(v == "ok" for v in checks.values()) and all(
             w["status"] in ("ok", "unknown") for w in workers.values()
         )
+        missing = await _missing_blobs(container, state)
+        all_ok = all_ok and missing == 0
         status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
         body = {
             "status": status,
@@ -52,6 +58,8 @@ class HealthController(Controller):
                 "projections": await _projection_dead_letters(container),
                 "processor_since_start": workers["processor"].get("dead_letters_since_start"),
             },
+            # Objects whose content the blob store lacks (`pipeline blobs check` lists them); None: unknown.
+            "missing_blobs": missing,
         }
         return Response(body, status_code=200 if serving else 503)
 
@@ -113,6 +121,21 @@ async def _projection_dead_letters(container: ApiContainer) -> int | None:
             return int(row[0]) if row else 0
     except Exception:
         return None
+
+
+async def _missing_blobs(container: ApiContainer, state: State) -> int | None:
+    """How many live objects name a blob the store lacks, rescanned at most every BLOB_SCAN_SECONDS
+    (a read of every object's hash and one stat per distinct hash: too much for every /health)."""
+    cached: tuple[float, int | None] | None = getattr(state, "blob_scan", None)
+    if cached is not None and time.monotonic() - cached[0] < BLOB_SCAN_SECONDS:
+        return cached[1]
+    try:
+        async with asyncio.timeout(BLOB_SCAN_TIMEOUT):
+            count: int | None = len(await missing_blobs(container.pool, container.blobs))
+    except Exception:
+        count = None
+    state.blob_scan = (time.monotonic(), count)
+    return count
 
 
 async def _admin_registered(container: ApiContainer) -> bool:

@@ -15,12 +15,14 @@ from typing import Any
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.enums import ParamType
 from litestar.openapi.spec import (
     OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIResponse,
     OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     Schema,
 )
@@ -36,8 +38,10 @@ _DESCRIPTIONS = {
     403: "The caller's role lacks the permission, or the object is not theirs to change",
     404: "No such resource visible to the caller",
     409: "A conflict: expected_version is stale, or the resource already exists",
-    410: "The resource is gone",
+    410: "The resource is gone (or its content is missing from the blob store)",
     413: "The request body is too large",
+    415: "The body is not of a media type this operation takes",
+    416: "The Range is outside the content (see Content-Range)",
     422: "The command was refused: the request is well-formed but cannot be carried out",
     429: "Rate limit exceeded; see Retry-After",
     503: "A backing service is unavailable; retry shortly",
@@ -124,9 +128,16 @@ def document_errors(app: Litestar) -> None:
                 statuses = error_statuses(
                     route, method, public, bool(handler.resolve_guards()), operation.request_body is not None
                 )
+                if handler.opt.get("binary_content"):
+                    statuses += [410, 416]
+                if handler.opt.get("multipart"):
+                    statuses += [413, 415]
                 _document(operation, statuses)
+                if handler.opt.get("binary_content"):
+                    _document_binary_content(operation)
     _request_bodies_as_msgspec_validates_them(app)
     _json_query_parameters(app)
+    _multipart_bodies(app)
 
 
 def _request_bodies_as_msgspec_validates_them(app: Litestar) -> None:
@@ -187,6 +198,8 @@ def _document(operation: Operation, statuses: list[int]) -> None:
         headers: dict[str, OpenAPIHeader | Reference] = {"X-Request-ID": REQUEST_ID}
         if status == 401:
             headers["WWW-Authenticate"] = OpenAPIHeader(required=True, schema=Schema(type=OpenAPIType.STRING))
+        if status == 416:
+            headers["Content-Range"] = OpenAPIHeader(required=True, schema=Schema(type=OpenAPIType.STRING))
         if status in (429, 503, 504):
             headers["Retry-After"] = _digits("Seconds to wait before retrying")
         responses[str(status)] = OpenAPIResponse(
@@ -198,3 +211,70 @@ def _document(operation: Operation, statuses: list[int]) -> None:
         if isinstance(response, OpenAPIResponse) and code.startswith("2"):
             response.headers = {**(response.headers or {}), "X-Request-ID": REQUEST_ID, **RATE_HEADERS}
     operation.responses = responses
+
+
+def _document_binary_content(operation: Operation) -> None:
+    """An object's bytes: any media type (the stored one), 206 for a Range, 304 for If-None-Match."""
+    responses: dict[str, Any] = dict(operation.responses or {})
+    ok = responses["200"]
+    assert isinstance(ok, OpenAPIResponse)
+    binary = {"*/*": OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format="binary"))}  # type: ignore[arg-type]
+    ok.content = binary
+    ok.description = "The bytes, with the stored content type; ETag is the sha256"
+    headers = {**(ok.headers or {}), "ETag": OpenAPIHeader(required=True, schema=Schema(type=OpenAPIType.STRING))}
+    ok.headers = headers
+    responses["206"] = OpenAPIResponse(description="The requested byte range", headers=headers, content=binary)
+    responses["304"] = OpenAPIResponse(description="Not modified (If-None-Match matched the ETag)", headers=headers)
+    operation.responses = responses
+    parameters = list(operation.parameters or [])
+    for name, description in (
+        ("Range", "One byte range: bytes=first-last, bytes=first- or bytes=-suffix"),
+        ("If-None-Match", "ETags the client holds; a match answers 304"),
+    ):
+        parameters.append(
+            Parameter(
+                name=name,
+                param_in=ParamType.HEADER,
+                required=False,
+                description=description,
+                schema=Schema(type=OpenAPIType.STRING),
+            )
+        )
+    operation.parameters = parameters
+
+
+def _multipart_bodies(app: Litestar) -> None:
+    """A multipart/form-data body the handler parses itself (streamed, so not a litestar ``data``),
+    documented from a msgspec Struct (route ``opt={"multipart": Struct}``): ``bytes`` fields are file
+    parts (``format: binary``), other fields JSON parts (``encoding: application/json``)."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            form = handler.opt.get("multipart")
+            if form is None:
+                continue
+            _, components = msgspec.json.schema_components([form], ref_template="#/components/schemas/{name}")
+            served["components"]["schemas"].update(components)
+            body = served["components"]["schemas"].pop(form.__name__)
+            encoding = {}
+            for name, field in body["properties"].items():
+                target = field.get("items", field)
+                if target.get("contentEncoding") == "base64":
+                    target.pop("contentEncoding")
+                    target["format"] = "binary"
+                    encoding[name] = {"contentType": "application/octet-stream"}
+                else:
+                    encoding[name] = {"contentType": "application/json"}
+            for method in handler.http_methods:
+                operation = served["paths"][route.path_format][method.lower()]
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {"multipart/form-data": {"schema": body, "encoding": encoding}},
+                }
+
+
+def document_upload_limit(app: Litestar, max_files: int) -> None:
+    """The upload's ``files`` count as the settings bound it (``storage.max_upload_files``)."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    body = served["paths"]["/api/v1/upload"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    body["properties"]["files"]["maxItems"] = max_files

@@ -1,12 +1,23 @@
-"""Content-addressed blob store on a local directory: the bytes live here, events hold the hash."""
+"""Content-addressed blob store on a local directory: the bytes live here, events hold the hash.
+
+A blob is durable before anyone may name it: the bytes go to a temp file in the blob's directory,
+which is fsynced, renamed into place and then the directory is fsynced, so a crash after the event
+that names the blob was produced cannot leave the log pointing at nothing. An existing blob is never
+overwritten (same hash, same bytes).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+BLOB_PREFIX = "blob://sha256/"
+READ_CHUNK = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -20,6 +31,74 @@ class BlobNotFound(LookupError):
     pass
 
 
+class BlobTooLarge(ValueError):
+    pass
+
+
+def is_hash(content_hash: str) -> bool:
+    """A sha256 in lower-case hex: the only names the store has (no paths from outside)."""
+    return len(content_hash) == 64 and all(c in "0123456789abcdef" for c in content_hash)
+
+
+class BlobWriter:
+    """One blob written in pieces: hashed while streaming, bounded by ``limit`` bytes.
+
+    ``commit()`` makes it durable under its hash; ``abort()`` (or an exception inside ``with``)
+    leaves nothing behind. The client's filename is never used: the name is the hash.
+    """
+
+    def __init__(self, store: LocalBlobStore, limit: int | None = None) -> None:
+        self._store = store
+        self._limit = limit
+        self._hash = hashlib.sha256()
+        self.size = 0
+        store.root.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=store.root, prefix=".incoming-")
+        self._tmp = Path(name)
+        self._file = os.fdopen(fd, "wb")
+        self.head = b""  # the first bytes, for sniffing the content type
+
+    def write(self, chunk: bytes) -> None:
+        """Append ``chunk``; BlobTooLarge (and nothing kept) past the limit."""
+        self.size += len(chunk)
+        if self._limit is not None and self.size > self._limit:
+            self.abort()
+            raise BlobTooLarge(f"larger than {self._limit} bytes")
+        if len(self.head) < 8192:
+            self.head += chunk[: 8192 - len(self.head)]
+        self._hash.update(chunk)
+        self._file.write(chunk)
+
+    def commit(self) -> StoredBlob:
+        """fsync, move into place under the hash (unless already there), fsync the directory."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        digest = self._hash.hexdigest()
+        path = self._store.path(digest)
+        if path.exists():
+            self._tmp.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._tmp, path)
+            _fsync_dir(path.parent)
+            _fsync_dir(self._store.root)
+        return StoredBlob(digest, self.size, BLOB_PREFIX + digest)
+
+    def abort(self) -> None:
+        """Forget the bytes written so far."""
+        if not self._file.closed:
+            self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is not None:
+            self.abort()
+
+
 class LocalBlobStore:
     """Blobs at ``<root>/<hash[:2]>/<hash>``; writing the same bytes twice stores them once."""
 
@@ -27,27 +106,21 @@ class LocalBlobStore:
         self.root = root
 
     def put(self, data: bytes) -> StoredBlob:
-        """Store ``data`` (atomically: temp file, then rename) and return its address."""
-        digest = hashlib.sha256(data).hexdigest()
-        path = self._path(digest)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        return StoredBlob(digest, len(data), f"blob://sha256/{digest}")
+        """Store ``data`` durably and return its address."""
+        with self.writer() as writer:
+            writer.write(data)
+            return writer.commit()
+
+    def writer(self, limit: int | None = None) -> BlobWriter:
+        """A writer for one blob streamed in pieces (see BlobWriter)."""
+        return BlobWriter(self, limit)
 
     def get(self, content_hash: str) -> bytes:
         """The bytes with this sha256; BlobNotFound if absent."""
-        if len(content_hash) != 64 or any(c not in "0123456789abcdef" for c in content_hash):
+        if not is_hash(content_hash):
             raise BlobNotFound(content_hash)
         try:
-            return self._path(content_hash).read_bytes()
+            return self.path(content_hash).read_bytes()
         except FileNotFoundError as exc:
             raise BlobNotFound(content_hash) from exc
 
@@ -58,5 +131,50 @@ class LocalBlobStore:
         except BlobNotFound:
             return None
 
-    def _path(self, digest: str) -> Path:
+    def head(self, content_hash: str, limit: int) -> bytes | None:
+        """At most the first ``limit`` bytes of the blob, or None when absent."""
+        if not is_hash(content_hash):
+            return None
+        try:
+            with self.path(content_hash).open("rb") as f:
+                return f.read(limit)
+        except FileNotFoundError:
+            return None
+
+    def exists(self, content_hash: str) -> bool:
+        """Whether the store holds this blob."""
+        return is_hash(content_hash) and self.path(content_hash).is_file()
+
+    def read_range(self, content_hash: str, start: int, end: int) -> Iterator[bytes]:
+        """Bytes ``start..end`` (inclusive) in chunks; BlobNotFound if absent."""
+        if not is_hash(content_hash):
+            raise BlobNotFound(content_hash)
+        try:
+            f = self.path(content_hash).open("rb")
+        except FileNotFoundError as exc:
+            raise BlobNotFound(content_hash) from exc
+        return _chunks(f, start, end)
+
+    def path(self, digest: str) -> Path:
+        """Where the blob with this hash lives (whether or not it exists)."""
         return self.root / digest[:2] / digest
+
+
+def _chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
+    with f:
+        f.seek(start)
+        left = end - start + 1
+        while left > 0:
+            chunk = f.read(min(READ_CHUNK, left))
+            if not chunk:
+                return
+            left -= len(chunk)
+            yield chunk
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from psycopg_pool import AsyncConnectionPool
 
 from commands.processor import CommandProcessor, ProcessorConfig
+from domain.content_types import is_textual
 from infra.blobstore import LocalBlobStore
 from infra.codec import make_mapper
 from infra.command_bus import KafkaCommandBus
@@ -21,10 +22,11 @@ from infra.settings import Settings
 from projections.annotations import AnnotationsProjector
 from projections.audit_log import AuditLogProjector
 from projections.changes import ChangeFeed, channel_for
-from projections.data_objects import DataObjectsProjector
+from projections.data_objects import ContentLoader, DataObjectsProjector
 from projections.executions import ExecutionsProjector
 from projections.projector import Projector
 from projections.runner import ProjectionRunner, RunnerConfig
+from projections.text_extraction import MAX_INDEXED_BYTES, MAX_PDF_BYTES, wants_whole_content
 from projections.users import UsersProjector
 
 log = logging.getLogger("pipeline.bootstrap")
@@ -64,10 +66,24 @@ class ApiContainer:
             await self.redis.aclose()
 
 
-def read_model_projectors(blobs: LocalBlobStore | None = None) -> list[Projector]:
+def search_content_loader(blobs: LocalBlobStore) -> ContentLoader:
+    """What the data_objects projector reads to index an object: nothing for binary types, the first
+    MAX_INDEXED_BYTES of text, a whole PDF up to MAX_PDF_BYTES (text_extraction's bounds)."""
+
+    def load(content_hash: str, content_type: str) -> bytes | None:
+        if wants_whole_content(content_type):
+            return blobs.head(content_hash, MAX_PDF_BYTES + 1)
+        if not is_textual(content_type):
+            return None
+        return blobs.head(content_hash, MAX_INDEXED_BYTES)
+
+    return load
+
+
+def read_model_projectors(blobs: LocalBlobStore | None = None, language: str = "simple") -> list[Projector]:
     """The read models one runner keeps, in the order they are applied."""
     return [
-        DataObjectsProjector(blobs.find if blobs else None),
+        DataObjectsProjector(search_content_loader(blobs) if blobs else None, language),
         AnnotationsProjector(),
         ExecutionsProjector(),
         UsersProjector(),
@@ -157,5 +173,5 @@ async def build_runner(settings: Settings, schema: str | None = None, group_suff
         runner_config(settings, topics, schema, group_suffix),
         pool,
         make_mapper(),
-        read_model_projectors(LocalBlobStore(settings.storage.blob_path)),
+        read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language),
     )

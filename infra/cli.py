@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     rebuild.add_argument("--into", help="schema to build into (default: <live schema>_rebuild_<time>)")
     rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
+    blobs = sub.add_parser("blobs", help="operate the blob store")
+    blobs_sub = blobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    blobs_sub.add_parser("check", help="list objects whose content the blob store lacks (exit 1 if any)")
     from infra.user_cli import add_parser as add_user_parser
 
     add_user_parser(sub)
@@ -63,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap))
         return 0
+    if args.command == "blobs":
+        from infra.blob_check import run_check
+
+        return run_check(settings)
     if args.command == "user":
         from infra.user_cli import run as run_user_command
 

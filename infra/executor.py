@@ -21,7 +21,9 @@ from infra.command_bus import KafkaCommandBus
 from infra.kafka import ensure_topics, topic_partitions
 from infra.postgres import migrate, open_pool
 from infra.settings import Settings
-from projections.data_objects import get_data_object, search_objects
+from projections.data_objects import get_data_object
+from projections.search import SearchRequest
+from projections.search import search as search_objects
 
 
 @dataclass
@@ -108,8 +110,16 @@ async def build_executor(settings: Settings) -> ExecutorService:
         return data.decode("utf-8", errors="replace")
 
     async def search(actor: Actor, query: str, limit: int) -> list[dict[str, Any]]:
+        """The search REST and GraphQL run (projections.search), as the submitter sees objects."""
+        request = SearchRequest(
+            query=query,
+            limit=limit,
+            owner_scope=None if actor.role == "admin" else actor.user_id,
+            language=settings.search.language,
+        )
         async with pool.connection() as conn:
-            return await search_objects(conn, query, limit, owner=None if actor.role == "admin" else actor.user_id)
+            rows, _ = await search_objects(conn, request)
+        return [_node_result(row) for row in rows]
 
     async def lookup_user(user_id: str) -> tuple[str, bool] | None:
         """The submitter's current (role, disabled), read at each effect: one primary-key lookup."""
@@ -141,3 +151,12 @@ async def build_executor(settings: Settings) -> ExecutorService:
         fetch_max_wait_ms=settings.kafka.event_fetch_max_wait_ms,
     )
     return ExecutorService(Executor(config, make_mapper(), deps), bus, pool, offsets)
+
+
+def _node_result(row: dict[str, Any]) -> dict[str, Any]:
+    """A search hit as the `search` node outputs it: JSON values only (times as ISO text)."""
+    keep = ("object_id", "object_type", "content_type", "size", "metadata", "score", "snippet")
+    result = {key: row[key] for key in keep}
+    result["created_at"] = row["created_at"].isoformat()
+    result["annotations"] = [{**a, "created_at": a["created_at"].isoformat()} for a in row["annotations"]]
+    return result

@@ -2,8 +2,9 @@
 
 The YAML file has the shape of the spec's ``api_gateway.yaml`` (sections ``server``, ``cors``,
 ``authentication``, ``rate_limiting``, ``websocket``, ``monitoring``) plus the sections this
-system needs (``graphql``, ``database``, ``kafka``, ``redis``, ``storage``, ``consistency``,
-``execution``, ``supervision``). Values may use ``${VAR}`` or ``${VAR:-default}`` to read the environment.
+system needs (``graphql``, ``database``, ``kafka``, ``redis``, ``storage``, ``search``,
+``consistency``, ``execution``, ``supervision``). Values may use ``${VAR}`` or ``${VAR:-default}`` to
+read the environment.
 
 Every setting can also be given as an environment variable named ``PIPELINE_<SECTION>_<KEY>``
 (for example ``PIPELINE_KAFKA_PARTITIONS``); a few have the short names users expect
@@ -163,10 +164,25 @@ class StorageSettings:
     max_content_bytes: int = 10 * 1024 * 1024
     max_metadata_bytes: int = 64 * 1024
     max_annotations: int = 100
+    inline_content_bytes: int = 64 * 1024  # GraphQL DataObject.content: text up to this, else contentUrl
+    max_upload_file_bytes: int = 1024 * 1024 * 1024  # one file of POST /api/v1/upload
+    max_upload_request_bytes: int = 2 * 1024 * 1024 * 1024  # all files of one upload request
+    max_upload_files: int = 20
 
     @property
     def blob_path(self) -> Path:
         return Path(self.blob_dir) if self.blob_dir else Path(self.data_dir) / "blobs"
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    # PostgreSQL text search configuration (e.g. simple, english, german) for indexing and queries;
+    # changing it needs a read model rebuild (`pipeline projections rebuild --swap`).
+    language: str = "simple"
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z_]{1,63}", self.language):
+            raise SettingsError(f"search.language must be a text search configuration name, not {self.language!r}")
 
 
 @dataclass(frozen=True)
@@ -207,6 +223,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     consistency: ConsistencySettings = field(default_factory=ConsistencySettings)
     execution: ExecutionSettings = field(default_factory=ExecutionSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)

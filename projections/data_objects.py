@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
 from projections.projector import Handler, Projector
+from projections.search import SNIPPET_SOURCE_CHARS
+from projections.text_extraction import extract_text
 
 
 def object_type(content_type: str) -> str:
@@ -26,24 +28,24 @@ def object_type(content_type: str) -> str:
     return "binary"
 
 
-# Only this much of an object's text is indexed, so one huge object cannot stall the projection.
-MAX_INDEXED_BYTES = 1024 * 1024
-ContentLoader = Callable[[str], bytes | None]  # content hash -> bytes, None when absent
+# content hash, content type -> the bytes extraction needs (bounded, see text_extraction), None when absent
+ContentLoader = Callable[[str, str], bytes | None]
 
 
 def searchable_text(content_type: str, content: bytes | None, metadata: dict[str, Any]) -> str:
-    """What full-text search sees: decoded text/JSON content (bounded) and the metadata's values."""
+    """What full-text search sees: the content's text (projections.text_extraction) and the metadata's values."""
     parts = [str(value) for value in metadata.values() if isinstance(value, str | int | float)]
-    if content is not None and object_type(content_type) in {"text", "json"}:
-        parts.append(content[:MAX_INDEXED_BYTES].decode("utf-8", errors="replace"))
-    return "\n".join(parts)
+    if content is not None:
+        parts.append(extract_text(content_type, content))
+    return "\n".join(parts).replace("\x00", " ")  # PostgreSQL text takes no NUL (a PDF's text may have one)
 
 
 class DataObjectsProjector(Projector):
     name = "data_objects"
 
-    def __init__(self, load_content: ContentLoader | None = None) -> None:
-        self.load_content = load_content or (lambda _hash: None)
+    def __init__(self, load_content: ContentLoader | None = None, language: str = "simple") -> None:
+        self.load_content = load_content or (lambda _hash, _type: None)
+        self.language = language  # the text search configuration; search queries must use the same
 
     def handlers(self) -> dict[str, Handler]:
         return {
@@ -54,10 +56,14 @@ class DataObjectsProjector(Projector):
 
     async def on_ingested(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         e = record.event
+        # Reading the blob and extracting (a PDF can take a while) stay off the projection's loop.
+        text = await asyncio.to_thread(
+            lambda: searchable_text(e.content_type, self.load_content(e.content_hash, e.content_type), e.metadata)
+        )
         await cur.execute(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
-            " metadata, owner, version, created_at, updated_at, search)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector('simple', %s))",
+            " metadata, owner, version, created_at, updated_at, search, search_text)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector(%s::regconfig, %s), %s)",
             (
                 record.aggregate_id,
                 object_type(e.content_type),
@@ -70,7 +76,9 @@ class DataObjectsProjector(Projector):
                 record.version,
                 e.timestamp,
                 e.timestamp,
-                searchable_text(e.content_type, self.load_content(e.content_hash), e.metadata),
+                self.language,
+                text,
+                text[:SNIPPET_SOURCE_CHARS],
             ),
         )
 
@@ -97,48 +105,7 @@ async def get_data_object(conn: AsyncConnection[Any], object_id: str) -> dict[st
         return await cur.fetchone()
 
 
-SEARCH_FILTERS = {"content_type", "object_type", "owner", "metadata"}
-
-
-async def search_data_objects(
-    conn: AsyncConnection[Any], query: str, filters: dict[str, Any], limit: int, offset: int
-) -> tuple[list[dict[str, Any]], int]:
-    """Objects matching ``query`` (web-search syntax) and ``filters``, best first, with the total count."""
-    where = ["search @@ q"]
-    params: list[Any] = [query]
-    for key in ("content_type", "object_type", "owner"):
-        if key in filters:
-            where.append(f"{key} = %s")
-            params.append(str(filters[key]))
-    if "metadata" in filters:
-        where.append("metadata @> %s::jsonb")
-        params.append(orjson.dumps(filters["metadata"]).decode())
-    params += [limit, offset]
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {_COLUMNS}, ts_rank(search, q) AS score, count(*) OVER () AS total"
-            " FROM data_objects, websearch_to_tsquery('simple', %s) AS q"
-            f" WHERE {' AND '.join(where)} ORDER BY score DESC, created_at DESC LIMIT %s OFFSET %s",
-            params,
-        )
-        rows = await cur.fetchall()
-    total = int(rows[0].pop("total")) if rows else 0
-    for row in rows[1:]:
-        row.pop("total")
-    return rows, total
-
-
-async def search_objects(conn: AsyncConnection[Any], query: str, limit: int, owner: str | None) -> list[dict[str, Any]]:
-    """``owner``'s objects (everyone's for None) whose metadata, content type or kind contains ``query``
-    (case-insensitive), newest first."""
-    pattern = "%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT object_id::text AS object_id, object_type, content_type, size, metadata, created_at"
-            " FROM data_objects WHERE (%s::text IS NULL OR owner = %s)"
-            " AND (metadata::text ILIKE %s OR content_type ILIKE %s OR object_type ILIKE %s)"
-            " ORDER BY created_at DESC, object_id LIMIT %s",
-            (owner, owner, pattern, pattern, pattern, limit),
-        )
-        rows = await cur.fetchall()
-    return [{**row, "created_at": row["created_at"].isoformat()} for row in rows]
+async def content_hashes(conn: AsyncConnection[Any]) -> list[tuple[str, str]]:
+    """(object_id, content_hash) of every live object: what the log says the blob store holds."""
+    cur = await conn.execute("SELECT object_id::text, content_hash FROM data_objects ORDER BY object_id")
+    return [(str(object_id), str(content_hash)) for object_id, content_hash in await cur.fetchall()]

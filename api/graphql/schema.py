@@ -24,6 +24,7 @@ from api.graphql.masking import ErrorEnvelope, LoggedSchema
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.live_rights import mentions_user
 from api.rbac import Permission, can_see
+from api.rest.content import content_url
 from api.rest.search import check_filters, run_search
 from infra.settings import GraphQLSettings
 from projections.data_objects import get_data_object
@@ -58,6 +59,26 @@ class DataObject:
     @strawberry.field
     async def annotations(self, info: GqlInfo) -> list[Annotation]:
         return [Annotation(**row) for row in await info.context.annotations.load(self.object_id)]
+
+    @strawberry.field(
+        description="The content as text for text and JSON objects up to storage.inline_content_bytes;"
+        " null otherwise (read the bytes at contentUrl)"
+    )
+    async def content(self, info: GqlInfo) -> str | None:
+        container = info.context.container
+        if self.object_type not in ("text", "json") or self.size > container.settings.storage.inline_content_bytes:
+            return None
+        data = await asyncio.to_thread(container.blobs.find, self.content_hash)
+        if data is None:  # missing from the store: /health and `pipeline blobs check` report it
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @strawberry.field(description="Where GET serves the object's bytes (Range, ETag; owner and admins only)")
+    def content_url(self) -> str:
+        return content_url(self.object_id)
 
 
 @strawberry.type
@@ -97,17 +118,27 @@ class Query(ExecutionQuery):
             raise
         return to_object(row)
 
-    @strawberry.field(description="Full-text search over data objects")
+    @strawberry.field(
+        description="Search over data objects, as GET /api/v1/search: modality text (query in web-search syntax)"
+        " or metadata (filters alone, no query)"
+    )
     async def search_objects(
-        self, info: GqlInfo, query: str, modality: str = "text", limit: int = 10, filters: JSON | None = None
+        self,
+        info: GqlInfo,
+        query: str | None = None,
+        modality: str = "text",
+        limit: int = 10,
+        offset: int = 0,
+        filters: JSON | None = None,
     ) -> list[DataObject]:
         require(info.context.connection, Permission.READ)
-        if not 1 <= limit <= 100:
-            raise GraphQLError("limit must be 1..100", extensions={"code": 400, "reason": "validation_error"})
+        if not 1 <= limit <= 100 or not 0 <= offset <= 10_000:
+            raise GraphQLError(
+                "limit must be 1..100 and offset 0..10000", extensions={"code": 400, "reason": "validation_error"}
+            )
         checked = await answer(_checked(filters))
-        results = await answer(
-            run_search(info.context.container, actor_of(info.context.connection), query, modality, limit, 0, checked)
-        )
+        actor = actor_of(info.context.connection)
+        results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))
         return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
 
 

@@ -1,8 +1,9 @@
-"""REST: full-text search across ingested data objects."""
+"""REST: search over data objects (projections.search), shared with GraphQL's searchObjects."""
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -16,9 +17,8 @@ from api.rbac import Permission, requires
 from api.rest.data import DataObject
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
-from projections.data_objects import SEARCH_FILTERS, search_data_objects
+from projections.search import FILTER_KEYS, MODALITIES, SearchRequest, search
 
-SUPPORTED_MODALITIES = {"text"}
 MAX_QUERY_LENGTH = 500
 # Words to search for: no control characters (PostgreSQL text takes no NUL) and not only spaces.
 QUERY_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
@@ -27,12 +27,14 @@ QUERY_RULE = re.compile(QUERY_PATTERN)
 
 class SearchHit(DataObject):
     score: float = 0.0
+    snippet: str = ""  # ts_headline of the matching text, matches in <b>...</b>; "" for modality metadata
 
 
 class SearchResults(msgspec.Struct):
     results: list[SearchHit]
     total: int
-    query: str
+    query: str | None
+    modality: str
     filters: dict[str, Any]
 
 
@@ -47,6 +49,10 @@ class SearchFilters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
     object_type: FilterValue | None = None
     owner: FilterValue | None = None
     metadata: dict[str, Any] | None = None  # containment: objects whose metadata includes this
+    created_after: datetime | None = None  # inclusive; RFC 3339 with a time zone
+    created_before: datetime | None = None  # exclusive
+    annotation_type: FilterValue | None = None  # objects with an annotation of this type
+    label: FilterValue | None = None  # objects with this label annotation
 
 
 def parse_filters(raw: str | None) -> dict[str, Any]:
@@ -64,41 +70,81 @@ def check_filters(filters: Any) -> dict[str, Any]:
     """Filters as a JSON object over known keys (shared by REST and GraphQL)."""
     if not isinstance(filters, dict):
         raise ApiError(400, "validation_error", "filters must be a JSON object", {"field": "filters"})
-    unknown = set(filters) - SEARCH_FILTERS
+    unknown = set(filters) - FILTER_KEYS
     if unknown:
-        raise ApiError(
-            400, "validation_error", f"unknown filters {sorted(unknown)}", {"allowed": sorted(SEARCH_FILTERS)}
-        )
+        raise ApiError(400, "validation_error", f"unknown filters {sorted(unknown)}", {"allowed": sorted(FILTER_KEYS)})
     try:
         checked = msgspec.convert(filters, SearchFilters)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "validation_error", f"filters: {exc}", {"field": "filters"}) from exc
+    for moment in (checked.created_after, checked.created_before):
+        if moment is not None and moment.tzinfo is None:
+            raise ApiError(
+                400, "validation_error", "created_after/created_before need a time zone", {"field": "filters"}
+            )
     if checked.metadata is not None:  # compared as jsonb: the same rules as stored metadata
         checked_json(checked.metadata, "filters.metadata")
     result: dict[str, Any] = msgspec.to_builtins(checked)
+    if checked.created_after is not None:
+        result["created_after"] = checked.created_after
+    if checked.created_before is not None:
+        result["created_before"] = checked.created_before
     return result
 
 
-async def run_search(
-    container: ApiContainer, actor: Actor, query: str, modality: str, limit: int, offset: int, filters: dict[str, Any]
-) -> SearchResults:
-    """Search shared by REST and GraphQL; a non-admin only ever finds their own objects (visibility rule)."""
-    if modality not in SUPPORTED_MODALITIES:
+def check_query(query: str | None, modality: str) -> str | None:
+    """The query as the modality needs it: words for text, none for metadata (filters alone select)."""
+    if modality not in MODALITIES:
         raise ApiError(
-            422, "unsupported_modality", f"modality {modality!r} is not supported", sorted(SUPPORTED_MODALITIES)
+            400,
+            "unsupported_modality",
+            f"modality {modality!r} is not supported; use one of {', '.join(MODALITIES)}",
+            {"supported": list(MODALITIES)},
         )
-    if len(query) > MAX_QUERY_LENGTH or not QUERY_RULE.match(query):
+    if modality == "metadata":
+        if query is not None:
+            raise ApiError(
+                400,
+                "validation_error",
+                "modality metadata selects by filters alone: leave out query",
+                {"field": "query"},
+            )
+        return None
+    if query is None or len(query) > MAX_QUERY_LENGTH or not QUERY_RULE.match(query):
         raise ApiError(
             400,
             "validation_error",
             f"query must be 1..{MAX_QUERY_LENGTH} characters with a word in it and no control characters",
             {"field": "query"},
         )
-    scoped = filters if actor.role == "admin" else {**filters, "owner": actor.user_id}
+    return query
+
+
+async def run_search(
+    container: ApiContainer,
+    actor: Actor,
+    query: str | None,
+    modality: str,
+    limit: int,
+    offset: int,
+    filters: dict[str, Any],
+) -> SearchResults:
+    """Search shared by REST and GraphQL; a non-admin only ever finds their own objects (visibility rule)."""
+    checked = check_query(query, modality)
+    request = SearchRequest(
+        query=checked,
+        modality=modality,
+        filters=filters,
+        limit=limit,
+        offset=offset,
+        owner_scope=None if actor.role == "admin" else actor.user_id,
+        language=container.settings.search.language,
+    )
     async with container.pool.connection() as conn:
-        rows, total = await search_data_objects(conn, query, scoped, limit, offset)
-    hits = [SearchHit(**row, annotations=[]) for row in rows]
-    return SearchResults(results=hits, total=total, query=query, filters=filters)
+        rows, total = await search(conn, request)
+    hits = [msgspec.convert(row, SearchHit, from_attributes=True) for row in rows]
+    shown = {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in filters.items()}
+    return SearchResults(results=hits, total=total, query=checked, modality=modality, filters=shown)
 
 
 class SearchController(Controller):
@@ -109,6 +155,8 @@ class SearchController(Controller):
         "/search",
         operation_id="searchData",
         summary="Search across ingested data (the caller's own objects; admins: all)",
+        description='modality=text: full text with web-search syntax ("a phrase", or, -word) and word* prefixes,'
+        " best first, with a highlighted snippet; modality=metadata: the filters alone, newest first (no query).",
         guards=[requires(Permission.READ)],
         opt={"json_query": {"filters": SearchFilters}},
     )
@@ -117,12 +165,19 @@ class SearchController(Controller):
         request: Request[Any, Any, Any],
         container: ApiContainer,
         # `query` is a reserved litestar parameter name (the whole query string), hence the alias.
-        search_query: Annotated[str, Parameter(query="query", max_length=MAX_QUERY_LENGTH, pattern=QUERY_PATTERN)],
-        modality: Annotated[str, Parameter(schema_extra={"enum": sorted(SUPPORTED_MODALITIES)})] = "text",
+        search_query: Annotated[
+            str | None,
+            Parameter(query="query", required=False, max_length=MAX_QUERY_LENGTH, pattern=QUERY_PATTERN),
+        ] = None,
+        modality: Annotated[str, Parameter(schema_extra={"enum": list(MODALITIES)})] = "text",
         limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
         offset: Annotated[int, Parameter(ge=0, le=10_000)] = 0,
         filters: Annotated[
-            str | None, Parameter(description="A JSON object: content_type, object_type, owner, metadata (containment)")
+            str | None,
+            Parameter(
+                description="A JSON object: content_type, object_type, owner, metadata (containment),"
+                " created_after, created_before, annotation_type, label"
+            ),
         ] = None,
     ) -> SearchResults:
         return await run_search(
