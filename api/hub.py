@@ -40,6 +40,10 @@ class Subscriber:
         self.token_generation = token_generation  # of the token that opened it: a password change ends it
         self.topics: set[str] = set()
         self.owners: dict[str, str] = {}  # execution topic -> its submitter, checked on each delivery
+        # A topic being joined holds its messages until the current state is sent (LiveHub.release);
+        # afterwards only messages newer than that state's version go out (no duplicates, no gaps).
+        self.held: dict[str, list[dict[str, Any]]] = {}
+        self.floors: dict[str, int] = {}
         self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self.dropped = 0
         self.closed: tuple[int, str] | None = None  # (close code, reason) once the hub ends it
@@ -120,16 +124,31 @@ class LiveHub:
         for topic in list(subscriber.topics):
             self.unsubscribe(subscriber, topic)
 
-    def subscribe(self, subscriber: Subscriber, topic: str, owner: str | None = None) -> None:
-        """Add a topic; ``owner`` is an execution topic's submitter (visibility is re-checked per delivery)."""
+    def subscribe(self, subscriber: Subscriber, topic: str, owner: str | None = None, hold: bool = False) -> None:
+        """Add a topic; ``owner`` is an execution topic's submitter (visibility is re-checked per delivery).
+
+        With ``hold`` its messages wait until ``release``: the caller reads the current state after
+        subscribing, sends it, and releases only what is newer, so nothing falls between the two.
+        """
         subscriber.topics.add(topic)
         if owner is not None:
             subscriber.owners[topic] = owner
+        if hold:
+            subscriber.held[topic] = []
         self._by_topic[topic].add(subscriber)
+
+    def release(self, subscriber: Subscriber, topic: str, version: int) -> None:
+        """Deliver the held messages newer than ``version`` (the state just sent) and drop older ones from now on."""
+        subscriber.floors[topic] = version
+        for message in subscriber.held.pop(topic, []):
+            if message["data"]["version"] > version:
+                subscriber.offer(message)
 
     def unsubscribe(self, subscriber: Subscriber, topic: str) -> None:
         subscriber.topics.discard(topic)
         subscriber.owners.pop(topic, None)
+        subscriber.held.pop(topic, None)
+        subscriber.floors.pop(topic, None)
         members = self._by_topic.get(topic)
         if members is not None:
             members.discard(subscriber)
@@ -149,7 +168,10 @@ class LiveHub:
                 self.unsubscribe(subscriber, topic)
                 subscriber.offer({"type": "error", "code": "forbidden", "message": f"{topic} is no longer visible"})
                 continue
-            subscriber.offer({**message, "topic": topic})
+            if topic in subscriber.held:
+                subscriber.held[topic].append({**message, "topic": topic})
+            elif message.get("data", {}).get("version", 0) > subscriber.floors.get(topic, -1):
+                subscriber.offer({**message, "topic": topic})
 
     async def recheck(self, candidates: set[Subscriber], fresh: set[str]) -> set[Subscriber]:
         """Re-read the candidates' users; close the disabled; return those who may receive now.
