@@ -79,11 +79,14 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             # Authenticated once: at the handshake (header or ?access_token=), or, for GraphQL clients
             # (browsers cannot set headers on a WebSocket), by the connection_init payload (api/ws_auth.py).
             ws_state = scope["litestar_app"].state
-            if not handshake_token(scope) and defers_to_connection_init(scope):
+            ws_token = handshake_token(scope)  # read once: it removes ?access_token= from the scope
+            if not ws_token and defers_to_connection_init(scope):
                 verify = _init_verifier(ws_state.container, ws_state.refresh_tokens, ws_state.users)
                 await app(scope, init_authenticating_receive(scope, receive, send, verify), send)
                 return
-            ws_principal = await _authenticate(scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users)
+            ws_principal = await _authenticate(
+                scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users, ws_token
+            )
             if ws_principal is not None:
                 scope["user"] = ws_principal
                 await app(scope, receive, send)
@@ -99,7 +102,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         else:
             # While Redis is known to be down, skip the revocation lookup rather than wait on it each time.
             tokens = None if limiter.degraded else state.refresh_tokens
-            principal = await _authenticate(scope, send, container, tokens, state.users)
+            principal = await _authenticate(scope, send, container, tokens, state.users, handshake_token(scope))
             if principal is None:
                 return
             scope["user"] = principal
@@ -193,10 +196,10 @@ def _init_verifier(container: ApiContainer, tokens: RefreshTokens | None, users:
 
 
 async def _authenticate(
-    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None, users: UserCache
+    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None, users: UserCache, token: str
 ) -> Principal | None:
     try:
-        return await verify_token(container, tokens, users, handshake_token(scope))
+        return await verify_token(container, tokens, users, token)
     except Refused as refused:
         if refused.status == 503:
             await _error(scope, send, 503, "unavailable", refused.message, {"Retry-After": "1"})
