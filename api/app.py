@@ -28,7 +28,7 @@ from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
 from api.openapi import document_errors
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, Rule
 from api.rest.auth import AuthController
 from api.rest.data import DataController
 from api.rest.executions import ExecutionsController
@@ -38,6 +38,7 @@ from api.rest.users import UsersController
 from api.tokens import RefreshTokens, check_secret
 from api.user_cache import UserCache
 from api.ws import websocket_endpoint
+from api.ws_limits import UserConnections
 from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
         app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
+        app.state.user_connections = UserConnections(settings.websocket.max_connections_per_user)
+        app.state.ws_message_rule = Rule.parse(settings.websocket.message_limit)
         app.state.hub.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))

@@ -28,7 +28,8 @@ from api.errors import ApiError
 from api.ratelimit import RateLimiter, Verdict
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token
 from api.user_cache import UserCache
-from api.ws_auth import Verify, defers_to_connection_init, init_authenticating_receive
+from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
+from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 
@@ -80,16 +81,34 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             # (browsers cannot set headers on a WebSocket), by the connection_init payload (api/ws_auth.py).
             ws_state = scope["litestar_app"].state
             ws_token = handshake_token(scope)  # read once: it removes ?access_token= from the scope
-            if not ws_token and defers_to_connection_init(scope):
-                verify = _init_verifier(ws_state.container, ws_state.refresh_tokens, ws_state.users)
-                await app(scope, init_authenticating_receive(scope, receive, send, verify), send)
-                return
-            ws_principal = await _authenticate(
-                scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users, ws_token
-            )
-            if ws_principal is not None:
+            slots: UserConnections = ws_state.user_connections
+            taken: list[str] = []  # the user whose connection slot this connection holds
+
+            def admit(principal: Principal) -> bool:
+                if slots.acquire(principal.user_id):
+                    taken.append(principal.user_id)
+                    return True
+                return False
+
+            try:
+                if not ws_token and defers_to_connection_init(scope):
+                    verify = _init_verifier(ws_state.container, ws_state.refresh_tokens, ws_state.users)
+                    await app(scope, init_authenticating_receive(scope, receive, send, verify, admit), send)
+                    return
+                ws_principal = await _authenticate(
+                    scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users, ws_token
+                )
+                if ws_principal is None:
+                    return
+                if not admit(ws_principal):
+                    message = "too many open connections for this user"
+                    await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": message})
+                    return
                 scope["user"] = ws_principal
                 await app(scope, receive, send)
+            finally:
+                for user_id in taken:
+                    slots.release(user_id)
             return
         state = scope["litestar_app"].state
         container: ApiContainer = state.container

@@ -30,6 +30,7 @@ from api.errors import ApiError
 from api.execution_service import read_execution, read_fresh_execution
 from api.hub import CLOSE, LiveHub, Subscriber
 from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
+from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
 from infra.bootstrap import ApiContainer
@@ -143,13 +144,19 @@ async def _receive_loop(
     socket: WebSocket[Any, Any, Any], container: ApiContainer, hub: LiveHub, sub: Subscriber
 ) -> None:
     limits = container.settings.websocket
+    limiter: RateLimiter = socket.app.state.limiter
+    rule: Rule = socket.app.state.ws_message_rule
     try:
         while True:
             raw = await socket.receive_data(mode="text")
-            if len(raw) > limits.max_message_size:
-                reply: dict[str, Any] | None = error(
-                    "too_large", f"messages are limited to {limits.max_message_size} bytes"
-                )
+            verdict = await limiter.hit_rule("ws", sub.actor.user_id, rule)  # per user, across connections
+            if not verdict.allowed:
+                reply: dict[str, Any] | None = {
+                    **error("rate_limited", f"at most {limits.message_limit} WebSocket messages per user"),
+                    "retry_after": max(verdict.reset, 1),
+                }
+            elif len(raw) > limits.max_message_size:
+                reply = error("too_large", f"messages are limited to {limits.max_message_size} bytes")
             else:
                 try:
                     reply = await handle(socket, container, hub, sub, msgspec.json.decode(raw))

@@ -21,6 +21,7 @@ from litestar.types import Receive, ReceiveMessage, Scope, Send
 GRAPHQL_PATH = "/api/graphql"
 GRAPHQL_SUBPROTOCOLS = {"graphql-transport-ws", "graphql-ws"}
 FORBIDDEN = 4403  # graphql-transport-ws: Forbidden
+TRY_AGAIN_LATER = 1013  # RFC 6455: the user already holds websocket.max_connections_per_user
 
 Verify = Callable[[str], Awaitable[Any | None]]  # a token -> its principal, or None when refused
 
@@ -47,8 +48,13 @@ def token_of(payload: Any) -> str:
     return bare.strip() if isinstance(bare, str) else ""
 
 
-def init_authenticating_receive(scope: Scope, receive: Receive, send: Send, verify: Verify) -> Receive:
-    """``receive`` that authenticates the connection by its first connection_init message."""
+def init_authenticating_receive(
+    scope: Scope, receive: Receive, send: Send, verify: Verify, admit: Callable[[Any], bool]
+) -> Receive:
+    """``receive`` that authenticates the connection by its first connection_init message.
+
+    ``admit`` takes the caller's connection slot (False: they hold too many; closed with 1013).
+    """
     done = False
 
     async def authenticating_receive() -> ReceiveMessage:
@@ -67,6 +73,10 @@ def init_authenticating_receive(scope: Scope, receive: Receive, send: Send, veri
         if principal is None:
             await send({"type": "websocket.close", "code": FORBIDDEN, "reason": "Forbidden"})
             return {"type": "websocket.disconnect", "code": FORBIDDEN}
+        if not admit(principal):
+            reason = "too many open connections for this user"
+            await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": reason})
+            return {"type": "websocket.disconnect", "code": TRY_AGAIN_LATER}
         scope["user"] = principal
         return message
 

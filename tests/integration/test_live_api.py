@@ -5,7 +5,10 @@ One system serves the whole module."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from functools import partial
@@ -20,12 +23,16 @@ from gql.transport.websockets import WebsocketsTransport
 from tests.conftest import environment_for
 from tests.integration.harness import eventually
 from tests.integration.system import RunningSystem, running_system
+from tests.integration.users import client_for, create_user
 
 GQL = "/api/graphql"
 GRAPH = {
     "nodes": [{"id": "in", "type": "input", "params": {"name": "text"}}, {"id": "count", "type": "word_count"}],
     "edges": [{"from": "in.value", "to": "count.text"}],
 }
+CONNECTION_CAP = 4
+MESSAGE_LIMIT = 50
+PING_S = 2
 FINISHED_EVENTS = {"Completed", "Failed", "Cancelled"}
 SPEC_FIELDS = (
     "objectId objectType contentHash storageLocation metadata createdAt"
@@ -36,7 +43,14 @@ SPEC_FIELDS = (
 @pytest.fixture(scope="module")
 async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
     tmp_path = tmp_path_factory.mktemp("live-api")
-    async with running_system(environment_for(services, tmp_path), tmp_path) as running:
+    env = {
+        **environment_for(services, tmp_path),
+        "PIPELINE_WEBSOCKET_MAX_CONNECTIONS_PER_USER": str(CONNECTION_CAP),
+        "PIPELINE_WEBSOCKET_MESSAGE_LIMIT": f"{MESSAGE_LIMIT} per minute",
+        "PIPELINE_WEBSOCKET_PING_INTERVAL": str(PING_S),
+        "PIPELINE_WEBSOCKET_PING_TIMEOUT": str(PING_S),
+    }
+    async with running_system(env, tmp_path) as running:
         yield running
 
 
@@ -223,3 +237,78 @@ async def test_subscribing_to_someone_elses_or_an_unknown_execution_is_not_found
         assert reply["type"] == "error" and reply["code"] == "not_found"
         await ws.send(json.dumps({"type": "subscribe", "topic": f"execution:{uuid.uuid4()}", "after": "0:999999999"}))
         assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "error"
+
+
+async def test_websocket_messages_are_limited_per_user_across_connections(system: RunningSystem) -> None:
+    await create_user(system.admin, "chatty")
+    async with await client_for(system.anonymous, "chatty") as chatty:
+        url = f"{ws_base(chatty)}/ws/chatty?access_token={token_of(chatty)}"
+        replies = []
+        async with websockets.connect(url) as first, websockets.connect(url) as second:
+            for n in range(MESSAGE_LIMIT + 10):  # alternating connections: the count is the user's
+                ws = first if n % 2 else second
+                await ws.send(json.dumps({"type": "ping"}))
+                replies.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+        assert replies[:MESSAGE_LIMIT] == [{"type": "pong"}] * MESSAGE_LIMIT
+        refused = replies[MESSAGE_LIMIT:]
+        assert all(r["type"] == "error" and r["code"] == "rate_limited" and r["retry_after"] >= 1 for r in refused)
+        # Another user is not affected.
+        async with websockets.connect(f"{ws_base(system.admin)}/ws/other?access_token={token_of(system.admin)}") as ws:
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+
+
+async def test_connections_are_capped_per_user(system: RunningSystem) -> None:
+    await create_user(system.admin, "hoarder")
+    async with await client_for(system.anonymous, "hoarder") as hoarder:
+        url = f"{ws_base(hoarder)}/ws/hoard?access_token={token_of(hoarder)}"
+        open_sockets = [await websockets.connect(url) for _ in range(CONNECTION_CAP)]
+        try:
+            with pytest.raises(websockets.InvalidStatus):  # refused before the handshake completes
+                await websockets.connect(url)
+            async with websockets.connect(ws_base(hoarder) + GQL, subprotocols=["graphql-transport-ws"]) as gws:  # type: ignore[list-item]
+                await gws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(hoarder)}}))
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    await asyncio.wait_for(gws.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+            await open_sockets.pop().close()
+
+            async def admitted() -> bool:  # the slot is given back once the server has seen the close
+                try:
+                    async with websockets.connect(url) as ws:
+                        await ws.send(json.dumps({"type": "ping"}))
+                        return json.loads(await asyncio.wait_for(ws.recv(), 10)) == {"type": "pong"}
+                except websockets.InvalidStatus:
+                    return False
+
+            await eventually(admitted, timeout=10, what="a freed connection slot")
+        finally:
+            for ws in open_sockets:
+                await ws.close()
+
+
+async def test_a_client_that_never_answers_pings_is_closed(system: RunningSystem) -> None:
+    host, port = str(system.admin.base_url).removeprefix("http://").rstrip("/").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws/silent?access_token={token_of(system.admin)} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    await writer.drain()
+    assert b" 101 " in await asyncio.wait_for(reader.readline(), 10)
+    started = time.monotonic()
+    # A real client answers the server's pings (below); this one reads and never answers, so the server
+    # ends the connection ping_interval + ping_timeout after it opened.
+    async with websockets.connect(f"{ws_base(system.admin)}/ws/alive?access_token={token_of(system.admin)}") as alive:
+        while await asyncio.wait_for(reader.read(4096), 30):
+            pass
+        elapsed = time.monotonic() - started
+        assert PING_S <= elapsed < 6 * PING_S + 5, elapsed
+        # The answering client, opened at the same time, has lived as long and is still served.
+        await alive.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(alive.recv(), 10)) == {"type": "pong"}
+    writer.close()
