@@ -33,6 +33,7 @@ from api.rest.auth import AuthController
 from api.rest.data import DataController
 from api.rest.executions import ExecutionsController
 from api.rest.nodes import NodesController
+from api.rest.notifications import NotificationsController
 from api.rest.search import SearchController
 from api.rest.users import UsersController
 from api.tokens import RefreshTokens, check_secret
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SearchController,
             ExecutionsController,
             NodesController,
+            NotificationsController,
             AuthController,
             UsersController,
             HealthController,

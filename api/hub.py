@@ -2,8 +2,10 @@
 
 It reads the process's change feed (PostgreSQL NOTIFY after each projection commit) and turns each
 change into messages on topics: ``data_changes`` for data objects, ``execution:{id}`` for
-executions. Every connection has a bounded queue; when a slow client's queue is full its oldest
-message is dropped and it is told how many it lost (``{"type": "lagged", "dropped": n}``).
+executions, and ``{"type": "notification", "data": ...}`` to every open connection of the user a
+notification is for (projections/notifications.py), without any subscription. Every connection
+has a bounded queue; when a slow client's queue is full its oldest message is dropped and it is
+told how many it lost (``{"type": "lagged", "dropped": n}``).
 
 Rights are re-checked for every delivery (api/live_rights.py): before a batch goes out, each
 receiving connection's user is looked up again (the user cache; fresh when the batch changes that
@@ -27,6 +29,7 @@ from api.rbac import can_see
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from projections.changes import ChangeFeed
+from projections.notifications import NOTIFYING, notifications_caused_by
 
 log = logging.getLogger("pipeline.hub")
 OWNER_CACHE_SIZE = 100_000
@@ -86,6 +89,18 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         data = {"event": kind, "version": change["version"]}
         return [(f"execution:{change['id']}", {"type": "execution_update", "execution_id": change["id"], "data": data})]
     return []
+
+
+def notification_message(row: dict[str, Any]) -> dict[str, Any]:
+    """A notification row as JSON for a live message (the REST list's shape)."""
+    return {
+        "notification_id": row["notification_id"],
+        "kind": row["kind"],
+        "message": row["message"],
+        "data": row["data"],
+        "created_at": row["created_at"].isoformat(),
+        "read_at": None,
+    }
 
 
 class LiveHub:
@@ -218,6 +233,24 @@ class LiveHub:
         while len(self._owners) > OWNER_CACHE_SIZE:
             self._owners.popitem(last=False)
 
+    async def _notifications(self, changes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """user id -> the notifications this batch produced for connected users (one query, only if any)."""
+        causes = [(c["id"], c["version"]) for c in changes if c["type"] in NOTIFYING]
+        connected = {s.actor.user_id for s in self._subscribers}
+        if not causes or not connected:
+            return {}
+        try:
+            async with self.pool.connection() as conn:
+                rows = await notifications_caused_by(conn, causes)
+        except PostgresError:
+            log.exception("notification lookup failed; they stay listed for GET /api/v1/notifications")
+            return {}
+        by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            if row["user_id"] in connected:
+                by_user[row.pop("user_id")].append(notification_message(row))
+        return by_user
+
     async def _pump(self) -> None:
         queue = self.feed.subscribe()
         try:
@@ -230,11 +263,15 @@ class LiveHub:
                     for change in batch.get("changes", [])
                     for pair in messages_for({**change, "owner": self._owners.get(change["id"])})
                 ]
+                notes = await self._notifications(batch.get("changes", []))
                 fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
                 candidates = {s for topic, _ in outgoing for s in self._by_topic.get(topic, ())}
-                candidates |= {s for s in self._subscribers if s.actor.user_id in fresh}
+                candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
                 allowed = await self.recheck(candidates, fresh) if candidates else set()
                 for topic, message in outgoing:
                     self.publish(topic, message, allowed)
+                for subscriber in allowed:  # every open connection of the user, no subscription needed
+                    for note in notes.get(subscriber.actor.user_id, ()):
+                        subscriber.offer({"type": "notification", "data": note})
         finally:
             self.feed.unsubscribe(queue)

@@ -23,6 +23,7 @@ from projections.audit_log import AuditLogProjector
 from projections.changes import ChangeFeed, channel_for
 from projections.data_objects import DataObjectsProjector
 from projections.executions import ExecutionsProjector
+from projections.notifications import NotificationsProjector
 from projections.projector import Projector
 from projections.runner import ProjectionRunner, RunnerConfig
 from projections.users import UsersProjector
@@ -71,6 +72,7 @@ def read_model_projectors(blobs: LocalBlobStore | None = None) -> list[Projector
         AnnotationsProjector(),
         ExecutionsProjector(),
         UsersProjector(),
+        NotificationsProjector(),
         AuditLogProjector(),
     ]
 

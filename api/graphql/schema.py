@@ -18,6 +18,7 @@ from api.graphql.errors import answer, parsed, require
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
 from api.graphql.limits import limit_extensions
 from api.graphql.masking import ErrorEnvelope, LoggedSchema
+from api.graphql.notifications import NotificationQuery, NotificationSubscription
 from api.graphql.objects import Annotation, DataObject, to_object
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.rbac import Permission
@@ -35,7 +36,7 @@ class Deletion:
 
 
 @strawberry.type
-class Query(ExecutionQuery):
+class Query(ExecutionQuery, NotificationQuery):
     @strawberry.field(description="Get a single data object by id (waiting for consistency_token if given)")
     async def data_object(
         self, info: GqlInfo, object_id: str, consistency_token: str | None = None
@@ -120,7 +121,7 @@ class Mutation(ExecutionMutation):
 
 
 @strawberry.type
-class Subscription(ExecutionSubscription, DataChangeSubscription):
+class Subscription(ExecutionSubscription, DataChangeSubscription, NotificationSubscription):
     pass
 
 

@@ -181,6 +181,14 @@ async def test_the_query_string_token_stays_out_of_the_logs(system: RunningSyste
     assert token not in log.read_text(errors="replace")  # ... without the token
 
 
+async def next_live(ws: Any) -> dict[str, Any]:
+    """The next /ws message that is not a notification (those come unasked: the user's runs finish)."""
+    while True:
+        message: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if message["type"] != "notification":
+            return message
+
+
 async def test_websocket_subscribe_right_after_submit_sees_every_update(system: RunningSystem) -> None:
     async with websockets.connect(f"{ws_base(system.admin)}/ws/submitter?access_token={token_of(system.admin)}") as ws:
         for run in range(20):
@@ -195,7 +203,7 @@ async def test_websocket_subscribe_right_after_submit_sees_every_update(system: 
             await ws.send(json.dumps(subscribe))
             messages = []
             while True:
-                message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                message = await next_live(ws)
                 assert message["type"] != "error", (run, message)
                 messages.append(message)
                 data = message.get("data", {})
@@ -208,7 +216,7 @@ async def test_websocket_subscribe_right_after_submit_sees_every_update(system: 
             assert versions == list(range(versions[0], versions[0] + len(versions))), (run, versions)
             assert state["status"] == "completed" or messages[-1]["data"]["event"] == "Completed", (run, messages)
             await ws.send(json.dumps({"type": "unsubscribe", "topic": f"execution:{execution_id}"}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "unsubscribed"
+            assert (await next_live(ws))["type"] == "unsubscribed"
 
 
 async def test_graphql_execution_updates_right_after_submit(system: RunningSystem) -> None:
@@ -312,3 +320,77 @@ async def test_a_client_that_never_answers_pings_is_closed(system: RunningSystem
         await alive.send(json.dumps({"type": "ping"}))
         assert json.loads(await asyncio.wait_for(alive.recv(), 10)) == {"type": "pong"}
     writer.close()
+
+
+async def test_notifications_arrive_live_and_are_listed_after_reconnecting(system: RunningSystem) -> None:
+    user = await create_user(system.admin, "noted")
+    async with await client_for(system.anonymous, "noted") as noted:
+        transport = WebsocketsTransport(url=ws_base(noted) + GQL, init_payload={"authToken": token_of(noted)})
+        graphql_notes: list[dict[str, Any]] = []
+        async with (
+            websockets.connect(f"{ws_base(noted)}/ws/noted-1?access_token={token_of(noted)}") as first,
+            websockets.connect(f"{ws_base(noted)}/ws/noted-2?access_token={token_of(noted)}") as second,
+            Client(transport=transport) as session,
+        ):
+
+            async def listen() -> None:
+                async for result in session.subscribe(gql("subscription { notifications { kind data message } }")):
+                    graphql_notes.append(result["notifications"])
+
+            listener = asyncio.create_task(listen())
+            object_id = await ingest(noted, "mine, annotated by the admin", {})  # own changes: no notification
+            await ensure_graphql_listening(system, noted, object_id, graphql_notes)
+            submitted = await noted.post("/api/v1/execute", json={"graph": GRAPH, "inputs": {"text": "one two"}})
+            assert submitted.status_code == 202, submitted.text
+            execution_id = submitted.json()["execution_id"]
+            changed = await system.admin.patch(f"/api/v1/users/{user['user_id']}", json={"role": "viewer"})
+            assert changed.status_code == 200, changed.text
+            wanted = {"object_annotated", "execution_completed", "role_changed"}
+            for ws in (first, second):  # every open connection of the user, with no subscription
+                kinds: dict[str, dict[str, Any]] = {}
+                while not wanted <= set(kinds):
+                    message = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                    if message["type"] == "notification":
+                        kinds[message["data"]["kind"]] = message["data"]
+                assert kinds["object_annotated"]["data"]["object_id"] == object_id
+                assert kinds["execution_completed"]["data"]["execution_id"] == execution_id
+                assert kinds["role_changed"]["data"]["role"] == "viewer"
+
+            async def graphql_has_all() -> bool:
+                return wanted <= {n["kind"] for n in graphql_notes}
+
+            await eventually(graphql_has_all, timeout=30, what="the notifications over GraphQL")
+            listener.cancel()
+        assert "object_ingested" not in {n["kind"] for n in graphql_notes}
+    # Offline now; back with a new token: everything is listed, unread, until marked read.
+    async with await client_for(system.anonymous, "noted") as again:
+        unread = (await again.get("/api/v1/notifications", params={"unread": "true"})).json()
+        assert wanted <= {n["kind"] for n in unread} and all(n["read_at"] is None for n in unread)
+        ids = [n["notification_id"] for n in unread]
+        marked = await again.post("/api/v1/notifications/read", json={"ids": ids})
+        assert marked.status_code == 200 and marked.json() == {"marked": len(ids)}
+        assert (await again.get("/api/v1/notifications", params={"unread": "true"})).json() == []
+        listed = (await again.get("/api/v1/notifications")).json()
+        assert {n["notification_id"] for n in listed} >= set(ids) and all(n["read_at"] for n in listed)
+        other = await system.admin.get("/api/v1/notifications")  # nobody sees another user's notifications
+        assert not set(ids) & {n["notification_id"] for n in other.json()}
+
+
+async def ensure_graphql_listening(
+    system: RunningSystem, noted: httpx.AsyncClient, object_id: str, graphql_notes: list[dict[str, Any]]
+) -> None:
+    """Annotate the object as the admin until the GraphQL subscription (registered with no ack) hears of it."""
+    for attempt in range(15):
+        body = {"annotation_type": "label", "content": f"by admin {attempt}"}
+        response = await system.admin.post(f"/api/v1/data/{object_id}/annotations", json=body)
+        assert response.status_code in (200, 201), response.text
+
+        async def heard() -> bool:
+            return any(n["kind"] == "object_annotated" for n in graphql_notes)
+
+        try:
+            await eventually(heard, timeout=2, what="an annotation notification")
+            return
+        except AssertionError:
+            continue
+    raise AssertionError("the GraphQL notifications subscription never heard of an annotation")
