@@ -181,4 +181,7 @@ async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -
         if subscriber.dropped:
             await socket.send_json({"type": "lagged", "dropped": subscriber.dropped})
             subscriber.dropped = 0
-        await socket.send_json(message)
+        if isinstance(message, str):
+            await socket.send_text(message)
+        else:
+            await socket.send_json(message)
