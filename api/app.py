@@ -28,18 +28,20 @@ from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
 from api.middleware import request_id_middleware
 from api.openapi import document_errors, document_upload_limit
-from api.ratelimit import RateLimiter
+from api.ratelimit import RateLimiter, Rule
 from api.rest.auth import AuthController
 from api.rest.content import ContentController
 from api.rest.data import DataController
 from api.rest.executions import ExecutionsController
 from api.rest.nodes import NodesController
+from api.rest.notifications import NotificationsController
 from api.rest.search import SearchController
 from api.rest.upload import UploadController
 from api.rest.users import UsersController
 from api.tokens import RefreshTokens, check_secret
 from api.user_cache import UserCache
 from api.ws import websocket_endpoint
+from api.ws_limits import UserConnections
 from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
 from infra.settings import Settings, get_settings
@@ -67,6 +69,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
         app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
+        app.state.user_connections = UserConnections(settings.websocket.max_connections_per_user)
+        app.state.ws_message_rule = Rule.parse(settings.websocket.message_limit)
         app.state.hub.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))
@@ -98,6 +102,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             SearchController,
             ExecutionsController,
             NodesController,
+            NotificationsController,
             AuthController,
             UsersController,
             HealthController,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 from uuid import UUID
 
 import orjson
@@ -28,6 +28,8 @@ from api.errors import ApiError
 from api.ratelimit import RateLimiter, Verdict
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token
 from api.user_cache import UserCache
+from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
+from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
 
@@ -75,13 +77,38 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             await app(scope, receive, send)
             return
         if scope["type"] == "websocket":
-            # Authenticated once, at the handshake (browsers cannot set headers on a WebSocket, so the
-            # token may also come as ?access_token=); a refused handshake is closed with 4401/4403.
+            # Authenticated once: at the handshake (header or ?access_token=), or, for GraphQL clients
+            # (browsers cannot set headers on a WebSocket), by the connection_init payload (api/ws_auth.py).
             ws_state = scope["litestar_app"].state
-            ws_principal = await _authenticate(scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users)
-            if ws_principal is not None:
+            ws_token = handshake_token(scope)  # read once: it removes ?access_token= from the scope
+            slots: UserConnections = ws_state.user_connections
+            taken: list[str] = []  # the user whose connection slot this connection holds
+
+            def admit(principal: Principal) -> bool:
+                if slots.acquire(principal.user_id):
+                    taken.append(principal.user_id)
+                    return True
+                return False
+
+            try:
+                if not ws_token and defers_to_connection_init(scope):
+                    verify = _init_verifier(ws_state.container, ws_state.refresh_tokens, ws_state.users)
+                    await app(scope, init_authenticating_receive(scope, receive, send, verify, admit), send)
+                    return
+                ws_principal = await _authenticate(
+                    scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users, ws_token
+                )
+                if ws_principal is None:
+                    return
+                if not admit(ws_principal):
+                    message = "too many open connections for this user"
+                    await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": message})
+                    return
                 scope["user"] = ws_principal
                 await app(scope, receive, send)
+            finally:
+                for user_id in taken:
+                    slots.release(user_id)
             return
         state = scope["litestar_app"].state
         container: ApiContainer = state.container
@@ -94,7 +121,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         else:
             # While Redis is known to be down, skip the revocation lookup rather than wait on it each time.
             tokens = None if limiter.degraded else state.refresh_tokens
-            principal = await _authenticate(scope, send, container, tokens, state.users)
+            principal = await _authenticate(scope, send, container, tokens, state.users, handshake_token(scope))
             if principal is None:
                 return
             scope["user"] = principal
@@ -123,43 +150,81 @@ def _is_open(scope: Scope) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or scope.get("method") == "OPTIONS"
 
 
-async def _authenticate(
-    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None, users: UserCache
-) -> Principal | None:
+class Refused(Exception):
+    """A token that does not authenticate: the HTTP status, message and WWW-Authenticate parameters."""
+
+    def __init__(self, status: int, message: str, params: str = 'error="invalid_token"') -> None:
+        super().__init__(message)
+        self.status, self.message, self.params = status, message, params
+
+
+def handshake_token(scope: Scope) -> str:
+    """The bearer token of the request's Authorization header or (WebSockets only) ``?access_token=``.
+
+    The query-string token is removed from the scope once read, so nothing downstream logs it
+    (uvicorn logs a WebSocket's path and query string when it accepts the handshake).
+    """
     header = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), "")
     if not header and scope["type"] == "websocket":
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        header = f"Bearer {query['access_token'][0]}" if "access_token" in query else ""
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        if "access_token" in query:
+            header = f"Bearer {query.pop('access_token')[0]}"
+            scope["query_string"] = urlencode(query, doseq=True).encode("latin-1")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        await _unauthorized(scope, send, "a bearer token is required", "")
-        return None
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def verify_token(
+    container: ApiContainer, tokens: RefreshTokens | None, users: UserCache, token: str
+) -> Principal:
+    """The caller a bearer token names, if it still authenticates; Refused otherwise."""
+    if not token:
+        raise Refused(401, "a bearer token is required", "")
     try:
-        claims = decode_access_token(container.settings, token.strip())
+        claims = decode_access_token(container.settings, token)
     except InvalidToken as exc:
         log.info("refused token: %s", exc)
-        await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
-        return None
+        raise Refused(401, "the token is invalid or expired") from exc
     try:
         user_id = str(UUID(claims["sub"]))
         if tokens is not None and await tokens.access_revoked(str(claims["jti"])):
             raise ValueError("revoked by logout")
-    except ValueError:
-        await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
-        return None
+    except ValueError as exc:
+        raise Refused(401, "the token is invalid or expired") from exc
     try:
         row = await users.get(user_id)
-    except PostgresError:
+    except PostgresError as exc:
         log.exception("user lookup failed")
-        await _error(scope, send, 503, "unavailable", "cannot check the token right now; retry", {"Retry-After": "1"})
-        return None
+        raise Refused(503, "cannot check the token right now; retry") from exc
     if row is None or row.disabled:
-        await _unauthorized(scope, send, "the user is unknown or disabled", 'error="invalid_token"')
-        return None
+        raise Refused(401, "the user is unknown or disabled")
     if claims["gen"] < row.token_generation:
-        await _unauthorized(scope, send, "the password changed since this token was issued", 'error="invalid_token"')
-        return None
+        raise Refused(401, "the password changed since this token was issued")
     return Principal(user_id, row.username, row.role, str(claims["jti"]), claims["gen"])
+
+
+def _init_verifier(container: ApiContainer, tokens: RefreshTokens | None, users: UserCache) -> Verify:
+    async def verify(token: str) -> Principal | None:
+        try:
+            return await verify_token(container, tokens, users, token)
+        except Refused as refused:
+            log.info("refused a connection_init token: %s", refused.message)
+            return None
+
+    return verify
+
+
+async def _authenticate(
+    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None, users: UserCache, token: str
+) -> Principal | None:
+    try:
+        return await verify_token(container, tokens, users, token)
+    except Refused as refused:
+        if refused.status == 503:
+            await _error(scope, send, 503, "unavailable", refused.message, {"Retry-After": "1"})
+        else:
+            await _unauthorized(scope, send, refused.message, refused.params)
+        return None
 
 
 async def _unauthorized(scope: Scope, send: Send, message: str, params: str) -> None:

@@ -2,8 +2,10 @@
 
 It reads the process's change feed (PostgreSQL NOTIFY after each projection commit) and turns each
 change into messages on topics: ``data_changes`` for data objects, ``execution:{id}`` for
-executions. Every connection has a bounded queue; when a slow client's queue is full its oldest
-message is dropped and it is told how many it lost (``{"type": "lagged", "dropped": n}``).
+executions, and ``{"type": "notification", "data": ...}`` to every open connection of the user a
+notification is for (projections/notifications.py), without any subscription. Every connection
+has a bounded queue; when a slow client's queue is full its oldest message is dropped and it is
+told how many it lost (``{"type": "lagged", "dropped": n}``).
 
 Rights are re-checked for every delivery (api/live_rights.py): before a batch goes out, each
 receiving connection's user is looked up again (the user cache; fresh when the batch changes that
@@ -19,6 +21,7 @@ import logging
 from collections import OrderedDict, defaultdict
 from typing import Any
 
+import orjson
 from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
@@ -27,6 +30,7 @@ from api.rbac import can_see
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from projections.changes import ChangeFeed
+from projections.notifications import NOTIFYING, notifications_caused_by
 
 log = logging.getLogger("pipeline.hub")
 OWNER_CACHE_SIZE = 100_000
@@ -40,11 +44,16 @@ class Subscriber:
         self.token_generation = token_generation  # of the token that opened it: a password change ends it
         self.topics: set[str] = set()
         self.owners: dict[str, str] = {}  # execution topic -> its submitter, checked on each delivery
-        self.outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        # A topic being joined holds its messages until the current state is sent (LiveHub.release);
+        # afterwards only messages newer than that state's version go out (no duplicates, no gaps).
+        self.held: dict[str, list[dict[str, Any]]] = {}
+        self.floors: dict[str, int] = {}
+        # dicts, or JSON text already encoded once for every receiver of a published change
+        self.outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue(queue_size)
         self.dropped = 0
         self.closed: tuple[int, str] | None = None  # (close code, reason) once the hub ends it
 
-    def offer(self, message: dict[str, Any]) -> None:
+    def offer(self, message: dict[str, Any] | str) -> None:
         if self.closed is not None:
             return
         if self.outbox.full():
@@ -84,6 +93,18 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
+def notification_message(row: dict[str, Any]) -> dict[str, Any]:
+    """A notification row as JSON for a live message (the REST list's shape)."""
+    return {
+        "notification_id": row["notification_id"],
+        "kind": row["kind"],
+        "message": row["message"],
+        "data": row["data"],
+        "created_at": row["created_at"].isoformat(),
+        "read_at": None,
+    }
+
+
 class LiveHub:
     def __init__(self, feed: ChangeFeed, pool: AsyncConnectionPool, users: UserCache, queue_size: int = 256) -> None:
         self.feed = feed
@@ -120,16 +141,31 @@ class LiveHub:
         for topic in list(subscriber.topics):
             self.unsubscribe(subscriber, topic)
 
-    def subscribe(self, subscriber: Subscriber, topic: str, owner: str | None = None) -> None:
-        """Add a topic; ``owner`` is an execution topic's submitter (visibility is re-checked per delivery)."""
+    def subscribe(self, subscriber: Subscriber, topic: str, owner: str | None = None, hold: bool = False) -> None:
+        """Add a topic; ``owner`` is an execution topic's submitter (visibility is re-checked per delivery).
+
+        With ``hold`` its messages wait until ``release``: the caller reads the current state after
+        subscribing, sends it, and releases only what is newer, so nothing falls between the two.
+        """
         subscriber.topics.add(topic)
         if owner is not None:
             subscriber.owners[topic] = owner
+        if hold:
+            subscriber.held[topic] = []
         self._by_topic[topic].add(subscriber)
+
+    def release(self, subscriber: Subscriber, topic: str, version: int) -> None:
+        """Deliver the held messages newer than ``version`` (the state just sent) and drop older ones from now on."""
+        subscriber.floors[topic] = version
+        for message in subscriber.held.pop(topic, []):
+            if message["data"]["version"] > version:
+                subscriber.offer(message)
 
     def unsubscribe(self, subscriber: Subscriber, topic: str) -> None:
         subscriber.topics.discard(topic)
         subscriber.owners.pop(topic, None)
+        subscriber.held.pop(topic, None)
+        subscriber.floors.pop(topic, None)
         members = self._by_topic.get(topic)
         if members is not None:
             members.discard(subscriber)
@@ -139,6 +175,8 @@ class LiveHub:
     def publish(self, topic: str, message: dict[str, Any], allowed: set[Subscriber] | None = None) -> None:
         """Offer a message to the topic's subscribers (those in ``allowed``, if given) who may see it."""
         owner = message.pop("owner", None)
+        version = message.get("data", {}).get("version", 0)
+        encoded: str | None = None  # encoded once, on first need, for all its receivers
         for subscriber in list(self._by_topic.get(topic, ())):
             if allowed is not None and subscriber not in allowed:
                 continue
@@ -149,7 +187,13 @@ class LiveHub:
                 self.unsubscribe(subscriber, topic)
                 subscriber.offer({"type": "error", "code": "forbidden", "message": f"{topic} is no longer visible"})
                 continue
-            subscriber.offer({**message, "topic": topic})
+            if topic in subscriber.held:
+                subscriber.held[topic].append({**message, "topic": topic})
+            elif version > subscriber.floors.get(topic, -1):
+                # One encoding for every receiver: encoding per socket cost most of the fan-out to
+                # 1,000 subscribers (bench/live.py).
+                encoded = encoded or orjson.dumps({**message, "topic": topic}).decode()
+                subscriber.offer(encoded)
 
     async def recheck(self, candidates: set[Subscriber], fresh: set[str]) -> set[Subscriber]:
         """Re-read the candidates' users; close the disabled; return those who may receive now.
@@ -196,6 +240,24 @@ class LiveHub:
         while len(self._owners) > OWNER_CACHE_SIZE:
             self._owners.popitem(last=False)
 
+    async def _notifications(self, changes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """user id -> the notifications this batch produced for connected users (one query, only if any)."""
+        causes = [(c["id"], c["version"]) for c in changes if c["type"] in NOTIFYING]
+        connected = {s.actor.user_id for s in self._subscribers}
+        if not causes or not connected:
+            return {}
+        try:
+            async with self.pool.connection() as conn:
+                rows = await notifications_caused_by(conn, causes)
+        except PostgresError:
+            log.exception("notification lookup failed; they stay listed for GET /api/v1/notifications")
+            return {}
+        by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            if row["user_id"] in connected:
+                by_user[row.pop("user_id")].append(notification_message(row))
+        return by_user
+
     async def _pump(self) -> None:
         queue = self.feed.subscribe()
         try:
@@ -208,11 +270,15 @@ class LiveHub:
                     for change in batch.get("changes", [])
                     for pair in messages_for({**change, "owner": self._owners.get(change["id"])})
                 ]
+                notes = await self._notifications(batch.get("changes", []))
                 fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
                 candidates = {s for topic, _ in outgoing for s in self._by_topic.get(topic, ())}
-                candidates |= {s for s in self._subscribers if s.actor.user_id in fresh}
+                candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
                 allowed = await self.recheck(candidates, fresh) if candidates else set()
                 for topic, message in outgoing:
                     self.publish(topic, message, allowed)
+                for subscriber in allowed:  # every open connection of the user, no subscription needed
+                    for note in notes.get(subscriber.actor.user_id, ()):
+                        subscriber.offer({"type": "notification", "data": note})
         finally:
             self.feed.unsubscribe(queue)

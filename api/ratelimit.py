@@ -124,6 +124,13 @@ class RateLimiter:
         """
         rules = self.rules_for(role, subject, burst)
         costs = [cost, cost if burst_cost is None else burst_cost][: len(rules)]
+        return await self._verdict(rules, costs)
+
+    async def hit_rule(self, name: str, subject: str, rule: Rule) -> Verdict:
+        """Count one event of ``subject`` against a rule of its own (e.g. WebSocket messages per user)."""
+        return await self._verdict([(f"{self.prefix}:rl:{name}:{subject}", rule)], [1])
+
+    async def _verdict(self, rules: list[tuple[str, Rule]], costs: list[int]) -> Verdict:
         if not self.settings.enabled:
             return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
         counts: list[tuple[int, int]] | None = None

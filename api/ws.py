@@ -1,10 +1,14 @@
 """WebSocket ``/ws/{client_id}``: the spec's message protocol over the live hub.
 
-Client -> server: ``{"type": "subscribe", "topic": T}``, ``{"type": "unsubscribe", "topic": T}``,
+Client -> server: ``{"type": "subscribe", "topic": T, "after"?: position token}``,
+``{"type": "unsubscribe", "topic": T}``,
 ``{"type": "execution_status", "execution_id": ID}``, ``{"type": "ping"}``.
 Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution_update``,
 ``execution_status``, ``lagged``, ``pong`` and ``error`` (``{"type": "error", "code", "message"}``).
-Topics: ``data_changes``, ``execution:{id}``.
+Topics: ``data_changes``, ``execution:{id}``. Joining ``execution:{id}`` answers ``subscribed`` and then an
+``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry
+``data: {event, version}`` for each newer event, so a client that subscribes right after submitting
+misses nothing.
 
 The caller is re-checked for every client message and every delivered change (api/live_rights.py):
 a disabled user's connection is closed with 1008 (policy violation).
@@ -23,9 +27,10 @@ from litestar.exceptions import WebSocketDisconnect
 
 from api.auth import actor_of, principal_of
 from api.errors import ApiError
-from api.execution_service import read_execution
+from api.execution_service import read_execution, read_fresh_execution
 from api.hub import CLOSE, LiveHub, Subscriber
 from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
+from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
 from infra.bootstrap import ApiContainer
@@ -45,6 +50,34 @@ async def execution_status(connection: Any, container: ApiContainer, message: di
     except ApiError as exc:
         return error(exc.reason, exc.message)
     return {"type": "execution_status", "data": msgspec.to_builtins(to_status(row))}
+
+
+async def subscribe_execution(
+    socket: Any, container: ApiContainer, hub: LiveHub, subscriber: Subscriber, topic: str, after: Any
+) -> dict[str, Any] | None:
+    """Join ``execution:{id}``: ``subscribed``, then the current state, then every newer update.
+
+    ``after`` (the submit's position token) makes it wait for the read model; without it an execution
+    the caller has just submitted is waited for too (api/execution_service.read_fresh_execution).
+    """
+    if after is not None and not isinstance(after, str):
+        return error("invalid_message", "'after' is a position token string")
+    execution_id = topic.split(":", 1)[1]
+    try:  # the same visibility as reading it: yours, or any for admins
+        row = await read_fresh_execution(socket, container, execution_id, after)
+        hub.subscribe(subscriber, topic, row["submitter"], hold=True)
+        try:
+            row = await read_execution(socket, container, execution_id)  # after joining: nothing falls between
+        except BaseException:
+            hub.unsubscribe(subscriber, topic)
+            raise
+    except ApiError as exc:
+        return error(exc.reason, exc.message)
+    subscriber.offer({"type": "subscribed", "topic": topic})
+    state = msgspec.to_builtins(to_status(row))
+    subscriber.offer({"type": "execution_update", "execution_id": execution_id, "topic": topic, "data": state})
+    hub.release(subscriber, topic, row["version"])
+    return None
 
 
 def error(code: str, message: str) -> dict[str, Any]:
@@ -67,13 +100,9 @@ async def handle(
         if not isinstance(topic, str) or not TOPIC.match(topic):
             return error("invalid_topic", "topics are 'data_changes' or 'execution:<id>'")
         if kind == "subscribe":
-            owner = None
             if topic.startswith("execution:"):
-                try:  # the same visibility as reading it: yours, or any for admins
-                    owner = (await read_execution(socket, container, topic.split(":", 1)[1]))["submitter"]
-                except ApiError as exc:
-                    return error(exc.reason, exc.message)
-            hub.subscribe(subscriber, topic, owner)
+                return await subscribe_execution(socket, container, hub, subscriber, topic, message.get("after"))
+            hub.subscribe(subscriber, topic)
             return {"type": "subscribed", "topic": topic}
         hub.unsubscribe(subscriber, topic)
         return {"type": "unsubscribed", "topic": topic}
@@ -115,13 +144,19 @@ async def _receive_loop(
     socket: WebSocket[Any, Any, Any], container: ApiContainer, hub: LiveHub, sub: Subscriber
 ) -> None:
     limits = container.settings.websocket
+    limiter: RateLimiter = socket.app.state.limiter
+    rule: Rule = socket.app.state.ws_message_rule
     try:
         while True:
             raw = await socket.receive_data(mode="text")
-            if len(raw) > limits.max_message_size:
-                reply: dict[str, Any] | None = error(
-                    "too_large", f"messages are limited to {limits.max_message_size} bytes"
-                )
+            verdict = await limiter.hit_rule("ws", sub.actor.user_id, rule)  # per user, across connections
+            if not verdict.allowed:
+                reply: dict[str, Any] | None = {
+                    **error("rate_limited", f"at most {limits.message_limit} WebSocket messages per user"),
+                    "retry_after": max(verdict.reset, 1),
+                }
+            elif len(raw) > limits.max_message_size:
+                reply = error("too_large", f"messages are limited to {limits.max_message_size} bytes")
             else:
                 try:
                     reply = await handle(socket, container, hub, sub, msgspec.json.decode(raw))
@@ -146,4 +181,7 @@ async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -
         if subscriber.dropped:
             await socket.send_json({"type": "lagged", "dropped": subscriber.dropped})
             subscriber.dropped = 0
-        await socket.send_json(message)
+        if isinstance(message, str):
+            await socket.send_text(message)
+        else:
+            await socket.send_json(message)

@@ -24,6 +24,7 @@ from projections.audit_log import AuditLogProjector
 from projections.changes import ChangeFeed, channel_for
 from projections.data_objects import ContentLoader, DataObjectsProjector
 from projections.executions import ExecutionsProjector
+from projections.notifications import NotificationsProjector
 from projections.projector import Projector
 from projections.runner import ProjectionRunner, RunnerConfig
 from projections.text_extraction import MAX_INDEXED_BYTES, MAX_PDF_BYTES, wants_whole_content
@@ -87,6 +88,7 @@ def read_model_projectors(blobs: LocalBlobStore | None = None, language: str = "
         AnnotationsProjector(),
         ExecutionsProjector(),
         UsersProjector(),
+        NotificationsProjector(),
         AuditLogProjector(),
     ]
 

@@ -105,6 +105,9 @@ def _run_api(settings: Settings) -> int:
         access_log=False,
         http="infra.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
         timeout_keep_alive=settings.server.keep_alive_timeout_seconds,
+        # Protocol pings: a peer that does not answer one within ping_timeout is gone, and is closed.
+        ws_ping_interval=settings.websocket.ping_interval,
+        ws_ping_timeout=settings.websocket.ping_timeout,
     )
     return 0
 

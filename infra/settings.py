@@ -88,10 +88,12 @@ class AdminSettings:
 
 @dataclass(frozen=True)
 class WebsocketSettings:
-    ping_interval: int = 30
+    ping_interval: int = 30  # seconds between protocol pings; a peer silent for ping_timeout after one is closed
     ping_timeout: int = 10
     max_connections: int = 1000
     max_message_size: int = 1_048_576
+    max_connections_per_user: int = 20  # per API process, /ws and GraphQL WebSockets together
+    message_limit: str = "600 per minute"  # /ws messages per user (the Redis rate limiter, all processes)
 
 
 @dataclass(frozen=True)

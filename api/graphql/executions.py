@@ -12,7 +12,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api.auth import actor_of
-from api.execution_service import execute_graph, read_execution
+from api.execution_service import execute_graph, read_execution, read_fresh_execution
 from api.graphql.context import GraphQLContext
 from api.graphql.errors import answer, parsed, require
 from api.graphql.live import live_caller
@@ -90,13 +90,19 @@ class ExecutionMutation:
 
 @strawberry.type
 class ExecutionSubscription:
-    @strawberry.subscription(description="The execution's status each time it changes, until it finishes")
-    async def execution_updates(self, info: GqlInfo, execution_id: str) -> AsyncGenerator[ExecutionStatus, None]:
+    @strawberry.subscription(
+        description="The execution's current status, then each change until it finishes; "
+        "after: the submit's position token (an execution you just submitted is waited for anyway)"
+    )
+    async def execution_updates(
+        self, info: GqlInfo, execution_id: str, after: str | None = None
+    ) -> AsyncGenerator[ExecutionStatus, None]:
         require(info.context.connection, Permission.READ)
         ctx = info.context
-        queue = ctx.container.changes.subscribe()
+        queue = ctx.container.changes.subscribe()  # before the first read: no change falls between
         try:
-            current = to_status(await answer(read_execution(ctx.connection, ctx.container, execution_id)))
+            row = await answer(read_fresh_execution(ctx.connection, ctx.container, execution_id, after))
+            current = to_status(row)
             yield current
             user_id = actor_of(ctx.connection).user_id
             while current.status not in FINISHED:

@@ -95,7 +95,7 @@ async def test_graphql_subscription_streams_data_changes(client: httpx.AsyncClie
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         query = (
             'subscription { dataChanges(filters: {change_type: "Ingested"})'
-            " { objectId changeType data { contentType } } }"
+            " { objectId changeType version contentType } }"
         )
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
         # The server registers the subscription shortly after the subscribe message, with no ack:
@@ -113,7 +113,8 @@ async def test_graphql_subscription_streams_data_changes(client: httpx.AsyncClie
         assert message.get("type") == "next", message
         change = message["payload"]["data"]["dataChanges"]
         assert change["objectId"] in created
-        assert change["changeType"] == "Ingested" and change["data"] == {"contentType": "text/markdown"}
+        assert change["changeType"] == "INGESTED" and change["contentType"] == "text/markdown"
+        assert change["version"] >= 1
 
 
 GRAPH = {

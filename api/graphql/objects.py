@@ -1,0 +1,79 @@
+"""The spec's GraphQL ``DataObject`` and ``Annotation`` types, shared by queries and subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from api.graphql.context import GraphQLContext
+from api.rest.content import content_url
+
+GqlInfo = Info[GraphQLContext, None]
+
+
+@strawberry.enum(description="What happened to a data object (set on dataChanges deliveries only)")
+class ChangeType(Enum):
+    INGESTED = "INGESTED"
+    ANNOTATED = "ANNOTATED"
+    DELETED = "DELETED"
+
+
+@strawberry.type
+class Annotation:
+    annotation_id: str
+    annotator_id: str
+    annotation_type: str
+    content: JSON
+    confidence: float
+    created_at: datetime
+
+
+@strawberry.type(description="The spec's DataObject; dataChanges adds changeType (null elsewhere)")
+class DataObject:
+    object_id: str
+    object_type: str
+    content_type: str
+    content_hash: str
+    storage_location: str
+    size: int
+    metadata: JSON
+    owner: str
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    change_type: ChangeType | None = None
+
+    @strawberry.field
+    async def annotations(self, info: GqlInfo) -> list[Annotation]:
+        return [Annotation(**row) for row in await info.context.annotations.load(self.object_id)]
+
+    @strawberry.field(
+        description="The content as text for text and JSON objects up to storage.inline_content_bytes;"
+        " null otherwise (read the bytes at contentUrl)"
+    )
+    async def content(self, info: GqlInfo) -> str | None:
+        container = info.context.container
+        if self.object_type not in ("text", "json") or self.size > container.settings.storage.inline_content_bytes:
+            return None
+        data = await asyncio.to_thread(container.blobs.find, self.content_hash)
+        if data is None:  # missing from the store: /health and `pipeline blobs check` report it
+            return None
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
+    @strawberry.field(description="Where GET serves the object's bytes (Range, ETag; owner and admins only)")
+    def content_url(self) -> str:
+        return content_url(self.object_id)
+
+
+def to_object(row: dict[str, Any], change_type: ChangeType | None = None) -> DataObject:
+    fields = {k: v for k, v in row.items() if k in DataObject.__annotations__}
+    return DataObject(**fields, change_type=change_type)

@@ -1,0 +1,78 @@
+"""REST: the caller's notifications (the read model of projections/notifications.py), and marking them read."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Request, get, post
+from litestar.params import Parameter
+
+from api.auth import actor_of
+from api.rbac import Permission, requires
+from api.rest.paging import MAX_OFFSET
+from infra.bootstrap import ApiContainer
+from projections.notifications import list_notifications, mark_read
+
+NotificationId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+class Notification(msgspec.Struct):
+    notification_id: str
+    kind: str  # execution_completed, execution_failed, object_annotated, object_deleted, role_changed
+    message: str
+    data: dict[str, Any]
+    created_at: datetime
+    read_at: datetime | None
+
+
+class MarkRead(msgspec.Struct, forbid_unknown_fields=True):
+    ids: Annotated[list[NotificationId], msgspec.Meta(max_length=1000)] | None = None  # None: all of them
+
+
+class Marked(msgspec.Struct):
+    marked: int
+
+
+def to_notification(row: dict[str, Any]) -> Notification:
+    return Notification(
+        notification_id=row["notification_id"],
+        kind=row["kind"],
+        message=row["message"],
+        data=row["data"],
+        created_at=row["created_at"],
+        read_at=row["read_at"],
+    )
+
+
+class NotificationsController(Controller):
+    path = "/api/v1/notifications"
+    tags = ["notifications"]
+
+    @get("/", operation_id="listNotifications", summary="Your notifications", guards=[requires(Permission.READ)])
+    async def list_mine(
+        self,
+        request: Request[Any, Any, Any],
+        container: ApiContainer,
+        unread: Annotated[bool, Parameter(query="unread")] = False,
+        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 50,
+        offset: Annotated[int, Parameter(query="offset", ge=0, le=MAX_OFFSET)] = 0,
+    ) -> list[Notification]:
+        """The caller's notifications, newest first (``unread=true``: only those not yet marked read)."""
+        async with container.pool.connection() as conn:
+            rows = await list_notifications(conn, actor_of(request).user_id, unread, limit, offset)
+        return [to_notification(row) for row in rows]
+
+    @post(
+        "/read",
+        operation_id="markNotificationsRead",
+        status_code=200,
+        summary="Mark your notifications read",
+        guards=[requires(Permission.READ)],
+    )
+    async def read(self, request: Request[Any, Any, Any], data: MarkRead, container: ApiContainer) -> Marked:
+        """Mark the given notifications (or all, without ``ids``) read; answers how many changed."""
+        async with container.pool.connection() as conn:
+            marked = await mark_read(conn, actor_of(request).user_id, data.ids)
+        return Marked(marked)

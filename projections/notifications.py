@@ -1,0 +1,139 @@
+"""The notifications read model: what each user should hear about, live and when they come back.
+
+A user is told when their execution completes or fails, when someone else annotates or deletes one
+of their objects, and when someone changes their role. The projector keeps who owns each object and
+execution (``notification_subjects``: the object's row is gone once deleted, so the owner is kept
+here), and writes one notification per causing event, keyed by the event id (exactly once, like
+every projection). ``read_at`` is the one column the API writes: a user's "seen" mark, not a fact of
+the domain, so a rebuilt read model starts with every notification unread.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from projections.events import EventRecord
+from projections.projector import Handler, Projector
+
+_COLUMNS = "notification_id, user_id, kind, message, data, aggregate_id::text, aggregate_version, created_at, read_at"
+NOTIFYING = {
+    "Execution.Completed",
+    "Execution.Failed",
+    "DataObject.Annotated",
+    "DataObject.Deleted",
+    "User.RoleChanged",
+}
+
+
+class NotificationsProjector(Projector):
+    name = "notifications"
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "DataObject.Ingested": self.on_owned,
+            "Execution.Submitted": self.on_owned,
+            "Execution.Completed": self.on_execution_finished,
+            "Execution.Failed": self.on_execution_finished,
+            "DataObject.Annotated": self.on_object_changed,
+            "DataObject.Deleted": self.on_object_changed,
+            "User.RoleChanged": self.on_role_changed,
+        }
+
+    async def on_owned(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        owner = getattr(record.event, "owner", None) or getattr(record.event, "submitter", "")
+        await cur.execute(
+            "INSERT INTO notification_subjects (aggregate_id, owner) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            (record.aggregate_id, owner),
+        )
+
+    async def on_execution_finished(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        owner = await _owner(cur, record.aggregate_id)
+        if owner is None:
+            return
+        finished = record.type.partition(".")[2].lower()
+        data: dict[str, Any] = {"execution_id": record.aggregate_id, "status": finished}
+        if finished == "failed":
+            data["error"] = record.event.error
+        await _notify(cur, record, owner, f"execution_{finished}", f"Your execution {finished}", data)
+
+    async def on_object_changed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        owner = await _owner(cur, record.aggregate_id)
+        actor = record.headers.get("actor", "")
+        if owner is None or actor == owner:
+            return  # your own changes need no telling
+        change = record.type.partition(".")[2].lower()
+        data = {"object_id": record.aggregate_id, "by": actor, "change": change}
+        if change == "annotated":
+            data["annotation_type"] = record.event.annotation_type
+        await _notify(cur, record, owner, f"object_{change}", f"Someone else {change} your object", data)
+
+    async def on_role_changed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        actor = record.headers.get("actor", "")
+        if actor == record.aggregate_id:
+            return
+        data = {"role": record.event.role, "by": actor}
+        await _notify(cur, record, record.aggregate_id, "role_changed", f"Your role is now {record.event.role}", data)
+
+
+async def _owner(cur: AsyncCursor[Any], aggregate_id: str) -> str | None:
+    await cur.execute("SELECT owner FROM notification_subjects WHERE aggregate_id = %s", (aggregate_id,))
+    row = await cur.fetchone()
+    return None if row is None else str(row[0])
+
+
+async def _notify(
+    cur: AsyncCursor[Any], record: EventRecord, user_id: str, kind: str, message: str, data: dict[str, Any]
+) -> None:
+    await cur.execute(
+        "INSERT INTO notifications (notification_id, user_id, kind, message, data, aggregate_id, aggregate_version,"
+        " created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+        (
+            record.headers["event_id"],
+            user_id,
+            kind,
+            message,
+            Jsonb(data),
+            record.aggregate_id,
+            record.version,
+            record.event.timestamp,
+        ),
+    )
+
+
+async def notifications_caused_by(conn: AsyncConnection[Any], causes: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    """The notifications the given (aggregate id, version) events produced."""
+    if not causes:
+        return []
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM notifications n JOIN unnest(%s::uuid[], %s::int[]) AS c(id, v)"
+            " ON n.aggregate_id = c.id AND n.aggregate_version = c.v ORDER BY created_at",
+            ([a for a, _ in causes], [v for _, v in causes]),
+        )
+        return await cur.fetchall()
+
+
+async def list_notifications(
+    conn: AsyncConnection[Any], user_id: str, unread_only: bool, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    """A user's notifications, newest first."""
+    where = "user_id = %s" + (" AND read_at IS NULL" if unread_only else "")
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS} FROM notifications WHERE {where} ORDER BY created_at DESC, notification_id"
+            " LIMIT %s OFFSET %s",
+            (user_id, limit, offset),
+        )
+        return await cur.fetchall()
+
+
+async def mark_read(conn: AsyncConnection[Any], user_id: str, notification_ids: list[str] | None) -> int:
+    """Mark the user's notifications read (the given ones, or all); how many changed."""
+    where = "user_id = %s AND read_at IS NULL" + (" AND notification_id = ANY(%s)" if notification_ids else "")
+    params: tuple[Any, ...] = (user_id, notification_ids) if notification_ids else (user_id,)
+    cur = await conn.execute(f"UPDATE notifications SET read_at = now() WHERE {where}", params)
+    return cur.rowcount
