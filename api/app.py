@@ -7,13 +7,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, get
+from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.response import Redirect
 from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
@@ -26,6 +28,7 @@ from api.graphql.schema import build_schema
 from api.health import HealthController
 from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
+from api.metrics import http_metrics_middleware, metrics_route, register_worker_collector
 from api.middleware import request_id_middleware
 from api.openapi import document_errors
 from api.ratelimit import RateLimiter
@@ -88,8 +91,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     cors = settings.cors
+    monitoring = []
+    if settings.monitoring.metrics_enabled:
+        register_worker_collector(str(settings.storage.data_dir))
+        monitoring.append(metrics_route(settings.monitoring.metrics_path))
     app = Litestar(
         route_handlers=[
+            *monitoring,
+            redoc,
             DataController,
             SearchController,
             ExecutionsController,
@@ -111,13 +120,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             allow_methods=list(cors.methods),  # type: ignore[arg-type]
             allow_headers=list(cors.headers),
         ),
+        # The spec's GZipMiddleware(minimum_size=1000): smaller bodies are not worth the CPU.
+        compression_config=CompressionConfig(backend="gzip", minimum_size=1000),
         request_max_body_size=settings.storage.max_content_bytes * BODY_OVERHEAD_FACTOR + 1024 * 1024,
         openapi_config=OpenAPIConfig(
             title="Pipeline API",
             version="1.0.0",
             description="Node-based information pipeline system API",
             path="/api/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[SwaggerRenderPlugin(path="/"), RedocRenderPlugin(path="/redoc")],
             components=Components(
                 security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
@@ -128,6 +139,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     document_errors(app)
     return app
+
+
+@get("/api/redoc", include_in_schema=False, sync_to_thread=False)
+def redoc() -> Redirect:
+    """ReDoc at the spec's address; litestar serves it beside Swagger UI under the OpenAPI path."""
+    return Redirect("/api/docs/redoc")
 
 
 async def _ensure_admin(container: ApiContainer) -> None:
@@ -147,4 +164,4 @@ def app_factory() -> ASGIApp:
     carry an X-Request-ID and the error envelope names it.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return request_id_middleware(create_app())
+    return request_id_middleware(http_metrics_middleware(create_app()))

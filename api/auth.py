@@ -30,10 +30,12 @@ from api.tokens import InvalidToken, RefreshTokens, decode_access_token
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
+from infra.metrics import RATE_LIMIT_REFUSALS
 
 log = logging.getLogger("pipeline.auth")
 OPEN_PATHS = ("/health", "/ready", "/metrics")
-OPEN_PREFIXES = ("/api/docs", "/schema")
+OPEN_PREFIXES = ("/api/docs", "/api/redoc", "/schema")
+GRAPHQL_PATH = "/api/graphql"
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
         scope.setdefault("state", {})["rate_limit"] = verdict
         headers = verdict.headers()
         if not verdict.allowed:
+            RATE_LIMIT_REFUSALS.labels(getattr(scope.get("user"), "role", "anonymous")).inc()
             await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", headers)
             return
 
@@ -120,7 +123,25 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
 
 def _is_open(scope: Scope) -> bool:
     path: str = scope.get("path", "")
-    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or scope.get("method") == "OPTIONS"
+    handler = scope.get("route_handler")
+    return (
+        path in OPEN_PATHS
+        or path.startswith(OPEN_PREFIXES)
+        or scope.get("method") == "OPTIONS"
+        or (handler is not None and bool(handler.opt.get("open")))  # e.g. the metrics route, at its set path
+        or _is_graphql_ide(scope, path)
+    )
+
+
+def _is_graphql_ide(scope: Scope, path: str) -> bool:
+    """GET /api/graphql without a query is the IDE's page: a browser cannot send a token to open it.
+
+    Every operation still needs one (the IDE lets the user set the Authorization header): a GET with a
+    ``query`` parameter is not open.
+    """
+    if path != GRAPHQL_PATH or scope.get("method") != "GET":
+        return False
+    return "query" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
 async def _authenticate(

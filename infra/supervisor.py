@@ -16,6 +16,7 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -36,6 +37,8 @@ CHILDREN = {
 }
 WORKERS = ("processor", "projections", "executor")  # the ones that write heartbeats
 TICK = 0.5
+READY_POLL_TIMEOUT = 1.0
+READY_RECHECK_SECONDS = 5.0  # once ready, /ready is asked this often (to say when it stops being ready)
 RUNTIME_FILE = "runtime.json"  # where a running system says what it is made of (for bench/ and operators)
 
 
@@ -92,6 +95,7 @@ def run_everything(settings: Settings) -> int:
                 flush=True,
             )
         services_up_since = time.time()
+        ready = ReadyAnnouncer(effective)
         while not stopping:
             time.sleep(TICK)
             if stopping:
@@ -111,6 +115,7 @@ def run_everything(settings: Settings) -> int:
             }
             if current != runtime:
                 runtime = _write_runtime(data_dir, effective, children, managed.pids())
+            ready.poll()
         print("stopping...", flush=True)
         return 0
     finally:
@@ -206,6 +211,40 @@ def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
         "Ctrl-C stops everything.\n",
         flush=True,
     )
+
+
+class ReadyAnnouncer:
+    """Prints "ready" with the URLs once /ready answers 200 (and again after it failed and recovered),
+    so the console says when a login will work, not merely that processes were started."""
+
+    def __init__(self, settings: Settings) -> None:
+        host, port = settings.server.host, settings.server.port
+        self.base = f"http://{host}:{port}"
+        self.metrics_path = settings.monitoring.metrics_path
+        self.ready: bool | None = None  # None: never ready yet
+        self.asked_at = 0.0
+
+    def poll(self) -> None:
+        """Ask /ready once (bounded by a short timeout) and print on a change."""
+        if self.ready and time.monotonic() - self.asked_at < READY_RECHECK_SECONDS:
+            return
+        self.asked_at = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"{self.base}/ready", timeout=READY_POLL_TIMEOUT) as answer:
+                now_ready = answer.status == 200
+        except (OSError, ValueError):  # HTTPError (503) is an OSError too
+            now_ready = False
+        if now_ready and not self.ready:
+            again = " again" if self.ready is False else ""
+            print(
+                f"ready{again}: API {self.base}  docs {self.base}/api/docs  GraphQL {self.base}/api/graphql"
+                f"  metrics {self.base}{self.metrics_path}  readiness {self.base}/ready",
+                flush=True,
+            )
+            self.ready = True
+        elif not now_ready and self.ready:
+            print(f"not ready: see {self.base}/ready", flush=True)
+            self.ready = False
 
 
 def _stop_children(children: dict[str, _Child]) -> None:
