@@ -33,7 +33,7 @@ from infra.bootstrap import ApiContainer
 from infra.metrics import RATE_LIMIT_REFUSALS
 
 log = logging.getLogger("pipeline.auth")
-OPEN_PATHS = ("/health", "/ready", "/metrics")
+OPEN_PATHS = ("/health", "/ready")  # the metrics route is open by its opt, at monitoring.metrics_path
 OPEN_PREFIXES = ("/api/docs", "/api/redoc", "/schema")
 GRAPHQL_PATH = "/api/graphql"
 
