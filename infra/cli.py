@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from infra.runtime_file import with_running_system
 from infra.settings import ENV_ALIASES, Settings, env_name, iter_settings, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    settings = load_settings()
+    if args.command in ("run", "services"):  # these start a system: never aim them at another one
+        settings = load_settings()
+    else:  # beside a running `make run`, find its services from runtime.json (infra.runtime_file)
+        settings = load_settings(environ=with_running_system(os.environ))
     if args.command == "run":
         from infra.supervisor import run_everything
 

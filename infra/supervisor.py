@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import secrets
 import signal
@@ -25,6 +24,7 @@ from infra.heartbeat import heartbeat_path, read_beat, stall_reason
 from infra.kafka import ensure_topics
 from infra.postgres import check_schema, migrate
 from infra.processes import ensure_secret_key, python_command, spawn
+from infra.runtime_file import RUNTIME_FILE, write_runtime
 from infra.services import Backoff, ManagedServices
 from infra.settings import Settings, load_settings
 from projections.users import admin_exists
@@ -39,7 +39,6 @@ WORKERS = ("processor", "projections", "executor")  # the ones that write heartb
 TICK = 0.5
 READY_POLL_TIMEOUT = 1.0
 READY_RECHECK_SECONDS = 5.0  # once ready, /ready is asked this often (to say when it stops being ready)
-RUNTIME_FILE = "runtime.json"  # where a running system says what it is made of (for bench/ and operators)
 
 
 @dataclasses.dataclass
@@ -183,18 +182,7 @@ def _write_runtime(
 ) -> dict[str, dict[str, int]]:
     """Write runtime.json; return the process ids written (to notice when they change)."""
     pids = {name: child.process.pid for name, child in children.items()}
-    runtime = {
-        "api": f"http://{settings.server.host}:{settings.server.port}",
-        "database_url": settings.database.url,
-        "schema": settings.database.schema,
-        "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
-        "redis_url": settings.redis.url,
-        "pids": pids,
-        "service_pids": services,
-    }
-    tmp = data_dir / f"{RUNTIME_FILE}.tmp"
-    tmp.write_text(json.dumps(runtime, indent=2))
-    tmp.replace(data_dir / RUNTIME_FILE)  # readers never see half a file
+    write_runtime(data_dir, settings, pids, services)
     return {"pids": pids, "service_pids": services}
 
 

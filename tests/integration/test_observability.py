@@ -3,15 +3,22 @@ docs pages without a token, gzip. One system serves the whole module."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from infra.runtime_file import write_runtime
+from infra.settings import load_settings
 from tests.conftest import environment_for
-from tests.integration.harness import eventually
+from tests.integration.conftest import login
+from tests.integration.harness import ROOT, eventually
 from tests.integration.system import RunningSystem, running_system
 
 METRICS = "/internal/metrics"  # not the default: the route must follow monitoring.metrics_path
@@ -137,3 +144,31 @@ async def test_large_responses_are_gzipped_and_small_ones_are_not(system: Runnin
     small = await system.admin.get(f"/api/v1/data/{uuid.uuid4()}", headers=gzip)
     assert small.status_code == 404 and len(small.content) < 1000
     assert "content-encoding" not in small.headers
+
+
+async def test_pipeline_user_create_finds_the_running_system_from_runtime_json(system: RunningSystem) -> None:
+    """Beside a running system, with none of its addresses in the environment: runtime.json supplies them."""
+    settings = load_settings(environ=system.env)
+    data_dir = Path(settings.storage.data_dir)
+    write_runtime(data_dir, settings, pids={}, service_pids={})  # as the supervisor does; its pid is ours
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PIPELINE_DATA_DIR": str(data_dir)}
+    password = "made beside the running system"
+
+    def create() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "pipeline"), "user", "create", "beside", "--password-stdin"],
+            input=password + "\n",
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        created = await asyncio.to_thread(create)
+    finally:
+        (data_dir / "runtime.json").unlink()
+    assert created.returncode == 0, created.stderr
+    tokens = await login(system.anonymous, "beside", password)
+    assert tokens["access_token"]
