@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from infra.runtime_file import with_running_system
-from infra.settings import ENV_ALIASES, Settings, env_name, iter_settings, load_settings
+from infra.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -48,10 +48,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    if args.command in ("run", "services"):  # these start a system: never aim them at another one
-        settings = load_settings()
-    else:  # beside a running `make run`, find its services from runtime.json (infra.runtime_file)
-        settings = load_settings(environ=with_running_system(os.environ))
+    try:
+        if args.command in ("run", "services"):  # these start a system: never aim them at another one
+            settings = load_settings()
+        else:  # beside a running `make run`, find its services from runtime.json (infra.runtime_file)
+            settings = load_settings(environ=with_running_system(os.environ))
+    except SettingsError as exc:  # a message naming the setting, not a traceback (exit codes: README)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "run":
         from infra.supervisor import run_everything
 

@@ -1,11 +1,12 @@
 """Operations against the real system: Prometheus metrics after a known workload, /ready's checks, the
-docs pages without a token, gzip. One system serves the whole module."""
+docs pages without a token, gzip, and the CLI finding the system. One system serves the whole module."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,7 +157,8 @@ async def test_pipeline_user_create_finds_the_running_system_from_runtime_json(s
 
     def create() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "pipeline"), "user", "create", "beside", "--password-stdin"],
+            # What the `pipeline` console script runs, from this checkout (sys.path starts at cwd).
+            [sys.executable, "-m", "infra.cli", "user", "create", "beside", "--password-stdin"],
             input=password + "\n",
             env=env,
             cwd=ROOT,
