@@ -43,6 +43,7 @@ from api.user_cache import UserCache
 from api.ws import websocket_endpoint
 from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
+from infra.logs import configure_logging
 from infra.settings import Settings, get_settings
 
 # JSON may escape content (e.g. "\u0000" is 6 bytes for 1), so the body limit leaves room above the
@@ -163,5 +164,6 @@ def app_factory() -> ASGIApp:
     The request-id wrapper sits outside litestar so that even requests no route matches (404, 405)
     carry an X-Request-ID and the error envelope names it.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return request_id_middleware(http_metrics_middleware(create_app()))
+    settings = get_settings()
+    configure_logging(settings.monitoring)
+    return request_id_middleware(http_metrics_middleware(create_app(settings)))

@@ -30,6 +30,7 @@ from api.tokens import InvalidToken, RefreshTokens, decode_access_token
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
+from infra.logs import actor_var
 from infra.metrics import RATE_LIMIT_REFUSALS
 
 log = logging.getLogger("pipeline.auth")
@@ -83,6 +84,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             ws_principal = await _authenticate(scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users)
             if ws_principal is not None:
                 scope["user"] = ws_principal
+                actor_var.set(f"{ws_principal.username}({ws_principal.role})")
                 await app(scope, receive, send)
             return
         state = scope["litestar_app"].state
@@ -100,6 +102,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             if principal is None:
                 return
             scope["user"] = principal
+            actor_var.set(f"{principal.username}({principal.role})")  # named by each log line of the request
             verdict = await limiter.hit(principal.role, principal.user_id, burst=bool(opt.get("burst")))
         scope.setdefault("state", {})["rate_limit"] = verdict
         headers = verdict.headers()

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
 import time
 from pathlib import Path
 
+from infra.logs import configure_logging
 from infra.runtime_file import with_running_system
 from infra.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         if args.command in ("run", "services"):  # these start a system: never aim them at another one
             settings = load_settings()
         else:  # beside a running `make run`, find its services from runtime.json (infra.runtime_file)
             settings = load_settings(environ=with_running_system(os.environ))
+        configure_logging(settings.monitoring)
     except SettingsError as exc:  # a message naming the setting, not a traceback (exit codes: README)
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -104,6 +102,7 @@ def _run_api(settings: Settings) -> int:
         port=settings.server.port,
         workers=settings.server.workers if settings.server.workers > 1 else None,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go to the root handler (monitoring.log_format, infra.logs)
         access_log=False,
         http="infra.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
         timeout_keep_alive=settings.server.keep_alive_timeout_seconds,
