@@ -21,7 +21,7 @@ READ_MODEL_TIMEOUT = 1.0
 def metrics_route(path: str) -> HTTPRouteHandler:
     """GET ``path`` (``monitoring.metrics_path``): the Prometheus text format, without a token."""
 
-    @get(path, opt={"open": True}, include_in_schema=False, sync_to_thread=False)
+    @get(path, opt={"open": True}, include_in_schema=False)
     async def metrics(container: ApiContainer) -> Response[bytes]:
         await observe_read_models(container)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

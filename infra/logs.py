@@ -112,3 +112,4 @@ def configure_logging(monitoring: MonitoringSettings, level: int = logging.INFO)
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    logging.captureWarnings(True)  # Python warnings become log records in the same format

@@ -4,6 +4,7 @@ docs pages without a token, gzip, and the CLI finding the system. One system ser
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -29,7 +30,11 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 @pytest.fixture(scope="module")
 async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
     tmp_path = tmp_path_factory.mktemp("observability")
-    env = {**environment_for(services, tmp_path), "PIPELINE_MONITORING_METRICS_PATH": METRICS}
+    env = {
+        **environment_for(services, tmp_path),
+        "PIPELINE_MONITORING_METRICS_PATH": METRICS,
+        "PIPELINE_MONITORING_LOG_FORMAT": "json",
+    }
     async with running_system(env, tmp_path) as running:
         yield running
 
@@ -174,3 +179,12 @@ async def test_pipeline_user_create_finds_the_running_system_from_runtime_json(s
     assert created.returncode == 0, created.stderr
     tokens = await login(system.anonymous, "beside", password)
     assert tokens["access_token"]
+
+
+async def test_every_process_logs_json_lines(system: RunningSystem) -> None:
+    for name in ("api", "processor", "projections", "executor"):
+        lines = [line for line in (system.logs / f"{name}.log").read_text().splitlines() if line.strip()]
+        assert lines, f"{name} logged nothing"
+        for line in lines:
+            entry = json.loads(line)
+            assert {"time", "level", "logger", "message"} <= set(entry), line
