@@ -188,3 +188,23 @@ async def test_every_process_logs_json_lines(system: RunningSystem) -> None:
         for line in lines:
             entry = json.loads(line)
             assert {"time", "level", "logger", "message"} <= set(entry), line
+
+
+async def test_an_execution_shows_in_the_executor_and_execution_metrics(system: RunningSystem) -> None:
+    before = await scrape(system.anonymous)
+    graph = {
+        "nodes": [{"id": "src", "type": "input", "params": {"name": "text"}}, {"id": "n", "type": "normalize"}],
+        "edges": [{"from": "src.value", "to": "n.text"}],
+    }
+    submitted = await system.admin.post("/api/v1/execute", json={"graph": graph, "inputs": {"text": "Metrics Run"}})
+    assert submitted.status_code == 202, submitted.text
+
+    async def counted() -> Samples | None:
+        now = await scrape(system.anonymous)
+        done = delta(now, before, "pipeline_executor_nodes_total", type="normalize", outcome="completed")
+        finished = delta(now, before, "pipeline_executions", status="completed")
+        return now if done == 1 and finished == 1 else None
+
+    now = await eventually(counted, timeout=60, what="the execution's node and status in the metrics")
+    assert delta(now, before, "pipeline_executor_nodes_total", type="input", outcome="completed") == 1
+    assert delta(now, before, "pipeline_executor_node_seconds_total", type="normalize") > 0
