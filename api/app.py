@@ -25,7 +25,7 @@ from api.body_timeout import body_timeout_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
 from api.graphql.schema import build_schema
-from api.health import HealthController
+from api.health import health_controller
 from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
 from api.metrics import http_metrics_middleware, metrics_route, register_worker_collector
@@ -106,7 +106,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             NodesController,
             AuthController,
             UsersController,
-            HealthController,
+            health_controller(settings.monitoring.health_check_path),
             websocket_endpoint,
             graphql,
         ],

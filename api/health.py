@@ -31,60 +31,76 @@ WORKERS = ("processor", "projections", "executor")
 ESSENTIAL = ("postgres", "kafka")  # without either the API cannot serve a write or a read
 
 
-class HealthController(Controller):
-    tags = ["health"]
+def health_controller(health_path: str = "/health") -> type[Controller]:
+    """The health routes: liveness at ``health_path`` (``monitoring.health_check_path``) and /ready."""
 
-    @get("/health", operation_id="health", summary="Health of the API, its dependencies and the workers")
-    async def health(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
-        checks = await _dependencies(container, state)
-        workers = _workers(container)
-        serving = all(checks[name] == "ok" for name in ESSENTIAL)
-        all_ok = all(v == "ok" for v in checks.values()) and all(
-            w["status"] in ("ok", "unknown") for w in workers.values()
+    class HealthController(Controller):
+        tags = ["health"]
+
+        @get(
+            health_path,
+            operation_id="health",
+            summary="Health of the API, its dependencies and the workers",
+            opt={"open": True},
         )
-        status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
-        body = {
-            "status": status,
-            "checks": checks,
-            "workers": workers,
-            # Set aside by policy so that their partitions move on (README "Dead letters"): a count
-            # above zero is worth a look but does not stop the system from serving.
-            "dead_letters": {
-                "projections": await _projection_dead_letters(container),
-                "processor_since_start": workers["processor"].get("dead_letters_since_start"),
-            },
-        }
-        return Response(body, status_code=200 if serving else 503)
+        async def health(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+            return await _health(container, state)
 
-    @get("/ready", operation_id="ready", summary="Whether the system can serve requests now")
-    async def ready(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
-        """Readiness in the HealthStatus shape: ``{"status", "checks": {name: {"status", "latency_ms",
-        "detail"?}}, "reasons"}``; 503 while any check fails (README "Health and readiness")."""
-        await _dependencies(container, state)
-        timed: dict[str, dict[str, Any]] = dict(state.health_timed)
-        # The limiter's in-process fallback serves when Redis is away: that is ready, if degraded.
-        limiter: RateLimiter = state.limiter
-        if timed["redis"]["status"] != "ok" and limiter.degraded:
-            timed["redis"] = {**timed["redis"], "status": "ok", "detail": "in-process rate-limit fallback"}
-        started = time.perf_counter()
-        admin = await _admin_registered(container)
-        timed["first_admin"] = _timed("ok" if admin else "error: no admin registered yet", started)
-        workers = _workers(container)
-        for name, worker in workers.items():
-            alive = worker["status"] == "ok"
-            timed[f"worker_{name}"] = {"status": "ok" if alive else f"error: {worker['status']}", "latency_ms": 0.0}
-        lag = workers["projections"].get("lag")
-        limit = container.settings.monitoring.ready_max_projection_lag
-        timed["projection_lag"] = {
-            "status": "ok" if lag is not None and lag <= limit else f"error: {lag} events behind (limit {limit})",
-            "latency_ms": 0.0,
-            "detail": {"events": lag, "limit": limit},
-        }
-        for name in ("change_feed", "rate_limiter"):
-            timed.pop(name, None)  # reported by /health; neither stops the system from serving
-        reasons = [f"{name}: {check['status']}" for name, check in timed.items() if check["status"] != "ok"]
-        body = {"status": "not_ready" if reasons else "ready", "checks": timed, "reasons": reasons}
-        return Response(body, status_code=503 if reasons else 200)
+        @get("/ready", operation_id="ready", summary="Whether the system can serve requests now")
+        async def ready(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+            """Readiness in the HealthStatus shape: ``{"status", "checks": {name: {"status", "latency_ms",
+            "detail"?}}, "reasons"}``; 503 while any check fails (README "Health and readiness")."""
+            return await _ready(container, state)
+
+    return HealthController
+
+
+async def _health(container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+    checks = await _dependencies(container, state)
+    workers = _workers(container)
+    serving = all(checks[name] == "ok" for name in ESSENTIAL)
+    all_ok = all(v == "ok" for v in checks.values()) and all(w["status"] in ("ok", "unknown") for w in workers.values())
+    status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
+    body = {
+        "status": status,
+        "checks": checks,
+        "workers": workers,
+        # Set aside by policy so that their partitions move on (README "Dead letters"): a count
+        # above zero is worth a look but does not stop the system from serving.
+        "dead_letters": {
+            "projections": await _projection_dead_letters(container),
+            "processor_since_start": workers["processor"].get("dead_letters_since_start"),
+        },
+    }
+    return Response(body, status_code=200 if serving else 503)
+
+
+async def _ready(container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+    await _dependencies(container, state)
+    timed: dict[str, dict[str, Any]] = dict(state.health_timed)
+    # The limiter's in-process fallback serves when Redis is away: that is ready, if degraded.
+    limiter: RateLimiter = state.limiter
+    if timed["redis"]["status"] != "ok" and limiter.degraded:
+        timed["redis"] = {**timed["redis"], "status": "ok", "detail": "in-process rate-limit fallback"}
+    started = time.perf_counter()
+    admin = await _admin_registered(container)
+    timed["first_admin"] = _timed("ok" if admin else "error: no admin registered yet", started)
+    workers = _workers(container)
+    for name, worker in workers.items():
+        alive = worker["status"] == "ok"
+        timed[f"worker_{name}"] = {"status": "ok" if alive else f"error: {worker['status']}", "latency_ms": 0.0}
+    lag = workers["projections"].get("lag")
+    limit = container.settings.monitoring.ready_max_projection_lag
+    timed["projection_lag"] = {
+        "status": "ok" if lag is not None and lag <= limit else f"error: {lag} events behind (limit {limit})",
+        "latency_ms": 0.0,
+        "detail": {"events": lag, "limit": limit},
+    }
+    for name in ("change_feed", "rate_limiter"):
+        timed.pop(name, None)  # reported by /health; neither stops the system from serving
+    reasons = [f"{name}: {check['status']}" for name, check in timed.items() if check["status"] != "ok"]
+    body = {"status": "not_ready" if reasons else "ready", "checks": timed, "reasons": reasons}
+    return Response(body, status_code=503 if reasons else 200)
 
 
 async def _dependencies(container: ApiContainer, state: State) -> dict[str, str]:

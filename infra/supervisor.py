@@ -187,10 +187,10 @@ def _write_runtime(
 
 
 def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
-    host, port = settings.server.host, settings.server.port
+    host, port, health = settings.server.host, settings.server.port, settings.monitoring.health_check_path
     print(
         "\nPipeline Gateway is starting:\n"
-        f"  API            http://{host}:{port}   (docs: http://{host}:{port}/api/docs, health: /health)\n"
+        f"  API            http://{host}:{port}   (docs: http://{host}:{port}/api/docs, health: {health})\n"
         f"  Kafka          {settings.kafka.bootstrap_servers}\n"
         f"  PostgreSQL     {settings.database.url} (schema {settings.database.schema})\n"
         f"  Redis          {settings.redis.url}\n"
