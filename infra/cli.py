@@ -16,7 +16,13 @@ from infra.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipeline", description="Pipeline Gateway: event-sourced CQRS API gateway.")
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Pipeline Gateway: event-sourced CQRS API gateway.",
+        epilog="Beside a running `make run`, commands find its services in PIPELINE_DATA_DIR/runtime.json when"
+        " DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are unset. Exit codes: 0 done; 1 refused by the"
+        " system or it could not be reached; 2 usage error or unusable input or setting.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser(
