@@ -22,6 +22,7 @@ from tests.conftest import environment_for
 from tests.integration.conftest import login
 from tests.integration.harness import ROOT, eventually
 from tests.integration.system import RunningSystem, running_system
+from tests.integration.users import client_for, create_user
 
 METRICS = "/internal/metrics"  # not the default: the route must follow monitoring.metrics_path
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -208,3 +209,19 @@ async def test_an_execution_shows_in_the_executor_and_execution_metrics(system: 
     now = await eventually(counted, timeout=60, what="the execution's node and status in the metrics")
     assert delta(now, before, "pipeline_executor_nodes_total", type="input", outcome="completed") == 1
     assert delta(now, before, "pipeline_executor_node_seconds_total", type="normalize") > 0
+
+
+async def test_rate_limit_refusals_are_counted_by_role(system: RunningSystem) -> None:
+    await create_user(system.admin, "metrics-viewer", role="viewer")
+    before = await scrape(system.anonymous)
+    refused = 0
+    async with await client_for(system.anonymous, "metrics-viewer") as viewer:
+        for _ in range(110):  # rate_limiting.viewer_limit is 100 per hour
+            status = (await viewer.get("/api/v1/auth/me")).status_code
+            assert status in (200, 429)
+            refused += status == 429
+    assert refused >= 10
+    after = await scrape(system.anonymous)
+    assert delta(after, before, "pipeline_rate_limit_refusals_total", role="viewer") == refused
+    route = {"method": "GET", "route": "/api/v1/auth/me"}  # refused after routing: counted under the route
+    assert delta(after, before, "pipeline_http_requests_total", **route, status="429") == refused
