@@ -7,13 +7,15 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from litestar import Litestar
+from litestar import Litestar, get
+from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.response import Redirect
 from litestar.types import ASGIApp
 from strawberry.litestar import make_graphql_controller
 
@@ -23,9 +25,10 @@ from api.body_timeout import body_timeout_middleware
 from api.errors import EXCEPTION_HANDLERS
 from api.graphql.context import context_getter
 from api.graphql.schema import build_schema
-from api.health import HealthController
+from api.health import health_controller
 from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
+from api.metrics import http_metrics_middleware, metrics_route, register_worker_collector
 from api.middleware import request_id_middleware
 from api.openapi import document_errors, document_upload_limit
 from api.ratelimit import RateLimiter, Rule
@@ -44,6 +47,7 @@ from api.ws import websocket_endpoint
 from api.ws_limits import UserConnections
 from infra.accounts import ensure_admin
 from infra.bootstrap import ApiContainer, build_api
+from infra.logs import configure_logging
 from infra.settings import Settings, get_settings
 
 # JSON may escape content (e.g. "\u0000" is 6 bytes for 1), so the body limit leaves room above the
@@ -94,8 +98,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     cors = settings.cors
+    monitoring = []
+    if settings.monitoring.metrics_enabled:
+        register_worker_collector(str(settings.storage.data_dir))
+        monitoring.append(metrics_route(settings.monitoring.metrics_path))
     app = Litestar(
         route_handlers=[
+            *monitoring,
+            redoc,
             DataController,
             ContentController,
             UploadController,
@@ -105,7 +115,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             NotificationsController,
             AuthController,
             UsersController,
-            HealthController,
+            health_controller(settings.monitoring.health_check_path),
             websocket_endpoint,
             graphql,
         ],
@@ -120,13 +130,15 @@ def create_app(settings: Settings | None = None) -> Litestar:
             allow_methods=list(cors.methods),  # type: ignore[arg-type]
             allow_headers=list(cors.headers),
         ),
+        # The spec's GZipMiddleware(minimum_size=1000): smaller bodies are not worth the CPU.
+        compression_config=CompressionConfig(backend="gzip", minimum_size=1000),
         request_max_body_size=settings.storage.max_content_bytes * BODY_OVERHEAD_FACTOR + 1024 * 1024,
         openapi_config=OpenAPIConfig(
             title="Pipeline API",
             version="1.0.0",
             description="Node-based information pipeline system API",
             path="/api/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[SwaggerRenderPlugin(path="/"), RedocRenderPlugin(path="/redoc")],
             components=Components(
                 security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
@@ -138,6 +150,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     document_errors(app)
     document_upload_limit(app, settings.storage.max_upload_files)
     return app
+
+
+@get("/api/redoc", include_in_schema=False, sync_to_thread=False)
+def redoc() -> Redirect:
+    """ReDoc at the spec's address; litestar serves it beside Swagger UI under the OpenAPI path."""
+    return Redirect("/api/docs/redoc")
 
 
 async def _ensure_admin(container: ApiContainer) -> None:
@@ -156,5 +174,6 @@ def app_factory() -> ASGIApp:
     The request-id wrapper sits outside litestar so that even requests no route matches (404, 405)
     carry an X-Request-ID and the error envelope names it.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return request_id_middleware(create_app())
+    settings = get_settings()
+    configure_logging(settings.monitoring)
+    return request_id_middleware(http_metrics_middleware(create_app(settings)))

@@ -32,10 +32,13 @@ from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init
 from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.bootstrap import ApiContainer
+from infra.logs import actor_var
+from infra.metrics import RATE_LIMIT_REFUSALS
 
 log = logging.getLogger("pipeline.auth")
-OPEN_PATHS = ("/health", "/ready", "/metrics")
-OPEN_PREFIXES = ("/api/docs", "/schema")
+OPEN_PATHS = ("/health", "/ready")  # the metrics route is open by its opt, at monitoring.metrics_path
+OPEN_PREFIXES = ("/api/docs", "/api/redoc", "/schema")
+GRAPHQL_PATH = "/api/graphql"
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
                     await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": message})
                     return
                 scope["user"] = ws_principal
+                actor_var.set(f"{ws_principal.username}({ws_principal.role})")
                 await app(scope, receive, send)
             finally:
                 for user_id in taken:
@@ -125,10 +129,12 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             if principal is None:
                 return
             scope["user"] = principal
+            actor_var.set(f"{principal.username}({principal.role})")  # named by each log line of the request
             verdict = await limiter.hit(principal.role, principal.user_id, burst=bool(opt.get("burst")))
         scope.setdefault("state", {})["rate_limit"] = verdict
         headers = verdict.headers()
         if not verdict.allowed:
+            RATE_LIMIT_REFUSALS.labels(getattr(scope.get("user"), "role", "anonymous")).inc()
             await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", headers)
             return
 
@@ -147,7 +153,25 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
 
 def _is_open(scope: Scope) -> bool:
     path: str = scope.get("path", "")
-    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or scope.get("method") == "OPTIONS"
+    handler = scope.get("route_handler")
+    return (
+        path in OPEN_PATHS
+        or path.startswith(OPEN_PREFIXES)
+        or scope.get("method") == "OPTIONS"
+        or (handler is not None and bool(handler.opt.get("open")))  # e.g. the metrics route, at its set path
+        or _is_graphql_ide(scope, path)
+    )
+
+
+def _is_graphql_ide(scope: Scope, path: str) -> bool:
+    """GET /api/graphql without a query is the IDE's page: a browser cannot send a token to open it.
+
+    Every operation still needs one (the IDE lets the user set the Authorization header): a GET with a
+    ``query`` parameter is not open.
+    """
+    if path != GRAPHQL_PATH or scope.get("method") != "GET":
+        return False
+    return "query" not in parse_qs(scope.get("query_string", b"").decode("latin-1"))
 
 
 class Refused(Exception):

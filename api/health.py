@@ -23,6 +23,7 @@ from litestar.datastructures import State
 from api.ratelimit import RateLimiter
 from infra.blob_check import missing_blobs
 from infra.bootstrap import ApiContainer
+from infra.command_bus import MissingTopics
 from infra.heartbeat import describe, heartbeat_path, read_beat
 from projections.users import admin_exists
 
@@ -34,44 +35,80 @@ BLOB_SCAN_TIMEOUT = 5.0
 ESSENTIAL = ("postgres", "kafka")  # without either the API cannot serve a write or a read
 
 
-class HealthController(Controller):
-    tags = ["health"]
+def health_controller(health_path: str = "/health") -> type[Controller]:
+    """The health routes: liveness at ``health_path`` (``monitoring.health_check_path``) and /ready."""
 
-    @get("/health", operation_id="health", summary="Health of the API, its dependencies and the workers")
-    async def health(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
-        checks = await _dependencies(container, state)
-        workers = _workers(container)
-        serving = all(checks[name] == "ok" for name in ESSENTIAL)
-        all_ok = all(v == "ok" for v in checks.values()) and all(
-            w["status"] in ("ok", "unknown") for w in workers.values()
+    class HealthController(Controller):
+        tags = ["health"]
+
+        @get(
+            health_path,
+            operation_id="health",
+            summary="Health of the API, its dependencies and the workers",
+            opt={"open": True},
         )
-        missing = await _missing_blobs(container, state)
-        all_ok = all_ok and missing == 0
-        status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
-        body = {
-            "status": status,
-            "checks": checks,
-            "workers": workers,
-            # Set aside by policy so that their partitions move on (README "Dead letters"): a count
-            # above zero is worth a look but does not stop the system from serving.
-            "dead_letters": {
-                "projections": await _projection_dead_letters(container),
-                "processor_since_start": workers["processor"].get("dead_letters_since_start"),
-            },
-            # Objects whose content the blob store lacks (`pipeline blobs check` lists them); None: unknown.
-            "missing_blobs": missing,
-        }
-        return Response(body, status_code=200 if serving else 503)
+        async def health(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+            return await _health(container, state)
 
-    @get("/ready", operation_id="ready", summary="Whether this API process can serve requests now")
-    async def ready(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
-        checks = await _dependencies(container, state)
-        reasons = [f"{name}: {checks[name]}" for name in ESSENTIAL if checks[name] != "ok"]
-        if not reasons and not await _admin_registered(container):
-            reasons.append("no admin registered yet")
-        if reasons:
-            return Response({"status": "not_ready", "reasons": reasons}, status_code=503)
-        return Response({"status": "ready"}, status_code=200)
+        @get("/ready", operation_id="ready", summary="Whether the system can serve requests now")
+        async def ready(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+            """Readiness in the HealthStatus shape: ``{"status", "checks": {name: {"status", "latency_ms",
+            "detail"?}}, "reasons"}``; 503 while any check fails (README "Health and readiness")."""
+            return await _ready(container, state)
+
+    return HealthController
+
+
+async def _health(container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+    checks = await _dependencies(container, state)
+    workers = _workers(container)
+    serving = all(checks[name] == "ok" for name in ESSENTIAL)
+    all_ok = all(v == "ok" for v in checks.values()) and all(w["status"] in ("ok", "unknown") for w in workers.values())
+    missing = await _missing_blobs(container, state)
+    all_ok = all_ok and missing == 0
+    status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
+    body = {
+        "status": status,
+        "checks": checks,
+        "workers": workers,
+        # Set aside by policy so that their partitions move on (README "Dead letters"): a count
+        # above zero is worth a look but does not stop the system from serving.
+        "dead_letters": {
+            "projections": await _projection_dead_letters(container),
+            "processor_since_start": workers["processor"].get("dead_letters_since_start"),
+        },
+        # Objects whose content the blob store lacks (`pipeline blobs check` lists them); None: unknown.
+        "missing_blobs": missing,
+    }
+    return Response(body, status_code=200 if serving else 503)
+
+
+async def _ready(container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+    await _dependencies(container, state)
+    timed: dict[str, dict[str, Any]] = dict(state.health_timed)
+    # The limiter's in-process fallback serves when Redis is away: that is ready, if degraded.
+    limiter: RateLimiter = state.limiter
+    if timed["redis"]["status"] != "ok" and limiter.degraded:
+        timed["redis"] = {**timed["redis"], "status": "ok", "detail": "in-process rate-limit fallback"}
+    started = time.perf_counter()
+    admin = await _admin_registered(container)
+    timed["first_admin"] = _timed("ok" if admin else "error: no admin registered yet", started)
+    workers = _workers(container)
+    for name, worker in workers.items():
+        alive = worker["status"] == "ok"
+        timed[f"worker_{name}"] = {"status": "ok" if alive else f"error: {worker['status']}", "latency_ms": 0.0}
+    lag = workers["projections"].get("lag")
+    limit = container.settings.monitoring.ready_max_projection_lag
+    timed["projection_lag"] = {
+        "status": "ok" if lag is not None and lag <= limit else f"error: {lag} events behind (limit {limit})",
+        "latency_ms": 0.0,
+        "detail": {"events": lag, "limit": limit},
+    }
+    for name in ("change_feed", "rate_limiter"):
+        timed.pop(name, None)  # reported by /health; neither stops the system from serving
+    reasons = [f"{name}: {check['status']}" for name, check in timed.items() if check["status"] != "ok"]
+    body = {"status": "not_ready" if reasons else "ready", "checks": timed, "reasons": reasons}
+    return Response(body, status_code=503 if reasons else 200)
 
 
 async def _dependencies(container: ApiContainer, state: State) -> dict[str, str]:
@@ -86,11 +123,12 @@ async def _dependencies(container: ApiContainer, state: State) -> dict[str, str]
         _check(container.redis.ping()),
         _check(asyncio.to_thread(_writable, container.blobs.root)),
     )
+    state.health_timed = {"postgres": postgres, "kafka": kafka, "redis": redis, "blob_store": blobs}
     checks = {
-        "postgres": postgres,
-        "kafka": kafka,
-        "redis": redis,
-        "blob_store": blobs,
+        "postgres": postgres["status"],
+        "kafka": kafka["status"],
+        "redis": redis["status"],
+        "blob_store": blobs["status"],
         "change_feed": "ok" if container.changes.connected else "reconnecting",
         # Still serving without Redis, but each API process then limits on its own.
         "rate_limiter": "degraded: in-process fallback" if limiter.degraded else "ok",
@@ -153,9 +191,17 @@ def _writable(directory: Path) -> None:
     os.unlink(name)
 
 
-async def _check(awaitable: Any) -> str:
+async def _check(awaitable: Any) -> dict[str, Any]:
+    """Run one check: ``{"status": "ok" | "error: <what>", "latency_ms"}``."""
+    started = time.perf_counter()
     try:
         await asyncio.wait_for(awaitable, CHECK_TIMEOUT + 1.0)
-        return "ok"
+        return _timed("ok", started)
     except Exception as exc:
-        return f"error: {type(exc).__name__}"
+        # Only our own message is shown: a driver's may name hosts and users, and /ready is open.
+        detail = f" ({exc})" if isinstance(exc, MissingTopics) else ""
+        return _timed(f"error: {type(exc).__name__}{detail}", started)
+
+
+def _timed(status: str, started: float) -> dict[str, Any]:
+    return {"status": status, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}

@@ -8,6 +8,8 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from infra.logs import request_id_var
+
 SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
@@ -21,6 +23,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         request_id = incoming if SANE_ID.match(incoming) else uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        request_id_var.set(request_id)  # for every log line written while this request is served
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -119,7 +119,7 @@ def document_errors(app: Litestar) -> None:
                 operation: Operation | None = getattr(item, method.lower(), None)
                 if operation is None:
                     continue
-                if route.path_format in ("/health", "/ready"):
+                if operation.operation_id in ("health", "ready"):  # health's path is a setting
                     _document_health(operation)
                     continue
                 public = bool(handler.opt.get("public"))

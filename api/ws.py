@@ -34,6 +34,7 @@ from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
 from infra.bootstrap import ApiContainer
+from infra.metrics import WEBSOCKET_CONNECTIONS
 
 TOPIC = re.compile(r"^(data_changes|execution:[0-9a-fA-F-]{36})$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -123,6 +124,7 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
         return
     await socket.accept()
     subscriber = hub.connect(actor_of(socket), principal_of(socket).token_generation)
+    WEBSOCKET_CONNECTIONS.inc()
     # Either side may end the connection: the client (receive loop) or the hub (a disabled user).
     receiver = asyncio.create_task(_receive_loop(socket, container, hub, subscriber))
     sender = asyncio.create_task(_send_loop(socket, subscriber))
@@ -133,6 +135,7 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
             await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
     finally:
         hub.disconnect(subscriber)
+        WEBSOCKET_CONNECTIONS.dec()
         for task in tasks:
             task.cancel()
         for task in tasks:

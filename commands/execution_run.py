@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -52,6 +53,12 @@ class RunDeps:
     lookup_user: Callable[[str], Coroutine[Any, Any, tuple[str, bool] | None]]
     node_timeout: float = 30.0
     inline_output_bytes: int = 16 * 1024
+    # Nodes run and their compute time by node type, for the metrics (the executor's heartbeat writes them).
+    counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+
+    def count(self, name: str, labels: tuple[tuple[str, str], ...], value: float = 1.0) -> None:
+        key = (name, labels)
+        self.counters[key] = self.counters.get(key, 0.0) + value
 
 
 @dataclass
@@ -227,15 +234,22 @@ class ExecutionRun:
             for edge in graph.incoming(node_id)
             if edge.output in outputs.get(edge.source, {})
         }
+        computing = time.monotonic()
+        outcome = "failed"
         try:
             result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
+            outcome = "completed"
         except TimeoutError:
+            outcome = "timed_out"
             await self._fail(node_id, f"timed out after {self.timeout:g}s")
         except NodeError as exc:
             await self._fail(node_id, exc.message)
         except Exception as exc:  # a node bug fails its execution, not the executor
             log.exception("node %s of %s crashed", node_id, self.view.execution_id)
             await self._fail(node_id, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.deps.count("pipeline_executor_nodes", (("outcome", outcome), ("type", node.type)))
+            self.deps.count("pipeline_executor_node_seconds", (("type", node.type),), time.monotonic() - computing)
         produced = dict(result.outputs)
         # Effects are commands, outside the node's time limit. A refusal fails the node; a command
         # timeout propagates, and the run is resumed later (effect command ids make a retry a duplicate).

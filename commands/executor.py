@@ -46,6 +46,7 @@ class Executor:
         self.config = config
         self.mapper = mapper
         self.deps = deps
+        self.counters = deps.counters  # node counts and times (infra.heartbeat writes them out)
         self.views: dict[str, ExecutionView] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.catch_up: dict[int, int] = {}  # partition -> end offset to read before starting runs

@@ -167,6 +167,8 @@ class CommandProcessor:
         # a batch's are counted once its transaction commits, since an aborted batch runs again.
         self.dead_letters = 0
         self._batch_dead_letters: dict[int, int] = {}
+        # Batch sizes and transaction times for the metrics (infra.heartbeat writes them out).
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}
         self._failures: dict[int, int] = {}  # partition -> consecutive failed batches
@@ -330,6 +332,7 @@ class CommandProcessor:
         producer = self._producers[tp.partition]
         store = self._stores[tp.partition]
         touched: dict[str, AggregateState] = {}
+        started = time.monotonic()
         try:
             self._batch_dead_letters[tp.partition] = 0
             async with producer.transaction():
@@ -371,6 +374,13 @@ class CommandProcessor:
         store.commit(values, touched, next_state_offset)
         self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
         self.last_progress = time.time()
+        self._count("pipeline_processor_batches", 1)
+        self._count("pipeline_processor_batch_records", len(records))
+        self._count("pipeline_processor_transaction_seconds", time.monotonic() - started)
+
+    def _count(self, name: str, value: float) -> None:
+        key = (name, ())
+        self.counters[key] = self.counters.get(key, 0) + value
 
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         try:

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
-from infra.settings import ENV_ALIASES, Settings, env_name, iter_settings, load_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from infra.logs import configure_logging
+from infra.runtime_file import with_running_system
+from infra.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipeline", description="Pipeline Gateway: event-sourced CQRS API gateway.")
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="Pipeline Gateway: event-sourced CQRS API gateway.",
+        epilog="Beside a running `make run`, commands find its services in PIPELINE_DATA_DIR/runtime.json when"
+        " DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and REDIS_URL are unset. Exit codes: 0 done; 1 refused by the"
+        " system or it could not be reached; 2 usage error or unusable input or setting.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser(
@@ -48,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    settings = load_settings()
+    try:
+        if args.command in ("run", "services"):  # these start a system: never aim them at another one
+            settings = load_settings()
+        else:  # beside a running `make run`, find its services from runtime.json (infra.runtime_file)
+            settings = load_settings(environ=with_running_system(os.environ))
+        configure_logging(settings.monitoring)
+    except SettingsError as exc:  # a message naming the setting, not a traceback (exit codes: README)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.command == "run":
         from infra.supervisor import run_everything
 
@@ -102,6 +115,7 @@ def _run_api(settings: Settings) -> int:
         port=settings.server.port,
         workers=settings.server.workers if settings.server.workers > 1 else None,
         log_level="info",
+        log_config=None,  # uvicorn's loggers go to the root handler (monitoring.log_format, infra.logs)
         access_log=False,
         http="infra.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
         timeout_keep_alive=settings.server.keep_alive_timeout_seconds,

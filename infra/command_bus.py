@@ -11,14 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
 from infra.kafka import Topics
+from infra.metrics import COMMAND_ROUNDTRIP, COMMANDS
 
 log = logging.getLogger("pipeline.command_bus")
+
+
+class MissingTopics(Exception):
+    """The broker answers but lacks topics the system needs."""
 
 
 class CommandTimeout(Exception):
@@ -84,6 +90,8 @@ class KafkaCommandBus:
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         waiters = self._pending.setdefault(envelope.command_id, [])
         waiters.append(future)
+        started = time.monotonic()
+        outcome_label = "unavailable"
         try:
             try:
                 # Without a bound, a send to a broker that is gone waits for metadata and retries for
@@ -98,18 +106,28 @@ class KafkaCommandBus:
                 # A KafkaError answers 503 unavailable. The record may still be delivered later:
                 # a retry with the same Idempotency-Key is safe either way.
                 raise KafkaTimeoutError(f"the broker did not take the command within {self.send_timeout} s") from exc
-            return await asyncio.wait_for(future, self.timeout)
+            outcome = await asyncio.wait_for(future, self.timeout)
+            outcome_label = _outcome_label(outcome)
+            COMMAND_ROUNDTRIP.labels(envelope.type).observe(time.monotonic() - started)
+            return outcome
         except TimeoutError as exc:
+            outcome_label = "timeout"
             raise CommandTimeout(envelope.command_id) from exc
         finally:
+            COMMANDS.labels(envelope.type, outcome_label).inc()
             waiters.remove(future)
             if not waiters:
                 self._pending.pop(envelope.command_id, None)
 
     async def check_broker(self, timeout: float) -> None:
-        """Raise unless the broker answers a metadata request within ``timeout`` seconds (for /health)."""
+        """Raise unless the broker answers a metadata request within ``timeout`` seconds and has the
+        system's topics (for /health and /ready)."""
         assert self._producer is not None, "command bus not started"
-        await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
+        cluster = await asyncio.wait_for(self._producer.client.fetch_all_metadata(), timeout)
+        wanted = {self.topics.commands, self.topics.events, self.topics.outcomes, self.topics.state}
+        missing = wanted - cluster.topics()
+        if missing:
+            raise MissingTopics(", ".join(sorted(missing)))
 
     async def events_end(self, partition: int) -> int | None:
         """The events partition's last stable offset (what a read_committed reader can reach).
@@ -146,3 +164,12 @@ class KafkaCommandBus:
                     for future in waiters:
                         if not future.done():
                             future.set_result(outcome)
+
+
+def _outcome_label(outcome: Outcome) -> str:
+    """accepted, duplicate, or rejected_<code> (a handful of codes: the label stays small)."""
+    if outcome.duplicate:
+        return "duplicate"
+    if outcome.accepted:
+        return "accepted"
+    return f"rejected_{outcome.rejection.code}" if outcome.rejection else "rejected"

@@ -2,14 +2,18 @@
 
 A worker process writes ``<data_dir>/heartbeats/<worker>.json``::
 
-    {"worker", "pid", "written_at", "loop_at", "progress_at", "lag", "dead_letters"}
+    {"worker", "pid", "written_at", "loop_at", "progress_at", "lag", "dead_letters",
+     "partition_lag", "partition_lag_seconds", "counters"}
 
 (wall-clock seconds). ``written_at`` comes from a task of its own, so it goes stale only when the event
 loop is blocked or the process is frozen; ``loop_at`` is the last turn of the worker's fetch loop;
 ``progress_at`` the last time it handled records or had nothing to do; ``lag`` the records its consumer
 has not consumed yet (last stable offset minus position, summed over its partitions); ``dead_letters``
 the records it set aside since it started (commands it rejected as unprocessable, events it could not
-apply; see the processor's and the runner's docstrings for the policies). The supervisor's
+apply; see the processor's and the runner's docstrings for the policies); ``partition_lag`` the lag by
+partition, ``partition_lag_seconds`` how old the last handled record of a partition with lag is (from the
+worker's ``handled_at``: partition -> record timestamp), and ``counters`` the worker's counters
+(``[{"name", "labels", "value"}]``) that the API's metrics route shows (infra.metrics). The supervisor's
 watchdog (``stall_reason``) and ``/health`` read these files: a file read costs less than asking Kafka.
 """
 
@@ -21,7 +25,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -51,6 +55,9 @@ class Beat:
     progress_at: float
     lag: int
     dead_letters: int = 0
+    partition_lag: dict[str, int] = field(default_factory=dict)
+    partition_lag_seconds: dict[str, float] = field(default_factory=dict)
+    counters: list[dict[str, Any]] = field(default_factory=list)
 
 
 def heartbeat_path(data_dir: str | Path, worker: str) -> Path:
@@ -66,9 +73,9 @@ def read_beat(path: Path) -> Beat | None:
         return None
 
 
-async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
-    """Records not yet consumed: last stable offset (from the latest fetch) minus position, summed."""
-    lag = 0
+async def consumer_lag(consumer: AIOKafkaConsumer) -> dict[int, int]:
+    """Records not yet consumed by partition: last stable offset (from the latest fetch) minus position."""
+    lag: dict[int, int] = {}
     for tp in consumer.assignment():
         end = consumer.last_stable_offset(tp)
         if end is None:
@@ -79,8 +86,14 @@ async def consumer_lag(consumer: AIOKafkaConsumer) -> int:
             position = await asyncio.wait_for(consumer.position(tp), POSITION_TIMEOUT)
         except (TimeoutError, Exception):
             continue
-        lag += max(0, end - position)
+        lag[tp.partition] = max(0, end - position)
     return lag
+
+
+def counter_samples(source: object) -> list[dict[str, Any]]:
+    """A worker's ``counters`` ({(name, ((label, value), ...)): value}) as JSON-friendly samples."""
+    counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = getattr(source, "counters", {})
+    return [{"name": name, "labels": dict(labels), "value": value} for (name, labels), value in counters.items()]
 
 
 async def beat(path: Path, worker: str, source: Progressing, interval: float = INTERVAL) -> None:
@@ -89,12 +102,14 @@ async def beat(path: Path, worker: str, source: Progressing, interval: float = I
     started = time.time()
     idle_at = started  # the last time there was nothing to do counts as progress
     while True:
-        lag = 0
+        by_partition: dict[int, int] = {}
         consumer = source.consumer
         if consumer is not None:
             with contextlib.suppress(Exception):
-                lag = await consumer_lag(consumer)
+                by_partition = await consumer_lag(consumer)
+        lag = sum(by_partition.values())
         now = time.time()
+        handled_at: dict[int, float] = getattr(source, "handled_at", {})
         if lag == 0:
             idle_at = now
         record = Beat(
@@ -105,6 +120,12 @@ async def beat(path: Path, worker: str, source: Progressing, interval: float = I
             progress_at=max(source.last_progress, idle_at),
             lag=lag,
             dead_letters=int(getattr(source, "dead_letters", 0)),
+            partition_lag={str(p): n for p, n in by_partition.items()},
+            partition_lag_seconds={
+                str(p): round(max(0.0, now - handled_at[p]), 3) if n and p in handled_at else 0.0
+                for p, n in by_partition.items()
+            },
+            counters=counter_samples(source),
         )
         tmp = path.with_suffix(".tmp")
         try:

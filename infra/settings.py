@@ -102,6 +102,9 @@ class MonitoringSettings:
     tracing_enabled: bool = False
     health_check_path: str = "/health"
     metrics_path: str = "/metrics"
+    log_format: str = "text"  # text or json (one object per line; infra.logs)
+    # /ready fails while the projections have more events than this waiting (reads would lag behind).
+    ready_max_projection_lag: int = 10000
 
 
 @dataclass(frozen=True)

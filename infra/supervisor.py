@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import secrets
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import psycopg
@@ -24,6 +24,7 @@ from infra.heartbeat import heartbeat_path, read_beat, stall_reason
 from infra.kafka import ensure_topics
 from infra.postgres import check_schema, migrate
 from infra.processes import ensure_secret_key, python_command, spawn
+from infra.runtime_file import RUNTIME_FILE, write_runtime
 from infra.services import Backoff, ManagedServices
 from infra.settings import Settings, load_settings
 from projections.users import admin_exists
@@ -36,7 +37,8 @@ CHILDREN = {
 }
 WORKERS = ("processor", "projections", "executor")  # the ones that write heartbeats
 TICK = 0.5
-RUNTIME_FILE = "runtime.json"  # where a running system says what it is made of (for bench/ and operators)
+READY_POLL_TIMEOUT = 1.0
+READY_RECHECK_SECONDS = 5.0  # once ready, /ready is asked this often (to say when it stops being ready)
 
 
 @dataclasses.dataclass
@@ -92,6 +94,7 @@ def run_everything(settings: Settings) -> int:
                 flush=True,
             )
         services_up_since = time.time()
+        ready = ReadyAnnouncer(effective)
         while not stopping:
             time.sleep(TICK)
             if stopping:
@@ -111,6 +114,7 @@ def run_everything(settings: Settings) -> int:
             }
             if current != runtime:
                 runtime = _write_runtime(data_dir, effective, children, managed.pids())
+            ready.poll()
         print("stopping...", flush=True)
         return 0
     finally:
@@ -178,26 +182,15 @@ def _write_runtime(
 ) -> dict[str, dict[str, int]]:
     """Write runtime.json; return the process ids written (to notice when they change)."""
     pids = {name: child.process.pid for name, child in children.items()}
-    runtime = {
-        "api": f"http://{settings.server.host}:{settings.server.port}",
-        "database_url": settings.database.url,
-        "schema": settings.database.schema,
-        "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
-        "redis_url": settings.redis.url,
-        "pids": pids,
-        "service_pids": services,
-    }
-    tmp = data_dir / f"{RUNTIME_FILE}.tmp"
-    tmp.write_text(json.dumps(runtime, indent=2))
-    tmp.replace(data_dir / RUNTIME_FILE)  # readers never see half a file
+    write_runtime(data_dir, settings, pids, services)
     return {"pids": pids, "service_pids": services}
 
 
 def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
-    host, port = settings.server.host, settings.server.port
+    host, port, health = settings.server.host, settings.server.port, settings.monitoring.health_check_path
     print(
         "\nPipeline Gateway is starting:\n"
-        f"  API            http://{host}:{port}   (docs: http://{host}:{port}/api/docs, health: /health)\n"
+        f"  API            http://{host}:{port}   (docs: http://{host}:{port}/api/docs, health: {health})\n"
         f"  Kafka          {settings.kafka.bootstrap_servers}\n"
         f"  PostgreSQL     {settings.database.url} (schema {settings.database.schema})\n"
         f"  Redis          {settings.redis.url}\n"
@@ -206,6 +199,40 @@ def _announce(settings: Settings, endpoints: object, data_dir: Path) -> None:
         "Ctrl-C stops everything.\n",
         flush=True,
     )
+
+
+class ReadyAnnouncer:
+    """Prints "ready" with the URLs once /ready answers 200 (and again after it failed and recovered),
+    so the console says when a login will work, not merely that processes were started."""
+
+    def __init__(self, settings: Settings) -> None:
+        host, port = settings.server.host, settings.server.port
+        self.base = f"http://{host}:{port}"
+        self.metrics_path = settings.monitoring.metrics_path
+        self.ready: bool | None = None  # None: never ready yet
+        self.asked_at = 0.0
+
+    def poll(self) -> None:
+        """Ask /ready once (bounded by a short timeout) and print on a change."""
+        if self.ready and time.monotonic() - self.asked_at < READY_RECHECK_SECONDS:
+            return
+        self.asked_at = time.monotonic()
+        try:
+            with urllib.request.urlopen(f"{self.base}/ready", timeout=READY_POLL_TIMEOUT) as answer:
+                now_ready = answer.status == 200
+        except (OSError, ValueError):  # HTTPError (503) is an OSError too
+            now_ready = False
+        if now_ready and not self.ready:
+            again = " again" if self.ready is False else ""
+            print(
+                f"ready{again}: API {self.base}  docs {self.base}/api/docs  GraphQL {self.base}/api/graphql"
+                f"  metrics {self.base}{self.metrics_path}  readiness {self.base}/ready",
+                flush=True,
+            )
+            self.ready = True
+        elif not now_ready and self.ready:
+            print(f"not ready: see {self.base}/ready", flush=True)
+            self.ready = False
 
 
 def _stop_children(children: dict[str, _Child]) -> None:

@@ -97,6 +97,10 @@ class ProjectionRunner:
         self.last_loop = 0.0
         self.last_progress = 0.0
         self._failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
+        # For the metrics (infra.heartbeat writes them out): counters, and each partition's last
+        # applied event's timestamp, from which the projection lag in seconds follows.
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self.handled_at: dict[int, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set."""
@@ -167,7 +171,7 @@ class ProjectionRunner:
         """Apply one partition's batch and its new position in one transaction (see Dead letters above)."""
         try:
             try:
-                await self._apply_batch(consumer, tp, records, one_by_one=False)
+                applied = await self._apply_batch(consumer, tp, records, one_by_one=False)
             except Exception as exc:  # in pipeline mode a data error may surface as PipelineAborted
                 # The slow path tells the two apart: a data error dead-letters its event there, a
                 # connection error fails it too and is retried below.
@@ -178,7 +182,7 @@ class ProjectionRunner:
                     records[-1].offset,
                     _describe(exc),
                 )
-                await self._apply_batch(consumer, tp, records, one_by_one=True)
+                applied = await self._apply_batch(consumer, tp, records, one_by_one=True)
         except TRANSIENT_ERRORS as exc:
             failures = self._failures[tp.partition] = self._failures.get(tp.partition, 0) + 1
             delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
@@ -193,10 +197,15 @@ class ProjectionRunner:
             await asyncio.sleep(delay)
             return
         self._failures.pop(tp.partition, None)
+        if applied:  # committed: count them (a failed transaction is applied again, and counted then)
+            key = ("pipeline_projection_events_applied", (("projection", self.config.projection),))
+            self.counters[key] = self.counters.get(key, 0) + len(applied)
+            self.handled_at[tp.partition] = applied[-1].timestamp / 1000
 
     async def _apply_batch(
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any], one_by_one: bool
-    ) -> None:
+    ) -> list[Any]:
+        """Apply the records not applied yet; those applied (empty when it only re-positioned)."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT next_offset FROM projection_positions WHERE projection = %s AND topic = %s"
@@ -211,10 +220,10 @@ class ProjectionRunner:
                 log.info("partition %s: stored position %s is before the batch; reading from it", tp.partition, stored)
                 consumer.seek(tp, stored)
                 self._sought[tp.partition] = stored
-                return
+                return []
             fresh = [r for r in records if r.offset >= stored]
             if not fresh:
-                return
+                return []
             changes = await self.apply_records(conn, fresh, one_by_one)
             next_offset = fresh[-1].offset + 1
             await conn.execute(
@@ -231,6 +240,7 @@ class ProjectionRunner:
                     change_payload(self.config.projection, tp.partition, next_offset, changes),
                 ),
             )
+            return fresh
 
     async def apply_records(
         self, conn: AsyncConnection[Any], records: list[Any], one_by_one: bool = False

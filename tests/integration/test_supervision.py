@@ -92,6 +92,17 @@ def system() -> Iterator[System]:
     started = System(f"http://127.0.0.1:{port}", data_dir, output, process)
     try:
         deadline = time.monotonic() + 180
+        while "\nready: " not in started.printed():  # the console's word that the system can serve
+            assert process.poll() is None, f"`pipeline run` exited:\n{started.printed()[-4000:]}"
+            assert time.monotonic() < deadline, f"`pipeline run` never printed ready:\n{started.printed()[-4000:]}"
+            time.sleep(0.2)
+        # Right after that line, the first login works (it failed with 401 before /ready existed).
+        first_login = httpx.post(
+            f"{started.base_url}/api/v1/auth/login",
+            json={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD},
+            timeout=30,
+        )
+        assert first_login.status_code == 200, first_login.text
         while not _healthy_sync(started):
             assert process.poll() is None, f"`pipeline run` exited:\n{started.printed()[-4000:]}"
             assert time.monotonic() < deadline, f"the system did not become healthy:\n{started.printed()[-4000:]}"
@@ -170,6 +181,8 @@ async def sample_health(http: httpx.AsyncClient, samples: list[tuple[float, str]
         try:
             response = await http.get("/health", timeout=10)
             samples.append((time.monotonic(), response.json()["status"]))
+            ready = await http.get("/ready", timeout=10)
+            samples.append((time.monotonic(), f"ready:{ready.status_code}"))
         except (httpx.TransportError, ValueError):
             samples.append((time.monotonic(), "no answer"))
         await asyncio.sleep(0.2)
@@ -271,6 +284,10 @@ async def test_sigkilled_broker_is_restarted_and_no_acknowledged_write_is_lost(
     # While the broker was gone, /health never said "healthy" (allow its one-second cache).
     down = [status for at, status in samples if killed_at + 2 < at < still_down_at]
     assert down and "healthy" not in down, (down, still_down_at - killed_at)
+    # ... and /ready said 503 (not ready) throughout, and is 200 again now.
+    ready_down = [status for status in down if status.startswith("ready:")]
+    assert ready_down and set(ready_down) == {"ready:503"}, ready_down
+    assert (await client.get("/ready")).status_code == 200
     # Writes sent while it was gone were refused quickly instead of hanging.
     during = [(round(at - killed_at, 1), round(took, 1), status) for at, took, status in load.answers if at > killed_at]
     refused = [(took, status) for started, took, status in load.answers if started > killed_at + 2 and status == 503]

@@ -1,0 +1,88 @@
+"""The metrics route and the HTTP request counter (families: infra.metrics)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from litestar import Response, get
+from litestar.handlers import HTTPRouteHandler
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from infra.bootstrap import ApiContainer
+from infra.metrics import EXECUTIONS, HTTP_LATENCY, HTTP_REQUESTS, PROJECTION_DEAD_LETTERS, REGISTRY, WorkerCollector
+
+log = logging.getLogger("pipeline.metrics")
+READ_MODEL_TIMEOUT = 1.0
+
+
+def metrics_route(path: str) -> HTTPRouteHandler:
+    """GET ``path`` (``monitoring.metrics_path``): the Prometheus text format, without a token."""
+
+    @get(path, opt={"open": True}, include_in_schema=False)
+    async def metrics(container: ApiContainer) -> Response[bytes]:
+        await observe_read_models(container)
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return metrics
+
+
+def register_worker_collector(data_dir: str) -> None:
+    """Show the workers' heartbeat counters in this process's registry (once per process)."""
+    global _worker_collector
+    if _worker_collector is not None:
+        REGISTRY.unregister(_worker_collector)
+    _worker_collector = WorkerCollector(data_dir)
+    REGISTRY.register(_worker_collector)
+
+
+_worker_collector: WorkerCollector | None = None
+
+
+async def observe_read_models(container: ApiContainer) -> None:
+    """Refresh the gauges that come from PostgreSQL: executions by status, projection dead letters."""
+    try:
+        async with (
+            asyncio.timeout(READ_MODEL_TIMEOUT),
+            container.pool.connection(timeout=READ_MODEL_TIMEOUT) as conn,
+        ):
+            cur = await conn.execute("SELECT status, count(*) FROM executions GROUP BY status")
+            rows = await cur.fetchall()
+            EXECUTIONS.clear()  # a status no execution has any more must not keep its last count
+            for status, count in rows:
+                EXECUTIONS.labels(status).set(count)
+            cur = await conn.execute("SELECT count(*) FROM projection_dead_letters")
+            row = await cur.fetchone()
+            PROJECTION_DEAD_LETTERS.set(row[0] if row else 0)
+    except Exception as exc:  # a scrape still shows the in-process families while PostgreSQL is away
+        log.debug("read-model gauges not refreshed: %s", exc)
+
+
+def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
+    """Count each HTTP request by method, route template (not the raw path: ids would explode the
+    label set; requests no route matches count as ``unmatched``) and status, with its latency."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            method = scope.get("method", "")
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
+
+    return middleware

@@ -1,0 +1,227 @@
+"""Operations against the real system: Prometheus metrics after a known workload, /ready's checks, the
+docs pages without a token, gzip, and the CLI finding the system. One system serves the whole module."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from infra.runtime_file import write_runtime
+from infra.settings import load_settings
+from tests.conftest import environment_for
+from tests.integration.conftest import login
+from tests.integration.harness import ROOT, eventually
+from tests.integration.system import RunningSystem, running_system
+from tests.integration.users import client_for, create_user
+
+METRICS = "/internal/metrics"  # not the default: the route must follow monitoring.metrics_path
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture(scope="module")
+async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
+    tmp_path = tmp_path_factory.mktemp("observability")
+    env = {
+        **environment_for(services, tmp_path),
+        "PIPELINE_MONITORING_METRICS_PATH": METRICS,
+        "PIPELINE_MONITORING_LOG_FORMAT": "json",
+    }
+    async with running_system(env, tmp_path) as running:
+        yield running
+
+
+async def scrape(http: httpx.AsyncClient) -> Samples:
+    """Every sample of the metrics page, parsed by prometheus_client's own parser."""
+    response = await http.get(METRICS)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+async def test_metrics_count_a_known_workload_exactly(system: RunningSystem) -> None:
+    anonymous, admin = system.anonymous, system.admin
+    assert (await anonymous.get("/metrics")).status_code == 404  # moved by the setting
+    before = await scrape(anonymous)  # no token needed
+
+    ids = []
+    for n in range(5):
+        created = await admin.post("/api/v1/ingest", json={"content": f"metrics {n}", "content_type": "text/plain"})
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["object_id"])
+    for object_id in ids[:2]:
+        assert (await admin.get(f"/api/v1/data/{object_id}")).status_code == 200
+    assert (await admin.get(f"/api/v1/data/{uuid.uuid4()}")).status_code == 404
+    assert (await admin.post("/api/v1/ingest", json={"content": 1})).status_code == 400
+    assert (await anonymous.get("/no/such/route")).status_code in (401, 404)
+
+    after = await scrape(anonymous)
+    ingest = {"method": "POST", "route": "/api/v1/ingest"}
+    assert delta(after, before, "pipeline_http_requests_total", **ingest, status="201") == 5
+    assert delta(after, before, "pipeline_http_requests_total", **ingest, status="400") == 1
+    assert delta(after, before, "pipeline_http_request_duration_seconds_count", **ingest) == 6
+    data_route = {"method": "GET", "route": "/api/v1/data/{object_id}"}
+    assert delta(after, before, "pipeline_http_requests_total", **data_route, status="200") == 2
+    assert delta(after, before, "pipeline_http_requests_total", **data_route, status="404") == 1
+    unmatched = [k for k in after if k[0] == "pipeline_http_requests_total" and ("route", "/no/such/route") in k[1]]
+    assert unmatched == []  # raw paths never become labels
+    assert delta(after, before, "pipeline_commands_total", type="IngestData", outcome="accepted") == 5
+    assert delta(after, before, "pipeline_command_roundtrip_seconds_count", type="IngestData") == 5
+    assert value(after, "pipeline_projection_dead_letters") == 0
+
+    # The workers' families arrive with their next heartbeat (about a second).
+    async def workers_counted() -> Samples | None:
+        now = await scrape(anonymous)
+        applied = delta(now, before, "pipeline_projection_events_applied_total", projection="read-models")
+        consumed = delta(now, before, "pipeline_processor_batch_records_total")
+        return now if applied == 5 and consumed == 5 else None
+
+    now = await eventually(workers_counted, timeout=30, what="the workers' counters to show the 5 ingests")
+    assert delta(now, before, "pipeline_processor_batches_total") >= 1
+    assert delta(now, before, "pipeline_processor_transaction_seconds_total") > 0
+    for worker in ("processor", "projections", "executor"):
+        assert value(now, "pipeline_worker_up", worker=worker) == 1
+        assert value(now, "pipeline_worker_dead_letters_total", worker=worker) == 0
+    partitions = [dict(k[1])["partition"] for k in now if k[0] == "pipeline_projection_lag_records"]
+    count = int(system.env["PIPELINE_KAFKA_PARTITIONS"])
+    assert sorted(partitions) == [str(p) for p in range(count)]  # one sample per partition
+
+    async def caught_up() -> bool:
+        now = await scrape(anonymous)
+        lag_names = ("pipeline_projection_lag_records", "pipeline_projection_lag_seconds")
+        lags = [v for k, v in now.items() if k[0] in lag_names]
+        return len(lags) == 2 * count and all(v == 0 for v in lags)
+
+    await eventually(caught_up, timeout=30, what="projection lag to be 0 in the metrics")
+
+
+async def test_ready_reports_every_check_with_its_latency(system: RunningSystem) -> None:
+    response = await system.anonymous.get("/ready")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "ready" and body["reasons"] == []
+    expected = {"postgres", "kafka", "redis", "blob_store", "first_admin", "projection_lag"}
+    expected |= {f"worker_{w}" for w in ("processor", "projections", "executor")}
+    assert set(body["checks"]) == expected
+    for check in body["checks"].values():
+        assert check["status"] == "ok"
+        assert isinstance(check["latency_ms"], int | float) and check["latency_ms"] >= 0
+    assert body["checks"]["projection_lag"]["detail"]["limit"] == 10000
+
+
+async def test_docs_and_the_graphql_ide_open_without_a_token(system: RunningSystem) -> None:
+    anonymous = system.anonymous
+    ide = await anonymous.get("/api/graphql", headers={"Accept": "text/html"})
+    assert ide.status_code == 200 and "<html" in ide.text.lower()
+    # An operation still needs a token, by GET as by POST.
+    assert (await anonymous.get("/api/graphql", params={"query": "{ __typename }"})).status_code == 401
+    assert (await anonymous.post("/api/graphql", json={"query": "{ __typename }"})).status_code == 401
+    swagger = await anonymous.get("/api/docs")
+    assert swagger.status_code == 200 and "swagger" in swagger.text.lower()
+    redoc = await anonymous.get("/api/redoc", follow_redirects=True)
+    assert redoc.status_code == 200 and "redoc" in redoc.text.lower()
+
+
+async def test_large_responses_are_gzipped_and_small_ones_are_not(system: RunningSystem) -> None:
+    gzip = {"Accept-Encoding": "gzip"}
+    large = await system.anonymous.get("/api/docs/openapi.json", headers=gzip)
+    assert large.status_code == 200 and large.headers.get("content-encoding") == "gzip"
+    assert large.json()["openapi"]  # httpx decompressed it
+    small = await system.admin.get(f"/api/v1/data/{uuid.uuid4()}", headers=gzip)
+    assert small.status_code == 404 and len(small.content) < 1000
+    assert "content-encoding" not in small.headers
+
+
+async def test_pipeline_user_create_finds_the_running_system_from_runtime_json(system: RunningSystem) -> None:
+    """Beside a running system, with none of its addresses in the environment: runtime.json supplies them."""
+    settings = load_settings(environ=system.env)
+    data_dir = Path(settings.storage.data_dir)
+    write_runtime(data_dir, settings, pids={}, service_pids={})  # as the supervisor does; its pid is ours
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "PIPELINE_DATA_DIR": str(data_dir)}
+    password = "made beside the running system"
+
+    def create() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            # What the `pipeline` console script runs, from this checkout (sys.path starts at cwd).
+            [sys.executable, "-m", "infra.cli", "user", "create", "beside", "--password-stdin"],
+            input=password + "\n",
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    try:
+        created = await asyncio.to_thread(create)
+    finally:
+        (data_dir / "runtime.json").unlink()
+    assert created.returncode == 0, created.stderr
+    tokens = await login(system.anonymous, "beside", password)
+    assert tokens["access_token"]
+
+
+async def test_every_process_logs_json_lines(system: RunningSystem) -> None:
+    for name in ("api", "processor", "projections", "executor"):
+        lines = [line for line in (system.logs / f"{name}.log").read_text().splitlines() if line.strip()]
+        assert lines, f"{name} logged nothing"
+        for line in lines:
+            entry = json.loads(line)
+            assert {"time", "level", "logger", "message"} <= set(entry), line
+
+
+async def test_an_execution_shows_in_the_executor_and_execution_metrics(system: RunningSystem) -> None:
+    before = await scrape(system.anonymous)
+    graph = {
+        "nodes": [{"id": "src", "type": "input", "params": {"name": "text"}}, {"id": "n", "type": "normalize"}],
+        "edges": [{"from": "src.value", "to": "n.text"}],
+    }
+    submitted = await system.admin.post("/api/v1/execute", json={"graph": graph, "inputs": {"text": "Metrics Run"}})
+    assert submitted.status_code == 202, submitted.text
+
+    async def counted() -> Samples | None:
+        now = await scrape(system.anonymous)
+        done = delta(now, before, "pipeline_executor_nodes_total", type="normalize", outcome="completed")
+        finished = delta(now, before, "pipeline_executions", status="completed")
+        return now if done == 1 and finished == 1 else None
+
+    now = await eventually(counted, timeout=60, what="the execution's node and status in the metrics")
+    assert delta(now, before, "pipeline_executor_nodes_total", type="input", outcome="completed") == 1
+    assert delta(now, before, "pipeline_executor_node_seconds_total", type="normalize") > 0
+
+
+async def test_rate_limit_refusals_are_counted_by_role(system: RunningSystem) -> None:
+    await create_user(system.admin, "metrics-viewer", role="viewer")
+    before = await scrape(system.anonymous)
+    refused = 0
+    async with await client_for(system.anonymous, "metrics-viewer") as viewer:
+        for _ in range(110):  # rate_limiting.viewer_limit is 100 per hour
+            status = (await viewer.get("/api/v1/auth/me")).status_code
+            assert status in (200, 429)
+            refused += status == 429
+    assert refused >= 10
+    after = await scrape(system.anonymous)
+    assert delta(after, before, "pipeline_rate_limit_refusals_total", role="viewer") == refused
+    route = {"method": "GET", "route": "/api/v1/auth/me"}  # refused after routing: counted under the route
+    assert delta(after, before, "pipeline_http_requests_total", **route, status="429") == refused

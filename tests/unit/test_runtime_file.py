@@ -1,0 +1,76 @@
+"""Finding a running system from runtime.json, and `--help` on every `pipeline` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from infra.cli import main
+from infra.runtime_file import with_running_system
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME = {
+    "database_url": "postgresql://127.0.0.1:5999/x",
+    "kafka_bootstrap_servers": "127.0.0.1:9999",
+    "redis_url": "redis://127.0.0.1:6999/0",
+    "schema": "s1",
+    "topic_prefix": "p1",
+}
+
+
+def write(data_dir: Path, pid: int) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / "runtime.json").write_text(json.dumps({**RUNTIME, "supervisor_pid": pid}))
+
+
+def test_unset_addresses_come_from_a_live_systems_runtime_file(tmp_path: Path) -> None:
+    write(tmp_path, os.getpid())
+    env = with_running_system({"PIPELINE_DATA_DIR": str(tmp_path), "REDIS_URL": "redis://elsewhere:1/0"})
+    assert env["DATABASE_URL"] == RUNTIME["database_url"]
+    assert env["KAFKA_BOOTSTRAP_SERVERS"] == RUNTIME["kafka_bootstrap_servers"]
+    assert env["REDIS_URL"] == "redis://elsewhere:1/0"  # what is set wins
+    assert env["PIPELINE_DATABASE_SCHEMA"] == "s1" and env["PIPELINE_KAFKA_TOPIC_PREFIX"] == "p1"
+
+
+def test_a_runtime_file_whose_supervisor_is_gone_is_ignored(tmp_path: Path) -> None:
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write(tmp_path, int(finished.stdout))  # that process has exited
+    env = with_running_system({"PIPELINE_DATA_DIR": str(tmp_path)})
+    assert "DATABASE_URL" not in env
+
+
+COMMANDS = [
+    [],
+    ["run"],
+    ["api"],
+    ["worker"],
+    ["projections"],
+    ["projections", "rebuild"],
+    ["user"],
+    ["user", "create"],
+    ["user", "set-role"],
+    ["user", "disable"],
+    ["user", "enable"],
+    ["settings"],
+    ["services"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "pipeline")
+def test_every_command_has_help(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([*command, "--help"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("usage: pipeline")
+
+
+def test_the_console_script_is_installed() -> None:
+    script = ROOT / ".venv" / "bin" / "pipeline"  # from pyproject's [project.scripts]
+    answer = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, answer.stderr
+    assert "user" in answer.stdout and "run" in answer.stdout
