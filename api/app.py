@@ -130,8 +130,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             allow_methods=list(cors.methods),  # type: ignore[arg-type]
             allow_headers=list(cors.headers),
         ),
-        # The spec's GZipMiddleware(minimum_size=1000): smaller bodies are not worth the CPU.
-        compression_config=CompressionConfig(backend="gzip", minimum_size=1000),
+        # The spec's GZipMiddleware(minimum_size=1000): smaller bodies are not worth the CPU. Routes
+        # marked opt={"uncompressed": True} (stored bytes served with Range, ETag, Content-Length) are left as they are.
+        compression_config=CompressionConfig(backend="gzip", minimum_size=1000, exclude_opt_key="uncompressed"),
         request_max_body_size=settings.storage.max_content_bytes * BODY_OVERHEAD_FACTOR + 1024 * 1024,
         openapi_config=OpenAPIConfig(
             title="Pipeline API",

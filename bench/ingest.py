@@ -14,6 +14,7 @@ start the system with PIPELINE_RATE_LIMITING_ENABLED=false; any 429 shows up in 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import re
@@ -23,9 +24,11 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -113,6 +116,44 @@ def run_wrk(url: str, body_file: str, connections: int, seconds: int, threads: i
     return dict(json.loads(line))
 
 
+def read_your_writes(url: str, body: str, token: str, rounds: int) -> dict[str, Any]:
+    """One connection: ingest, then read the object back with its consistency token, ``rounds`` times.
+
+    Latency percentiles (ms) of the ingest, of the read (which waits until the projection has the
+    object) and of the two together: what a client that reads its own write waits.
+    """
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parsed.hostname or "127.0.0.1", parsed.port, timeout=30)
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    writes: list[float] = []
+    reads: list[float] = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        connection.request("POST", "/api/v1/ingest", body=body, headers=headers)
+        response = connection.getresponse()
+        created = json.loads(response.read())
+        written = time.perf_counter()
+        if response.status != 201:
+            sys.exit(f"ingest answered {response.status}: {created}")
+        read_headers = {**headers, "X-Consistency-Token": created["position"]}
+        connection.request("GET", f"/api/v1/data/{created['object_id']}", headers=read_headers)
+        read = connection.getresponse()
+        read.read()
+        if read.status != 200:
+            sys.exit(f"read with the consistency token answered {read.status}")
+        writes.append((written - started) * 1000)
+        reads.append((time.perf_counter() - written) * 1000)
+    connection.close()
+    totals = [w + r for w, r in zip(writes, reads, strict=True)]
+    figures = {"ingest_ms": writes, "read_ms": reads, "total_ms": totals}
+    return {"rounds": rounds, **{name: _percentiles(values) for name, values in figures.items()}}
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)], 2) for q in (50, 99)}
+
+
 def projection_lag(
     database_url: str, schema: str, since: datetime, expected: int, wait: float = 60.0
 ) -> dict[str, float]:
@@ -155,6 +196,12 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds first (default 2)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument(
+        "--read-rounds",
+        type=int,
+        default=200,
+        help="then, on one connection, ingest and read back with the consistency token this many times (default 200)",
+    )
+    parser.add_argument(
         "--username",
         default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
         help="who the requests are made as (default: PIPELINE_ADMIN_USERNAME or admin)",
@@ -186,6 +233,10 @@ def main() -> int:
     print("waiting for the projection to apply everything...", file=sys.stderr)
     lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))
     Path(body.name).unlink()
+    print(f"ingest then read with the token, {args.read_rounds} times on one connection...", file=sys.stderr)
+    consistent_read = (
+        read_your_writes(runtime["api"], request_body(), token, args.read_rounds) if args.read_rounds else None
+    )
     memory = {name: memory_kb(pid) for name, pid in runtime["pids"].items()}
     result = {
         "benchmark": "ingest",
@@ -197,6 +248,7 @@ def main() -> int:
         "commands_per_s": round(load["requests"] / load["duration_s"], 1),
         "latency_ms": {k: load[f"{k}_ms"] for k in ("p50", "p95", "p99", "max")},
         "projection": lag,
+        "read_your_writes_1_connection": consistent_read,
         "peak_rss_mb": {name: round(m["VmHWM"] / 1024, 1) for name, m in memory.items()},
         "rss_mb": {name: round(m["VmRSS"] / 1024, 1) for name, m in memory.items()},
         # CPU milliseconds each part spent per request during the measured run: what limits throughput.

@@ -68,7 +68,8 @@ class ContentController(Controller):
         operation_id="getDataContent",
         summary="The object's bytes with its content type; Range and If-None-Match (its owner or an admin)",
         guards=[requires(Permission.READ)],
-        opt={"binary_content": True},
+        # Ranges, the ETag and Content-Length are of the stored bytes: never compressed on the way out.
+        opt={"binary_content": True, "uncompressed": True},
     )
     async def content(self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer) -> Any:
         row = await data_service.visible_object(request, container, str(object_id))
