@@ -234,22 +234,7 @@ class ExecutionRun:
             for edge in graph.incoming(node_id)
             if edge.output in outputs.get(edge.source, {})
         }
-        computing = time.monotonic()
-        outcome = "failed"
-        try:
-            result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
-            outcome = "completed"
-        except TimeoutError:
-            outcome = "timed_out"
-            await self._fail(node_id, f"timed out after {self.timeout:g}s")
-        except NodeError as exc:
-            await self._fail(node_id, exc.message)
-        except Exception as exc:  # a node bug fails its execution, not the executor
-            log.exception("node %s of %s crashed", node_id, self.view.execution_id)
-            await self._fail(node_id, f"{type(exc).__name__}: {exc}")
-        finally:
-            self.deps.count("pipeline_executor_nodes", (("outcome", outcome), ("type", node.type)))
-            self.deps.count("pipeline_executor_node_seconds", (("type", node.type),), time.monotonic() - computing)
+        result = await self._computed(node_id, node.type, inputs, node.params)
         produced = dict(result.outputs)
         # Effects are commands, outside the node's time limit. A refusal fails the node; a command
         # timeout propagates, and the run is resumed later (effect command ids make a retry a duplicate).
@@ -274,19 +259,33 @@ class ExecutionRun:
             for edge in graph.incoming(node_id)
             if edge.output in outputs.get(edge.source, {})
         }
+        result = await self._computed(node_id, node.type, inputs, node.params)
+        produced = dict(result.outputs)
+        payload = {**await self._result_payload(node_id, produced), "finish": finish}
+        self.recording.append(asyncio.create_task(self.send(self.command("RecordNode", payload, f"{node_id}:record"))))
+        return produced
+
+    async def _computed(
+        self, node_id: str, node_type: str, inputs: dict[str, Any], params: dict[str, Any]
+    ) -> NodeResult:
+        """The node's result within its time limit, counted for the metrics; a failure fails the node."""
+        computing = time.monotonic()
+        outcome = "failed"
         try:
-            result = await asyncio.wait_for(self._compute(node.type, inputs, node.params), self.timeout)
+            result = await asyncio.wait_for(self._compute(node_type, inputs, params), self.timeout)
+            outcome = "completed"
+            return result
         except TimeoutError:
+            outcome = "timed_out"
             await self._fail(node_id, f"timed out after {self.timeout:g}s")
         except NodeError as exc:
             await self._fail(node_id, exc.message)
         except Exception as exc:  # a node bug fails its execution, not the executor
             log.exception("node %s of %s crashed", node_id, self.view.execution_id)
             await self._fail(node_id, f"{type(exc).__name__}: {exc}")
-        produced = dict(result.outputs)
-        payload = {**await self._result_payload(node_id, produced), "finish": finish}
-        self.recording.append(asyncio.create_task(self.send(self.command("RecordNode", payload, f"{node_id}:record"))))
-        return produced
+        finally:
+            self.deps.count("pipeline_executor_nodes", (("outcome", outcome), ("type", node_type)))
+            self.deps.count("pipeline_executor_node_seconds", (("type", node_type),), time.monotonic() - computing)
 
     async def _result_payload(self, node_id: str, produced: dict[str, Any]) -> dict[str, Any]:
         encoded = orjson.dumps(produced)

@@ -60,10 +60,36 @@ def delta(after: Samples, before: Samples, name: str, **labels: str) -> float:
     return value(after, name, **labels) - value(before, name, **labels)
 
 
+WORKER_COUNTERS = ("pipeline_processor_batch_records_total", "pipeline_projection_events_applied_total")
+
+
+async def settled(http: httpx.AsyncClient) -> Samples:
+    """A scrape once the workers' counters stand still across two heartbeats.
+
+    Workers report through heartbeat files written about once a second, so right after start-up
+    (the first admin's registration) a scrape can still miss a batch that has been processed.
+    """
+    previous = await scrape(http)
+
+    async def unchanged() -> Samples | None:
+        nonlocal previous
+        await asyncio.sleep(1.5)
+        now = await scrape(http)
+        stable = all(
+            value(now, name, **dict(labels)) == value(previous, name, **dict(labels))
+            for name, labels in now
+            if name in WORKER_COUNTERS
+        )
+        previous = now
+        return now if stable else None
+
+    return await eventually(unchanged, timeout=30, what="the workers' counters to stand still")
+
+
 async def test_metrics_count_a_known_workload_exactly(system: RunningSystem) -> None:
     anonymous, admin = system.anonymous, system.admin
     assert (await anonymous.get("/metrics")).status_code == 404  # moved by the setting
-    before = await scrape(anonymous)  # no token needed
+    before = await settled(anonymous)  # no token needed
 
     ids = []
     for n in range(5):
