@@ -81,7 +81,9 @@ def system() -> Iterator[System]:
         PIPELINE_KAFKA_COMMAND_TIMEOUT_SECONDS="20",
         PIPELINE_KAFKA_SEND_TIMEOUT_SECONDS=str(SEND_TIMEOUT),
         PIPELINE_SUPERVISION_STALL_SECONDS=str(STALL_SECONDS),
-        PIPELINE_SUPERVISION_RESTART_BACKOFF_SECONDS="0.5",
+        # A service is down at least this long before its restart: longer than /health's 1 s cache, so
+        # the tests can see /health report it (PostgreSQL itself is back within a second after that).
+        PIPELINE_SUPERVISION_RESTART_BACKOFF_SECONDS="2",
         PIPELINE_SUPERVISION_RESTART_BACKOFF_MAX_SECONDS="3",
     )
     output = root / "run.out"
