@@ -13,7 +13,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,9 +25,9 @@ from domain.data_object import DataObject
 from infra.codec import make_mapper
 from infra.kafka import Topics
 from infra.settings import Settings, load_settings
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
-from tests.integration.conftest import _api_client, login
-from tests.integration.harness import Worker, eventually, query
+from tests.conftest import environment_for
+from tests.integration.harness import eventually, query
+from tests.integration.system import running_system
 
 GQL = "/api/graphql"
 
@@ -43,36 +42,9 @@ class System:
 @pytest.fixture(scope="module")
 async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[System]:
     tmp = tmp_path_factory.mktemp("poison")
-    name = f"t{uuid.uuid4().hex[:12]}"
-    env = {
-        **services,
-        "PIPELINE_KAFKA_TOPIC_PREFIX": name,
-        "PIPELINE_DATABASE_SCHEMA": name,
-        "PIPELINE_DATA_DIR": str(tmp / "data"),
-        "PIPELINE_KAFKA_PARTITIONS": "2",
-        "PIPELINE_CONSISTENCY_WAIT_TIMEOUT_SECONDS": "15",
-        "PIPELINE_KAFKA_COMMAND_TIMEOUT_SECONDS": "30",
-        "SECRET_KEY": "test-secret-" + uuid.uuid4().hex + uuid.uuid4().hex,
-        "PIPELINE_ADMIN_USERNAME": ADMIN_USERNAME,
-        "PIPELINE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "PIPELINE_RATE_LIMITING_ENABLED": "false",
-    }
-    workers = [Worker(w, env, tmp / "logs").start() for w in ("processor", "projections", "executor")]
-    try:
-        async with _api_client(env, Path(tmp)) as anonymous:
-
-            async def admin_ready() -> bool:
-                body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
-                return (await anonymous.post("/api/v1/auth/login", json=body)).status_code == 200
-
-            await eventually(admin_ready, timeout=90, what="the first-start admin to be able to log in")
-            tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
-            headers = {"Authorization": f"Bearer {tokens['access_token']}"}
-            async with httpx.AsyncClient(base_url=anonymous.base_url, timeout=60, headers=headers) as http:
-                yield System(load_settings(environ=env), http, anonymous)
-    finally:
-        for worker in workers:
-            worker.stop()
+    env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
+    async with running_system(env, tmp) as running:
+        yield System(load_settings(environ=env), running.admin, running.anonymous)
 
 
 def assert_4xx_envelope(response: httpx.Response, status: int | None = None) -> dict[str, Any]:
