@@ -113,7 +113,7 @@ async def wait_for_token(container: ApiContainer, token: str | None) -> None:
 
 
 async def _refuse_unreachable(container: ApiContainer, position: Position, token: str) -> None:
-    """400 for a token no write returned (no such partition, or past the log's committed end).
+    """400 for a token no write returned (no such partition, or past the end of the log).
 
     Without this a made-up token waits the whole consistency timeout and then answers 503, as if
     the read model were behind. A broker that does not answer leaves the decision to the wait.
@@ -126,7 +126,7 @@ async def _refuse_unreachable(container: ApiContainer, position: Position, token
         raise ApiError(
             400,
             "invalid_token",
-            f"consistency token {token} names no committed event: no write returned it",
+            f"consistency token {token} names no event in the log: no write returned it",
             {"position": token},
         )
 

@@ -50,6 +50,8 @@ class KafkaCommandBus:
         self._pending: dict[str, list[asyncio.Future[Outcome]]] = {}
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._offsets: AIOKafkaConsumer | None = None  # read_uncommitted, for events_end; made on first use
+        self._offsets_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -81,6 +83,8 @@ class KafkaCommandBus:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._offsets is not None:
+            await self._offsets.stop()
         if self._producer is not None:
             await self._producer.stop()
 
@@ -130,18 +134,29 @@ class KafkaCommandBus:
             raise MissingTopics(", ".join(sorted(missing)))
 
     async def events_end(self, partition: int) -> int | None:
-        """The events partition's last stable offset (what a read_committed reader can reach).
+        """The events partition's high watermark: every event appended to it, committed or not, is below.
 
         None when the topic has no such partition. Raises when the broker does not answer, so a
         caller can fall back to waiting. Used only on a read's slow path, to refuse a position
-        token that no write returned instead of waiting for it until the timeout.
+        token that no write returned instead of waiting for it until the timeout. Not the last
+        stable offset: a transaction's markers reach its partitions one by one, so an API process
+        can hold an outcome while the events partition's LSO is still below the event it names.
         """
-        assert self._consumer is not None and self._producer is not None, "command bus not started"
+        assert self._producer is not None, "command bus not started"
         partitions = await self._producer.partitions_for(self.topics.events)
         if partition not in partitions:
             return None
+        async with self._offsets_lock:
+            if self._offsets is None:
+                offsets = AIOKafkaConsumer(
+                    bootstrap_servers=self.bootstrap_servers,
+                    enable_auto_commit=False,
+                    isolation_level="read_uncommitted",
+                )
+                await asyncio.wait_for(offsets.start(), 5.0)
+                self._offsets = offsets
         tp = TopicPartition(self.topics.events, partition)
-        ends = await asyncio.wait_for(self._consumer.end_offsets([tp]), 2.0)
+        ends = await asyncio.wait_for(self._offsets.end_offsets([tp]), 2.0)
         return int(ends[tp])
 
     async def _read_outcomes(self) -> None:

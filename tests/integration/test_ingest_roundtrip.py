@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ async def test_token_as_query_parameter_also_waits(client: AsyncTestClient) -> N
     response = await client.get(f"/api/v1/data/{created['object_id']}?consistency_token={created['position']}")
     assert response.status_code == 200
     assert response.json()["version"] == 3
+
+
+async def test_a_token_no_write_returned_is_refused_at_once(client: AsyncTestClient) -> None:
+    created = await ingest(client)
+    partition, offset = (int(part) for part in created["position"].split(":"))
+    url = f"/api/v1/data/{created['object_id']}"
+    for token in (f"{partition}:{offset + 1_000_000}", "99:0"):  # past the log's end; no such partition
+        started = time.monotonic()
+        response = await client.get(url, headers={"X-Consistency-Token": token})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["reason"] == "invalid_token"
+        assert time.monotonic() - started < 5  # not the consistency timeout (15 s in tests)
 
 
 async def test_same_idempotency_key_twice_appends_one_event(client: AsyncTestClient, settings: Settings) -> None:
