@@ -229,11 +229,7 @@ class ExecutionRun:
                 await self._wait(lambda: node_id in self.view.completed)
                 return self._recorded_output(node_id)
             raise StopRun(started.rejection.message)
-        inputs = {
-            edge.input: outputs[edge.source][edge.output]
-            for edge in graph.incoming(node_id)
-            if edge.output in outputs.get(edge.source, {})
-        }
+        inputs = _node_inputs(graph, node_id, outputs)
         result = await self._computed(node_id, node.type, inputs, node.params)
         produced = dict(result.outputs)
         # Effects are commands, outside the node's time limit. A refusal fails the node; a command
@@ -254,11 +250,7 @@ class ExecutionRun:
     ) -> dict[str, Any]:
         """Run a node without effects, then record its start and result with one command, not awaited."""
         node = graph.nodes[node_id]
-        inputs = {
-            edge.input: outputs[edge.source][edge.output]
-            for edge in graph.incoming(node_id)
-            if edge.output in outputs.get(edge.source, {})
-        }
+        inputs = _node_inputs(graph, node_id, outputs)
         result = await self._computed(node_id, node.type, inputs, node.params)
         produced = dict(result.outputs)
         payload = {**await self._result_payload(node_id, produced), "finish": finish}
@@ -365,3 +357,12 @@ def _uuid(value: str) -> str:
         return str(UUID(value))
     except (ValueError, TypeError, AttributeError) as exc:
         raise NodeError(f"{value!r} is not an object id") from exc
+
+
+def _node_inputs(graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The node's input ports, each from the output of the edge wired to it (when that output exists)."""
+    return {
+        edge.input: outputs[edge.source][edge.output]
+        for edge in graph.incoming(node_id)
+        if edge.output in outputs.get(edge.source, {})
+    }

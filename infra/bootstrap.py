@@ -102,13 +102,7 @@ async def build_api(settings: Settings) -> ApiContainer:
     pool = await open_pool(
         settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
     )
-    bus = KafkaCommandBus(
-        settings.kafka.bootstrap_servers,
-        topics,
-        settings.kafka.command_timeout_seconds,
-        settings.kafka.send_timeout_seconds,
-        settings.kafka.event_fetch_max_wait_ms,
-    )
+    bus = KafkaCommandBus.from_settings(settings.kafka, topics)
     changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)
     try:
         await bus.start()

@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaTimeoutError
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
 from infra.kafka import Topics
 from infra.metrics import COMMAND_ROUNDTRIP, COMMANDS
+from infra.settings import KafkaSettings
 
 log = logging.getLogger("pipeline.command_bus")
 
@@ -53,6 +54,17 @@ class KafkaCommandBus:
         self._offsets: AIOKafkaConsumer | None = None  # read_uncommitted, for events_end; made on first use
         self._offsets_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, kafka: KafkaSettings, topics: Topics) -> KafkaCommandBus:
+        """The bus as every process that submits commands (the API, the executor) configures it."""
+        return cls(
+            kafka.bootstrap_servers,
+            topics,
+            kafka.command_timeout_seconds,
+            kafka.send_timeout_seconds,
+            kafka.event_fetch_max_wait_ms,
+        )
 
     async def start(self) -> None:
         """Connect, and position the outcome reader at the end before any command is sent."""

@@ -53,13 +53,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
     pool = await open_pool(settings.database.url, settings.database.schema, 1, 4)
-    bus = KafkaCommandBus(
-        settings.kafka.bootstrap_servers,
-        topics,
-        settings.kafka.command_timeout_seconds,
-        settings.kafka.send_timeout_seconds,
-        settings.kafka.event_fetch_max_wait_ms,
-    )
+    bus = KafkaCommandBus.from_settings(settings.kafka, topics)
     await bus.start()
     blobs = LocalBlobStore(settings.storage.blob_path)
     # Only asks for end offsets: no group, never fetches.

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, environment_for
 from tests.integration.conftest import _api_client, login
 from tests.integration.harness import Worker, eventually
 from tests.integration.users import PASSWORD, client_for, create_user
@@ -37,19 +37,8 @@ STORE_GRAPH = {
 
 @pytest.fixture(scope="module")
 def env(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    name = f"t{uuid.uuid4().hex[:12]}"
     return {
-        **services,
-        "PIPELINE_KAFKA_TOPIC_PREFIX": name,
-        "PIPELINE_DATABASE_SCHEMA": name,
-        "PIPELINE_DATA_DIR": str(tmp_path_factory.mktemp("authz") / "data"),
-        "PIPELINE_KAFKA_PARTITIONS": "2",
-        "PIPELINE_CONSISTENCY_WAIT_TIMEOUT_SECONDS": "15",
-        "PIPELINE_KAFKA_COMMAND_TIMEOUT_SECONDS": "30",
-        "SECRET_KEY": "test-secret-" + uuid.uuid4().hex + uuid.uuid4().hex,
-        "PIPELINE_ADMIN_USERNAME": ADMIN_USERNAME,
-        "PIPELINE_ADMIN_PASSWORD": ADMIN_PASSWORD,
-        "PIPELINE_RATE_LIMITING_ADMIN_LIMIT": "1000000 per hour",
+        **environment_for(services, tmp_path_factory.mktemp("authz")),
         "PIPELINE_RATE_LIMITING_USER_LIMIT": "1000000 per hour",
         "PIPELINE_RATE_LIMITING_DEFAULT_LIMIT": "1000000 per hour",
         "PIPELINE_AUTHENTICATION_LOGIN_MAX_FAILURES_PER_USERNAME": "3",

@@ -353,29 +353,13 @@ async def test_a_missing_blob_is_reported_not_a_500(system: RunningSystem) -> No
             return body["missing_blobs"] == 1 and body["status"] == "degraded"
 
         await eventually(reported, timeout=60, what="/health to report the missing blob")
-        check = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "blobs", "check"],
-            env={**os.environ, **system.env},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        check = blobs_check(system)
         assert check.returncode == 1, check.stdout + check.stderr
         assert entry["object_id"] in check.stdout and stored["content_hash"] in check.stdout
     finally:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"this blob will vanish")
-    fixed = subprocess.run(
-        [sys.executable, "-m", "infra.cli", "blobs", "check"],
-        env={**os.environ, **system.env},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    fixed = blobs_check(system)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
 
 
@@ -416,3 +400,16 @@ def _peak_rss(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmHWM")
+
+
+def blobs_check(system: RunningSystem) -> subprocess.CompletedProcess[str]:
+    """`pipeline blobs check` against the module's system."""
+    return subprocess.run(
+        [sys.executable, "-m", "infra.cli", "blobs", "check"],
+        env={**os.environ, **system.env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
