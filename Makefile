@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 # PostgreSQL and Redis servers, Java and Maven come from Debian's packages when missing.
 system-deps:
-	@./infra/system-deps.sh
+	@./infra/provision/system-deps.sh
 
 run: system-deps $(STAMP)
 	$(PY) -m infra.cli run

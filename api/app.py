@@ -45,10 +45,10 @@ from api.tokens import RefreshTokens, check_secret
 from api.user_cache import UserCache
 from api.ws import websocket_endpoint
 from api.ws_limits import UserConnections
-from infra.accounts import ensure_admin
-from infra.bootstrap import ApiContainer, build_api
-from infra.logs import configure_logging
-from infra.settings import Settings, get_settings
+from infra.runtime.accounts import ensure_admin
+from infra.runtime.bootstrap import ApiContainer, build_api
+from infra.runtime.logs import configure_logging
+from infra.runtime.settings import Settings, get_settings
 
 # JSON may escape content (e.g. "\u0000" is 6 bytes for 1), so the body limit leaves room above the
 # content limit; the content limit itself is checked on the decoded content.

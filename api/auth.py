@@ -31,9 +31,9 @@ from api.user_cache import UserCache
 from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
 from api.ws_limits import UserConnections
 from commands.envelope import Actor
-from infra.bootstrap import ApiContainer
-from infra.logs import actor_var
-from infra.metrics import RATE_LIMIT_REFUSALS
+from infra.runtime.bootstrap import ApiContainer
+from infra.runtime.logs import actor_var
+from infra.runtime.metrics import RATE_LIMIT_REFUSALS
 
 log = logging.getLogger("pipeline.auth")
 OPEN_PATHS = ("/health", "/ready")  # the metrics route is open by its opt, at monitoring.metrics_path

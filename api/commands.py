@@ -15,7 +15,7 @@ from api.auth import actor_of
 from api.errors import ApiError, rejection_error, request_id_of
 from api.middleware import SANE_ID
 from commands.envelope import CommandEnvelope, Outcome, Position, encode
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 
 # Namespace for ids derived from an Idempotency-Key: the same key from the same caller names the
 # same command (and, for creations, the same new aggregate), so a retry lands on the same partition.

@@ -23,7 +23,7 @@ from api.inputs import AnnotationCreate, DataIngestionRequest, checked_json
 from api.inputs import object_id as checked_id
 from api.rbac import can_see
 from commands.envelope import Outcome, Position
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 from projections.annotations import annotations_of
 from projections.data_objects import get_data_object
 

@@ -14,7 +14,7 @@ from psycopg_pool import PoolTimeout
 
 from commands.envelope import Rejection
 from commands.limits import InvalidInput
-from infra.command_bus import CommandTimeout
+from infra.adapters.command_bus import CommandTimeout
 
 log = logging.getLogger("pipeline.api")
 

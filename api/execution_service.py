@@ -15,7 +15,7 @@ from api.errors import ApiError
 from api.inputs import ExecutionRequest, checked_json
 from commands.envelope import Outcome
 from domain.graph import parse_graph
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 from projections.executions import get_execution
 
 log = logging.getLogger("pipeline.executions")

@@ -1,7 +1,7 @@
 """Liveness and readiness: /health says what works and what does not; /ready whether to send traffic.
 
 /health reports each dependency (PostgreSQL, Kafka, Redis, the change feed, the rate limiter, the blob
-store), each worker's progress from its heartbeat (infra.heartbeat), and how many objects name a blob
+store), each worker's progress from its heartbeat (infra.runtime.heartbeat), and how many objects name a blob
 the store lacks. Overall: "healthy" when all is well; "degraded" (200) when the API still serves but
 something is wrong; "unhealthy" (503) when it cannot serve: PostgreSQL or Kafka is unreachable. Tests
 and load balancers poll it, so every check is bounded by a short timeout and the dependency checks are
@@ -21,10 +21,10 @@ from litestar import Controller, Response, get
 from litestar.datastructures import State
 
 from api.ratelimit import RateLimiter
-from infra.blob_check import missing_blobs
-from infra.bootstrap import ApiContainer
-from infra.command_bus import MissingTopics
-from infra.heartbeat import describe, heartbeat_path, read_beat
+from infra.adapters.blob_check import missing_blobs
+from infra.adapters.command_bus import MissingTopics
+from infra.runtime.bootstrap import ApiContainer
+from infra.runtime.heartbeat import describe, heartbeat_path, read_beat
 from projections.users import admin_exists
 
 CHECK_TIMEOUT = 1.0

@@ -29,7 +29,7 @@ from api.live_rights import POLICY_VIOLATION, changed_users, current_row
 from api.rbac import can_see
 from api.user_cache import UserCache
 from commands.envelope import Actor
-from infra.metrics import WEBSOCKET_DROPPED
+from infra.runtime.metrics import WEBSOCKET_DROPPED
 from projections.changes import ChangeFeed
 from projections.notifications import NOTIFYING, notifications_caused_by
 

@@ -18,7 +18,7 @@ import math
 
 import redis.asyncio as aioredis
 
-from infra.settings import AuthenticationSettings
+from infra.runtime.settings import AuthenticationSettings
 
 # KEYS: username count, IP count, username lock, IP lock.
 # ARGV: window (s), free failures per username, per IP, first lockout (ms), longest lockout (ms).

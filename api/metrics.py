@@ -1,4 +1,4 @@
-"""The metrics route and the HTTP request counter (families: infra.metrics)."""
+"""The metrics route and the HTTP request counter (families: infra.runtime.metrics)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,15 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from infra.bootstrap import ApiContainer
-from infra.metrics import EXECUTIONS, HTTP_LATENCY, HTTP_REQUESTS, PROJECTION_DEAD_LETTERS, REGISTRY, WorkerCollector
+from infra.runtime.bootstrap import ApiContainer
+from infra.runtime.metrics import (
+    EXECUTIONS,
+    HTTP_LATENCY,
+    HTTP_REQUESTS,
+    PROJECTION_DEAD_LETTERS,
+    REGISTRY,
+    WorkerCollector,
+)
 
 log = logging.getLogger("pipeline.metrics")
 READ_MODEL_TIMEOUT = 1.0

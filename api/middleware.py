@@ -8,7 +8,7 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from infra.logs import request_id_var
+from infra.runtime.logs import request_id_var
 
 SANE_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 

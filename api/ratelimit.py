@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from infra.settings import RateLimitingSettings
+from infra.runtime.settings import RateLimitingSettings
 
 log = logging.getLogger("pipeline.ratelimit")
 RETRY_SECONDS = 5.0

@@ -20,7 +20,7 @@ import jwt
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 ALGORITHM = "HS256"  # the only one accepted: never taken from the token header
 MIN_SECRET_BYTES = 32

@@ -29,8 +29,8 @@ from api.inputs import checked_json
 from commands.envelope import Outcome
 from domain.content_types import ContentTypeMismatch, decide
 from domain.data_object import CONTENT_TYPE_PATTERN
-from infra.blobstore import BlobTooLarge, BlobWriter
-from infra.bootstrap import ApiContainer
+from infra.adapters.blobstore import BlobTooLarge, BlobWriter
+from infra.runtime.bootstrap import ApiContainer
 
 MAX_FILENAME = 255
 FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries and part headers on top of the files' bytes

@@ -33,8 +33,8 @@ from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
 from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
-from infra.bootstrap import ApiContainer
-from infra.metrics import WEBSOCKET_CONNECTIONS
+from infra.runtime.bootstrap import ApiContainer
+from infra.runtime.metrics import WEBSOCKET_CONNECTIONS
 
 TOPIC = re.compile(r"^(data_changes|execution:[0-9a-fA-F-]{36})$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

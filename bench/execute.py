@@ -108,7 +108,7 @@ async def drive(url: str, submitters: int, executions: int, username: str, passw
 def own_system() -> Iterator[str]:
     """Services plus the API and every worker, in a temporary directory; yields the API's URL."""
     sys.path.insert(0, str(ROOT))
-    from infra.services import ManagedServices
+    from infra.provision.services import ManagedServices
 
     with tempfile.TemporaryDirectory(prefix="bench-execute-") as tmp, ManagedServices(Path(tmp) / "services") as ms:
         endpoints = ms.start()

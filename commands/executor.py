@@ -46,14 +46,14 @@ class Executor:
         self.config = config
         self.mapper = mapper
         self.deps = deps
-        self.counters = deps.counters  # node counts and times (infra.heartbeat writes them out)
+        self.counters = deps.counters  # node counts and times (infra.runtime.heartbeat writes them out)
         self.views: dict[str, ExecutionView] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.catch_up: dict[int, int] = {}  # partition -> end offset to read before starting runs
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.consumer: AIOKafkaConsumer | None = None
         self._slots = asyncio.Semaphore(config.max_running)
-        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / records were read.
+        # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / records were read.
         self.last_loop = 0.0
         self.last_progress = 0.0
 

@@ -160,14 +160,14 @@ class CommandProcessor:
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._epoch = 0  # bumped on every assignment change: a linger stops at one
-        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was processed.
+        # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was processed.
         self.last_loop = 0.0
         self.last_progress = 0.0
         # Dead letters committed since this process started (the heartbeat reports them to /health);
         # a batch's are counted once its transaction commits, since an aborted batch runs again.
         self.dead_letters = 0
         self._batch_dead_letters: dict[int, int] = {}
-        # Batch sizes and transaction times for the metrics (infra.heartbeat writes them out).
+        # Batch sizes and transaction times for the metrics (infra.runtime.heartbeat writes them out).
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}

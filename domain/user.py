@@ -1,7 +1,7 @@
 """The user aggregate: registration, role, password, disabling.
 
 Credentials never enter the event log. The API hashes a password with argon2id and stores the
-hash in the credential store (``infra/credentials.py``, outside the read-model schemas so a
+hash in the credential store (``infra/adapters/credentials.py``, outside the read-model schemas so a
 rebuild keeps it) under a fresh random ``credential_id``; the events carry only that id. The
 current credential of a user is therefore an event-sourced fact (who changed it, when), while the
 hash stays out of events, the audit log, snapshots and responses. An orphan credential row (its

@@ -93,11 +93,11 @@ class ProjectionRunner:
         self._lock = asyncio.Lock()
         self._sought: dict[int, int] = {}  # partition -> stored position the consumer was last sought to
         self._unapplied = False  # a fetched batch is waiting for the lock
-        # Wall-clock times for the watchdog (infra.heartbeat): the loop turned / a batch was applied.
+        # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was applied.
         self.last_loop = 0.0
         self.last_progress = 0.0
         self._failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
-        # For the metrics (infra.heartbeat writes them out): counters, and each partition's last
+        # For the metrics (infra.runtime.heartbeat writes them out): counters, and each partition's last
         # applied event's timestamp, from which the projection lag in seconds follows.
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.handled_at: dict[int, float] = {}

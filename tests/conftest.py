@@ -1,6 +1,6 @@
 """Shared fixtures: real Apache Kafka, PostgreSQL and Redis for the whole session.
 
-The session starts them with the same code as `make run` (infra.services) unless
+The session starts them with the same code as `make run` (infra.provision.services) unless
 KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL / REDIS_URL name running ones. Each test gets its own
 topic prefix, PostgreSQL schema and data directory, so tests never see each other's data.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import Settings, load_settings
+from infra.runtime.settings import Settings, load_settings
 
 ADMIN_USERNAME = "root-admin"
 ADMIN_PASSWORD = "correct horse battery staple"
@@ -27,7 +27,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     if all(given.values()):
         yield given
         return
-    from infra.services import ManagedServices
+    from infra.provision.services import ManagedServices
 
     data_dir = tmp_path_factory.mktemp("services")
     managed = ManagedServices(

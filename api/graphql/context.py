@@ -8,7 +8,7 @@ from litestar.connection import ASGIConnection
 from strawberry.dataloader import DataLoader
 from strawberry.litestar import BaseContext
 
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 from projections.annotations import annotations_of_many
 
 

@@ -12,7 +12,7 @@ from litestar.connection import ASGIConnection
 from api.errors import ApiError
 from api.inputs import parse
 from api.rbac import Permission, has_permission
-from infra.command_bus import CommandTimeout
+from infra.adapters.command_bus import CommandTimeout
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)

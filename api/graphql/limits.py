@@ -53,7 +53,7 @@ from strawberry.extensions import (
 
 from api.auth import Principal
 from api.ratelimit import RateLimiter
-from infra.settings import GraphQLSettings
+from infra.runtime.settings import GraphQLSettings
 
 log = logging.getLogger("pipeline.graphql")
 

@@ -23,7 +23,7 @@ from api.graphql.objects import Annotation, DataObject, to_object
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.rbac import Permission
 from api.rest.search import check_filters, run_search
-from infra.settings import GraphQLSettings
+from infra.runtime.settings import GraphQLSettings
 
 GqlInfo = Info[GraphQLContext, None]
 

@@ -17,8 +17,8 @@ from api.errors import ApiError
 from api.login_throttle import LoginThrottle
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
 from commands.limits import NO_CONTROL
-from infra.bootstrap import ApiContainer
-from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.adapters.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.runtime.bootstrap import ApiContainer
 from projections.users import get_user, get_user_by_name
 
 log = logging.getLogger("pipeline.auth")

@@ -12,8 +12,8 @@ from litestar.response import Stream
 from api import data_service
 from api.errors import ApiError
 from api.rbac import Permission, requires
-from infra.blobstore import BlobNotFound
-from infra.bootstrap import ApiContainer
+from infra.adapters.blobstore import BlobNotFound
+from infra.runtime.bootstrap import ApiContainer
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 

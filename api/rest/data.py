@@ -16,7 +16,7 @@ from api.commands import expected_version
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.rbac import Permission, requires
 from commands.envelope import Outcome
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 
 
 class DataIngestionResponse(msgspec.Struct):

@@ -17,7 +17,7 @@ from api.inputs import ExecutionRequest
 from api.rbac import Permission, requires
 from api.rest.data import ConsistencyToken
 from api.rest.paging import MAX_OFFSET
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 from projections.executions import list_executions
 
 Status = Literal["submitted", "running", "completed", "failed", "cancelled"]

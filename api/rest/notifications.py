@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from api.auth import actor_of
 from api.rbac import Permission, requires
 from api.rest.paging import MAX_OFFSET
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 from projections.notifications import list_notifications, mark_read
 
 NotificationId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]

@@ -16,7 +16,7 @@ from api.inputs import checked_json
 from api.rbac import Permission, requires
 from api.rest.data import DataObject
 from commands.envelope import Actor
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 from projections.search import FILTER_KEYS, MODALITIES, SearchRequest, search
 
 MAX_QUERY_LENGTH = 500

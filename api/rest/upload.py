@@ -12,7 +12,7 @@ from api import upload_service
 from api.errors import ApiError
 from api.inputs import JsonObject
 from api.rbac import Permission, requires
-from infra.bootstrap import ApiContainer
+from infra.runtime.bootstrap import ApiContainer
 
 
 class UploadedFile(msgspec.Struct):

@@ -16,8 +16,8 @@ from api.rbac import Permission, requires
 from api.rest.paging import MAX_OFFSET
 from commands.envelope import Outcome
 from domain.user import user_id_for
-from infra.bootstrap import ApiContainer
-from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.adapters.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.runtime.bootstrap import ApiContainer
 from projections.users import get_user, list_users
 
 RoleName = Literal["admin", "user", "viewer"]

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

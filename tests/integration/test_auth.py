@@ -15,7 +15,7 @@ import httpx
 import jwt
 import pytest
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import login
 from tests.integration.harness import ROOT, query

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from httpx import AsyncClient as AsyncTestClient
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 
 def assert_envelope(response, status: int) -> dict:

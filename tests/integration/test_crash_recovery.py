@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 from tests.integration.harness import Worker, eventually, query, snapshot_read_models
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ async def test_projection_killed_mid_batch_converges_to_the_uninterrupted_result
     }
 
     # An uninterrupted runner over the same log, into another schema, gives the same rows.
-    from infra.rebuild import rebuild_read_models
+    from infra.runtime.rebuild import rebuild_read_models
 
     fresh = await rebuild_read_models(settings, into=f"{settings.database.schema}_fresh")
     assert await snapshot_read_models(settings) == await snapshot_read_models(settings, schema=fresh)

@@ -12,7 +12,7 @@ import pytest
 from domain.nodes import CATALOG
 from domain.nodes.catalog import NodeContext, run_node
 from domain.nodes.text import chunk_text
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 from tests.integration.harness import Worker, eventually, query
 
 TEXT = (

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra.settings import load_settings
+from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
 from tests.integration.harness import query
 from tests.integration.system import RunningSystem, running_system

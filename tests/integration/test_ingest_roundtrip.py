@@ -9,7 +9,7 @@ from typing import Any
 
 from httpx import AsyncClient as AsyncTestClient
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 from tests.integration.harness import query
 
 BODY: dict[str, Any] = {

@@ -16,8 +16,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.runtime_file import write_runtime
-from infra.settings import load_settings
+from infra.runtime.runtime_file import write_runtime
+from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
 from tests.integration.conftest import login
 from tests.integration.harness import ROOT, eventually

@@ -22,9 +22,9 @@ import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from domain.data_object import DataObject
-from infra.codec import make_mapper
-from infra.kafka import Topics
-from infra.settings import Settings, load_settings
+from infra.adapters.codec import make_mapper
+from infra.adapters.kafka import Topics
+from infra.runtime.settings import Settings, load_settings
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, query
 from tests.integration.system import running_system

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import httpx
 
-from infra.rebuild import rebuild_read_models
-from infra.settings import Settings
+from infra.runtime.rebuild import rebuild_read_models
+from infra.runtime.settings import Settings
 from tests.integration.harness import query, snapshot_read_models
 
 

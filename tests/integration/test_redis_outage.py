@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from infra import redis_server
+from infra.provision import redis_server
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import free_port, login
 from tests.integration.harness import eventually

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.rebuild import rebuild_read_models
-from infra.settings import Settings, load_settings
+from infra.runtime.rebuild import rebuild_read_models
+from infra.runtime.settings import Settings, load_settings
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, environment_for
 from tests.integration.conftest import free_port, login
 from tests.integration.harness import Worker, eventually, query, snapshot_read_models

@@ -1,4 +1,4 @@
-"""infra.services against the real programs: Apache Kafka (KRaft), PostgreSQL and Redis.
+"""infra.provision.services against the real programs: Apache Kafka (KRaft), PostgreSQL and Redis.
 
 Uses its own data directory, not the session's services, because it stops and restarts them.
 """
@@ -14,7 +14,7 @@ import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from infra.services import Endpoints, ManagedServices
+from infra.provision.services import Endpoints, ManagedServices
 
 TOPIC = "services-probe"
 

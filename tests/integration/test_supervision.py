@@ -27,9 +27,9 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra import kafka_broker
-from infra.heartbeat import heartbeat_path, read_beat
-from infra.kafka import topic_partitions
+from infra.adapters.kafka import topic_partitions
+from infra.provision import kafka_broker
+from infra.runtime.heartbeat import heartbeat_path, read_beat
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import free_port, login
 from tests.integration.harness import ROOT, eventually

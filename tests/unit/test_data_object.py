@@ -105,7 +105,7 @@ def test_processor_puts_back_an_aggregate_that_a_refusing_handler_changed() -> N
 
     from commands.processor import CommandProcessor, ProcessorConfig, _Step, fingerprint
     from commands.state_store import AggregateState
-    from infra.codec import make_mapper
+    from infra.adapters.codec import make_mapper
 
     def half_then_refuse(env: CommandEnvelope, aggregate: Any) -> Any:
         aggregate.annotate("x", "label", "half", 1.0, "alice")

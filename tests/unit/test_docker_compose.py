@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from infra.settings import ENV_ALIASES, env_name, iter_settings
+from infra.runtime.settings import ENV_ALIASES, env_name, iter_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWN = set(ENV_ALIASES) | {env_name(section, key) for section, key, _ in iter_settings()}
@@ -26,9 +26,9 @@ def test_compose_has_the_broker_the_databases_the_api_and_each_worker() -> None:
 
 
 def test_kafka_image_is_the_version_of_the_pinned_jars() -> None:
-    pom = (ROOT / "infra" / "kafka" / "pom.xml").read_text()
+    pom = (ROOT / "infra" / "provision" / "kafka" / "pom.xml").read_text()
     version = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom)
-    assert version, "infra/kafka/pom.xml pins kafka.version"
+    assert version, "infra/provision/kafka/pom.xml pins kafka.version"
     assert compose()["services"]["kafka"]["image"] == f"apache/kafka:{version.group(1)}"
 
 

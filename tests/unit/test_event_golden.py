@@ -12,7 +12,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
 from domain.data_object import DataObject
-from infra.codec import make_mapper
+from infra.adapters.codec import make_mapper
 
 ID = UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
 AT = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)

@@ -9,7 +9,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
 from domain.execution import Execution
-from infra.codec import make_mapper
+from infra.adapters.codec import make_mapper
 from tests.unit.test_event_golden import AT, ID, TS
 
 E: Any = Execution  # event classes are made at runtime; mypy cannot see their fields

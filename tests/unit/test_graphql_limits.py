@@ -10,7 +10,7 @@ import pytest
 
 from api.auth import Principal
 from api.graphql.schema import build_schema
-from infra.settings import GraphQLSettings
+from infra.runtime.settings import GraphQLSettings
 
 SCHEMA = build_schema(GraphQLSettings(max_depth=1, max_aliases=5, max_tokens=200, max_costly_fields=3))
 

@@ -1,9 +1,9 @@
-"""The watchdog's judgement (infra.heartbeat.stall_reason) and the restart backoff."""
+"""The watchdog's judgement (infra.runtime.heartbeat.stall_reason) and the restart backoff."""
 
 from __future__ import annotations
 
-from infra.heartbeat import Beat, describe, stall_reason
-from infra.services import Backoff
+from infra.provision.services import Backoff
+from infra.runtime.heartbeat import Beat, describe, stall_reason
 
 NOW = 10_000.0
 STALL = 60.0

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from infra.logs import ContextFilter, JsonFormatter, RepeatFilter, actor_var, configure_logging, request_id_var
-from infra.settings import MonitoringSettings, SettingsError
+from infra.runtime.logs import ContextFilter, JsonFormatter, RepeatFilter, actor_var, configure_logging, request_id_var
+from infra.runtime.settings import MonitoringSettings, SettingsError
 
 
 def capture(*filters: logging.Filter) -> tuple[logging.Logger, io.StringIO]:

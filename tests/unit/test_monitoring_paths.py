@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api.app import create_app
-from infra.settings import load_settings
+from infra.runtime.settings import load_settings
 
 SECRET = "unit-test-secret-" + "x" * 40
 

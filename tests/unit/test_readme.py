@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from infra.settings import ENV_ALIASES, env_name, iter_settings
+from infra.runtime.settings import ENV_ALIASES, env_name, iter_settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from infra.cli import main
-from infra.runtime_file import with_running_system
+from infra.cli.main import main
+from infra.runtime.runtime_file import with_running_system
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME = {

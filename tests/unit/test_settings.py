@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.settings import SettingsError, env_name, iter_settings, load_settings
+from infra.runtime.settings import SettingsError, env_name, iter_settings, load_settings
 
 
 def test_defaults_need_no_file_and_no_environment() -> None:

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from api.tokens import InvalidToken, check_secret, decode_access_token, issue_access_token
-from infra.settings import AuthenticationSettings, ServerSettings, Settings
+from infra.runtime.settings import AuthenticationSettings, ServerSettings, Settings
 
 SECRET = "s" * 32
 

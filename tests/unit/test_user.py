@@ -15,7 +15,7 @@ from commands.envelope import Actor, CommandEnvelope
 from commands.registry import execute
 from domain.errors import DomainError
 from domain.user import User, user_id_for
-from infra.codec import make_mapper
+from infra.adapters.codec import make_mapper
 
 ADMIN = Actor("11111111-1111-1111-1111-111111111111", "admin")
 ALICE = Actor("alice", "user")

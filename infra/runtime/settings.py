@@ -32,7 +32,7 @@ class ServerSettings:
     port: int = 8000
     workers: int = 1
     environment: str = "development"  # "production" refuses unsafe defaults
-    # Slow clients (infra/http_protocol.py, api/body_timeout.py): idle time between requests on a
+    # Slow clients (infra/runtime/http_protocol.py, api/body_timeout.py): idle time between requests on a
     # kept-alive connection, time to send a request's headers, and the longest wait for each read
     # of a request body. Each ends the request with 408 (or closes an idle connection).
     keep_alive_timeout_seconds: int = 5
@@ -102,7 +102,7 @@ class MonitoringSettings:
     tracing_enabled: bool = False
     health_check_path: str = "/health"
     metrics_path: str = "/metrics"
-    log_format: str = "text"  # text or json (one object per line; infra.logs)
+    log_format: str = "text"  # text or json (one object per line; infra.runtime.logs)
     # /ready fails while the projections have more events than this waiting (reads would lag behind).
     ready_max_projection_lag: int = 10000
 
@@ -205,7 +205,7 @@ class ExecutionSettings:
 
 @dataclass(frozen=True)
 class SupervisionSettings:
-    """How `pipeline run` keeps what it started alive (infra.supervisor, infra.heartbeat)."""
+    """How `pipeline run` keeps what it started alive (infra.runtime.supervisor, infra.runtime.heartbeat)."""
 
     # A worker with records waiting and no progress for this long (or no heartbeat at all) is restarted.
     stall_seconds: float = 60.0

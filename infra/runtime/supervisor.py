@@ -2,7 +2,7 @@
 
 Everything started here is supervised: a service (Kafka, PostgreSQL, Redis; only those started here)
 or a child that exits is started again, with backoff, on the same data and port; a worker that is
-alive but stuck (infra.heartbeat.stall_reason) is killed by the watchdog and started again. The
+alive but stuck (infra.runtime.heartbeat.stall_reason) is killed by the watchdog and started again. The
 watchdog waits while a service started here is down or restarting: no worker gets far without it.
 """
 
@@ -20,13 +20,13 @@ from pathlib import Path
 
 import psycopg
 
-from infra.heartbeat import heartbeat_path, read_beat, stall_reason
-from infra.kafka import ensure_topics
-from infra.postgres import check_schema, migrate
-from infra.processes import ensure_secret_key, python_command, spawn
-from infra.runtime_file import RUNTIME_FILE, write_runtime
-from infra.services import Backoff, ManagedServices
-from infra.settings import Settings, load_settings
+from infra.adapters.kafka import ensure_topics
+from infra.adapters.postgres import check_schema, migrate
+from infra.provision.services import Backoff, ManagedServices
+from infra.runtime.heartbeat import heartbeat_path, read_beat, stall_reason
+from infra.runtime.processes import ensure_secret_key, python_command, spawn
+from infra.runtime.runtime_file import RUNTIME_FILE, write_runtime
+from infra.runtime.settings import Settings, load_settings
 from projections.users import admin_exists
 
 CHILDREN = {

@@ -13,7 +13,7 @@ the records it set aside since it started (commands it rejected as unprocessable
 apply; see the processor's and the runner's docstrings for the policies); ``partition_lag`` the lag by
 partition, ``partition_lag_seconds`` how old the last handled record of a partition with lag is (from the
 worker's ``handled_at``: partition -> record timestamp), and ``counters`` the worker's counters
-(``[{"name", "labels", "value"}]``) that the API's metrics route shows (infra.metrics). The supervisor's
+(``[{"name", "labels", "value"}]``) that the API's metrics route shows (infra.runtime.metrics). The supervisor's
 watchdog (``stall_reason``) and ``/health`` read these files: a file read costs less than asking Kafka.
 """
 

@@ -16,10 +16,10 @@ from typing import Any
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from infra.bootstrap import build_runner, require_services
-from infra.kafka import end_offsets
-from infra.postgres import check_schema, connection_kwargs
-from infra.settings import Settings
+from infra.adapters.kafka import end_offsets
+from infra.adapters.postgres import check_schema, connection_kwargs
+from infra.runtime.bootstrap import build_runner, require_services
+from infra.runtime.settings import Settings
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger("pipeline.rebuild")

@@ -8,9 +8,9 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
-from infra.bootstrap import build_processor, build_runner, require_services
-from infra.heartbeat import Progressing, beat, heartbeat_path
-from infra.settings import Settings
+from infra.runtime.bootstrap import build_processor, build_runner, require_services
+from infra.runtime.heartbeat import Progressing, beat, heartbeat_path
+from infra.runtime.settings import Settings
 
 log = logging.getLogger("pipeline.workers")
 
@@ -23,7 +23,7 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
 
 @contextlib.asynccontextmanager
 async def _heartbeat(settings: Settings, name: str, source: Progressing) -> AsyncIterator[None]:
-    """Write the worker's heartbeat (infra.heartbeat) while the body runs."""
+    """Write the worker's heartbeat (infra.runtime.heartbeat) while the body runs."""
     task = asyncio.create_task(beat(heartbeat_path(settings.storage.data_dir, name), name, source))
     try:
         yield
@@ -58,7 +58,7 @@ async def run_projections(settings: Settings) -> None:
 
 async def run_executor(settings: Settings) -> None:
     """Run the graph executor until SIGINT/SIGTERM."""
-    from infra.executor import build_executor
+    from infra.runtime.executor import build_executor
 
     require_services(settings)
     stop = asyncio.Event()

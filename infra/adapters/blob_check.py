@@ -1,6 +1,6 @@
 """Blobs the log names but the store lacks: reported by `/health` and `pipeline blobs check`.
 
-A blob is fsynced before the event naming it is produced (infra.blobstore), so a missing one means
+A blob is fsynced before the event naming it is produced (infra.adapters.blobstore), so a missing one means
 the blob directory was damaged, restored from an older backup, or pointed elsewhere: an operator's
 matter, told plainly rather than as a 500 when someone reads the object.
 """
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from psycopg_pool import AsyncConnectionPool
 
-from infra.blobstore import LocalBlobStore
-from infra.postgres import open_pool
-from infra.settings import Settings
+from infra.adapters.blobstore import LocalBlobStore
+from infra.adapters.postgres import open_pool
+from infra.runtime.settings import Settings
 from projections.data_objects import content_hashes
 
 

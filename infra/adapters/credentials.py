@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg_pool import AsyncConnectionPool
 
-from infra.postgres import check_schema
+from infra.adapters.postgres import check_schema
 
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
 _LOCK = 7_294_114  # advisory lock id: one process creates the schema at a time

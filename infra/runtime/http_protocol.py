@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from infra.settings import get_settings
+from infra.runtime.settings import get_settings
 
 log = logging.getLogger("pipeline.http")
 

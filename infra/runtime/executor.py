@@ -15,12 +15,12 @@ from commands.envelope import Actor
 from commands.execution_run import RunDeps
 from commands.executor import Executor, ExecutorConfig
 from domain.nodes.catalog import MAX_INPUT_BYTES, NodeError
-from infra.blobstore import BlobNotFound, LocalBlobStore
-from infra.codec import make_mapper
-from infra.command_bus import KafkaCommandBus
-from infra.kafka import ensure_topics, topic_partitions
-from infra.postgres import migrate, open_pool
-from infra.settings import Settings
+from infra.adapters.blobstore import BlobNotFound, LocalBlobStore
+from infra.adapters.codec import make_mapper
+from infra.adapters.command_bus import KafkaCommandBus
+from infra.adapters.kafka import ensure_topics, topic_partitions
+from infra.adapters.postgres import migrate, open_pool
+from infra.runtime.settings import Settings
 from projections.data_objects import get_data_object
 from projections.search import SearchRequest
 from projections.search import search as search_objects

@@ -9,9 +9,9 @@ import sys
 
 from commands.envelope import Outcome
 from domain.user import ROLES, user_id_for
-from infra.accounts import check_password, register, system_command
-from infra.bootstrap import build_api
-from infra.settings import Settings
+from infra.runtime.accounts import check_password, register, system_command
+from infra.runtime.bootstrap import build_api
+from infra.runtime.settings import Settings
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

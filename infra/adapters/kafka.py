@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
-from infra.settings import KafkaSettings
+from infra.runtime.settings import KafkaSettings
 
 log = logging.getLogger("pipeline.kafka")
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from infra.logs import configure_logging
-from infra.runtime_file import with_running_system
-from infra.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
+from infra.runtime.logs import configure_logging
+from infra.runtime.runtime_file import with_running_system
+from infra.runtime.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     blobs = sub.add_parser("blobs", help="operate the blob store")
     blobs_sub = blobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     blobs_sub.add_parser("check", help="list objects whose content the blob store lacks (exit 1 if any)")
-    from infra.user_cli import add_parser as add_user_parser
+    from infra.cli.users import add_parser as add_user_parser
 
     add_user_parser(sub)
     sub.add_parser("settings", help="list every setting with its environment variable and current value")
@@ -57,41 +57,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("run", "services"):  # these start a system: never aim them at another one
             settings = load_settings()
-        else:  # beside a running `make run`, find its services from runtime.json (infra.runtime_file)
+        else:  # beside a running `make run`, find its services from runtime.json (infra.runtime.runtime_file)
             settings = load_settings(environ=with_running_system(os.environ))
         configure_logging(settings.monitoring)
     except SettingsError as exc:  # a message naming the setting, not a traceback (exit codes: README)
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.command == "run":
-        from infra.supervisor import run_everything
+        from infra.runtime.supervisor import run_everything
 
         return run_everything(settings)
     if args.command == "api":
         return _run_api(settings)
     if args.command == "worker":
-        from infra.workers import WORKERS
+        from infra.runtime.workers import WORKERS
 
         asyncio.run(WORKERS[args.name](settings))
         return 0
     if args.command == "projections":
-        from infra.rebuild import rebuild_read_models
+        from infra.runtime.rebuild import rebuild_read_models
 
         asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap))
         return 0
     if args.command == "blobs":
-        from infra.blob_check import run_check
+        from infra.adapters.blob_check import run_check
 
         return run_check(settings)
     if args.command == "user":
-        from infra.user_cli import run as run_user_command
+        from infra.cli.users import run as run_user_command
 
         return run_user_command(settings, args)
     if args.command == "settings":
         _print_settings(settings)
         return 0
     if args.command == "services":
-        from infra.services import ManagedServices
+        from infra.provision.services import ManagedServices
 
         data_dir = (args.data_dir or Path(settings.storage.data_dir)).resolve()
         with ManagedServices(data_dir) as managed:
@@ -115,9 +115,9 @@ def _run_api(settings: Settings) -> int:
         port=settings.server.port,
         workers=settings.server.workers if settings.server.workers > 1 else None,
         log_level="info",
-        log_config=None,  # uvicorn's loggers go to the root handler (monitoring.log_format, infra.logs)
+        log_config=None,  # uvicorn's loggers go to the root handler (monitoring.log_format, infra.runtime.logs)
         access_log=False,
-        http="infra.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
+        http="infra.runtime.http_protocol:HeaderDeadlineProtocol",  # a deadline for request headers
         timeout_keep_alive=settings.server.keep_alive_timeout_seconds,
         # Protocol pings: a peer that does not answer one within ping_timeout is gone, and is closed.
         ws_ping_interval=settings.websocket.ping_interval,

@@ -17,9 +17,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
-from infra.kafka import Topics
-from infra.metrics import COMMAND_ROUNDTRIP, COMMANDS
-from infra.settings import KafkaSettings
+from infra.adapters.kafka import Topics
+from infra.runtime.metrics import COMMAND_ROUNDTRIP, COMMANDS
+from infra.runtime.settings import KafkaSettings
 
 log = logging.getLogger("pipeline.command_bus")
 

@@ -12,13 +12,13 @@ from psycopg_pool import AsyncConnectionPool
 
 from commands.processor import CommandProcessor, ProcessorConfig
 from domain.content_types import is_textual
-from infra.blobstore import LocalBlobStore
-from infra.codec import make_mapper
-from infra.command_bus import KafkaCommandBus
-from infra.credentials import CredentialStore, ensure_credentials_table
-from infra.kafka import Topics, ensure_topics
-from infra.postgres import migrate, open_pool
-from infra.settings import Settings
+from infra.adapters.blobstore import LocalBlobStore
+from infra.adapters.codec import make_mapper
+from infra.adapters.command_bus import KafkaCommandBus
+from infra.adapters.credentials import CredentialStore, ensure_credentials_table
+from infra.adapters.kafka import Topics, ensure_topics
+from infra.adapters.postgres import migrate, open_pool
+from infra.runtime.settings import Settings
 from projections.annotations import AnnotationsProjector
 from projections.audit_log import AuditLogProjector
 from projections.changes import ChangeFeed, channel_for

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from infra.settings import Settings
+from infra.runtime.settings import Settings
 
 RUNTIME_FILE = "runtime.json"
 DATA_DIR_VARIABLES = ("PIPELINE_DATA_DIR", "PIPELINE_STORAGE_DATA_DIR")

@@ -15,8 +15,8 @@ from typing import Any
 from commands.envelope import CommandEnvelope, Outcome, Position
 from commands.users import SYSTEM
 from domain.user import user_id_for
-from infra.bootstrap import ApiContainer
-from infra.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.adapters.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.runtime.bootstrap import ApiContainer
 from projections.users import admin_exists
 
 log = logging.getLogger("pipeline.accounts")

@@ -6,7 +6,7 @@ Where each family comes from (README "Metrics"):
   template, commands by type and outcome with their round-trip time (from the command bus), WebSocket
   connections and dropped live messages, rate-limit refusals.
 - The workers do not open a port of their own: each writes its counters into its heartbeat file
-  (infra.heartbeat, about once a second), and ``WorkerCollector`` turns the files into metric families
+  (infra.runtime.heartbeat, about once a second), and ``WorkerCollector`` turns the files into metric families
   at scrape time, so one scrape of the API's ``monitoring.metrics_path`` shows the whole system. The
   price is up to a second of staleness and one API process per data directory doing the reading; with
   workers on other machines (docker-compose) their heartbeats are not visible and their families absent.
@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from infra.heartbeat import INTERVAL, heartbeat_path, read_beat
+from infra.runtime.heartbeat import INTERVAL, heartbeat_path, read_beat
 
 REGISTRY = CollectorRegistry()
 WORKERS = ("processor", "projections", "executor")

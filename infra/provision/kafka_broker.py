@@ -1,6 +1,6 @@
 """Apache Kafka for development and tests: jars from Maven Central, one KRaft node on loopback.
 
-infra.services drives this module; it only knows how to fetch, configure, format and probe a broker.
+infra.provision.services drives this module; it only knows how to fetch, configure, format and probe a broker.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MARKER = ".complete"
 
 
 def kafka_version() -> str:
-    """The pinned Kafka version: `kafka.version` in infra/kafka/pom.xml, the single place it is written."""
+    """The pinned Kafka version: `kafka.version` in infra/provision/kafka/pom.xml, the single place it is written."""
     found = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", POM.read_text())
     if found is None:
         raise RuntimeError(f"{POM} has no <kafka.version> property")

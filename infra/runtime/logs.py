@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from infra.settings import MonitoringSettings, SettingsError
+from infra.runtime.settings import MonitoringSettings, SettingsError
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
 FORMATS = ("text", "json")

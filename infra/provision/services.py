@@ -4,7 +4,7 @@ Everything lives under one data directory, so a restart finds the data (and, whe
 ports) again. Only processes started here are ever stopped, by PID, and only those are restarted when
 they die (``ManagedServices.watch``); a service given by its address belongs to someone else.
 
-    python -m infra.services up --data-dir .data
+    python -m infra.provision.services up --data-dir .data
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
-from infra import kafka_broker, postgres_server, redis_server
-from infra.kafka_broker import kafka_jars
+from infra.provision import kafka_broker, postgres_server, redis_server
+from infra.provision.kafka_broker import kafka_jars
 
 __all__ = ["Backoff", "Endpoints", "ManagedServices", "kafka_jars", "main"]
 
@@ -368,9 +368,9 @@ def _tails(child: _Child | None, lines: int = 30) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m infra.services up --data-dir DIR`: start all three, print their endpoints, run until stopped."""
+    """`python -m infra.provision.services up --data-dir DIR`: start all three, print endpoints, run until stopped."""
     parser = argparse.ArgumentParser(
-        prog="python -m infra.services", description="Run Apache Kafka, PostgreSQL and Redis on 127.0.0.1."
+        prog="python -m infra.provision.services", description="Run Apache Kafka, PostgreSQL and Redis on 127.0.0.1."
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = commands.add_parser(

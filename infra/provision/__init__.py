@@ -1,0 +1,1 @@
+"""What a developer's machine provisions for `make run` and the tests: Kafka, PostgreSQL, Redis."""

@@ -1,0 +1,1 @@
+"""The running system: settings, the composition root, workers, the supervisor, rebuilds, logs, metrics."""
