@@ -281,11 +281,13 @@ async def upload_throughput(http: httpx.AsyncClient, mib: int, rounds: int) -> d
 
 
 async def drive(url: str, args: argparse.Namespace, username: str, password: str) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+    run = args.run or uuid.uuid4().hex[:8]
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         await log_in(http, username, password)
         token = http.headers["Authorization"].removeprefix("Bearer ")
-        corpus = await ingest_corpus(http, args.objects, args.writers, run)
+        corpus = await ingest_corpus(http, args.objects, args.writers, run) if not args.skip_ingest else {"run": run}
+        if args.ingest_only:
+            return {"corpus": corpus, "run": run}
         mix = query_mix(run)
         queries = [await run_queries(url, token, mix, n, args.seconds) for n in (1, 16)]
         upload = await upload_throughput(http, args.upload_mib, args.upload_rounds)
@@ -300,6 +302,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per connection count")
     parser.add_argument("--upload-mib", type=int, default=100)
     parser.add_argument("--upload-rounds", type=int, default=3)
+    parser.add_argument("--run", help="the corpus's tag (default: a new one); with --skip-ingest, an earlier run's")
+    parser.add_argument("--skip-ingest", action="store_true", help="query a corpus an earlier --run ingested")
+    parser.add_argument("--ingest-only", action="store_true", help="ingest the corpus and stop (see --run)")
     parser.add_argument("--username", default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"))
     parser.add_argument("--password", default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""))
     args = parser.parse_args()
