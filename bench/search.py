@@ -194,25 +194,36 @@ def query_mix(run: str) -> list[dict[str, Any]]:
     ]
 
 
-async def ingest_corpus(http: httpx.AsyncClient, objects: int, writers: int, run: str) -> dict[str, float]:
+async def ingest_corpus(
+    http: httpx.AsyncClient, objects: int, writers: int, run: str, done: frozenset[int] = frozenset()
+) -> dict[str, float]:
     rng = random.Random(SEED)
     bodies = []
     for n in range(objects):
         topic = TOPICS[n % len(TOPICS)]
-        bodies.append(
-            {
-                "content": corpus_text(rng, topic),
-                "content_type": "text/plain",
-                "metadata": {"bench": run, "topic": topic, "n": n},
-            }
-        )
+        body: dict[str, Any] = {
+            "content": corpus_text(rng, topic),
+            "content_type": "text/plain",
+            "metadata": {"bench": run, "topic": topic, "n": n},
+        }
+        if n not in done:  # the text is drawn either way, so object n is the same text in every run
+            bodies.append(body)
     queue = list(reversed(bodies))
     started = time.perf_counter()
 
     async def writer() -> None:
         while queue:
             body = queue.pop()
-            response = await http.post("/api/v1/ingest", json=body)
+            # Object n's key: a retry after a dropped connection cannot ingest it twice.
+            headers = {"Idempotency-Key": f"bench-search-{run}-{body['metadata']['n']}"}
+            for attempt in range(5):
+                try:
+                    response = await http.post("/api/v1/ingest", json=body, headers=headers)
+                    break
+                except httpx.TransportError:
+                    if attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5 * 2**attempt)
             response.raise_for_status()
 
     await asyncio.gather(*(writer() for _ in range(writers)))
@@ -285,7 +296,10 @@ async def drive(url: str, args: argparse.Namespace, username: str, password: str
     async with httpx.AsyncClient(base_url=url, timeout=120) as http:
         await log_in(http, username, password)
         token = http.headers["Authorization"].removeprefix("Bearer ")
-        corpus = await ingest_corpus(http, args.objects, args.writers, run) if not args.skip_ingest else {"run": run}
+        done = frozenset(int(line) for line in args.done.read_text().split()) if args.done else frozenset()
+        corpus = (
+            await ingest_corpus(http, args.objects, args.writers, run, done) if not args.skip_ingest else {"run": run}
+        )
         if args.ingest_only:
             return {"corpus": corpus, "run": run}
         mix = query_mix(run)
@@ -304,6 +318,7 @@ def main() -> None:
     parser.add_argument("--upload-rounds", type=int, default=3)
     parser.add_argument("--run", help="the corpus's tag (default: a new one); with --skip-ingest, an earlier run's")
     parser.add_argument("--skip-ingest", action="store_true", help="query a corpus an earlier --run ingested")
+    parser.add_argument("--done", type=Path, help="a file of object numbers an interrupted --run already ingested")
     parser.add_argument("--ingest-only", action="store_true", help="ingest the corpus and stop (see --run)")
     parser.add_argument("--username", default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"))
     parser.add_argument("--password", default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""))
