@@ -48,6 +48,7 @@ class SearchRequest:
     offset: int = 0
     owner_scope: str | None = None  # a non-admin sees only their own objects
     language: str = "simple"
+    with_text: bool = False  # keep each hit's indexed text (``search_text``), e.g. to quote from it
 
 
 def split_prefixes(query: str) -> tuple[str, list[str]]:
@@ -143,7 +144,8 @@ async def search(conn: AsyncConnection[Any], request: SearchRequest) -> tuple[li
         rows = await cur.fetchall()
     annotations = await annotations_of_many(conn, [row["object_id"] for row in rows])
     for row in rows:
-        row.pop("search_text", None)
+        if not request.with_text:
+            row.pop("search_text", None)
         row.pop("q", None)
         row["annotations"] = annotations.get(row["object_id"], [])
         row["score"] = float(row["score"])
