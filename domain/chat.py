@@ -53,13 +53,15 @@ class Sentence:
 
 
 def parse(content: str) -> ChatRequest:
-    """``/name argument`` is a command (unknown names too); anything else is a question."""
+    """``/name argument`` is a command (an unknown name: kind unknown); anything else is a question."""
     stripped = content.strip()
     if not stripped.startswith("/"):
         return ChatRequest("question", stripped)
     name, _, argument = stripped[1:].partition(" ")
     name = name.lower()
-    return ChatRequest(name if name in COMMANDS else "unknown", argument.strip())
+    if name not in COMMANDS:
+        return ChatRequest("unknown", name)  # the argument of an unknown command is its name, for the help
+    return ChatRequest(name, argument.strip())
 
 
 def help_text(unknown: str | None = None) -> str:

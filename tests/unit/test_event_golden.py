@@ -11,6 +11,7 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
+from domain.conversation import Conversation
 from domain.data_object import DataObject
 from infra.adapters.codec import make_mapper
 
@@ -90,3 +91,68 @@ def test_every_data_object_event_type_has_a_golden_example() -> None:
 def test_golden_examples_are_valid_json() -> None:
     for _, golden in GOLDEN:
         assert isinstance(orjson.loads(golden), dict)
+
+
+C: Any = Conversation  # event classes are made at runtime; mypy cannot see their fields
+SOURCE = {"object_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "snippet": "<b>kafka</b> keeps", "score": 0.5}
+CONVERSATION_GOLDEN: list[tuple[Aggregate.Event, str]] = [
+    (
+        C.Started(
+            originator_id=ID,
+            originator_version=1,
+            timestamp=AT,
+            originator_topic="domain.conversation:Conversation",
+            owner="alice",
+        ),
+        '{"timestamp":' + TS + ',"originator_topic":"domain.conversation:Conversation","owner":"alice"}',
+    ),
+    (
+        C.MessagePosted(
+            originator_id=ID,
+            originator_version=2,
+            timestamp=AT,
+            message_id="m-1",
+            content="what is kafka?",
+            author="alice",
+        ),
+        '{"timestamp":' + TS + ',"message_id":"m-1","content":"what is kafka?","author":"alice"}',
+    ),
+    (
+        C.ResponseGiven(
+            originator_id=ID,
+            originator_version=3,
+            timestamp=AT,
+            message_id="m-1",
+            kind="answer",
+            content="Kafka keeps an ordered log.",
+            sources=[SOURCE],
+            data={"sentences": []},
+        ),
+        '{"timestamp":' + TS + ',"message_id":"m-1","kind":"answer","content":"Kafka keeps an ordered log.",'
+        '"sources":[{"object_id":"7c9e6679-7425-40de-944b-e07fc1f90ae7","snippet":"<b>kafka</b> keeps","score":0.5}],'
+        '"data":{"sentences":[]}}',
+    ),
+]
+
+
+@pytest.mark.parametrize(("event", "golden"), CONVERSATION_GOLDEN, ids=lambda v: type(v).__qualname__)
+def test_conversation_event_serializes_to_its_golden_example(event: Aggregate.Event, golden: str) -> None:
+    stored = make_mapper().to_stored_event(event)
+    assert stored.state.decode() == golden
+    assert stored.topic == f"domain.conversation:{type(event).__qualname__}"
+
+
+@pytest.mark.parametrize(("event", "golden"), CONVERSATION_GOLDEN, ids=lambda v: type(v).__qualname__)
+def test_conversation_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, golden: str) -> None:
+    topic = f"domain.conversation:{type(event).__qualname__}"
+    stored = StoredEvent(ID, event.originator_version, topic, golden.encode())
+    assert make_mapper().to_domain_event(stored) == event
+
+
+def test_every_conversation_event_type_has_a_golden_example() -> None:
+    declared = {
+        name
+        for name, value in vars(Conversation).items()
+        if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in {"Event", "Created"}
+    }
+    assert declared == {type(event).__name__ for event, _ in CONVERSATION_GOLDEN}
