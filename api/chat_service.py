@@ -19,11 +19,10 @@ import msgspec
 
 from api.auth import actor_of
 from api.commands import derived_id, submit
-from api.data_service import Connection, ingest, wait_for_token
+from api.data_service import Connection, ingest, visible_row
 from api.errors import ApiError
 from api.execution_service import read_execution
 from api.inputs import ChatMessage, DataIngestionRequest, object_id
-from api.rbac import can_see
 from api.rest.executions import to_status
 from api.rest.search import run_search
 from commands.conversation import MAX_RESPONSE_CHARS, Source
@@ -129,7 +128,7 @@ async def _answer(connection: Connection, container: ApiContainer, question: str
         hits, _ = await search(conn, request)
     text, quoted = chat.answer(question, [chat.Document(hit["object_id"], hit["search_text"]) for hit in hits])
     cited = list(dict.fromkeys(sentence.object_id for sentence in quoted))
-    order = {object_id: index for index, object_id in enumerate(cited)}
+    order = {cited_id: index for index, cited_id in enumerate(cited)}
     hits.sort(key=lambda hit: order.get(hit["object_id"], len(order)))  # stable: the rest in search order
     sources = [Source(hit["object_id"], hit["snippet"], round(hit["score"], 6)) for hit in hits]
     return "answer", text, sources, {"sentences": [dataclasses.asdict(sentence) for sentence in quoted]}
@@ -147,14 +146,6 @@ async def read_conversation(
 
     404 when absent or not the caller's (admins see all), like data objects: ids cannot be probed.
     """
-    await wait_for_token(container, token)
-    try:
-        conversation_id = object_id(conversation_id, "conversation_id")
-    except ApiError as exc:
-        raise ApiError(404, "not_found", "conversation does not exist") from exc
-    actor = actor_of(connection)
+    row = await visible_row(connection, container, conversation_id, token, "conversation", get_conversation)
     async with container.pool.connection() as conn:
-        row = await get_conversation(conn, conversation_id)
-        if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
-            raise ApiError(404, "not_found", f"conversation {conversation_id} does not exist")
-        return row, await conversation_messages(conn, conversation_id, limit, offset)
+        return row, await conversation_messages(conn, row["conversation_id"], limit, offset)

@@ -81,10 +81,11 @@ async def _add(
 
 
 async def get_conversation(conn: AsyncConnection[Any], conversation_id: str) -> dict[str, Any] | None:
-    """The conversation's row (owner, version, message_count, started_at, updated_at), or None."""
+    """The conversation's row (owner, version, total: messages and responses, started_at, updated_at), or None."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT conversation_id::text AS conversation_id, owner, version, message_count, started_at, updated_at"
+            "SELECT conversation_id::text AS conversation_id, owner, version, message_count AS total, started_at,"
+            " updated_at"
             " FROM conversations WHERE conversation_id = %s",
             (conversation_id,),
         )

@@ -4,8 +4,9 @@ WebSocket ``chat_message`` and REST ``GET /api/v1/conversations/{id}`` use it.""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
+import msgspec
 import strawberry
 from graphql import GraphQLError
 from strawberry.scalars import JSON
@@ -15,6 +16,7 @@ from api.graphql.errors import answer, parsed, require
 from api.graphql.objects import GqlInfo
 from api.inputs import ChatMessage
 from api.rbac import Permission
+from api.rest.conversations import ConversationHistory, to_history
 
 
 @strawberry.type
@@ -61,12 +63,15 @@ class Conversation:
 
 
 def _sources(sources: list[Any]) -> list[ChatSource]:
-    return [ChatSource(object_id=s["object_id"], snippet=s["snippet"], score=s["score"]) for s in sources]
+    return [ChatSource(object_id=s.object_id, snippet=s.snippet, score=s.score) for s in sources]
 
 
-def _entry(row: dict[str, Any]) -> ConversationEntry:
-    fields = ("seq", "message_id", "role", "kind", "author", "content", "data", "created_at")
-    return ConversationEntry(**{k: row[k] for k in fields}, sources=_sources(row["sources"]))
+def _conversation(history: ConversationHistory) -> Conversation:
+    entries = [
+        ConversationEntry(**{**msgspec.structs.asdict(entry), "sources": _sources(entry.sources)})
+        for entry in history.messages
+    ]
+    return Conversation(**{**msgspec.structs.asdict(history), "messages": entries})
 
 
 @strawberry.type
@@ -87,15 +92,7 @@ class ChatQuery:
             if (exc.extensions or {}).get("code") == 404:
                 return None
             raise
-        return Conversation(
-            conversation_id=row["conversation_id"],
-            owner=row["owner"],
-            version=row["version"],
-            total=row["message_count"],
-            started_at=row["started_at"],
-            updated_at=row["updated_at"],
-            messages=[_entry(message) for message in messages],
-        )
+        return _conversation(to_history(row, messages))
 
 
 @strawberry.type
@@ -109,13 +106,4 @@ class ChatMutation:
         message = parsed(ChatMessage, content=content, conversation_id=conversation_id)
         ctx = info.context
         reply = await answer(chat_message(ctx.connection, ctx.container, message))
-        return ChatResponse(
-            conversation_id=reply.conversation_id,
-            message_id=reply.message_id,
-            kind=reply.kind,
-            content=reply.content,
-            sources=[ChatSource(object_id=s.object_id, snippet=s.snippet, score=s.score) for s in reply.sources],
-            data=cast(JSON, reply.data),
-            version=reply.version,
-            position=reply.position,
-        )
+        return ChatResponse(**{**msgspec.structs.asdict(reply), "sources": _sources(reply.sources)})

@@ -46,16 +46,7 @@ class ConversationHistory(msgspec.Struct):
 
 
 def to_history(row: dict[str, Any], messages: list[dict[str, Any]]) -> ConversationHistory:
-    entries = [msgspec.convert(message, ConversationEntry) for message in messages]
-    return ConversationHistory(
-        conversation_id=row["conversation_id"],
-        owner=row["owner"],
-        version=row["version"],
-        total=row["message_count"],
-        started_at=row["started_at"],
-        updated_at=row["updated_at"],
-        messages=entries,
-    )
+    return msgspec.convert({**row, "messages": messages}, ConversationHistory)
 
 
 class ConversationsController(Controller):

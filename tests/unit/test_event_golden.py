@@ -64,35 +64,6 @@ GOLDEN: list[tuple[Aggregate.Event, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("event", "golden"), GOLDEN, ids=lambda v: type(v).__qualname__)
-def test_event_serializes_to_its_golden_example(event: Aggregate.Event, golden: str) -> None:
-    stored = make_mapper().to_stored_event(event)
-    assert stored.state.decode() == golden
-    assert stored.topic == f"domain.data_object:{type(event).__qualname__}"
-
-
-@pytest.mark.parametrize(("event", "golden"), GOLDEN, ids=lambda v: type(v).__qualname__)
-def test_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, golden: str) -> None:
-    stored = StoredEvent(
-        ID, event.originator_version, f"domain.data_object:{type(event).__qualname__}", golden.encode()
-    )
-    assert make_mapper().to_domain_event(stored) == event
-
-
-def test_every_data_object_event_type_has_a_golden_example() -> None:
-    declared = {
-        name
-        for name, value in vars(DataObject).items()
-        if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in {"Event", "Created"}
-    }
-    assert declared == {type(event).__name__ for event, _ in GOLDEN}
-
-
-def test_golden_examples_are_valid_json() -> None:
-    for _, golden in GOLDEN:
-        assert isinstance(orjson.loads(golden), dict)
-
-
 C: Any = Conversation  # event classes are made at runtime; mypy cannot see their fields
 SOURCE = {"object_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "snippet": "<b>kafka</b> keeps", "score": 0.5}
 CONVERSATION_GOLDEN: list[tuple[Aggregate.Event, str]] = [
@@ -135,24 +106,36 @@ CONVERSATION_GOLDEN: list[tuple[Aggregate.Event, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("event", "golden"), CONVERSATION_GOLDEN, ids=lambda v: type(v).__qualname__)
-def test_conversation_event_serializes_to_its_golden_example(event: Aggregate.Event, golden: str) -> None:
+def _topic(event: Aggregate.Event) -> str:
+    return f"{type(event).__module__}:{type(event).__qualname__}"
+
+
+EVERY = [*GOLDEN, *CONVERSATION_GOLDEN]
+
+
+@pytest.mark.parametrize(("event", "golden"), EVERY, ids=lambda v: type(v).__qualname__)
+def test_event_serializes_to_its_golden_example(event: Aggregate.Event, golden: str) -> None:
     stored = make_mapper().to_stored_event(event)
     assert stored.state.decode() == golden
-    assert stored.topic == f"domain.conversation:{type(event).__qualname__}"
+    assert stored.topic == _topic(event)
 
 
-@pytest.mark.parametrize(("event", "golden"), CONVERSATION_GOLDEN, ids=lambda v: type(v).__qualname__)
-def test_conversation_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, golden: str) -> None:
-    topic = f"domain.conversation:{type(event).__qualname__}"
-    stored = StoredEvent(ID, event.originator_version, topic, golden.encode())
+@pytest.mark.parametrize(("event", "golden"), EVERY, ids=lambda v: type(v).__qualname__)
+def test_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, golden: str) -> None:
+    stored = StoredEvent(ID, event.originator_version, _topic(event), golden.encode())
     assert make_mapper().to_domain_event(stored) == event
 
 
-def test_every_conversation_event_type_has_a_golden_example() -> None:
+@pytest.mark.parametrize(("aggregate", "examples"), [(DataObject, GOLDEN), (Conversation, CONVERSATION_GOLDEN)])
+def test_every_event_type_has_a_golden_example(aggregate: type[Aggregate], examples: list[Any]) -> None:
     declared = {
         name
-        for name, value in vars(Conversation).items()
+        for name, value in vars(aggregate).items()
         if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in {"Event", "Created"}
     }
-    assert declared == {type(event).__name__ for event, _ in CONVERSATION_GOLDEN}
+    assert declared == {type(event).__name__ for event, _ in examples}
+
+
+def test_golden_examples_are_valid_json() -> None:
+    for _, golden in EVERY:
+        assert isinstance(orjson.loads(golden), dict)
