@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import Aggregate
 
-from commands import conversation, data, execution, users
+from commands import conversation, data, execution, inbox, users
 from commands.envelope import CommandEnvelope
 from domain.errors import DomainError
 
@@ -40,6 +40,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "EnableUser": CommandSpec(users.EnableUser, users.enable_user),
     "PostMessage": CommandSpec(conversation.PostMessage, conversation.post_message),
     "GiveResponse": CommandSpec(conversation.GiveResponse, conversation.give_response),
+    "MarkNotificationsRead": CommandSpec(inbox.MarkNotificationsRead, inbox.mark_notifications_read),
 }
 
 

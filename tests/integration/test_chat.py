@@ -1,6 +1,7 @@
 """Chat (issue 12) through the running system: WebSocket chat_message, GraphQL chat/conversation, REST
 history, the slash commands under the caller's rights, and the history surviving a rebuild of the read
-models. One system serves the module; each test uses users and words of its own."""
+models; and notifications marked read (Inbox events) staying read after a rebuild. One system serves the
+module; each test uses users and words of its own."""
 
 from __future__ import annotations
 
@@ -219,3 +220,33 @@ async def test_bad_chat_input_is_an_error_message_and_the_connection_stays_usabl
         assert answered["type"] == "chat_response"
         refused = await gql(alice, CHAT, content="a\u0000b")
         assert refused["data"] is None and refused["errors"][0]["extensions"]["code"] == 400
+
+
+async def annotated_by_admin(system: RunningSystem, object_id: str) -> None:
+    """The admin annotates the object (its owner is told), and the read models show it."""
+    note = {"annotation_type": "comment", "content": "seen", "confidence": 1.0}
+    response = await system.admin.post(f"/api/v1/data/{object_id}/annotations", json=note)
+    assert response.status_code == 201, response.text
+    token = {"X-Consistency-Token": response.json()["position"]}
+    assert (await system.admin.get(f"/api/v1/data/{object_id}", headers=token)).status_code == 200
+
+
+async def test_notifications_read_are_inbox_events_that_a_rebuild_keeps(system: RunningSystem) -> None:
+    alice = await user(system)
+    async with alice:
+        first, second = await ingest(alice, "noted one"), await ingest(alice, "noted two")
+        await annotated_by_admin(system, first)
+        unread = (await alice.get("/api/v1/notifications", params={"unread": "true"})).json()
+        assert [n["data"]["object_id"] for n in unread] == [first]
+        marked = await alice.post("/api/v1/notifications/read", json={"ids": [unread[0]["notification_id"]]})
+        assert marked.status_code == 200 and marked.json() == {"marked": 1}
+        assert (await alice.get("/api/v1/notifications", params={"unread": "true"})).json() == []
+
+        await annotated_by_admin(system, second)
+        assert len((await alice.get("/api/v1/notifications", params={"unread": "true"})).json()) == 1
+        assert (await alice.post("/api/v1/notifications/read", json={})).json() == {"marked": 1}  # all of them
+        before = (await alice.get("/api/v1/notifications")).json()
+        assert len(before) == 2 and all(n["read_at"] for n in before)
+
+        await rebuild_read_models(load_settings(environ=system.env), swap=True)
+        assert (await alice.get("/api/v1/notifications")).json() == before

@@ -13,6 +13,7 @@ from commands.registry import execute
 from domain.conversation import MAX_UNANSWERED, Conversation
 from domain.data_object import DataObject
 from domain.errors import DomainError
+from domain.inbox import inbox_id
 
 ALICE, BOB, ADMIN, VIEWER = Actor("alice", "user"), Actor("bob", "user"), Actor("root", "admin"), Actor("v", "viewer")
 
@@ -98,3 +99,15 @@ def test_content_with_nul_or_too_long_is_an_invalid_command() -> None:
         with pytest.raises(DomainError) as refused:
             execute(envelope("PostMessage", uuid4(), {"message_id": "1", "content": content}), None)
         assert refused.value.code == "invalid"
+
+
+def test_marking_notifications_read_opens_the_callers_own_inbox_only() -> None:
+    mine = inbox_id("alice")
+    events: Sequence[Any] = execute(envelope("MarkNotificationsRead", mine, {"ids": ["n-1"]}), None).collect_events()
+    assert [type(e).__name__ for e in events] == ["Opened", "NotificationsRead"]
+    assert events[0].owner == "alice" and events[1].notification_ids == ["n-1"]
+    with pytest.raises(DomainError) as refused:
+        execute(envelope("MarkNotificationsRead", inbox_id("bob"), {}), None)
+    assert refused.value.code == "not_found"
+    viewer_inbox = execute(envelope("MarkNotificationsRead", inbox_id("v"), {}, VIEWER), None)
+    assert [e.notification_ids for e in viewer_inbox.collect_events()[1:]] == [None]  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from eventsourcing.persistence import StoredEvent
 
 from domain.conversation import Conversation
 from domain.data_object import DataObject
+from domain.inbox import Inbox
 from infra.adapters.codec import make_mapper
 
 ID = UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
@@ -105,12 +106,25 @@ CONVERSATION_GOLDEN: list[tuple[Aggregate.Event, str]] = [
     ),
 ]
 
+INBOX_GOLDEN: list[tuple[Aggregate.Event, str]] = [
+    (
+        Inbox.Opened(  # type: ignore[call-arg]
+            originator_id=ID, originator_version=1, timestamp=AT, originator_topic="domain.inbox:Inbox", owner="alice"
+        ),
+        '{"timestamp":' + TS + ',"originator_topic":"domain.inbox:Inbox","owner":"alice"}',
+    ),
+    (
+        Inbox.NotificationsRead(originator_id=ID, originator_version=2, timestamp=AT, notification_ids=["n-1"]),  # type: ignore[call-arg]
+        '{"timestamp":' + TS + ',"notification_ids":["n-1"]}',
+    ),
+]
+
 
 def _topic(event: Aggregate.Event) -> str:
     return f"{type(event).__module__}:{type(event).__qualname__}"
 
 
-EVERY = [*GOLDEN, *CONVERSATION_GOLDEN]
+EVERY = [*GOLDEN, *CONVERSATION_GOLDEN, *INBOX_GOLDEN]
 
 
 @pytest.mark.parametrize(("event", "golden"), EVERY, ids=lambda v: type(v).__qualname__)
@@ -126,7 +140,9 @@ def test_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, g
     assert make_mapper().to_domain_event(stored) == event
 
 
-@pytest.mark.parametrize(("aggregate", "examples"), [(DataObject, GOLDEN), (Conversation, CONVERSATION_GOLDEN)])
+@pytest.mark.parametrize(
+    ("aggregate", "examples"), [(DataObject, GOLDEN), (Conversation, CONVERSATION_GOLDEN), (Inbox, INBOX_GOLDEN)]
+)
 def test_every_event_type_has_a_golden_example(aggregate: type[Aggregate], examples: list[Any]) -> None:
     declared = {
         name

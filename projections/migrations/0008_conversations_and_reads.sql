@@ -23,3 +23,18 @@ CREATE TABLE conversation_messages (
     created_at      timestamptz NOT NULL,
     PRIMARY KEY (conversation_id, seq)
 );
+
+-- Notifications read (issue 12): the Inbox aggregate's NotificationsRead events, kept so that a
+-- notification projected after its mark (a rebuild applies partitions in another interleaving)
+-- still starts read. Marks of given ids, and "everything caused up to then" marks.
+CREATE TABLE notification_read_marks (
+    user_id         text NOT NULL,
+    notification_id text NOT NULL,
+    read_at         timestamptz NOT NULL,
+    PRIMARY KEY (user_id, notification_id)
+);
+CREATE TABLE notification_read_all (
+    user_id text NOT NULL,
+    read_at timestamptz NOT NULL,  -- every notification of the user created at or before this is read
+    PRIMARY KEY (user_id, read_at)
+);
