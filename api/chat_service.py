@@ -100,6 +100,7 @@ async def _status(connection: Connection, container: ApiContainer, execution_id:
     if not execution_id:
         return "error", chat.COMMANDS["status"], [], {"code": "usage"}
     status = msgspec.to_builtins(to_status(await read_execution(connection, container, execution_id)))
+    status.pop("nodes", None)  # each node's results: unbounded, and GET /api/v1/executions/{id} has them
     text = f"Execution {execution_id} is {status['status']} ({status['progress']:.0%} done)."
     return "status", text, [], {"execution": status}
 
