@@ -34,6 +34,7 @@ from api.openapi import document_errors, document_upload_limit
 from api.ratelimit import RateLimiter, Rule
 from api.rest.auth import AuthController
 from api.rest.content import ContentController
+from api.rest.conversations import ConversationsController
 from api.rest.data import DataController
 from api.rest.executions import ExecutionsController
 from api.rest.nodes import NodesController
@@ -113,6 +114,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ExecutionsController,
             NodesController,
             NotificationsController,
+            ConversationsController,
             AuthController,
             UsersController,
             health_controller(settings.monitoring.health_check_path),

@@ -24,6 +24,10 @@ MAX_KEY_LENGTH = 200
 
 
 def idempotency_key(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """The request's Idempotency-Key. None on a WebSocket: its handshake's headers are the same for
+    every message, so a key there would make each later command a duplicate of the first."""
+    if request.scope["type"] == "websocket":
+        return None
     key = request.headers.get("idempotency-key")
     if key is None:
         return None

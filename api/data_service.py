@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
+from psycopg import AsyncConnection
 
 from api.auth import actor_of
 from api.commands import derived_id, submit
@@ -148,14 +150,30 @@ async def visible_object(
     connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
 ) -> dict[str, Any]:
     """The object row (no annotations); 404 when absent or not the caller's to see."""
+    return await visible_row(connection, container, object_id, token, "data object", get_data_object)
+
+
+async def visible_row(
+    connection: Connection,
+    container: ApiContainer,
+    row_id: str,
+    token: str | None,
+    what: str,
+    load: Callable[[AsyncConnection[Any], str], Awaitable[dict[str, Any] | None]],
+) -> dict[str, Any]:
+    """The row ``load`` finds for ``row_id`` (a UUID) once the read model reached ``token``.
+
+    404 when the id is malformed, absent or the row's ``owner`` is not the caller (admins see all):
+    the visibility rule of objects, so ids cannot be probed.
+    """
     await wait_for_token(container, token)
     try:
-        object_id = checked_id(object_id)
-    except ApiError as exc:  # like REST's path converter: a malformed id names no object
-        raise ApiError(404, "not_found", "data object does not exist") from exc
+        row_id = checked_id(row_id)
+    except ApiError as exc:  # like REST's path converter: a malformed id names nothing
+        raise ApiError(404, "not_found", f"{what} does not exist") from exc
     actor = actor_of(connection)
     async with container.pool.connection() as conn:
-        row = await get_data_object(conn, object_id)
+        row = await load(conn, row_id)
     if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
-        raise ApiError(404, "not_found", f"data object {object_id} does not exist")
+        raise ApiError(404, "not_found", f"{what} {row_id} does not exist")
     return row

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 
 from api.errors import ApiError
+from commands.conversation import MessageText
 from commands.limits import (
     MAX_JSON_DEPTH,
     MAX_KEY_CHARS,
@@ -75,6 +76,11 @@ class ExecutionRequest(msgspec.Struct, forbid_unknown_fields=True):
     graph: JsonObject
     inputs: JsonObject = {}
     options: JsonObject = {}
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
+    content: MessageText
+    conversation_id: str | None = None  # a UUID; none starts a new conversation
 
 
 def invalid(exc: InvalidInput) -> ApiError:

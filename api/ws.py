@@ -2,9 +2,11 @@
 
 Client -> server: ``{"type": "subscribe", "topic": T, "after"?: position token}``,
 ``{"type": "unsubscribe", "topic": T}``,
-``{"type": "execution_status", "execution_id": ID}``, ``{"type": "ping"}``.
+``{"type": "execution_status", "execution_id": ID}``, ``{"type": "ping"}``,
+``{"type": "chat_message", "content": TEXT, "conversation_id"?: ID}`` (api/chat_service.py).
 Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution_update``,
-``execution_status``, ``lagged``, ``pong`` and ``error`` (``{"type": "error", "code", "message"}``).
+``execution_status``, ``chat_response``, ``lagged``, ``pong`` and ``error``
+(``{"type": "error", "code", "message"}``).
 Topics: ``data_changes``, ``execution:{id}``. Joining ``execution:{id}`` answers ``subscribed`` and then an
 ``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry
 ``data: {event, version}`` for each newer event, so a client that subscribes right after submitting
@@ -26,13 +28,16 @@ from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
 
 from api.auth import actor_of, principal_of
+from api.chat_service import chat_message
 from api.errors import ApiError
 from api.execution_service import read_execution, read_fresh_execution
 from api.hub import CLOSE, LiveHub, Subscriber
+from api.inputs import ChatMessage, parse
 from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
 from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
+from infra.adapters.command_bus import CommandTimeout
 from infra.runtime.bootstrap import ApiContainer
 from infra.runtime.metrics import WEBSOCKET_CONNECTIONS
 
@@ -81,6 +86,18 @@ async def subscribe_execution(
     return None
 
 
+async def chat(connection: Any, container: ApiContainer, message: dict[str, Any]) -> dict[str, Any]:
+    """The spec's ``chat_message``: the reply is ``chat_response`` with the answer, or an ``error``."""
+    fields: dict[str, Any] = {key: message[key] for key in ("content", "conversation_id") if key in message}
+    try:
+        reply = await chat_message(connection, container, parse(ChatMessage, fields))
+    except ApiError as exc:
+        return error(exc.reason, exc.message)
+    except CommandTimeout:
+        return error("command_timeout", "the chat's outcome did not arrive in time; ask again")
+    return {"type": "chat_response", "data": msgspec.to_builtins(reply)}
+
+
 def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
@@ -111,6 +128,8 @@ async def handle(
         return {"type": "pong"}
     if kind == "execution_status":
         return await execution_status(socket, container, message)
+    if kind == "chat_message":
+        return await chat(socket, container, message)
     return error("unsupported", f"message type {kind!r} is not supported")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 from eventsourcing.domain import Aggregate
 
-from commands import data, execution, users
+from commands import conversation, data, execution, inbox, users
 from commands.envelope import CommandEnvelope
 from domain.errors import DomainError
 
@@ -38,6 +38,9 @@ COMMANDS: dict[str, CommandSpec] = {
     "ChangePassword": CommandSpec(users.ChangePassword, users.change_password),
     "DisableUser": CommandSpec(users.DisableUser, users.disable_user),
     "EnableUser": CommandSpec(users.EnableUser, users.enable_user),
+    "PostMessage": CommandSpec(conversation.PostMessage, conversation.post_message),
+    "GiveResponse": CommandSpec(conversation.GiveResponse, conversation.give_response),
+    "MarkNotificationsRead": CommandSpec(inbox.MarkNotificationsRead, inbox.mark_notifications_read),
 }
 
 

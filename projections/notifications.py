@@ -1,11 +1,13 @@
 """The notifications read model: what each user should hear about, live and when they come back.
 
 A user is told when their execution completes or fails, when someone else annotates or deletes one
-of their objects, and when someone changes their role. The projector keeps who owns each object and
-execution (``notification_subjects``: the object's row is gone once deleted, so the owner is kept
-here), and writes one notification per causing event, keyed by the event id (exactly once, like
-every projection). ``read_at`` is the one column the API writes: a user's "seen" mark, not a fact of
-the domain, so a rebuilt read model starts with every notification unread.
+of their objects, and when someone changes their role. The projector keeps who owns each object,
+execution and inbox (``notification_subjects``: the object's row is gone once deleted, so the owner
+is kept here), and writes one notification per causing event, keyed by the event id (exactly once,
+like every projection). ``read_at`` comes from the user's Inbox (domain/inbox.py): each
+NotificationsRead is kept (``notification_read_marks``, ``notification_read_all``) and applied to
+the notifications there are, and a notification written later starts read if a kept mark covers
+it, so a rebuilt read model, whatever order it meets the partitions in, has the same read marks.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class NotificationsProjector(Projector):
         return {
             "DataObject.Ingested": self.on_owned,
             "Execution.Submitted": self.on_owned,
+            "Inbox.Opened": self.on_owned,
+            "Inbox.NotificationsRead": self.on_read,
             "Execution.Completed": self.on_execution_finished,
             "Execution.Failed": self.on_execution_finished,
             "DataObject.Annotated": self.on_object_changed,
@@ -78,6 +82,32 @@ class NotificationsProjector(Projector):
         data = {"role": record.event.role, "by": actor}
         await _notify(cur, record, record.aggregate_id, "role_changed", f"Your role is now {record.event.role}", data)
 
+    async def on_read(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        user_id = await _owner(cur, record.aggregate_id)
+        if user_id is None:
+            return
+        ids, at = record.event.notification_ids, record.event.timestamp
+        if ids is None:
+            await cur.execute(
+                "INSERT INTO notification_read_all (user_id, read_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                (user_id, at),
+            )
+            await cur.execute(
+                "UPDATE notifications SET read_at = %s WHERE user_id = %s AND read_at IS NULL AND created_at <= %s",
+                (at, user_id, at),
+            )
+            return
+        await cur.execute(
+            "INSERT INTO notification_read_marks (user_id, notification_id, read_at)"
+            " SELECT %s, unnest(%s::text[]), %s ON CONFLICT DO NOTHING",
+            (user_id, ids, at),
+        )
+        await cur.execute(
+            "UPDATE notifications SET read_at = %s"
+            " WHERE user_id = %s AND read_at IS NULL AND notification_id = ANY(%s)",
+            (at, user_id, ids),
+        )
+
 
 async def _owner(cur: AsyncCursor[Any], aggregate_id: str) -> str | None:
     await cur.execute("SELECT owner FROM notification_subjects WHERE aggregate_id = %s", (aggregate_id,))
@@ -88,18 +118,27 @@ async def _owner(cur: AsyncCursor[Any], aggregate_id: str) -> str | None:
 async def _notify(
     cur: AsyncCursor[Any], record: EventRecord, user_id: str, kind: str, message: str, data: dict[str, Any]
 ) -> None:
+    """One notification; read already if a kept mark of the user's inbox covers it (least() skips NULLs)."""
+    notification_id, at = record.headers["event_id"], record.event.timestamp
     await cur.execute(
         "INSERT INTO notifications (notification_id, user_id, kind, message, data, aggregate_id, aggregate_version,"
-        " created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+        " created_at, read_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s, least("
+        "(SELECT read_at FROM notification_read_marks WHERE user_id = %s AND notification_id = %s),"
+        " (SELECT min(read_at) FROM notification_read_all WHERE user_id = %s AND read_at >= %s)))"
+        " ON CONFLICT DO NOTHING",
         (
-            record.headers["event_id"],
+            notification_id,
             user_id,
             kind,
             message,
             Jsonb(data),
             record.aggregate_id,
             record.version,
-            record.event.timestamp,
+            at,
+            user_id,
+            notification_id,
+            user_id,
+            at,
         ),
     )
 
@@ -131,9 +170,11 @@ async def list_notifications(
         return await cur.fetchall()
 
 
-async def mark_read(conn: AsyncConnection[Any], user_id: str, notification_ids: list[str] | None) -> int:
-    """Mark the user's notifications read (the given ones, or all); how many changed."""
-    where = "user_id = %s AND read_at IS NULL" + (" AND notification_id = ANY(%s)" if notification_ids else "")
-    params: tuple[Any, ...] = (user_id, notification_ids) if notification_ids else (user_id,)
-    cur = await conn.execute(f"UPDATE notifications SET read_at = now() WHERE {where}", params)
-    return cur.rowcount
+async def count_unread(conn: AsyncConnection[Any], user_id: str, notification_ids: list[str] | None) -> int:
+    """How many of the user's notifications (the given ones, or all) are unread."""
+    given = notification_ids is not None
+    where = "user_id = %s AND read_at IS NULL" + (" AND notification_id = ANY(%s)" if given else "")
+    params: tuple[Any, ...] = (user_id, notification_ids) if given else (user_id,)
+    cur = await conn.execute(f"SELECT count(*) FROM notifications WHERE {where}", params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0

@@ -48,6 +48,7 @@ class SearchRequest:
     offset: int = 0
     owner_scope: str | None = None  # a non-admin sees only their own objects
     language: str = "simple"
+    with_text: bool = False  # keep each hit's indexed text (``search_text``), e.g. to quote from it
 
 
 def split_prefixes(query: str) -> tuple[str, list[str]]:
@@ -130,10 +131,11 @@ async def search(conn: AsyncConnection[Any], request: SearchRequest) -> tuple[li
         matches = f"SELECT d.object_id, d.created_at, 0.0::real AS score FROM {source} WHERE {condition}"
         snippet, snippet_params = "''", []
     order = "score DESC, created_at DESC, object_id"
+    text = ", d.search_text" if request.with_text else ""
     sql = (
         f"WITH m AS MATERIALIZED ({matches}),"
         f" page AS (SELECT m.*, (SELECT count(*) FROM m) AS total FROM m ORDER BY {order} LIMIT %s OFFSET %s)"
-        f" SELECT {_COLUMNS}, page.score, page.total, {snippet} AS snippet"
+        f" SELECT {_COLUMNS}, page.score, page.total, {snippet} AS snippet{text}"
         " FROM page JOIN data_objects d ON d.object_id = page.object_id"
         " ORDER BY page.score DESC, page.created_at DESC, page.object_id"
     )

@@ -12,6 +12,7 @@ from strawberry.types import Info
 
 from api import data_service
 from api.auth import actor_of
+from api.graphql.chat import ChatMutation, ChatQuery
 from api.graphql.context import GraphQLContext
 from api.graphql.data_changes import DataChangeSubscription
 from api.graphql.errors import answer, parsed, require
@@ -36,7 +37,7 @@ class Deletion:
 
 
 @strawberry.type
-class Query(ExecutionQuery, NotificationQuery):
+class Query(ExecutionQuery, NotificationQuery, ChatQuery):
     @strawberry.field(description="Get a single data object by id (waiting for consistency_token if given)")
     async def data_object(
         self, info: GqlInfo, object_id: str, consistency_token: str | None = None
@@ -81,7 +82,7 @@ async def _checked(filters: Any) -> dict[str, Any]:
 
 
 @strawberry.type
-class Mutation(ExecutionMutation):
+class Mutation(ExecutionMutation, ChatMutation):
     @strawberry.mutation(description="Ingest new data; returns the object once the read model has it")
     async def ingest_data(
         self,

@@ -1,4 +1,5 @@
-"""REST: the caller's notifications (the read model of projections/notifications.py), and marking them read."""
+"""REST: the caller's notifications (the read model of projections/notifications.py), and marking them read
+(a MarkNotificationsRead command to the caller's Inbox, so the marks are events a rebuild keeps)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from litestar import Controller, Request, get, post
 from litestar.params import Parameter
 
 from api.auth import actor_of
+from api.commands import submit, wait_for_position
 from api.rbac import Permission, requires
 from api.rest.paging import MAX_OFFSET
+from commands.inbox import NotificationId
+from domain.inbox import inbox_id
 from infra.runtime.bootstrap import ApiContainer
-from projections.notifications import list_notifications, mark_read
-
-NotificationId = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+from projections.notifications import count_unread, list_notifications
 
 
 class Notification(msgspec.Struct):
@@ -72,7 +74,13 @@ class NotificationsController(Controller):
         guards=[requires(Permission.READ)],
     )
     async def read(self, request: Request[Any, Any, Any], data: MarkRead, container: ApiContainer) -> Marked:
-        """Mark the given notifications (or all, without ``ids``) read; answers how many changed."""
+        """Mark the given notifications (or all, without ``ids``) read; answers how many were unread.
+
+        The answer comes once the read model shows the marks, so a list right after it has them.
+        """
+        user_id = actor_of(request).user_id
         async with container.pool.connection() as conn:
-            marked = await mark_read(conn, actor_of(request).user_id, data.ids)
+            marked = await count_unread(conn, user_id, data.ids)
+        outcome = await submit(request, container, "MarkNotificationsRead", str(inbox_id(user_id)), {"ids": data.ids})
+        await wait_for_position(container, outcome)
         return Marked(marked)

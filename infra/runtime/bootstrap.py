@@ -22,6 +22,7 @@ from infra.runtime.settings import Settings
 from projections.annotations import AnnotationsProjector
 from projections.audit_log import AuditLogProjector
 from projections.changes import ChangeFeed, channel_for
+from projections.conversations import ConversationsProjector
 from projections.data_objects import ContentLoader, DataObjectsProjector
 from projections.executions import ExecutionsProjector
 from projections.notifications import NotificationsProjector
@@ -89,6 +90,7 @@ def read_model_projectors(blobs: LocalBlobStore | None = None, language: str = "
         ExecutionsProjector(),
         UsersProjector(),
         NotificationsProjector(),
+        ConversationsProjector(),
         AuditLogProjector(),
     ]
 

@@ -98,4 +98,8 @@ async def snapshot_read_models(settings: Settings, schema: str | None = None) ->
         "aggregate_versions": await query(
             settings, "SELECT * FROM aggregate_versions ORDER BY aggregate_id", schema=schema
         ),
+        "conversations": await query(settings, "SELECT * FROM conversations ORDER BY conversation_id", schema=schema),
+        "conversation_messages": await query(
+            settings, "SELECT * FROM conversation_messages ORDER BY conversation_id, seq", schema=schema
+        ),
     }

@@ -83,7 +83,7 @@ async def test_websocket_subscribers_receive_data_changes(client: httpx.AsyncCli
         assert json.loads(await ws.recv())["code"] == "invalid_topic"
         await ws.send("{not json")
         assert json.loads(await ws.recv())["code"] == "invalid_json"
-        await ws.send(json.dumps({"type": "chat_message", "content": "hi"}))
+        await ws.send(json.dumps({"type": "frobnicate"}))
         assert json.loads(await ws.recv())["code"] == "unsupported"
         await ws.send(json.dumps({"type": "unsubscribe", "topic": "data_changes"}))
         assert json.loads(await ws.recv())["type"] == "unsubscribed"

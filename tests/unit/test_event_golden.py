@@ -11,7 +11,9 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
+from domain.conversation import Conversation
 from domain.data_object import DataObject
+from domain.inbox import Inbox
 from infra.adapters.codec import make_mapper
 
 ID = UUID("0f8fad5b-d9cb-469f-a165-70867728950e")
@@ -63,30 +65,93 @@ GOLDEN: list[tuple[Aggregate.Event, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("event", "golden"), GOLDEN, ids=lambda v: type(v).__qualname__)
+C: Any = Conversation  # event classes are made at runtime; mypy cannot see their fields
+SOURCE = {"object_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7", "snippet": "<b>kafka</b> keeps", "score": 0.5}
+CONVERSATION_GOLDEN: list[tuple[Aggregate.Event, str]] = [
+    (
+        C.Started(
+            originator_id=ID,
+            originator_version=1,
+            timestamp=AT,
+            originator_topic="domain.conversation:Conversation",
+            owner="alice",
+        ),
+        '{"timestamp":' + TS + ',"originator_topic":"domain.conversation:Conversation","owner":"alice"}',
+    ),
+    (
+        C.MessagePosted(
+            originator_id=ID,
+            originator_version=2,
+            timestamp=AT,
+            message_id="m-1",
+            content="what is kafka?",
+            author="alice",
+        ),
+        '{"timestamp":' + TS + ',"message_id":"m-1","content":"what is kafka?","author":"alice"}',
+    ),
+    (
+        C.ResponseGiven(
+            originator_id=ID,
+            originator_version=3,
+            timestamp=AT,
+            message_id="m-1",
+            kind="answer",
+            content="Kafka keeps an ordered log.",
+            sources=[SOURCE],
+            data={"sentences": []},
+        ),
+        '{"timestamp":' + TS + ',"message_id":"m-1","kind":"answer","content":"Kafka keeps an ordered log.",'
+        '"sources":[{"object_id":"7c9e6679-7425-40de-944b-e07fc1f90ae7","snippet":"<b>kafka</b> keeps","score":0.5}],'
+        '"data":{"sentences":[]}}',
+    ),
+]
+
+INBOX_GOLDEN: list[tuple[Aggregate.Event, str]] = [
+    (
+        Inbox.Opened(  # type: ignore[call-arg]
+            originator_id=ID, originator_version=1, timestamp=AT, originator_topic="domain.inbox:Inbox", owner="alice"
+        ),
+        '{"timestamp":' + TS + ',"originator_topic":"domain.inbox:Inbox","owner":"alice"}',
+    ),
+    (
+        Inbox.NotificationsRead(originator_id=ID, originator_version=2, timestamp=AT, notification_ids=["n-1"]),  # type: ignore[call-arg]
+        '{"timestamp":' + TS + ',"notification_ids":["n-1"]}',
+    ),
+]
+
+
+def _topic(event: Aggregate.Event) -> str:
+    return f"{type(event).__module__}:{type(event).__qualname__}"
+
+
+EVERY = [*GOLDEN, *CONVERSATION_GOLDEN, *INBOX_GOLDEN]
+
+
+@pytest.mark.parametrize(("event", "golden"), EVERY, ids=lambda v: type(v).__qualname__)
 def test_event_serializes_to_its_golden_example(event: Aggregate.Event, golden: str) -> None:
     stored = make_mapper().to_stored_event(event)
     assert stored.state.decode() == golden
-    assert stored.topic == f"domain.data_object:{type(event).__qualname__}"
+    assert stored.topic == _topic(event)
 
 
-@pytest.mark.parametrize(("event", "golden"), GOLDEN, ids=lambda v: type(v).__qualname__)
+@pytest.mark.parametrize(("event", "golden"), EVERY, ids=lambda v: type(v).__qualname__)
 def test_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, golden: str) -> None:
-    stored = StoredEvent(
-        ID, event.originator_version, f"domain.data_object:{type(event).__qualname__}", golden.encode()
-    )
+    stored = StoredEvent(ID, event.originator_version, _topic(event), golden.encode())
     assert make_mapper().to_domain_event(stored) == event
 
 
-def test_every_data_object_event_type_has_a_golden_example() -> None:
+@pytest.mark.parametrize(
+    ("aggregate", "examples"), [(DataObject, GOLDEN), (Conversation, CONVERSATION_GOLDEN), (Inbox, INBOX_GOLDEN)]
+)
+def test_every_event_type_has_a_golden_example(aggregate: type[Aggregate], examples: list[Any]) -> None:
     declared = {
         name
-        for name, value in vars(DataObject).items()
+        for name, value in vars(aggregate).items()
         if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in {"Event", "Created"}
     }
-    assert declared == {type(event).__name__ for event, _ in GOLDEN}
+    assert declared == {type(event).__name__ for event, _ in examples}
 
 
 def test_golden_examples_are_valid_json() -> None:
-    for _, golden in GOLDEN:
+    for _, golden in EVERY:
         assert isinstance(orjson.loads(golden), dict)
