@@ -42,6 +42,7 @@ from api.rest.search import SearchController
 from api.rest.upload import UploadController
 from api.rest.users import UsersController
 from api.tokens import RefreshTokens, check_secret
+from api.tracing import name_span_by_route, tracing_plugin
 from api.user_cache import UserCache
 from api.ws import websocket_endpoint
 from api.ws_limits import UserConnections
@@ -49,6 +50,7 @@ from infra.runtime.accounts import ensure_admin
 from infra.runtime.bootstrap import ApiContainer, build_api
 from infra.runtime.logs import configure_logging
 from infra.runtime.settings import Settings, get_settings
+from infra.runtime.tracing import tracer_provider
 
 # JSON may escape content (e.g. "\u0000" is 6 bytes for 1), so the body limit leaves room above the
 # content limit; the content limit itself is checked on the decoded content.
@@ -59,10 +61,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the app; connections open in its lifespan, never at import. Exits on an unusable secret."""
     settings = settings or get_settings()
     check_secret(settings)
+    provider = tracer_provider(settings.monitoring, "api")  # None unless tracing is on
+    tracer = provider.get_tracer("pipeline.api") if provider is not None else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        container = await build_api(settings)
+        container = await build_api(settings, tracer)
         app.state.container = container
         prefix = settings.kafka.topic_prefix  # one Redis may serve several deployments (and tests)
         app.state.limiter = RateLimiter(settings.rate_limiting, container.redis, prefix)
@@ -72,7 +76,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
-        app.state.hub = LiveHub(container.changes, container.pool, app.state.users)
+        app.state.hub = LiveHub(container.changes, container.pool, app.state.users, tracer=tracer)
         app.state.user_connections = UserConnections(settings.websocket.max_connections_per_user)
         app.state.ws_message_rule = Rule.parse(settings.websocket.message_limit)
         app.state.hub.start()
@@ -120,7 +124,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             graphql,
         ],
         middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
-        before_send=[correct_allow_header],
+        before_send=[correct_allow_header, *([name_span_by_route] if provider is not None else [])],
+        plugins=[tracing_plugin(provider, settings.monitoring)] if provider is not None else [],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],

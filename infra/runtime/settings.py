@@ -99,7 +99,12 @@ class WebsocketSettings:
 @dataclass(frozen=True)
 class MonitoringSettings:
     metrics_enabled: bool = True
+    # OpenTelemetry (infra/runtime/tracing.py): spans and W3C trace context from the HTTP request to the
+    # live message. On when tracing_enabled or an otlp_endpoint is set; spans go to the OTLP/HTTP
+    # collector at otlp_endpoint (e.g. http://127.0.0.1:4318), none are exported without one.
     tracing_enabled: bool = False
+    otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0  # of new traces (those without a sampled parent); 0..1
     health_check_path: str = "/health"
     metrics_path: str = "/metrics"
     log_format: str = "text"  # text or json (one object per line; infra.runtime.logs)
