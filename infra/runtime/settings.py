@@ -114,7 +114,7 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class GraphQLSettings:
-    """Limits on one GraphQL operation, checked before it runs (except the response size)."""
+    """Limits on one GraphQL operation, checked before it runs (except the response size); the IDE."""
 
     max_depth: int = 10  # nesting of selections; introspection fields do not count
     max_aliases: int = 30  # aliases in the whole document
@@ -123,6 +123,9 @@ class GraphQLSettings:
     # against the rate limits, and a request naming more than this many is refused before any runs.
     max_costly_fields: int = 10
     max_response_bytes: int = 4 * 1024 * 1024  # a larger result is replaced by a 413 error
+    # The IDE page at GET /api/graphql (api/docs.py): "graphiql", served with its scripts from this API, or
+    # "apollo-sandbox", the spec's hosted IDE, which needs the browser to reach Apollo's site.
+    ide: str = "graphiql"
 
 
 @dataclass(frozen=True)
