@@ -31,6 +31,17 @@ from infra.runtime.settings import SettingsError
 ASSETS_PATH = "/api/docs/assets"
 IDES = ("graphiql", "apollo-sandbox")
 YEAR_S = 365 * 24 * 3600
+# The pages may load nothing from elsewhere (ReDoc's bundle, for one, links a logo on Redocly's CDN).
+# Inline scripts and styles are the pages' own; ReDoc runs its search in a blob: worker.
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:"
+)
+CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+
+
+def _same_origin_only(page: bytes) -> bytes:
+    return page.replace(b"<head>", b"<head>" + CSP_META.encode(), 1)
 
 
 def assets_router(root: Path) -> Router:
@@ -78,7 +89,7 @@ class LocalSwagger(SwaggerRenderPlugin):
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
         if missing(self.root):
             return missing_page(self.root, "Swagger UI")
-        return super().render(request, openapi_schema)
+        return _same_origin_only(super().render(request, openapi_schema))
 
 
 class LocalRedoc(RedocRenderPlugin):
@@ -91,7 +102,7 @@ class LocalRedoc(RedocRenderPlugin):
     def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
         if missing(self.root):
             return missing_page(self.root, "ReDoc")
-        return super().render(request, openapi_schema)
+        return _same_origin_only(super().render(request, openapi_schema))
 
 
 GRAPHIQL_QUERY = """# Operations need a token: log in (POST /api/v1/auth/login), then open the Headers tab below and set
@@ -110,6 +121,7 @@ def graphiql_page(graphql_path: str) -> str:
 <html>
 <head>
   <meta charset="utf-8">
+  {CSP_META}
   <title>Pipeline GraphQL IDE</title>
   <link rel="stylesheet" href="{_url("graphiql", "graphiql.min.css")}">
   <style>body {{ margin: 0; }} #graphiql {{ height: 100vh; }}</style>

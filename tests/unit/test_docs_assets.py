@@ -33,6 +33,7 @@ def test_docs_pages_load_scripts_from_the_api_and_never_from_a_cdn(assets: Path)
     for page in ("/api/docs", "/api/docs/redoc"):
         text = client.get(page).text
         assert f'src="{ASSETS_PATH}/' in text and "https://" not in text.split("<body")[0], page
+        assert "Content-Security-Policy" in text  # nothing a bundle links elsewhere is loaded
     script = client.get(f"{ASSETS_PATH}/{asset_path('swagger-ui-dist', 'swagger-ui-bundle.js')}")
     assert script.status_code == 200 and script.text == "/* swagger-ui-dist swagger-ui-bundle.js */"
     assert "max-age" in script.headers["cache-control"]
