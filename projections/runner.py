@@ -272,11 +272,15 @@ class ProjectionRunner:
         assert self.tracer is not None
         for record in records:
             parent = parent_context(header_value(record.headers))
-            named = _named_version(record) if parent is not None else None
-            if named is None:
+            if parent is None:
                 continue
-            event_type = next((v for k, v in record.headers if k == "event_type"), b"").decode("latin-1")
-            spans[named] = self.tracer.start_span(
+            headers = dict(record.headers)
+            try:  # keyed as apply_records names its changes (EventRecord: the headers as they are)
+                key = (headers["aggregate_id"].decode(), int(headers["aggregate_version"]))
+            except (KeyError, ValueError):  # not one of ours: it is dead-lettered, untraced
+                continue
+            event_type = headers.get("event_type", b"").decode("latin-1")
+            spans[key] = self.tracer.start_span(
                 f"apply {event_type.rsplit(':', 1)[-1]}",
                 context=parent,
                 kind=SpanKind.CONSUMER,
