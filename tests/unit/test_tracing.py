@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
 from commands.tracing import header_value, parent_context, trace_headers, traceparent
+from infra.runtime.logs import ContextFilter, JsonFormatter
 from infra.runtime.settings import MonitoringSettings, SettingsError
 from infra.runtime.tracing import tracer_for, traces_url
 
@@ -35,3 +38,14 @@ def test_an_otlp_endpoint_without_a_path_gets_the_traces_path() -> None:
     assert traces_url("https://collector/custom/path") == "https://collector/custom/path"
     with pytest.raises(SettingsError):
         traces_url("127.0.0.1:4318")
+
+
+def test_log_lines_name_the_current_trace_when_tracing_is_on() -> None:
+    record = logging.LogRecord("pipeline.test", logging.INFO, __file__, 1, "hello", None, None)
+    with TracerProvider().get_tracer("t").start_as_current_span("request") as span:
+        assert ContextFilter(traces=True).filter(record)
+    trace_id = f"{span.get_span_context().trace_id:032x}"
+    assert f"trace_id={trace_id}" in record.__dict__["context"]
+    assert f'"trace_id": "{trace_id}"' in JsonFormatter().format(record)
+    plain = logging.LogRecord("pipeline.test", logging.INFO, __file__, 1, "hello", None, None)
+    assert ContextFilter().filter(plain) and "trace_id" not in plain.__dict__
