@@ -3,9 +3,9 @@
 The scripts and styles are the pinned npm packages of infra/provision/web_assets.py, fetched at set-up
 into the cache directory and served here under ``ASSETS_PATH`` without a token (versioned paths,
 cached for a year). The GraphQL IDE is a self-hosted GraphiQL (the spec's Apollo Sandbox is a hosted
-app in an iframe that cannot work offline; ``docs.graphql_ide: apollo-sandbox`` brings it back for
-online users). Its page opens without a token; operations still need one, set in GraphiQL's Headers
-tab. When the assets are missing, each page says how to fetch them instead of loading nothing.
+app in an iframe that cannot work offline; ``graphql.ide: apollo-sandbox`` brings it back for online
+users; README "Docs pages"). Its page opens without a token; operations still need one, set in GraphiQL's
+Headers tab. When the assets are missing, each page says how to fetch them instead of loading nothing.
 """
 
 from __future__ import annotations
@@ -113,10 +113,7 @@ GRAPHIQL_QUERY = """# Operations need a token: log in (POST /api/v1/auth/login),
 
 def graphiql_page(graphql_path: str) -> str:
     """A GraphiQL page whose scripts come from ASSETS_PATH, with the headers editor open."""
-    settings = {
-        "path": graphql_path,
-        "query": GRAPHIQL_QUERY,
-    }
+    settings = {"path": graphql_path, "query": GRAPHIQL_QUERY}
     return f"""<!DOCTYPE html>
 <html>
 <head>
@@ -161,7 +158,7 @@ def graphql_controller(
 ) -> type[GraphQLController[Any, Any]]:
     """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
     if ide not in IDES:
-        raise SettingsError(f"setting docs.graphql_ide must be one of {', '.join(IDES)}")
+        raise SettingsError(f"setting graphql.ide must be one of {', '.join(IDES)}")
     if ide == "apollo-sandbox":
         return make_graphql_controller(schema, path=path, graphql_ide="apollo-sandbox", **kwargs)
     page = graphiql_page(path)

@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 from api.app import create_app
 from api.docs import ASSETS_PATH, graphiql_page
 from infra.provision.web_assets import PACKAGES, asset_path
-from infra.runtime.settings import load_settings
+from infra.runtime.settings import SettingsError, load_settings
 
 SECRET = {"SECRET_KEY": "s" * 40}
 
@@ -48,3 +48,9 @@ def test_a_docs_page_without_its_assets_says_how_to_fetch_them(tmp_path: Path, m
     for page in ("/api/docs", "/api/docs/redoc"):
         response = client.get(page)
         assert response.status_code == 200 and "make web-assets" in response.text, page
+
+
+def test_the_graphql_ide_setting_takes_graphiql_or_apollo_sandbox_only(assets: Path) -> None:
+    create_app(load_settings(environ={**SECRET, "PIPELINE_GRAPHQL_IDE": "apollo-sandbox"}))
+    with pytest.raises(SettingsError, match=r"graphql\.ide"):
+        create_app(load_settings(environ={**SECRET, "PIPELINE_GRAPHQL_IDE": "playground"}))
