@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench system-deps clean
+.PHONY: run test lint typecheck check bench system-deps web-assets clean
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 2; }
@@ -13,14 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# PostgreSQL and Redis servers, Java and Maven come from Debian's packages when missing.
+# PostgreSQL and Redis servers, Java and Maven, npm, Chromium and its driver come from Debian's packages when missing.
 system-deps:
 	@./infra/provision/system-deps.sh
 
-run: system-deps $(STAMP)
+# The docs pages' scripts (Swagger UI, ReDoc, GraphiQL), pinned npm packages fetched once into the cache.
+web-assets: system-deps $(STAMP)
+	@$(PY) -m infra.provision.web_assets
+
+run: system-deps $(STAMP) web-assets
 	$(PY) -m infra.cli run
 
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) web-assets
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(STAMP)

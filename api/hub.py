@@ -22,6 +22,7 @@ from collections import OrderedDict, defaultdict
 from typing import Any
 
 import orjson
+from opentelemetry.trace import Tracer
 from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
@@ -29,6 +30,7 @@ from api.live_rights import POLICY_VIOLATION, changed_users, current_row
 from api.rbac import can_see
 from api.user_cache import UserCache
 from commands.envelope import Actor
+from commands.tracing import parent_context
 from infra.runtime.metrics import WEBSOCKET_DROPPED
 from projections.changes import ChangeFeed
 from projections.notifications import NOTIFYING, notifications_caused_by
@@ -108,8 +110,16 @@ def notification_message(row: dict[str, Any]) -> dict[str, Any]:
 
 
 class LiveHub:
-    def __init__(self, feed: ChangeFeed, pool: AsyncConnectionPool, users: UserCache, queue_size: int = 256) -> None:
+    def __init__(
+        self,
+        feed: ChangeFeed,
+        pool: AsyncConnectionPool,
+        users: UserCache,
+        queue_size: int = 256,
+        tracer: Tracer | None = None,
+    ) -> None:
         self.feed = feed
+        self.tracer = tracer  # None: tracing off (infra.runtime.tracing)
         self.pool = pool
         self.users = users
         self._subscribers: set[Subscriber] = set()
@@ -260,6 +270,18 @@ class LiveHub:
                 by_user[row.pop("user_id")].append(notification_message(row))
         return by_user
 
+    def _publish_traced(
+        self, topic: str, message: dict[str, Any], allowed: set[Subscriber], change: dict[str, Any]
+    ) -> None:
+        """Publish under a "live <event type>" span, the child of the projection's span for the event."""
+        assert self.tracer is not None
+        with self.tracer.start_as_current_span(
+            f"live {change['type']}",
+            context=parent_context(change["traceparent"]),
+            attributes={"pipeline.live_topic": topic, "pipeline.subscribers": len(self._by_topic.get(topic, ()))},
+        ):
+            self.publish(topic, message, allowed)
+
     async def _pump(self) -> None:
         queue = self.feed.subscribe()
         try:
@@ -268,17 +290,20 @@ class LiveHub:
                 if self._by_topic.get("data_changes"):  # owners matter only to data_changes subscribers
                     await self._learn_owners(batch.get("changes", []))
                 outgoing = [
-                    pair
+                    (topic, message, change)
                     for change in batch.get("changes", [])
-                    for pair in messages_for({**change, "owner": self._owners.get(change["id"])})
+                    for topic, message in messages_for({**change, "owner": self._owners.get(change["id"])})
                 ]
                 notes = await self._notifications(batch.get("changes", []))
                 fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
-                candidates = {s for topic, _ in outgoing for s in self._by_topic.get(topic, ())}
+                candidates = {s for topic, _, _ in outgoing for s in self._by_topic.get(topic, ())}
                 candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
                 allowed = await self.recheck(candidates, fresh) if candidates else set()
-                for topic, message in outgoing:
-                    self.publish(topic, message, allowed)
+                for topic, message, change in outgoing:
+                    if self.tracer is not None and "traceparent" in change:
+                        self._publish_traced(topic, message, allowed, change)
+                    else:
+                        self.publish(topic, message, allowed)
                 for subscriber in allowed:  # every open connection of the user, no subscription needed
                     for note in notes.get(subscriber.actor.user_id, ()):
                         subscriber.offer({"type": "notification", "data": note})

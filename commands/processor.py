@@ -27,7 +27,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,12 +40,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
 from commands.envelope import ENVELOPE_DECODER, CommandEnvelope, Outcome, Position, Rejection, encode
 from commands.limits import MAX_STORABLE_DEPTH, InvalidInput, check_json
 from commands.rebalance import Rebalance
 from commands.registry import execute
 from commands.state_store import AggregateState, PartitionStore, chain_hash
+from commands.tracing import header_value, parent_context, trace_headers
 from domain.errors import DomainError
 
 log = logging.getLogger("pipeline.processor")
@@ -106,6 +108,7 @@ class _Step:
     same_batch_original: _Step | None = None
     offset: int = -1  # of the command record
     unprocessable: bool = False  # rejected because it cannot be processed: dead-lettered too
+    span: Span | None = None  # "process <type>" when tracing is on; ends when the transaction does
 
 
 class _TooLarge(Exception):
@@ -151,8 +154,10 @@ class CommandProcessor:
         config: ProcessorConfig,
         mapper: Mapper[UUID],
         run_command: Callable[[CommandEnvelope, Aggregate | None], Aggregate] = execute,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        self.tracer = tracer  # None: tracing off, no span and no header (infra.runtime.tracing)
         self.mapper = mapper
         self.run_command = run_command
         self._producers: dict[int, AIOKafkaProducer] = {}
@@ -333,12 +338,15 @@ class CommandProcessor:
         store = self._stores[tp.partition]
         touched: dict[str, AggregateState] = {}
         started = time.monotonic()
+        steps: list[_Step] = []
         try:
             self._batch_dead_letters[tp.partition] = 0
-            async with producer.transaction():
-                steps = await self._run_commands(producer, store, tp.partition, records, touched)
-                values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
-                await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
+            # Each command's span ends when the transaction does (outermost, so after the commit).
+            with _ending_spans(steps) if self.tracer is not None else contextlib.nullcontext():
+                async with producer.transaction():
+                    await self._run_commands(producer, store, tp.partition, records, touched, steps)
+                    values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
+                    await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
         except ProducerFenced:
             # A newer owner of this partition exists (we were presumed dead): stop writing for it.
             log.warning("partition %s: fenced by a newer owner; giving it up", tp.partition)
@@ -417,8 +425,9 @@ class CommandProcessor:
         partition: int,
         records: list[Any],
         touched: dict[str, AggregateState],
-    ) -> list[_Step]:
-        steps: list[_Step] = []
+        steps: list[_Step],
+    ) -> None:
+        """Run the batch's commands, appending a step per decodable command to ``steps``."""
         in_batch: dict[str, _Step] = {}
         faults = self._faults.get(partition, {})
         for record in records:
@@ -433,6 +442,13 @@ class CommandProcessor:
             fault = faults.get(record.offset)
             step = _Step(envelope, "", offset=record.offset)
             steps.append(step)
+            if self.tracer is not None:
+                step.span = self.tracer.start_span(
+                    f"process {envelope.type}",
+                    context=parent_context(header_value(record.headers)),
+                    kind=SpanKind.CONSUMER,
+                    attributes={"pipeline.command_id": envelope.command_id, "messaging.kafka.offset": record.offset},
+                )
             if fault is None:
                 try:
                     check_json(envelope.payload, "payload", MAX_STORABLE_DEPTH)
@@ -468,7 +484,6 @@ class CommandProcessor:
             if step.unprocessable:
                 assert step.rejection is not None
                 await self._dead_letter(producer, record, f"{step.rejection.code}: {step.rejection.message}")
-        return steps
 
     async def _apply(self, producer: AIOKafkaProducer, partition: int, step: _Step, state: AggregateState) -> None:
         envelope = step.envelope
@@ -486,8 +501,9 @@ class CommandProcessor:
             step.rejection = Rejection("internal", f"command failed: {type(exc).__name__}")
             state.aggregate = before
             return
+        trace = trace_headers(step.span) if step.span is not None else []
         try:
-            produced = self._event_records(envelope, state, aggregate)
+            produced = self._event_records(envelope, state, aggregate, trace)
         except _TooLarge as exc:
             step.rejection, step.unprocessable = _unprocessable("too_large", str(exc)), True
             state.aggregate = before
@@ -516,9 +532,16 @@ class CommandProcessor:
                 step.created_at = domain_event.timestamp.timestamp()
 
     def _event_records(
-        self, envelope: CommandEnvelope, state: AggregateState, aggregate: Aggregate
+        self,
+        envelope: CommandEnvelope,
+        state: AggregateState,
+        aggregate: Aggregate,
+        trace: list[tuple[str, bytes]],
     ) -> list[tuple[Any, Any, list[tuple[str, bytes]], str]]:
-        """The new events as (stored event, domain event, headers, hash), each checked against MAX_RECORD_BYTES."""
+        """The new events as (stored event, domain event, headers, hash), each checked against MAX_RECORD_BYTES.
+
+        ``trace`` is the command's span as a ``traceparent`` header (empty when tracing is off).
+        """
         produced = []
         last_hash = state.last_hash
         key = envelope.aggregate_id.encode()
@@ -541,6 +564,7 @@ class CommandProcessor:
                 ("timestamp", domain_event.timestamp.isoformat().encode()),
                 ("prev_hash", last_hash.encode()),
                 ("hash", event_hash.encode()),
+                *trace,
             ]
             size = _record_size(key, stored.state, headers)
             if size > MAX_RECORD_BYTES:
@@ -621,6 +645,28 @@ class CommandProcessor:
         for future in futures:
             last_offset = max(last_offset, (await future).offset)
         return values, last_offset + 1 if last_offset >= 0 else 0
+
+
+@contextlib.contextmanager
+def _ending_spans(steps: list[_Step]) -> Iterator[None]:
+    """End the steps' spans when the block does: with the outcome, or as failed with the batch."""
+    try:
+        yield
+    except BaseException as exc:
+        for step in steps:
+            if step.span is not None:
+                step.span.set_status(StatusCode.ERROR, f"batch not committed: {type(exc).__name__}")
+                step.span.end()
+        raise
+    for step in steps:
+        if step.span is not None:
+            if step.duplicate_of is not None or step.same_batch_original is not None:
+                step.span.set_attribute("pipeline.outcome", "duplicate")
+            elif step.rejection is not None:
+                step.span.set_attribute("pipeline.outcome", f"rejected_{step.rejection.code}")
+            else:
+                step.span.set_attributes({"pipeline.outcome": "accepted", "pipeline.version": step.version})
+            step.span.end()
 
 
 def _bounded(outcome: Outcome) -> bytes:

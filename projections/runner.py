@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -39,9 +39,11 @@ from uuid import UUID
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from eventsourcing.persistence import Mapper
+from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from commands.tracing import header_value, parent_context, traceparent
 from projections.changes import change_payload
 from projections.events import EventRecord
 from projections.projector import Projector
@@ -84,8 +86,10 @@ class ProjectionRunner:
         pool: AsyncConnectionPool,
         mapper: Mapper[UUID],
         projectors: Sequence[Projector],
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        self.tracer = tracer  # None: tracing off, no span and no header (infra.runtime.tracing)
         self.pool = pool
         self.mapper = mapper
         self.projectors = list(projectors)
@@ -206,41 +210,86 @@ class ProjectionRunner:
         self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any], one_by_one: bool
     ) -> list[Any]:
         """Apply the records not applied yet; those applied (empty when it only re-positioned)."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "SELECT next_offset FROM projection_positions WHERE projection = %s AND topic = %s"
-                " AND partition = %s FOR UPDATE",
-                (self.config.projection, self.config.events_topic, tp.partition),
+        spans: dict[tuple[str, int], Span] = {}  # (aggregate, version) -> "apply <type>", when tracing
+        # Outermost, so each event's span ends after the commit (or as failed with the batch).
+        with _ending_spans(spans) if self.tracer is not None else contextlib.nullcontext():
+            async with self.pool.connection() as conn, conn.transaction():
+                return await self._apply_in(conn, consumer, tp, records, one_by_one, spans)
+
+    async def _apply_in(
+        self,
+        conn: AsyncConnection[Any],
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        records: list[Any],
+        one_by_one: bool,
+        spans: dict[tuple[str, int], Span],
+    ) -> list[Any]:
+        cur = await conn.execute(
+            "SELECT next_offset FROM projection_positions WHERE projection = %s AND topic = %s"
+            " AND partition = %s FOR UPDATE",
+            (self.config.projection, self.config.events_topic, tp.partition),
+        )
+        row = await cur.fetchone()
+        stored = row[0] if row else 0
+        if records[0].offset > stored and self._sought.get(tp.partition) != stored:
+            # Either the table was rewound (a rebuild) or the gap is only transaction markers,
+            # which take offsets too. Read again from the stored position once to find out.
+            log.info("partition %s: stored position %s is before the batch; reading from it", tp.partition, stored)
+            consumer.seek(tp, stored)
+            self._sought[tp.partition] = stored
+            return []
+        fresh = [r for r in records if r.offset >= stored]
+        if not fresh:
+            return []
+        if self.tracer is not None:
+            self._start_spans(fresh, spans)
+        changes = await self.apply_records(conn, fresh, one_by_one)
+        if spans:  # the live message (api/hub.py) continues each event's trace
+            for change in changes:
+                span = spans.get((change["id"], change["version"]))
+                if span is not None:
+                    change["traceparent"] = traceparent(span)
+        next_offset = fresh[-1].offset + 1
+        await conn.execute(
+            "INSERT INTO projection_positions (projection, topic, partition, next_offset) VALUES (%s,%s,%s,%s)"
+            " ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = excluded.next_offset,"
+            " updated_at = now()",
+            (self.config.projection, self.config.events_topic, tp.partition, next_offset),
+        )
+        # Delivered by PostgreSQL only when this transaction commits.
+        await conn.execute(
+            "SELECT pg_notify(%s, %s)",
+            (
+                self.config.channel,
+                change_payload(self.config.projection, tp.partition, next_offset, changes),
+            ),
+        )
+        return fresh
+
+    def _start_spans(self, records: list[Any], spans: dict[tuple[str, int], Span]) -> None:
+        """A span per event that carries a trace, a child of the processor's span for its command."""
+        assert self.tracer is not None
+        for record in records:
+            parent = parent_context(header_value(record.headers))
+            if parent is None:
+                continue
+            headers = dict(record.headers)
+            try:  # keyed as apply_records names its changes (EventRecord: the headers as they are)
+                key = (headers["aggregate_id"].decode(), int(headers["aggregate_version"]))
+            except (KeyError, ValueError):  # not one of ours: it is dead-lettered, untraced
+                continue
+            event_type = headers.get("event_type", b"").decode("latin-1")
+            spans[key] = self.tracer.start_span(
+                f"apply {event_type.rsplit(':', 1)[-1]}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes={
+                    "pipeline.projection": self.config.projection,
+                    "messaging.kafka.partition": record.partition,
+                    "messaging.kafka.offset": record.offset,
+                },
             )
-            row = await cur.fetchone()
-            stored = row[0] if row else 0
-            if records[0].offset > stored and self._sought.get(tp.partition) != stored:
-                # Either the table was rewound (a rebuild) or the gap is only transaction markers,
-                # which take offsets too. Read again from the stored position once to find out.
-                log.info("partition %s: stored position %s is before the batch; reading from it", tp.partition, stored)
-                consumer.seek(tp, stored)
-                self._sought[tp.partition] = stored
-                return []
-            fresh = [r for r in records if r.offset >= stored]
-            if not fresh:
-                return []
-            changes = await self.apply_records(conn, fresh, one_by_one)
-            next_offset = fresh[-1].offset + 1
-            await conn.execute(
-                "INSERT INTO projection_positions (projection, topic, partition, next_offset) VALUES (%s,%s,%s,%s)"
-                " ON CONFLICT (projection, topic, partition) DO UPDATE SET next_offset = excluded.next_offset,"
-                " updated_at = now()",
-                (self.config.projection, self.config.events_topic, tp.partition, next_offset),
-            )
-            # Delivered by PostgreSQL only when this transaction commits.
-            await conn.execute(
-                "SELECT pg_notify(%s, %s)",
-                (
-                    self.config.channel,
-                    change_payload(self.config.projection, tp.partition, next_offset, changes),
-                ),
-            )
-            return fresh
 
     async def apply_records(
         self, conn: AsyncConnection[Any], records: list[Any], one_by_one: bool = False
@@ -314,6 +363,20 @@ class ProjectionRunner:
             "INSERT INTO projection_dead_letters (topic_partition, topic_offset, reason) VALUES (%s, %s, %s)",
             (record.partition, record.offset, reason),
         )
+
+
+@contextlib.contextmanager
+def _ending_spans(spans: dict[tuple[str, int], Span]) -> Iterator[None]:
+    """End the events' spans when the block does: applied, or failed with the batch."""
+    try:
+        yield
+    except BaseException as exc:
+        for span in spans.values():
+            span.set_status(StatusCode.ERROR, f"batch not applied: {type(exc).__name__}")
+            span.end()
+        raise
+    for span in spans.values():
+        span.end()
 
 
 def _describe(exc: BaseException) -> str:

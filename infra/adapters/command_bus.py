@@ -15,8 +15,10 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
+from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
+from commands.tracing import trace_headers
 from infra.adapters.kafka import Topics
 from infra.runtime.metrics import COMMAND_ROUNDTRIP, COMMANDS
 from infra.runtime.settings import KafkaSettings
@@ -42,6 +44,7 @@ class KafkaCommandBus:
         timeout: float,
         send_timeout: float = 5.0,
         fetch_max_wait_ms: int = 20,
+        tracer: Tracer | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
@@ -54,9 +57,10 @@ class KafkaCommandBus:
         self._offsets: AIOKafkaConsumer | None = None  # read_uncommitted, for events_end; made on first use
         self._offsets_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self.tracer = tracer  # None: tracing off, no span and no header (infra.runtime.tracing)
 
     @classmethod
-    def from_settings(cls, kafka: KafkaSettings, topics: Topics) -> KafkaCommandBus:
+    def from_settings(cls, kafka: KafkaSettings, topics: Topics, tracer: Tracer | None = None) -> KafkaCommandBus:
         """The bus as every process that submits commands (the API, the executor) configures it."""
         return cls(
             kafka.bootstrap_servers,
@@ -64,6 +68,7 @@ class KafkaCommandBus:
             kafka.command_timeout_seconds,
             kafka.send_timeout_seconds,
             kafka.event_fetch_max_wait_ms,
+            tracer,
         )
 
     async def start(self) -> None:
@@ -108,13 +113,25 @@ class KafkaCommandBus:
         waiters.append(future)
         started = time.monotonic()
         outcome_label = "unavailable"
+        span = None
+        headers = None
+        if self.tracer is not None:  # a child of the current (HTTP) span; the processor's is its child
+            span = self.tracer.start_span(
+                f"send {envelope.type}",
+                kind=SpanKind.PRODUCER,
+                attributes={
+                    "messaging.destination.name": self.topics.commands,
+                    "pipeline.command_id": envelope.command_id,
+                },
+            )
+            headers = trace_headers(span)
         try:
             try:
                 # Without a bound, a send to a broker that is gone waits for metadata and retries for
                 # request_timeout_ms (40 s) and more; the caller should hear "unavailable" at once.
                 await asyncio.wait_for(
                     self._producer.send_and_wait(
-                        self.topics.commands, encode(envelope), key=envelope.aggregate_id.encode()
+                        self.topics.commands, encode(envelope), key=envelope.aggregate_id.encode(), headers=headers
                     ),
                     self.send_timeout,
                 )
@@ -131,6 +148,11 @@ class KafkaCommandBus:
             raise CommandTimeout(envelope.command_id) from exc
         finally:
             COMMANDS.labels(envelope.type, outcome_label).inc()
+            if span is not None:
+                span.set_attribute("pipeline.outcome", outcome_label)
+                if not outcome_label.startswith(("accepted", "duplicate", "rejected")):
+                    span.set_status(StatusCode.ERROR, outcome_label)
+                span.end()
             waiters.remove(future)
             if not waiters:
                 self._pending.pop(envelope.command_id, None)

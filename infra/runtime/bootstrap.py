@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from opentelemetry.trace import Tracer
 from psycopg_pool import AsyncConnectionPool
 
 from commands.processor import CommandProcessor, ProcessorConfig
@@ -95,8 +96,8 @@ def read_model_projectors(blobs: LocalBlobStore | None = None, language: str = "
     ]
 
 
-async def build_api(settings: Settings) -> ApiContainer:
-    """Connect everything the API needs (topics and schema are created if missing)."""
+async def build_api(settings: Settings, tracer: Tracer | None = None) -> ApiContainer:
+    """Connect everything the API needs (topics and schema are created if missing); ``tracer`` traces commands."""
     require_services(settings)
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, settings.database.schema)
@@ -104,7 +105,7 @@ async def build_api(settings: Settings) -> ApiContainer:
     pool = await open_pool(
         settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
     )
-    bus = KafkaCommandBus.from_settings(settings.kafka, topics)
+    bus = KafkaCommandBus.from_settings(settings.kafka, topics, tracer)
     changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)
     try:
         await bus.start()
@@ -141,10 +142,10 @@ def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:
     )
 
 
-async def build_processor(settings: Settings) -> CommandProcessor:
+async def build_processor(settings: Settings, tracer: Tracer | None = None) -> CommandProcessor:
     require_services(settings)
     topics = await ensure_topics(settings.kafka)
-    return CommandProcessor(processor_config(settings, topics), make_mapper())
+    return CommandProcessor(processor_config(settings, topics), make_mapper(), tracer=tracer)
 
 
 def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix: str = "") -> RunnerConfig:
@@ -160,8 +161,13 @@ def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix:
     )
 
 
-async def build_runner(settings: Settings, schema: str | None = None, group_suffix: str = "") -> ProjectionRunner:
-    """A projection runner for ``schema`` (the live one by default), with its schema migrated."""
+async def build_runner(
+    settings: Settings, schema: str | None = None, group_suffix: str = "", tracer: Tracer | None = None
+) -> ProjectionRunner:
+    """A projection runner for ``schema`` (the live one by default), with its schema migrated.
+
+    ``tracer``: the live runner's (a rebuild replays old events and is not traced).
+    """
     require_services(settings)
     schema = schema or settings.database.schema
     topics = await ensure_topics(settings.kafka)
@@ -172,4 +178,5 @@ async def build_runner(settings: Settings, schema: str | None = None, group_suff
         pool,
         make_mapper(),
         read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language),
+        tracer,
     )

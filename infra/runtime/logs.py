@@ -1,5 +1,5 @@
 """Logging for every process: text or JSON lines (``monitoring.log_format``), with the request id and
-actor of the request being served, and repeated conditions rate-limited.
+actor of the request being served (and its trace id when tracing is on), and repeated conditions rate-limited.
 
 The request id and actor travel in context variables (set by api.middleware and api.auth), so any
 logger called while a request is served names them without being handed them. A condition that
@@ -19,7 +19,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry import trace
+
 from infra.runtime.settings import MonitoringSettings, SettingsError
+from infra.runtime.tracing import tracing_on
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s"
 FORMATS = ("text", "json")
@@ -32,7 +35,12 @@ actor_var: contextvars.ContextVar[str] = contextvars.ContextVar("actor", default
 
 
 class ContextFilter(logging.Filter):
-    """Adds ``request_id`` and ``actor`` (empty outside a request) and a ``context`` text suffix."""
+    """Adds ``request_id`` and ``actor`` (empty outside a request), with ``traces`` the current span's
+    ``trace_id`` (infra.runtime.tracing), and a ``context`` text suffix."""
+
+    def __init__(self, traces: bool = False) -> None:
+        super().__init__()
+        self.traces = traces
 
     def filter(self, record: logging.LogRecord) -> bool:
         request_id, actor = request_id_var.get(), actor_var.get()
@@ -40,6 +48,11 @@ class ContextFilter(logging.Filter):
         parts = [f"request_id={request_id}"] if request_id else []
         if actor:
             parts.append(f"actor={actor}")
+        if self.traces:
+            span = trace.get_current_span().get_span_context()
+            record.__dict__["trace_id"] = trace_id = f"{span.trace_id:032x}" if span.is_valid else ""
+            if trace_id:
+                parts.append(f"trace_id={trace_id}")
         record.__dict__["context"] = f" [{' '.join(parts)}]" if parts else ""
         return True
 
@@ -85,7 +98,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in ("request_id", "actor"):
+        for name in ("request_id", "actor", "trace_id"):
             value = getattr(record, name, "")
             if value:
                 entry[name] = value
@@ -99,7 +112,7 @@ def configure_logging(monitoring: MonitoringSettings, level: int = logging.INFO)
     if monitoring.log_format not in FORMATS:
         raise SettingsError(f"setting monitoring.log_format must be one of {', '.join(FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(ContextFilter())
+    handler.addFilter(ContextFilter(traces=tracing_on(monitoring)))
     handler.addFilter(RepeatFilter())
     if monitoring.log_format == "json":
         formatter: logging.Formatter = JsonFormatter()

@@ -99,7 +99,12 @@ class WebsocketSettings:
 @dataclass(frozen=True)
 class MonitoringSettings:
     metrics_enabled: bool = True
+    # OpenTelemetry (infra/runtime/tracing.py): spans and W3C trace context from the HTTP request to the
+    # live message. On when tracing_enabled or an otlp_endpoint is set; spans go to the OTLP/HTTP
+    # collector at otlp_endpoint (e.g. http://127.0.0.1:4318), none are exported without one.
     tracing_enabled: bool = False
+    otlp_endpoint: str = ""
+    trace_sample_ratio: float = 1.0  # of new traces (those without a sampled parent); 0..1
     health_check_path: str = "/health"
     metrics_path: str = "/metrics"
     log_format: str = "text"  # text or json (one object per line; infra.runtime.logs)
@@ -109,7 +114,7 @@ class MonitoringSettings:
 
 @dataclass(frozen=True)
 class GraphQLSettings:
-    """Limits on one GraphQL operation, checked before it runs (except the response size)."""
+    """Limits on one GraphQL operation, checked before it runs (except the response size); the IDE."""
 
     max_depth: int = 10  # nesting of selections; introspection fields do not count
     max_aliases: int = 30  # aliases in the whole document
@@ -118,6 +123,9 @@ class GraphQLSettings:
     # against the rate limits, and a request naming more than this many is refused before any runs.
     max_costly_fields: int = 10
     max_response_bytes: int = 4 * 1024 * 1024  # a larger result is replaced by a 413 error
+    # The IDE page at GET /api/graphql (api/docs.py): "graphiql", served with its scripts from this API, or
+    # "apollo-sandbox", the spec's hosted IDE, which needs the browser to reach Apollo's site.
+    ide: str = "graphiql"
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from infra.runtime.bootstrap import build_processor, build_runner, require_services
 from infra.runtime.heartbeat import Progressing, beat, heartbeat_path
 from infra.runtime.settings import Settings
+from infra.runtime.tracing import shutdown_tracing, tracer_for
 
 log = logging.getLogger("pipeline.workers")
 
@@ -37,23 +38,27 @@ async def run_processor(settings: Settings) -> None:
     """Run the command processor until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    processor = await build_processor(settings)
+    processor = await build_processor(settings, tracer_for(settings.monitoring, "processor"))
     log.info("command processor started (group %s)", processor.config.group_id)
-    async with _heartbeat(settings, "processor", processor):
-        await processor.run(stop)
+    try:
+        async with _heartbeat(settings, "processor", processor):
+            await processor.run(stop)
+    finally:
+        shutdown_tracing()  # export the last spans
 
 
 async def run_projections(settings: Settings) -> None:
     """Run the projection runner for the live schema until SIGINT/SIGTERM."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    runner = await build_runner(settings)
+    runner = await build_runner(settings, tracer=tracer_for(settings.monitoring, "projections"))
     log.info("projection runner started (schema %s)", settings.database.schema)
     try:
         async with _heartbeat(settings, "projections", runner):
             await runner.run(stop)
     finally:
         await runner.pool.close()
+        shutdown_tracing()
 
 
 async def run_executor(settings: Settings) -> None:

@@ -1,5 +1,6 @@
 """Operations against the real system: Prometheus metrics after a known workload, /ready's checks, the
-docs pages without a token, gzip, and the CLI finding the system. One system serves the whole module."""
+docs pages without a token, gzip and brotli, the CLI finding the system, and traces across processes
+(the API and workers export to an OTLP receiver the module runs). One system serves the whole module."""
 
 from __future__ import annotations
 
@@ -9,18 +10,27 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.hub import LiveHub
+from api.user_cache import UserCache
+from commands.envelope import Actor, CommandEnvelope
+from infra.runtime.bootstrap import build_api, build_processor, build_runner
 from infra.runtime.runtime_file import write_runtime
 from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
 from tests.integration.conftest import login
 from tests.integration.harness import ROOT, eventually
+from tests.integration.otlp import OtlpReceiver, ReceivedSpan
 from tests.integration.system import RunningSystem, running_system
 from tests.integration.users import client_for, create_user
 
@@ -29,12 +39,22 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
-async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
+def otlp() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+async def system(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
+) -> AsyncIterator[RunningSystem]:
     tmp_path = tmp_path_factory.mktemp("observability")
     env = {
         **environment_for(services, tmp_path),
         "PIPELINE_MONITORING_METRICS_PATH": METRICS,
         "PIPELINE_MONITORING_LOG_FORMAT": "json",
+        "PIPELINE_MONITORING_OTLP_ENDPOINT": otlp.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # the SDK's export interval (ms): spans arrive soon
     }
     async with running_system(env, tmp_path) as running:
         yield running
@@ -169,12 +189,16 @@ async def test_docs_and_the_graphql_ide_open_without_a_token(system: RunningSyst
     assert redoc.status_code == 200 and "redoc" in redoc.text.lower()
 
 
-async def test_large_responses_are_gzipped_and_small_ones_are_not(system: RunningSystem) -> None:
-    gzip = {"Accept-Encoding": "gzip"}
-    large = await system.anonymous.get("/api/docs/openapi.json", headers=gzip)
-    assert large.status_code == 200 and large.headers.get("content-encoding") == "gzip"
-    assert large.json()["openapi"]  # httpx decompressed it
-    small = await system.admin.get(f"/api/v1/data/{uuid.uuid4()}", headers=gzip)
+@pytest.mark.parametrize("encoding", ["br", "gzip"])
+async def test_large_responses_are_compressed_and_small_ones_are_not(system: RunningSystem, encoding: str) -> None:
+    accept = {"Accept-Encoding": encoding}
+    large = await system.anonymous.get("/api/docs/openapi.json", headers=accept)
+    assert large.status_code == 200 and large.headers.get("content-encoding") == encoding
+    assert large.json()["openapi"]  # httpx decoded it (brotli through the brotli package)
+    assert large.num_bytes_downloaded < len(large.content) / 5  # really compressed on the wire
+    both = await system.anonymous.get("/api/docs/openapi.json", headers={"Accept-Encoding": "gzip, br"})
+    assert both.headers.get("content-encoding") == "br"  # preferred when the client takes either
+    small = await system.admin.get(f"/api/v1/data/{uuid.uuid4()}", headers=accept)
     assert small.status_code == 404 and len(small.content) < 1000
     assert "content-encoding" not in small.headers
 
@@ -251,3 +275,94 @@ async def test_rate_limit_refusals_are_counted_by_role(system: RunningSystem) ->
     assert delta(after, before, "pipeline_rate_limit_refusals_total", role="viewer") == refused
     route = {"method": "GET", "route": "/api/v1/auth/me"}  # refused after routing: counted under the route
     assert delta(after, before, "pipeline_http_requests_total", **route, status="429") == refused
+
+
+async def test_one_trace_runs_from_the_request_through_the_workers_to_the_live_message(
+    system: RunningSystem, otlp: OtlpReceiver
+) -> None:
+    # The caller's own trace context is honoured, so the test knows the trace id.
+    trace_id, caller_span = os.urandom(16).hex(), os.urandom(8).hex()
+    headers = {"traceparent": f"00-{trace_id}-{caller_span}-01"}
+    created = await system.admin.post(
+        "/api/v1/ingest", json={"content": "traced", "content_type": "text/plain"}, headers=headers
+    )
+    assert created.status_code == 201, created.text
+    chain = [
+        ("pipeline-api", "POST /api/v1/ingest"),
+        ("pipeline-api", "send IngestData"),
+        ("pipeline-processor", "process IngestData"),
+        ("pipeline-projections", "apply DataObject.Ingested"),
+        ("pipeline-api", "live DataObject.Ingested"),
+    ]
+
+    async def whole_chain() -> dict[str, ReceivedSpan] | None:
+        spans = {span.name: span for span in otlp.spans() if span.trace_id == trace_id}
+        return spans if all(name in spans for _, name in chain) else None
+
+    spans = await eventually(whole_chain, timeout=30, what=f"the spans of trace {trace_id}")
+    parent = caller_span
+    for service, name in chain:
+        span = spans[name]
+        assert (span.service, span.parent_span_id) == (service, parent), (name, span)
+        parent = span.span_id
+    assert spans["POST /api/v1/ingest"].attributes["http.route"] == "/api/v1/ingest"
+    assert spans["process IngestData"].attributes["pipeline.outcome"] == "accepted"
+    # The start-up's /health probes (long exported by now) are not traced.
+    server = [span for span in otlp.spans() if span.kind == 2]  # SPAN_KIND_SERVER: one per traced HTTP request
+    assert not [span for span in server if span.attributes.get("http.target") in ("/health", "/ready")]
+    routed = [span for span in server if "http.route" in span.attributes]
+    assert routed and all(span.name.endswith(f" {span.attributes['http.route']}") for span in routed), [
+        (span.name, span.attributes) for span in routed
+    ]  # named by the route template, never by a path with ids in it
+
+
+async def test_spans_of_one_command_link_up_in_process(services: dict[str, str], tmp_path: Path) -> None:
+    """The same chain with the SDK's in-memory exporter, every component in this process and handed one tracer."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    settings = load_settings(environ=environment_for(services, tmp_path))
+    container = await build_api(settings, tracer)
+    processor = await build_processor(settings, tracer)
+    runner = await build_runner(settings, tracer=tracer)
+    hub = LiveHub(container.changes, container.pool, UserCache(container.changes, container.pool), tracer=tracer)
+    hub.start()
+    stop = asyncio.Event()
+    workers = [asyncio.create_task(processor.run(stop)), asyncio.create_task(runner.run(stop))]
+    try:
+        payload = {"content_type": "application/octet-stream", "content_hash": "ab" * 32, "size": 1, "location": "x"}
+        envelope = CommandEnvelope(
+            command_id=str(uuid.uuid4()),
+            type="IngestData",
+            aggregate_id=str(uuid.uuid4()),
+            payload=payload,
+            actor=Actor("tester", "admin"),
+        )
+        with tracer.start_as_current_span("request") as request:
+            outcome = await container.bus.submit(envelope)
+        assert outcome.accepted, outcome
+
+        def named(name: str) -> ReadableSpan | None:
+            return next((span for span in exporter.get_finished_spans() if span.name == name), None)
+
+        async def live_span() -> ReadableSpan | None:
+            return named("live DataObject.Ingested")
+
+        live = await eventually(live_span, timeout=30, what="the live message's span")
+        send, process, apply = (
+            named(n) for n in ("send IngestData", "process IngestData", "apply DataObject.Ingested")
+        )
+        assert send and process and apply
+        parent = request.get_span_context()
+        for span in (send, process, apply, live):
+            assert span.parent is not None and span.parent.span_id == parent.span_id, span.name
+            assert span.context.trace_id == parent.trace_id
+            parent = span.context
+        assert process.kind is SpanKind.CONSUMER and send.kind is SpanKind.PRODUCER
+    finally:
+        stop.set()
+        await asyncio.gather(*workers)
+        await hub.stop()
+        await container.close()
+        await runner.pool.close()

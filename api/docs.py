@@ -1,0 +1,172 @@
+"""The docs pages without a CDN: Swagger UI, ReDoc and the GraphQL IDE load their scripts from the API.
+
+The scripts and styles are the pinned npm packages of infra/provision/web_assets.py, fetched at set-up
+into the cache directory and served here under ``ASSETS_PATH`` without a token (versioned paths,
+cached for a year). The GraphQL IDE is a self-hosted GraphiQL (the spec's Apollo Sandbox is a hosted
+app in an iframe that cannot work offline; ``graphql.ide: apollo-sandbox`` brings it back for online
+users; README "Docs pages"). Its page opens without a token; operations still need one, set in GraphiQL's
+Headers tab. When the assets are missing, each page says how to fetch them instead of loading nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from litestar import Request, Response
+from litestar.datastructures import CacheControlHeader
+from litestar.enums import MediaType
+from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
+from litestar.router import Router
+from litestar.static_files import create_static_files_router
+from strawberry.litestar import make_graphql_controller
+from strawberry.litestar.controller import GraphQLController
+from strawberry.schema.base import BaseSchema
+
+from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
+from infra.runtime.settings import SettingsError
+
+ASSETS_PATH = "/api/docs/assets"
+IDES = ("graphiql", "apollo-sandbox")
+YEAR_S = 365 * 24 * 3600
+# The pages may load nothing from elsewhere (ReDoc's bundle, for one, links a logo on Redocly's CDN).
+# Inline scripts and styles are the pages' own; ReDoc runs its search in a blob: worker.
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:"
+)
+CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+
+
+def _same_origin_only(page: bytes) -> bytes:
+    return page.replace(b"<head>", b"<head>" + CSP_META.encode(), 1)
+
+
+def assets_router(root: Path) -> Router:
+    """``ASSETS_PATH/<package>@<version>/<file>``, open to all (auth: the /api/docs prefix)."""
+    return create_static_files_router(
+        path=ASSETS_PATH,
+        directories=[root],
+        include_in_schema=False,
+        cache_control=CacheControlHeader(max_age=YEAR_S, public=True),  # a new version is a new path
+        name="docs-assets",
+    )
+
+
+def _url(name: str, file: str) -> str:
+    return f"{ASSETS_PATH}/{asset_path(name, file)}"
+
+
+def missing_page(root: Path, title: str) -> bytes:
+    """What a docs page shows while its assets are not fetched."""
+    names = ", ".join(p.directory for p in missing(root))
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head><body>"
+        f"<h1>{html.escape(title)}: scripts not installed</h1>"
+        f"<p>This page loads its scripts from this server, and they have not been fetched yet ({html.escape(names)}"
+        f" missing from <code>{html.escape(str(root))}</code>).</p>"
+        f"<p>Run <code>{FETCH_COMMAND}</code> (or <code>python -m infra.provision.web_assets</code>) where the API"
+        " runs, with the same <code>PIPELINE_CACHE_DIR</code>, then reload. The OpenAPI document itself is at"
+        " <a href='/api/docs/openapi.json'>/api/docs/openapi.json</a>.</p></body></html>"
+    ).encode()
+
+
+class LocalSwagger(SwaggerRenderPlugin):
+    """Swagger UI from the API's own assets."""
+
+    def __init__(self, root: Path, **kwargs: Any) -> None:
+        self.root = root
+        super().__init__(
+            js_url=_url("swagger-ui-dist", "swagger-ui-bundle.js"),
+            css_url=_url("swagger-ui-dist", "swagger-ui.css"),
+            standalone_preset_js_url=_url("swagger-ui-dist", "swagger-ui-standalone-preset.js"),
+            favicon="",  # litestar's default is on a CDN
+            **kwargs,
+        )
+
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        if missing(self.root):
+            return missing_page(self.root, "Swagger UI")
+        return _same_origin_only(super().render(request, openapi_schema))
+
+
+class LocalRedoc(RedocRenderPlugin):
+    """ReDoc from the API's own assets, without Google's fonts."""
+
+    def __init__(self, root: Path, **kwargs: Any) -> None:
+        self.root = root
+        super().__init__(js_url=_url("redoc", "bundles/redoc.standalone.js"), google_fonts=False, favicon="", **kwargs)
+
+    def render(self, request: Request, openapi_schema: dict[str, Any]) -> bytes:
+        if missing(self.root):
+            return missing_page(self.root, "ReDoc")
+        return _same_origin_only(super().render(request, openapi_schema))
+
+
+GRAPHIQL_QUERY = """# Operations need a token: log in (POST /api/v1/auth/login), then open the Headers tab below and set
+#   {"Authorization": "Bearer <access_token>"}
+{ __typename }
+"""
+
+
+def graphiql_page(graphql_path: str) -> str:
+    """A GraphiQL page whose scripts come from ASSETS_PATH, with the headers editor open."""
+    settings = {"path": graphql_path, "query": GRAPHIQL_QUERY}
+    return f"""<!DOCTYPE html>
+<html>
+<head>
+  <meta charset="utf-8">
+  {CSP_META}
+  <title>Pipeline GraphQL IDE</title>
+  <link rel="stylesheet" href="{_url("graphiql", "graphiql.min.css")}">
+  <style>body {{ margin: 0; }} #graphiql {{ height: 100vh; }}</style>
+  <script src="{_url("react", "umd/react.production.min.js")}"></script>
+  <script src="{_url("react-dom", "umd/react-dom.production.min.js")}"></script>
+  <script src="{_url("graphiql", "graphiql.min.js")}"></script>
+</head>
+<body>
+  <div id="graphiql">Loading the GraphQL IDE...</div>
+  <script id="ide-settings" type="application/json">{_script_json(settings)}</script>
+  <script>
+    const settings = JSON.parse(document.getElementById("ide-settings").textContent);
+    const url = new URL(settings.path, window.location.href);
+    const fetcher = GraphiQL.createFetcher({{ url: url.toString() }});
+    ReactDOM.createRoot(document.getElementById("graphiql")).render(
+      React.createElement(GraphiQL, {{
+        fetcher: fetcher,
+        defaultQuery: settings.query,
+        isHeadersEditorEnabled: true,
+        defaultEditorToolsVisibility: "headers",
+        shouldPersistHeaders: false,
+      }}),
+    );
+  </script>
+</body>
+</html>
+"""
+
+
+def _script_json(value: Any) -> str:
+    """JSON safe inside a <script> element (no "</script>" can end it early)."""
+    return json.dumps(value).replace("<", "\\u003c")
+
+
+def graphql_controller(
+    schema: BaseSchema, path: str, ide: str, root: Path, **kwargs: Any
+) -> type[GraphQLController[Any, Any]]:
+    """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
+    if ide not in IDES:
+        raise SettingsError(f"setting graphql.ide must be one of {', '.join(IDES)}")
+    if ide == "apollo-sandbox":
+        return make_graphql_controller(schema, path=path, graphql_ide="apollo-sandbox", **kwargs)
+    page = graphiql_page(path)
+
+    class SelfHostedGraphiQL(make_graphql_controller(schema, path=path, graphql_ide="graphiql", **kwargs)):  # type: ignore[misc]
+        async def render_graphql_ide(self, request: Request[Any, Any, Any]) -> Response[str]:
+            if missing(root):
+                return Response(missing_page(root, "GraphQL IDE").decode(), media_type=MediaType.HTML)
+            return Response(page, media_type=MediaType.HTML)
+
+    return SelfHostedGraphiQL
