@@ -22,6 +22,7 @@ from api.errors import ApiError
 from api.inputs import AnnotationCreate, DataIngestionRequest, checked_json
 from api.inputs import object_id as checked_id
 from api.rbac import can_see
+from commands.data import inline_content
 from commands.envelope import Outcome, Position
 from infra.runtime.bootstrap import ApiContainer
 from projections.annotations import annotations_of
@@ -38,7 +39,7 @@ class Written:
 
 
 async def ingest(connection: Connection, container: ApiContainer, request: DataIngestionRequest) -> Written:
-    """Store the content by hash, then submit IngestData for a new object."""
+    """Submit IngestData for a new object: small content inline, larger content stored by hash first."""
     limits = container.settings.storage
     data = request.content.encode()
     if len(data) > limits.max_content_bytes:
@@ -49,16 +50,12 @@ async def ingest(connection: Connection, container: ApiContainer, request: DataI
     labels = request.annotations or []
     if len(labels) > limits.max_annotations:
         raise ApiError(422, "invalid", f"at most {limits.max_annotations} initial annotations")
-    blob = await asyncio.to_thread(container.blobs.put, data)  # fsyncs: never on the event loop
+    stored = inline_content(request.content, limits.event_content_bytes)
+    if stored is None:  # too large for the log: durably into the blob store before the command names it
+        blob = await asyncio.to_thread(container.blobs.put, data)  # fsyncs: never on the event loop
+        stored = {"content_hash": blob.content_hash, "size": blob.size, "location": blob.location}
     object_id = derived_id(connection, "ingest") or str(uuid.uuid4())
-    payload = {
-        "content_type": request.content_type,
-        "content_hash": blob.content_hash,
-        "size": blob.size,
-        "location": blob.location,
-        "metadata": metadata,
-        "annotations": labels,
-    }
+    payload = {"content_type": request.content_type, **stored, "metadata": metadata, "annotations": labels}
     return Written(object_id, await submit(connection, container, "IngestData", object_id, payload))
 
 
@@ -145,9 +142,14 @@ async def read(
 
 
 async def visible_object(
-    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
+    connection: Connection,
+    container: ApiContainer,
+    object_id: str,
+    token: str | None = None,
+    with_content: bool = False,
 ) -> dict[str, Any]:
-    """The object row (no annotations); 404 when absent or not the caller's to see."""
+    """The object row (no annotations; its inline ``content`` too when asked); 404 when absent or not
+    the caller's to see."""
     await wait_for_token(container, token)
     try:
         object_id = checked_id(object_id)
@@ -155,7 +157,7 @@ async def visible_object(
         raise ApiError(404, "not_found", "data object does not exist") from exc
     actor = actor_of(connection)
     async with container.pool.connection() as conn:
-        row = await get_data_object(conn, object_id)
+        row = await get_data_object(conn, object_id, with_content)
     if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
         raise ApiError(404, "not_found", f"data object {object_id} does not exist")
     return row
