@@ -24,6 +24,7 @@ from api.errors import ApiError
 from api.inputs import AnnotationCreate, DataIngestionRequest, checked_json
 from api.inputs import object_id as checked_id
 from api.rbac import can_see
+from commands.data import inline_content
 from commands.envelope import Outcome, Position
 from infra.runtime.bootstrap import ApiContainer
 from projections.annotations import annotations_of
@@ -40,7 +41,7 @@ class Written:
 
 
 async def ingest(connection: Connection, container: ApiContainer, request: DataIngestionRequest) -> Written:
-    """Store the content by hash, then submit IngestData for a new object."""
+    """Submit IngestData for a new object: small content inline, larger content stored by hash first."""
     limits = container.settings.storage
     data = request.content.encode()
     if len(data) > limits.max_content_bytes:
@@ -51,16 +52,12 @@ async def ingest(connection: Connection, container: ApiContainer, request: DataI
     labels = request.annotations or []
     if len(labels) > limits.max_annotations:
         raise ApiError(422, "invalid", f"at most {limits.max_annotations} initial annotations")
-    blob = await asyncio.to_thread(container.blobs.put, data)  # fsyncs: never on the event loop
+    stored = inline_content(request.content, limits.event_content_bytes)
+    if stored is None:  # too large for the log: durably into the blob store before the command names it
+        blob = await asyncio.to_thread(container.blobs.put, data)  # fsyncs: never on the event loop
+        stored = {"content_hash": blob.content_hash, "size": blob.size, "location": blob.location}
     object_id = derived_id(connection, "ingest") or str(uuid.uuid4())
-    payload = {
-        "content_type": request.content_type,
-        "content_hash": blob.content_hash,
-        "size": blob.size,
-        "location": blob.location,
-        "metadata": metadata,
-        "annotations": labels,
-    }
+    payload = {"content_type": request.content_type, **stored, "metadata": metadata, "annotations": labels}
     return Written(object_id, await submit(connection, container, "IngestData", object_id, payload))
 
 
@@ -147,10 +144,19 @@ async def read(
 
 
 async def visible_object(
-    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
+    connection: Connection,
+    container: ApiContainer,
+    object_id: str,
+    token: str | None = None,
+    with_content: bool = False,
 ) -> dict[str, Any]:
-    """The object row (no annotations); 404 when absent or not the caller's to see."""
-    return await visible_row(connection, container, object_id, token, "data object", get_data_object)
+    """The object row (no annotations; its inline ``content`` too when asked); 404 when absent or not
+    the caller's to see."""
+
+    async def load(conn: AsyncConnection[Any], row_id: str) -> dict[str, Any] | None:
+        return await get_data_object(conn, row_id, with_content)
+
+    return await visible_row(connection, container, object_id, token, "data object", load)
 
 
 async def visible_row(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 from uuid import UUID, uuid5
 
@@ -20,6 +21,7 @@ class IngestData(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     location: str
     metadata: dict[str, Any] = {}
     annotations: list[Label] = []
+    content: str | None = None  # the content itself when it travels in the log (see inline_content)
 
 
 class AnnotateObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -45,6 +47,29 @@ class Forbidden(DomainError):
     code = "forbidden"
 
 
+class ContentMismatch(DomainError):
+    code = "invalid"
+
+
+INLINE_PREFIX = "inline://sha256/"
+
+
+def inline_content(text: str, limit: int) -> dict[str, Any] | None:
+    """IngestData's content fields for ``text`` carried in the log itself, or None above ``limit`` bytes.
+
+    Small content travels in the command and its ``Ingested`` event (location
+    ``inline://sha256/<hash>``): the event log is then its durable store and the read model keeps a
+    copy, so no blob file is written and fsynced before the command is sent (issue 8: that fsync was
+    the API's largest cost) and the projection reads nothing back. Larger content goes to the blob
+    store; the caller puts it there when this answers None.
+    """
+    data = text.encode()
+    if len(data) > limit:
+        return None
+    digest = hashlib.sha256(data).hexdigest()
+    return {"content_hash": digest, "size": len(data), "location": INLINE_PREFIX + digest, "content": text}
+
+
 def initial_annotation_id(object_id: UUID, index: int) -> str:
     """Ids of the annotations given at ingest are derived, so a replay yields the same ids."""
     return str(uuid5(object_id, f"initial-annotation-{index}"))
@@ -54,6 +79,8 @@ def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: Com
     _require_writer(envelope)
     if aggregate is not None:
         raise ObjectExists(f"data object {envelope.aggregate_id} already exists")
+    if command.content is not None:
+        _check_inline(command)
     object_id = UUID(envelope.aggregate_id)
     obj = DataObject(
         id=object_id,
@@ -63,6 +90,7 @@ def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: Com
         location=command.location,
         metadata=command.metadata,
         owner=envelope.actor.user_id,
+        content=command.content,
     )
     for index, label in enumerate(command.annotations):
         obj.annotate(initial_annotation_id(object_id, index), "label", label, 1.0, envelope.actor.user_id)
@@ -101,6 +129,14 @@ def _owned(obj: DataObject, envelope: CommandEnvelope) -> DataObject:
             "only the owner of a data object or an admin may change it", {"object_id": envelope.aggregate_id}
         )
     return obj
+
+
+def _check_inline(command: IngestData) -> None:
+    """Content carried inline must be what its hash, size and location say (readers trust them)."""
+    assert command.content is not None
+    expected = inline_content(command.content, command.size)
+    if expected is None or any(getattr(command, key) != value for key, value in expected.items()):
+        raise ContentMismatch("inline content does not match its content_hash, size or location")
 
 
 def _require_writer(envelope: CommandEnvelope) -> None:

@@ -23,6 +23,7 @@ from uuid import UUID, uuid5
 
 import orjson
 
+from commands.data import inline_content
 from commands.envelope import Actor, CommandEnvelope, Outcome
 from commands.isolation import run_isolated
 from domain.graph import Graph, InvalidGraph, parse_graph
@@ -53,6 +54,7 @@ class RunDeps:
     lookup_user: Callable[[str], Coroutine[Any, Any, tuple[str, bool] | None]]
     node_timeout: float = 30.0
     inline_output_bytes: int = 16 * 1024
+    event_content_bytes: int = 0  # a stored object's content up to this travels in its event (inline_content)
     # Nodes run and their compute time by node type, for the metrics (the executor's heartbeat writes them).
     counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
 
@@ -325,17 +327,15 @@ class ExecutionRun:
             if not outcome.accepted and outcome.rejection is not None:
                 raise NodeError(f"annotating {object_id}: {outcome.rejection.message}")
             return {}
-        content = effect.payload["content"].encode()
-        location = await asyncio.to_thread(self.deps.put_blob, content)
+        text = effect.payload["content"]
+        stored = inline_content(text, self.deps.event_content_bytes)
+        if stored is None:
+            content = text.encode()
+            location = await asyncio.to_thread(self.deps.put_blob, content)
+            stored = {"content_hash": location.rsplit("/", 1)[-1], "size": len(content), "location": location}
         object_id = str(uuid5(self.id, f"{node_id}:store:{index}"))
         metadata = {**effect.payload["metadata"], "execution_id": self.view.execution_id, "node_id": node_id}
-        payload = {
-            "content_type": effect.payload["content_type"],
-            "content_hash": location.rsplit("/", 1)[-1],
-            "size": len(content),
-            "location": location,
-            "metadata": metadata,
-        }
+        payload = {"content_type": effect.payload["content_type"], **stored, "metadata": metadata}
         outcome = await self.send(self.command("IngestData", payload, f"{node_id}:store:{index}", object_id, actor))
         if not outcome.accepted and outcome.rejection is not None and outcome.rejection.code != "conflict":
             raise NodeError(f"storing the result: {outcome.rejection.message}")

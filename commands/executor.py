@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from eventsourcing.persistence import Mapper, StoredEvent
 
+from commands.consumers import group_consumer
 from commands.execution_run import ExecutionRun, ExecutionView, RunDeps
 from commands.rebalance import Rebalance
 
@@ -59,16 +60,14 @@ class Executor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """React to execution events until ``stop`` is set."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers,
-            group_id=self.config.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
+        consumer = group_consumer(
+            self.config.bootstrap_servers,
+            self.config.group_id,
+            self.config.events_topic,
+            Rebalance(self.assigned, self.revoked),
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
         )
         self.consumer = consumer
-        consumer.subscribe([self.config.events_topic], listener=Rebalance(self.assigned, self.revoked))
         await consumer.start()
         last_commit = time.monotonic()
         try:

@@ -42,6 +42,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 
+from commands.consumers import group_consumer
 from commands.envelope import ENVELOPE_DECODER, CommandEnvelope, Outcome, Position, Rejection, encode
 from commands.limits import MAX_STORABLE_DEPTH, InvalidInput, check_json
 from commands.rebalance import Rebalance
@@ -180,16 +181,14 @@ class CommandProcessor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers,
-            group_id=self.config.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
+        consumer = group_consumer(
+            self.config.bootstrap_servers,
+            self.config.group_id,
+            self.config.commands_topic,
+            Rebalance(self.assign, self.revoke),
             max_poll_records=self.config.batch_size,
         )
         self._consumer = consumer
-        consumer.subscribe([self.config.commands_topic], listener=Rebalance(self.assign, self.revoke))
         await consumer.start()
         try:
             while not stop.is_set():

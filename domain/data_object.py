@@ -1,4 +1,4 @@
-"""The data object aggregate: ingested content (by hash), its annotations, its deletion."""
+"""The data object aggregate: ingested content (by hash, small content itself), its annotations, its deletion."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ class DataObject(Aggregate):
         location: str
         metadata: dict[str, Any]
         owner: str
+        # The content itself (UTF-8 text) when it is small enough to travel in the log instead of the
+        # blob store (location "inline://sha256/<hash>"); None when the blob store holds it. Added
+        # later: older events have none.
+        content: str | None = None
 
     class Annotated(Aggregate.Event):
         annotation_id: str
@@ -45,6 +49,7 @@ class DataObject(Aggregate):
         location: str,
         metadata: dict[str, Any],
         owner: str,
+        content: str | None = None,
     ) -> None:
         # Only what later decisions need is kept: the read model holds the rest.
         self.owner = owner

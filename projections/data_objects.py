@@ -13,7 +13,7 @@ from psycopg.types.json import Jsonb
 from projections.events import EventRecord
 from projections.projector import Handler, Projector
 from projections.search import SNIPPET_SOURCE_CHARS
-from projections.text_extraction import extract_text
+from projections.text_extraction import extract_text, wants_whole_content
 
 
 def object_type(content_type: str) -> str:
@@ -56,14 +56,16 @@ class DataObjectsProjector(Projector):
 
     async def on_ingested(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         e = record.event
-        # Reading the blob and extracting (a PDF can take a while) stay off the projection's loop.
-        text = await asyncio.to_thread(
-            lambda: searchable_text(e.content_type, self.load_content(e.content_hash, e.content_type), e.metadata)
-        )
+        if e.content is not None and not wants_whole_content(e.content_type):
+            # Carried in the event (small, see commands.data.inline_content): nothing to read back, and
+            # extracting a few KiB of text costs less than a hop to a thread.
+            text = searchable_text(e.content_type, e.content.encode(), e.metadata)
+        else:  # reading the blob and extracting (a PDF can take a while) stay off the projection's loop
+            text = await asyncio.to_thread(lambda: searchable_text(e.content_type, self._content(e), e.metadata))
         await cur.execute(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
-            " metadata, owner, version, created_at, updated_at, search, search_text)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector(%s::regconfig, %s), %s)",
+            " metadata, owner, version, created_at, updated_at, search, search_text, content)"
+            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector(%s::regconfig, %s), %s, %s)",
             (
                 record.aggregate_id,
                 object_type(e.content_type),
@@ -79,8 +81,12 @@ class DataObjectsProjector(Projector):
                 self.language,
                 text,
                 text[:SNIPPET_SOURCE_CHARS],
+                e.content,
             ),
         )
+
+    def _content(self, e: Any) -> bytes | None:
+        return e.content.encode() if e.content is not None else self.load_content(e.content_hash, e.content_type)
 
     async def on_annotated(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         await cur.execute(
@@ -98,14 +104,21 @@ _COLUMNS = (
 )
 
 
-async def get_data_object(conn: AsyncConnection[Any], object_id: str) -> dict[str, Any] | None:
-    """One object row, or None."""
+async def get_data_object(
+    conn: AsyncConnection[Any], object_id: str, with_content: bool = False
+) -> dict[str, Any] | None:
+    """One object row, or None; ``with_content`` adds "content": the text carried in the log, or None
+    when the blob store holds the content."""
+    columns = f"{_COLUMNS}, content" if with_content else _COLUMNS
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(f"SELECT {_COLUMNS} FROM data_objects WHERE object_id = %s", (object_id,))
+        await cur.execute(f"SELECT {columns} FROM data_objects WHERE object_id = %s", (object_id,))
         return await cur.fetchone()
 
 
 async def content_hashes(conn: AsyncConnection[Any]) -> list[tuple[str, str]]:
-    """(object_id, content_hash) of every live object: what the log says the blob store holds."""
-    cur = await conn.execute("SELECT object_id::text, content_hash FROM data_objects ORDER BY object_id")
+    """(object_id, content_hash) of every live object whose content the blob store holds (the others
+    carried theirs in the log, kept in the ``content`` column): what the log says the store has."""
+    cur = await conn.execute(
+        "SELECT object_id::text, content_hash FROM data_objects WHERE content IS NULL ORDER BY object_id"
+    )
     return [(str(object_id), str(content_hash)) for object_id, content_hash in await cur.fetchall()]

@@ -43,6 +43,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from commands.consumers import group_consumer
 from commands.tracing import header_value, parent_context, traceparent
 from projections.changes import change_payload
 from projections.events import EventRecord
@@ -108,17 +109,15 @@ class ProjectionRunner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap_servers,
-            group_id=self.config.group_id,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            auto_offset_reset="earliest",
+        consumer = group_consumer(
+            self.config.bootstrap_servers,
+            self.config.group_id,
+            self.config.events_topic,
+            _SeekToStoredPositions(self),
             max_poll_records=self.config.batch_size,
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
         )
         self.consumer = consumer
-        consumer.subscribe([self.config.events_topic], listener=_SeekToStoredPositions(self))
         await consumer.start()
         try:
             while not stop.is_set():

@@ -13,6 +13,8 @@ from strawberry.types import Info
 
 from api.graphql.context import GraphQLContext
 from api.rest.content import content_url
+from commands.data import INLINE_PREFIX
+from projections.data_objects import get_data_object
 
 GqlInfo = Info[GraphQLContext, None]
 
@@ -61,6 +63,10 @@ class DataObject:
         container = info.context.container
         if self.object_type not in ("text", "json") or self.size > container.settings.storage.inline_content_bytes:
             return None
+        if self.storage_location.startswith(INLINE_PREFIX):  # carried in the log: the read model has it
+            async with container.pool.connection() as conn:
+                row = await get_data_object(conn, self.object_id, with_content=True)
+            return None if row is None else row["content"]
         data = await asyncio.to_thread(container.blobs.find, self.content_hash)
         if data is None:  # missing from the store: /health and `pipeline blobs check` report it
             return None

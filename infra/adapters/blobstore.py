@@ -1,5 +1,8 @@
 """Content-addressed blob store on a local directory: the bytes live here, events hold the hash.
 
+(Small content is not here: it travels in its event and the read model keeps it; see
+``object_content`` and commands.data.inline_content.)
+
 A blob is durable before anyone may name it: the bytes go to a temp file in the blob's directory,
 which is fsynced, renamed into place and then the directory is fsynced, so a crash after the event
 that names the blob was produced cannot leave the log pointing at nothing. An existing blob is never
@@ -11,10 +14,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 BLOB_PREFIX = "blob://sha256/"
 READ_CHUNK = 64 * 1024
@@ -158,6 +161,15 @@ class LocalBlobStore:
     def path(self, digest: str) -> Path:
         """Where the blob with this hash lives (whether or not it exists)."""
         return self.root / digest[:2] / digest
+
+
+def object_content(blobs: LocalBlobStore, row: Mapping[str, Any]) -> bytes:
+    """The bytes of a data object read-model row selected with its ``content``: the text the log
+    carried (small content, commands.data.inline_content), else the blob; BlobNotFound if absent."""
+    inline = row.get("content")
+    if inline is not None:
+        return str(inline).encode()
+    return blobs.get(row["content_hash"])
 
 
 def _chunks(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:

@@ -15,7 +15,7 @@ from commands.envelope import Actor
 from commands.execution_run import RunDeps
 from commands.executor import Executor, ExecutorConfig
 from domain.nodes.catalog import MAX_INPUT_BYTES, NodeError
-from infra.adapters.blobstore import BlobNotFound, LocalBlobStore
+from infra.adapters.blobstore import BlobNotFound, LocalBlobStore, object_content
 from infra.adapters.codec import make_mapper
 from infra.adapters.command_bus import KafkaCommandBus
 from infra.adapters.kafka import ensure_topics, topic_partitions
@@ -82,12 +82,12 @@ async def build_executor(settings: Settings) -> ExecutorService:
         # exist" only once the projection has caught up, or after the consistency wait.
         deadline = time.monotonic() + settings.consistency.wait_timeout_seconds
         async with pool.connection() as conn:
-            row = await get_data_object(conn, object_id)
+            row = await get_data_object(conn, object_id, with_content=True)
         while row is None and time.monotonic() < deadline:
             # Caught up first, then read: a row missing after that is missing for good.
             caught_up = await read_models_caught_up()
             async with pool.connection() as conn:
-                row = await get_data_object(conn, object_id)
+                row = await get_data_object(conn, object_id, with_content=True)
             if caught_up:
                 break
             await asyncio.sleep(0.02)
@@ -98,7 +98,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
         if row["size"] > MAX_INPUT_BYTES:
             raise NodeError(f"data object {object_id} is larger than {MAX_INPUT_BYTES} bytes")
         try:
-            data = await asyncio.to_thread(blobs.get, row["content_hash"])
+            data = await asyncio.to_thread(object_content, blobs, row)
         except BlobNotFound as exc:
             raise NodeError(f"the content of {object_id} is missing") from exc
         return data.decode("utf-8", errors="replace")
@@ -136,6 +136,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
         lookup_user=lookup_user,
         node_timeout=s.node_timeout_seconds,
         inline_output_bytes=s.inline_output_bytes,
+        event_content_bytes=settings.storage.event_content_bytes,
     )
     config = ExecutorConfig(
         bootstrap_servers=settings.kafka.bootstrap_servers,

@@ -38,12 +38,13 @@ async def test_ingested_object_is_readable_with_its_token(client: AsyncTestClien
     obj = response.json()
     digest = hashlib.sha256(BODY["content"].encode()).hexdigest()
     assert obj["content_hash"] == digest
-    assert obj["storage_location"] == f"blob://sha256/{digest}"
+    assert obj["storage_location"] == f"inline://sha256/{digest}"  # small: carried in the event
     assert (obj["object_type"], obj["size"], obj["metadata"]) == ("text", len(BODY["content"]), BODY["metadata"])
     assert [a["content"] for a in obj["annotations"]] == ["animals", "classic"]
     assert response.headers["etag"] == '"3"'
-    blob = Path(settings.storage.blob_path) / digest[:2] / digest
-    assert blob.read_bytes() == BODY["content"].encode()
+    assert not (Path(settings.storage.blob_path) / digest[:2] / digest).exists()  # no blob file, no fsync
+    content = await client.get(f"/api/v1/data/{created['object_id']}/content")
+    assert content.content == BODY["content"].encode()
 
 
 async def test_token_as_query_parameter_also_waits(client: AsyncTestClient) -> None:

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 import pytest
 
+from commands.data import inline_content
 from commands.envelope import Actor, CommandEnvelope
 from commands.registry import VersionConflict, execute
 from domain.data_object import DataObject, ObjectDeleted
@@ -44,6 +45,33 @@ def test_ingest_with_labels_records_ingested_then_one_annotation_per_label() -> 
     assert [e.originator_version for e in events] == [1, 2, 3]
     assert events[0].owner == "alice"
     assert [e.content for e in events[1:]] == ["red", "blue"]
+
+
+def test_small_content_travels_in_the_ingested_event_with_its_hash() -> None:
+    stored = inline_content("héllo", 16)
+    assert stored is not None and stored["size"] == len("héllo".encode())
+    assert stored["location"] == f"inline://sha256/{stored['content_hash']}"
+    obj = execute(envelope("IngestData", uuid4(), {"content_type": "text/plain", **stored}), None)
+    (event,) = obj.collect_events()
+    assert event.content == "héllo" and event.content_hash == stored["content_hash"]  # type: ignore[attr-defined]
+
+
+def test_content_over_the_inline_limit_is_left_to_the_blob_store() -> None:
+    assert inline_content("x" * 17, 16) is None
+    assert inline_content("", 0) is not None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"content_hash": "ab" * 32}, {"size": 4}, {"location": "blob://sha256/x"}, {"content": "hellO"}],
+    ids=["hash", "size", "location", "content"],
+)
+def test_inline_content_that_does_not_match_its_hash_size_or_location_is_refused(change: dict[str, Any]) -> None:
+    stored = inline_content("hello", 16)
+    assert stored is not None
+    with pytest.raises(DomainError) as refused:
+        execute(envelope("IngestData", uuid4(), {"content_type": "text/plain", **stored, **change}), None)
+    assert refused.value.code == "invalid"
 
 
 def test_ingest_of_an_existing_id_is_refused() -> None:

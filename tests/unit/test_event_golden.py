@@ -25,25 +25,35 @@ Ingested: Any = DataObject.Ingested
 Annotated: Any = DataObject.Annotated
 Deleted: Any = DataObject.Deleted
 
-GOLDEN: list[tuple[Aggregate.Event, str]] = [
-    (
-        Ingested(
-            originator_id=ID,
-            originator_version=1,
-            timestamp=AT,
-            originator_topic="domain.data_object:DataObject",
-            content_type="text/plain",
-            content_hash="9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-            size=4,
-            location="blob://sha256/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
-            metadata={"source": "golden"},
-            owner="alice",
-        ),
+HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256 of "test"
+
+
+def ingested(store: str, content: str | None) -> tuple[Aggregate.Event, str]:
+    """Ingested with its content in the blob store ("blob") or carried in the event ("inline")."""
+    event = Ingested(
+        originator_id=ID,
+        originator_version=1,
+        timestamp=AT,
+        originator_topic="domain.data_object:DataObject",
+        content_type="text/plain",
+        content_hash=HASH,
+        size=4,
+        location=f"{store}://sha256/{HASH}",
+        metadata={"source": "golden"},
+        owner="alice",
+        content=content,
+    )
+    golden = (
         '{"timestamp":' + TS + ',"originator_topic":"domain.data_object:DataObject","content_type":"text/plain",'
-        '"content_hash":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","size":4,'
-        '"location":"blob://sha256/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",'
-        '"metadata":{"source":"golden"},"owner":"alice"}',
-    ),
+        f'"content_hash":"{HASH}","size":4,"location":"{store}://sha256/{HASH}",'
+        f'"metadata":{{"source":"golden"}},"owner":"alice","content":{orjson.dumps(content).decode()}}}'
+    )
+    return event, golden
+
+
+GOLDEN: list[tuple[Aggregate.Event, str]] = [
+    ingested("blob", None),
+    ingested("inline", "test"),  # small content travels in the event itself (issue 8)
     (
         Annotated(
             originator_id=ID,
@@ -155,3 +165,20 @@ def test_every_event_type_has_a_golden_example(aggregate: type[Aggregate], examp
 def test_golden_examples_are_valid_json() -> None:
     for _, golden in EVERY:
         assert isinstance(orjson.loads(golden), dict)
+
+
+# Stored before ``content`` was added: still read, as content kept in the blob store.
+LEGACY_INGESTED = (
+    '{"timestamp":' + TS + ',"originator_topic":"domain.data_object:DataObject","content_type":"text/plain",'
+    '"content_hash":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08","size":4,'
+    '"location":"blob://sha256/9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",'
+    '"metadata":{"source":"golden"},"owner":"alice"}'
+)  # written out in full, not built from HASH: it is the stored shape of older events
+
+
+def test_ingested_stored_before_inline_content_still_reads() -> None:
+    stored = StoredEvent(ID, 1, "domain.data_object:DataObject.Ingested", LEGACY_INGESTED.encode())
+    event: Any = make_mapper().to_domain_event(stored)
+    assert event.content is None and event.location.startswith("blob://")
+    obj: Any = event.mutate(None)
+    assert obj.owner == "alice" and obj.content_hash == event.content_hash
