@@ -15,7 +15,7 @@ import httpx
 import orjson
 import pytest
 import websockets
-from gql import Client, gql
+from gql import Client, GraphQLRequest, gql
 from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 from prometheus_client.parser import text_string_to_metric_families
@@ -69,7 +69,7 @@ async def graphql_stream(client: httpx.AsyncClient, variables: dict[str, Any]) -
         url=ws_base(client) + "/api/graphql", init_payload={"Authorization": f"Bearer {token_of(client)}"}
     )
     async with Client(transport=transport) as session:
-        async for result in session.subscribe(DOCUMENT, variable_values=variables):
+        async for result in session.subscribe(GraphQLRequest(DOCUMENT, variable_values=variables)):
             item = result["events"]
             if item["__typename"] == "StreamLagged":
                 yield {"kind": "lagged", "position": item["position"]}
@@ -192,6 +192,17 @@ async def audit_rows(system: RunningSystem, where: str = "true", params: tuple[A
     ]
 
 
+async def projected(system: RunningSystem, objects: list[str]) -> list[tuple[Any, ...]]:
+    """The audit log's rows once it has the Ingested event of every one of ``objects``."""
+
+    async def complete() -> list[tuple[Any, ...]] | None:
+        rows = await audit_rows(system)
+        return rows if set(objects) <= {row[4] for row in rows} else None
+
+    result: list[tuple[Any, ...]] = await eventually(complete, what="the objects in the audit log")
+    return result
+
+
 async def ingest(client: httpx.AsyncClient, content: str, metadata: dict[str, Any] | None = None) -> str:
     body = {"content": content, "content_type": "text/plain", "metadata": metadata or {}}
     response = await client.post("/api/v1/ingest", json=body)
@@ -263,8 +274,9 @@ async def test_catch_up_then_live_across_a_burst_of_ingests_has_no_gap_and_no_du
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_resuming_from_the_last_position_continues_exactly(system: RunningSystem, transport: str) -> None:
-    await ingest_many(system.admin, 12, uuid.uuid4().hex, [])
-    rows = await audit_rows(system)
+    created: list[str] = []
+    await ingest_many(system.admin, 12, uuid.uuid4().hex, created)
+    rows = await projected(system, created)
     everything = {(p, o) for p, o, *_ in rows}
 
     first = await collect(open_stream(transport, system.admin), lambda items: len(items) == 10)
@@ -350,8 +362,12 @@ async def test_a_user_sees_only_the_events_of_their_own_objects_and_themselves(s
         )
         assert response.status_code in (200, 201), response.text
         own = {alice["user_id"], *mine}
-        expected = await audit_rows(system, "aggregate_id::text = ANY(%s)", (list(own),))
-        assert len(expected) >= 4  # registered, two ingests, the admin's annotation
+
+        async def all_projected() -> list[tuple[Any, ...]] | None:
+            rows = await audit_rows(system, "aggregate_id::text = ANY(%s)", (list(own),))
+            return rows if len(rows) == 4 else None  # registered, two ingests, the admin's annotation
+
+        expected = await eventually(all_projected, what="alice's events in the audit log")
         for transport in TRANSPORTS:
             items = await collect(
                 open_stream(transport, alice_client),
