@@ -80,7 +80,7 @@ def parse_position(token: str) -> dict[int, int]:
         raise ValueError(f"a position names at most {MAX_PARTITIONS} partitions")
     for part in parts:
         partition, colon, offset = part.strip().partition(":")
-        if not colon or not partition.isdigit() or not offset.isdigit() or not partition.isascii():
+        if not colon or not partition.isdigit() or not offset.isdigit() or not (partition + offset).isascii():
             raise ValueError(f"not a position: {token[:100]!r} (expected '<partition>:<offset>,...')")
         if int(partition) in vector or int(partition) >= MAX_PARTITIONS or int(offset) > MAX_OFFSET:
             raise ValueError(f"not a position: {token[:100]!r} (repeated or out-of-range partition or offset)")
