@@ -125,6 +125,8 @@ def sse_item(message: dict[str, str]) -> Item:
     if message.get("event") == "lagged":
         assert body["position"] == message["id"]
         return {"kind": "lagged", "position": message["id"]}
+    if message.get("event") == "error":
+        return {"kind": "error", **body}
     assert message.get("event") == "event", message
     return from_event(message["id"], body)
 
@@ -154,7 +156,7 @@ async def sse_stream(
             for message in sse_messages("\n\n".join(complete)):
                 item = sse_item(message)
                 yield item
-                if item["kind"] == "lagged":
+                if item["kind"] != "event":
                     return
 
 
@@ -174,7 +176,7 @@ async def collect(stream: AsyncIterator[Item], done: Callable[[list[Item]], bool
             return items
         async for item in stream:
             items.append(item)
-            if done(items) or item["kind"] == "lagged":
+            if done(items) or item["kind"] != "event":
                 break
     return items
 
@@ -456,3 +458,44 @@ def _unchunk(body: bytes) -> str:
             break
         out, rest = out + rest[:size], rest[size + 2 :]
     return out.decode()
+
+
+async def test_a_stream_follows_a_demotion_at_once_and_ends_on_disable(system: RunningSystem) -> None:
+    suffix = uuid.uuid4().hex[:6]
+    watcher = await create_user(system.admin, f"stream-watcher-{suffix}", "admin")
+    other = await create_user(system.admin, f"stream-other-{suffix}")
+    async with (
+        await client_for(system.anonymous, watcher["username"]) as me,
+        await client_for(system.anonymous, other["username"]) as them,
+    ):
+        items: list[Item] = []
+
+        async def follow() -> None:
+            async for item in sse_stream(me, {"after": "now", "types": ["DataObject.Ingested"]}):
+                items.append(item)
+
+        following = asyncio.create_task(follow())
+        try:
+
+            async def seen(object_id: str) -> bool:
+                assert not following.done() or following.exception() is None
+                return any(item.get("aggregate_id") == object_id for item in items)
+
+            theirs = await ingest(them, "an admin sees this")
+            await eventually(lambda: seen(theirs), what="another user's object, seen as an admin")
+
+            response = await system.admin.patch(f"/api/v1/users/{watcher['user_id']}", json={"role": "user"})
+            assert response.status_code == 200, response.text
+            hidden = await ingest(them, "a user does not see this")
+            mine = await ingest(me, "mine")
+            await eventually(lambda: seen(mine), what="the demoted user's own object")
+            assert not await seen(hidden)
+
+            response = await system.admin.patch(f"/api/v1/users/{watcher['user_id']}", json={"disabled": True})
+            assert response.status_code == 200, response.text
+            await asyncio.wait_for(following, 30)
+            assert items[-1]["kind"] == "error" and items[-1]["reason"] == "forbidden", items[-1]
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
