@@ -25,7 +25,7 @@ from projections.event_stream import parse_position
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, query
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user
+from tests.integration.users import client_for, create_user, token_of, ws_base
 
 TRANSPORTS = ["graphql", "ws", "sse"]
 PAGE_SIZE = 7  # small, so a catch-up takes many pages
@@ -50,14 +50,6 @@ async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFact
     }
     async with running_system(env, tmp_path) as running:
         yield running
-
-
-def token_of(client: httpx.AsyncClient) -> str:
-    return str(client.headers["authorization"]).split(" ", 1)[1]
-
-
-def ws_base(client: httpx.AsyncClient) -> str:
-    return str(client.base_url).replace("http://", "ws://").rstrip("/")
 
 
 def from_event(position: str, event: dict[str, Any]) -> Item:
