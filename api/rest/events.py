@@ -39,6 +39,9 @@ class EventsController(Controller):
         operation_id="streamEvents",
         summary="Follow the event log from a position (Server-Sent Events)",
         media_type="text/event-stream",
+        response_description="An open text/event-stream: `event: event` messages (`id:` the position after the"
+        " event, `data:` the event as JSON), ending only with `event: lagged` (resume from its `id:`) or"
+        " `event: error`",
         guards=[requires(Permission.READ)],
         opt={"uncompressed": True},  # each message must reach the client as it is written
     )
