@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
 from api.rbac import Role, can_see
@@ -186,7 +185,7 @@ class EventStreams:
                 try:
                     async with self.pool.connection() as conn:
                         rows = await read_range(conn, partition, start, end, self.settings.page_size)
-                except PostgresError:  # the frontier stays: the next batch reads this range again
+                except Exception:  # the frontier stays: the next batch reads this range again (the hub lives on)
                     log.exception("cannot read new events of partition %s; retried with the next change", partition)
                     return
                 start = rows[-1]["topic_offset"] + 1 if len(rows) == self.settings.page_size else end

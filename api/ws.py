@@ -136,8 +136,8 @@ async def _stream_events(socket: Any, hub: LiveHub, sub: Subscriber, request: An
             await sub.put_stream({"type": "event", "topic": "events", "position": position, "event": event})
     except AccessEnded:
         sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
-    except PostgresError as exc:
-        log.warning("event stream failed: %s", exc)
+    except Exception as exc:  # PostgreSQL unreachable, or worse: the connection's other topics go on
+        log.warning("event stream failed: %s", exc, exc_info=not isinstance(exc, PostgresError))
         await sub.put_stream({**error("unavailable", "the event stream failed; subscribe again"), "topic": "events"})
 
 
