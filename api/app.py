@@ -22,6 +22,7 @@ from api.auth import auth_middleware
 from api.body_timeout import body_timeout_middleware
 from api.docs import LocalRedoc, LocalSwagger, assets_router, graphql_controller
 from api.errors import EXCEPTION_HANDLERS
+from api.event_streams import EventStreams
 from api.graphql.context import context_getter
 from api.graphql.schema import build_schema
 from api.health import health_controller
@@ -35,6 +36,7 @@ from api.rest.auth import AuthController
 from api.rest.content import ContentController
 from api.rest.conversations import ConversationsController
 from api.rest.data import DataController
+from api.rest.events import EventsController
 from api.rest.executions import ExecutionsController
 from api.rest.nodes import NodesController
 from api.rest.notifications import NotificationsController
@@ -77,7 +79,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
-        app.state.hub = LiveHub(container.changes, container.pool, app.state.users, tracer=tracer)
+        events = EventStreams(container.changes, container.pool, settings.event_stream)
+        app.state.hub = LiveHub(container.changes, container.pool, app.state.users, events, tracer=tracer)
         app.state.user_connections = UserConnections(settings.websocket.max_connections_per_user)
         app.state.ws_message_rule = Rule.parse(settings.websocket.message_limit)
         app.state.hub.start()
@@ -115,6 +118,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             UploadController,
             SearchController,
             ExecutionsController,
+            EventsController,
             NodesController,
             NotificationsController,
             ConversationsController,

@@ -5,7 +5,8 @@ change into messages on topics: ``data_changes`` for data objects, ``execution:{
 executions, and ``{"type": "notification", "data": ...}`` to every open connection of the user a
 notification is for (projections/notifications.py), without any subscription. Every connection
 has a bounded queue; when a slow client's queue is full its oldest message is dropped and it is
-told how many it lost (``{"type": "lagged", "dropped": n}``).
+told how many it lost (``{"type": "lagged", "dropped": n}``). The same batches advance the event
+streams (api/event_streams.py): the hub reads each batch's new audit rows once for all of them.
 
 Rights are re-checked for every delivery (api/live_rights.py): before a batch goes out, each
 receiving connection's user is looked up again (the user cache; fresh when the batch changes that
@@ -26,6 +27,7 @@ from opentelemetry.trace import Tracer
 from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
+from api.event_streams import EventStreams
 from api.live_rights import POLICY_VIOLATION, changed_users, current_row
 from api.rbac import can_see
 from api.user_cache import UserCache
@@ -53,6 +55,11 @@ class Subscriber:
         self.floors: dict[str, int] = {}
         # dicts, or JSON text already encoded once for every receiver of a published change
         self.outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue(queue_size)
+        # The connection's event stream (the ``events`` topic) writes here and waits when it is full:
+        # its messages are never dropped (a stream that falls behind ends with its own ``lagged``).
+        self.stream_outbox: asyncio.Queue[dict[str, Any] | str] = asyncio.Queue(queue_size)
+        self.stream_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.dropped = 0
         self.closed: tuple[int, str] | None = None  # (close code, reason) once the hub ends it
 
@@ -65,6 +72,22 @@ class Subscriber:
             self.dropped += 1
             WEBSOCKET_DROPPED.inc()
         self.outbox.put_nowait(message)
+        self._wake.set()
+
+    async def put_stream(self, message: dict[str, Any] | str) -> None:
+        """Queue an event-stream message, waiting while the client is behind (back-pressure)."""
+        await self.stream_outbox.put(message)
+        self._wake.set()
+
+    async def next_message(self) -> dict[str, Any] | str:
+        """The next message to send: the outbox first (it carries the close marker), then the stream's."""
+        while True:
+            if not self.outbox.empty():
+                return self.outbox.get_nowait()
+            if not self.stream_outbox.empty():
+                return self.stream_outbox.get_nowait()
+            self._wake.clear()
+            await self._wake.wait()
 
     def close(self, code: int, reason: str) -> None:
         """End the connection: nothing queued is sent any more; the send loop closes the socket."""
@@ -74,6 +97,7 @@ class Subscriber:
         while not self.outbox.empty():
             self.outbox.get_nowait()
         self.outbox.put_nowait(CLOSE)
+        self._wake.set()
 
 
 CLOSE: dict[str, Any] = {"type": "close"}  # the outbox marker the send loop stops at (compared by identity)
@@ -115,10 +139,12 @@ class LiveHub:
         feed: ChangeFeed,
         pool: AsyncConnectionPool,
         users: UserCache,
+        events: EventStreams,
         queue_size: int = 256,
         tracer: Tracer | None = None,
     ) -> None:
         self.feed = feed
+        self.events = events
         self.tracer = tracer  # None: tracing off (infra.runtime.tracing)
         self.pool = pool
         self.users = users
@@ -284,6 +310,7 @@ class LiveHub:
 
     async def _pump(self) -> None:
         queue = self.feed.subscribe()
+        self.events.start_at(self.feed.positions)  # with the subscription: no batch falls between
         try:
             while True:
                 batch = await queue.get()
@@ -296,6 +323,7 @@ class LiveHub:
                 ]
                 notes = await self._notifications(batch.get("changes", []))
                 fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
+                await self.events.advance(changed_users(batch), bool(batch.get("truncated")))
                 candidates = {s for topic, _, _ in outgoing for s in self._by_topic.get(topic, ())}
                 candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
                 allowed = await self.recheck(candidates, fresh) if candidates else set()

@@ -5,12 +5,18 @@ Client -> server: ``{"type": "subscribe", "topic": T, "after"?: position token}`
 ``{"type": "execution_status", "execution_id": ID}``, ``{"type": "ping"}``,
 ``{"type": "chat_message", "content": TEXT, "conversation_id"?: ID}`` (api/chat_service.py).
 Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution_update``,
-``execution_status``, ``chat_response``, ``lagged``, ``pong`` and ``error``
+``execution_status``, ``chat_response``, ``event``, ``lagged``, ``pong`` and ``error``
 (``{"type": "error", "code", "message"}``).
-Topics: ``data_changes``, ``execution:{id}``. Joining ``execution:{id}`` answers ``subscribed`` and then an
+Topics: ``data_changes``, ``execution:{id}``, ``events``. Joining ``execution:{id}`` answers ``subscribed`` and then an
 ``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry
 ``data: {event, version}`` for each newer event, so a client that subscribes right after submitting
 misses nothing.
+
+``events`` is the event stream from a position (api/event_streams.py): ``{"type": "subscribe", "topic":
+"events", "after"?: position or "now", "types"?: [...], "aggregate_id"?: ID}`` answers ``subscribed``
+(with the starting ``position``), then ``{"type": "event", "topic": "events", "position", "event"}``
+for each event, caught up and then live; a stream that falls behind ends with ``{"type": "lagged",
+"topic": "events", "position"}``. One per connection: subscribing again replaces it.
 
 The caller is re-checked for every client message and every delivered change (api/live_rights.py):
 a disabled user's connection is closed with 1008 (policy violation).
@@ -20,16 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
 from litestar.exceptions import WebSocketDisconnect
+from psycopg import Error as PostgresError
 
 from api.auth import actor_of, principal_of
 from api.chat_service import chat_message
 from api.errors import ApiError
+from api.event_streams import Lagged, follow, stream_request
 from api.execution_service import read_execution, read_fresh_execution
 from api.hub import CLOSE, LiveHub, Subscriber
 from api.inputs import ChatMessage, parse
@@ -37,13 +46,16 @@ from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
 from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
+from commands.envelope import Actor
 from infra.adapters.command_bus import CommandTimeout
 from infra.runtime.bootstrap import ApiContainer
 from infra.runtime.metrics import WEBSOCKET_CONNECTIONS
+from projections.event_stream import format_position
 
-TOPIC = re.compile(r"^(data_changes|execution:[0-9a-fA-F-]{36})$")
+TOPIC = re.compile(r"^(data_changes|events|execution:[0-9a-fA-F-]{36})$")
 CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 CLOSE_TIMEOUT_S = 5.0
+log = logging.getLogger("pipeline.ws")
 
 
 async def execution_status(connection: Any, container: ApiContainer, message: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +110,54 @@ async def chat(connection: Any, container: ApiContainer, message: dict[str, Any]
     return {"type": "chat_response", "data": msgspec.to_builtins(reply)}
 
 
+def subscribe_events(
+    socket: Any, container: ApiContainer, hub: LiveHub, sub: Subscriber, message: Any
+) -> dict[str, Any] | None:
+    """Start the connection's event stream (replacing one already running); an error for bad parameters."""
+    try:
+        request = stream_request(
+            message.get("after"), message.get("types"), message.get("aggregate_id"), container.settings.event_stream
+        )
+    except ValueError as exc:
+        return error("invalid_message", str(exc))
+    stop_events(sub)
+    sub.stream_task = asyncio.create_task(_stream_events(socket, hub, sub, request))
+    return None
+
+
+def stop_events(sub: Subscriber) -> None:
+    if sub.stream_task is not None:
+        sub.stream_task.cancel()
+        sub.stream_task = None
+    while not sub.stream_outbox.empty():  # what the old stream queued is not part of the new one
+        sub.stream_outbox.get_nowait()
+
+
+async def _stream_events(socket: Any, hub: LiveHub, sub: Subscriber, request: Any) -> None:
+    async def check(fresh: bool) -> Actor:
+        principal = await recheck(socket, fresh)
+        if not has_permission(principal.role, Permission.READ):
+            raise AccessEnded(f"the {principal.role} role lacks the read permission")
+        sub.actor = actor_of(socket)
+        return sub.actor
+
+    start = "now" if request.after is None else format_position(request.after)
+    await sub.put_stream({"type": "subscribed", "topic": "events", "position": start})
+    try:
+        async for item in follow(hub.events, request, sub.actor, check):
+            if isinstance(item, Lagged):
+                lagged = {"type": "lagged", "topic": "events", "position": item.position}
+                await sub.put_stream({**lagged, "message": "the client fell behind; subscribe again from position"})
+                return
+            position, event = item
+            await sub.put_stream({"type": "event", "topic": "events", "position": position, "event": event})
+    except AccessEnded:
+        sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
+    except Exception as exc:  # PostgreSQL unreachable, or worse: the connection's other topics go on
+        log.warning("event stream failed: %s", exc, exc_info=not isinstance(exc, PostgresError))
+        await sub.put_stream({**error("unavailable", "the event stream failed; subscribe again"), "topic": "events"})
+
+
 def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
@@ -116,7 +176,12 @@ async def handle(
     if kind in ("subscribe", "unsubscribe"):
         topic = message.get("topic")
         if not isinstance(topic, str) or not TOPIC.match(topic):
-            return error("invalid_topic", "topics are 'data_changes' or 'execution:<id>'")
+            return error("invalid_topic", "topics are 'data_changes', 'events' or 'execution:<id>'")
+        if topic == "events":
+            if kind == "subscribe":
+                return subscribe_events(socket, container, hub, subscriber, message)
+            stop_events(subscriber)
+            return {"type": "unsubscribed", "topic": topic}
         if kind == "subscribe":
             if topic.startswith("execution:"):
                 return await subscribe_execution(socket, container, hub, subscriber, topic, message.get("after"))
@@ -153,6 +218,7 @@ async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, c
         if subscriber.closed is not None:  # let the sender close the socket with the subscriber's code
             await asyncio.wait({sender}, timeout=CLOSE_TIMEOUT_S)
     finally:
+        stop_events(subscriber)
         hub.disconnect(subscriber)
         WEBSOCKET_CONNECTIONS.dec()
         for task in tasks:
@@ -195,7 +261,7 @@ async def _receive_loop(
 
 async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -> None:
     while True:
-        message = await subscriber.outbox.get()
+        message = await subscriber.next_message()
         if message is CLOSE and subscriber.closed is not None:
             code, reason = subscriber.closed
             await socket.close(code=code, reason=reason)

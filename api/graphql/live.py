@@ -32,8 +32,14 @@ async def live_caller(connection: ASGIConnection[Any, Any, Any, Any], message: d
     for the connection to close with 4403; 503 when their row cannot be read.
     """
     user_id = principal_of(connection).user_id
+    return await live_actor(connection, fresh=message is not None and mentions_user(message, user_id))
+
+
+async def live_actor(connection: ASGIConnection[Any, Any, Any, Any], fresh: bool) -> Actor:
+    """``live_caller`` for a caller whose user row must be re-read (``fresh``) or may come from the cache."""
+    user_id = principal_of(connection).user_id
     try:
-        principal = await recheck(connection, fresh=message is not None and mentions_user(message, user_id))
+        principal = await recheck(connection, fresh=fresh)
     except AccessEnded as exc:
         _close_when_done(connection)
         raise GraphQLError(str(exc), extensions={"code": 403, "reason": "forbidden"}) from exc

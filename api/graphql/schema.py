@@ -16,6 +16,7 @@ from api.graphql.chat import ChatMutation, ChatQuery
 from api.graphql.context import GraphQLContext
 from api.graphql.data_changes import DataChangeSubscription
 from api.graphql.errors import answer, parsed, require
+from api.graphql.events import EventSubscription
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
 from api.graphql.limits import limit_extensions
 from api.graphql.masking import ErrorEnvelope, LoggedSchema
@@ -132,7 +133,7 @@ class Mutation(ExecutionMutation, ChatMutation):
 
 
 @strawberry.type
-class Subscription(ExecutionSubscription, DataChangeSubscription, NotificationSubscription):
+class Subscription(ExecutionSubscription, DataChangeSubscription, NotificationSubscription, EventSubscription):
     pass
 
 

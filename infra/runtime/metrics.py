@@ -51,6 +51,11 @@ WEBSOCKET_CONNECTIONS = Gauge("pipeline_websocket_connections", "Open WebSocket 
 WEBSOCKET_DROPPED = Counter(
     "pipeline_websocket_dropped_messages", "Live messages dropped for slow WebSocket clients", registry=REGISTRY
 )
+EVENT_STREAM_OVERFLOWS = Counter(
+    "pipeline_event_stream_overflows",
+    "Event-stream buffers that overflowed: a live stream ends with lagged, a catching-up one reads on",
+    registry=REGISTRY,
+)
 RATE_LIMIT_REFUSALS = Counter(
     "pipeline_rate_limit_refusals", "Requests refused by the rate limiter", ["role"], registry=REGISTRY
 )

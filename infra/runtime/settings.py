@@ -97,6 +97,16 @@ class WebsocketSettings:
 
 
 @dataclass(frozen=True)
+class EventStreamSettings:
+    """Event streams from a position (GraphQL ``events``, the ``events`` /ws topic, SSE): api/event_streams.py."""
+
+    buffer_events: int = 1000  # live events one stream may hold for a slow client before it is told "lagged"
+    buffer_bytes: int = 8 * 1024 * 1024  # the same bound in bytes of event data
+    page_size: int = 500  # events read per partition per catch-up query
+    max_types: int = 50  # entries of the types filter
+
+
+@dataclass(frozen=True)
 class MonitoringSettings:
     metrics_enabled: bool = True
     # OpenTelemetry (infra/runtime/tracing.py): spans and W3C trace context from the HTTP request to the
@@ -245,6 +255,7 @@ class Settings:
     authentication: AuthenticationSettings = field(default_factory=AuthenticationSettings)
     rate_limiting: RateLimitingSettings = field(default_factory=RateLimitingSettings)
     websocket: WebsocketSettings = field(default_factory=WebsocketSettings)
+    event_stream: EventStreamSettings = field(default_factory=EventStreamSettings)
     monitoring: MonitoringSettings = field(default_factory=MonitoringSettings)
     graphql: GraphQLSettings = field(default_factory=GraphQLSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)

@@ -23,7 +23,7 @@ from gql.transport.websockets import WebsocketsTransport
 from tests.conftest import environment_for
 from tests.integration.harness import eventually
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user
+from tests.integration.users import client_for, create_user, token_of, ws_base
 
 GQL = "/api/graphql"
 GRAPH = {
@@ -52,14 +52,6 @@ async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFact
     }
     async with running_system(env, tmp_path) as running:
         yield running
-
-
-def token_of(client: httpx.AsyncClient) -> str:
-    return str(client.headers["authorization"]).split(" ", 1)[1]
-
-
-def ws_base(client: httpx.AsyncClient) -> str:
-    return str(client.base_url).replace("http://", "ws://").rstrip("/")
 
 
 async def ingest(client: httpx.AsyncClient, content: str, metadata: dict[str, Any]) -> str:

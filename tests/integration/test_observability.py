@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.event_streams import EventStreams
 from api.hub import LiveHub
 from api.user_cache import UserCache
 from commands.envelope import Actor, CommandEnvelope
@@ -326,7 +327,9 @@ async def test_spans_of_one_command_link_up_in_process(services: dict[str, str],
     container = await build_api(settings, tracer)
     processor = await build_processor(settings, tracer)
     runner = await build_runner(settings, tracer=tracer)
-    hub = LiveHub(container.changes, container.pool, UserCache(container.changes, container.pool), tracer=tracer)
+    users = UserCache(container.changes, container.pool)
+    events = EventStreams(container.changes, container.pool, settings.event_stream)
+    hub = LiveHub(container.changes, container.pool, users, events, tracer=tracer)
     hub.start()
     stop = asyncio.Event()
     workers = [asyncio.create_task(processor.run(stop)), asyncio.create_task(runner.run(stop))]

@@ -1,4 +1,4 @@
-"""Helpers for tests that need several users: create them as the admin, log them in."""
+"""Helpers for tests that need several users: create them as the admin, log them in, reach the live API."""
 
 from __future__ import annotations
 
@@ -21,3 +21,13 @@ async def client_for(anonymous: httpx.AsyncClient, username: str) -> httpx.Async
     return httpx.AsyncClient(
         base_url=anonymous.base_url, timeout=60, headers={"Authorization": f"Bearer {tokens['access_token']}"}
     )
+
+
+def token_of(client: httpx.AsyncClient) -> str:
+    """The bearer token a client sends."""
+    return str(client.headers["authorization"]).split(" ", 1)[1]
+
+
+def ws_base(client: httpx.AsyncClient) -> str:
+    """The client's base URL for WebSockets (ws://...)."""
+    return str(client.base_url).replace("http://", "ws://").rstrip("/")

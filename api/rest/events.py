@@ -1,0 +1,117 @@
+"""REST: the event stream as Server-Sent Events (api/event_streams.py).
+
+``GET /api/v1/events/stream?after=&types=&aggregate_id=``: each event is an SSE message with
+``id:`` its position, ``event: event`` and the event as JSON; a client that falls behind gets
+``event: lagged`` (its ``id:`` the position to resume from) and the stream ends. ``Last-Event-ID``
+(what ``EventSource`` sends when it reconnects) wins over ``after``, so a reconnect resumes exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from litestar import Controller, Request, get
+from litestar.params import Parameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from psycopg import Error as PostgresError
+
+from api.auth import actor_of
+from api.errors import ApiError
+from api.event_streams import MAX_POSITION_CHARS, Check, Lagged, StreamRequest, follow, stream_request
+from api.live_rights import AccessEnded, recheck
+from api.rbac import Permission, has_permission, requires
+from commands.envelope import Actor
+from infra.runtime.bootstrap import ApiContainer
+
+log = logging.getLogger("pipeline.events")
+MAX_TYPES_CHARS = 4000
+
+
+class EventsController(Controller):
+    path = "/api/v1/events"
+    tags = ["events"]
+
+    @get(
+        "/stream",
+        operation_id="streamEvents",
+        summary="Follow the event log from a position (Server-Sent Events)",
+        media_type="text/event-stream",
+        response_description="An open text/event-stream: `event: event` messages (`id:` the position after the"
+        " event, `data:` the event as JSON), ending only with `event: lagged` (resume from its `id:`) or"
+        " `event: error`",
+        guards=[requires(Permission.READ)],
+        opt={"uncompressed": True},  # each message must reach the client as it is written
+    )
+    async def stream(
+        self,
+        request: Request[Any, Any, Any],
+        container: ApiContainer,
+        after: Annotated[
+            str | None,
+            Parameter(
+                query="after",
+                max_length=MAX_POSITION_CHARS,
+                description="Start after this position ('<partition>:<offset>,...' from an event's id), 'now' for"
+                " only new events; absent: from the beginning",
+            ),
+        ] = None,
+        types: Annotated[
+            str | None,
+            Parameter(
+                query="types",
+                max_length=MAX_TYPES_CHARS,
+                description="Comma-separated event types (DataObject.Ingested) or aggregate types (Execution)",
+            ),
+        ] = None,
+        aggregate_id: Annotated[
+            str | None, Parameter(query="aggregate_id", max_length=36, description="Only this aggregate's events")
+        ] = None,
+        last_event_id: Annotated[
+            str | None,
+            Parameter(
+                header="Last-Event-ID",
+                max_length=MAX_POSITION_CHARS,
+                description="Sent by EventSource on reconnect: resume after it (wins over after)",
+            ),
+        ] = None,
+    ) -> ServerSentEvent:
+        """Events after the position, first from the log, then live; non-admins see their own objects',
+        executions' and user's events. Each message's ``id:`` is the position after it."""
+        position = last_event_id if last_event_id is not None else after
+        wanted = None if types is None else [t.strip() for t in types.split(",")]
+        try:
+            parsed = stream_request(position, wanted, aggregate_id, container.settings.event_stream)
+        except ValueError as exc:
+            raise ApiError(400, "validation_error", str(exc)) from exc
+
+        async def check(fresh: bool) -> Actor:
+            principal = await recheck(request, fresh)
+            if not has_permission(principal.role, Permission.READ):
+                raise AccessEnded(f"the {principal.role} role lacks the read permission")
+            return actor_of(request)
+
+        return ServerSentEvent(_messages(request, parsed, check))
+
+
+async def _messages(
+    request: Request[Any, Any, Any], parsed: StreamRequest, check: Check
+) -> AsyncIterator[ServerSentEventMessage]:
+    try:
+        async for item in follow(request.app.state.hub.events, parsed, actor_of(request), check):
+            if isinstance(item, Lagged):
+                body = {"position": item.position, "message": "the client fell behind; reconnect from position"}
+                yield ServerSentEventMessage(id=item.position, event="lagged", data=orjson.dumps(body).decode())
+                return
+            position, event = item
+            yield ServerSentEventMessage(id=position, event="event", data=orjson.dumps(event).decode())
+    except AccessEnded as exc:
+        yield ServerSentEventMessage(
+            event="error", data=orjson.dumps({"reason": "forbidden", "message": str(exc)}).decode()
+        )
+    except PostgresError as exc:
+        log.warning("event stream failed: %s", exc)
+        body = {"reason": "unavailable", "message": "the event stream failed; reconnect"}
+        yield ServerSentEventMessage(event="error", data=orjson.dumps(body).decode())
