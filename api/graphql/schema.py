@@ -11,11 +11,13 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api import data_service
+from api.as_of import AsOf, object_as_of, parse_as_of
 from api.auth import actor_of
 from api.graphql.context import GraphQLContext
 from api.graphql.data_changes import DataChangeSubscription
 from api.graphql.errors import answer, parsed, require
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
+from api.graphql.history import HistoryQuery
 from api.graphql.limits import limit_extensions
 from api.graphql.masking import ErrorEnvelope, LoggedSchema
 from api.graphql.notifications import NotificationQuery, NotificationSubscription
@@ -36,16 +38,23 @@ class Deletion:
 
 
 @strawberry.type
-class Query(ExecutionQuery, NotificationQuery):
-    @strawberry.field(description="Get a single data object by id (waiting for consistency_token if given)")
+class Query(ExecutionQuery, NotificationQuery, HistoryQuery):
+    @strawberry.field(
+        description="Get a single data object by id (waiting for consistency_token if given); with asOf (a version"
+        " number or an RFC 3339 time) as it was then, folded from its events"
+    )
     async def data_object(
-        self, info: GqlInfo, object_id: str, consistency_token: str | None = None
+        self, info: GqlInfo, object_id: str, consistency_token: str | None = None, as_of: str | None = None
     ) -> DataObject | None:
         require(info.context.connection, Permission.READ)
+        connection, container = info.context.connection, info.context.container
         try:
-            row = await answer(
-                data_service.read(info.context.connection, info.context.container, object_id, consistency_token)
-            )
+            if as_of is not None:
+                at = await answer(_as_of(as_of))
+                return to_object(
+                    await answer(object_as_of(connection, container, object_id, at, consistency_token)), folded=True
+                )
+            row = await answer(data_service.read(connection, container, object_id, consistency_token))
         except GraphQLError as exc:
             if (exc.extensions or {}).get("code") == 404:
                 return None
@@ -74,6 +83,10 @@ class Query(ExecutionQuery, NotificationQuery):
         actor = actor_of(info.context.connection)
         results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))
         return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
+
+
+async def _as_of(value: str) -> AsOf:
+    return parse_as_of(value)
 
 
 async def _checked(filters: Any) -> dict[str, Any]:
