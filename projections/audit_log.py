@@ -185,3 +185,29 @@ async def count_rows(conn: AsyncConnection[Any], filters: AuditFilters) -> int:
     cur = await conn.execute(f"SELECT count(*) FROM audit_log WHERE {where}", params)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def rows_at_offsets(
+    conn: AsyncConnection[Any], partition: int, start: int, end: int, aggregate_id: str | None = None
+) -> dict[int, dict[str, Any]]:
+    """topic offset -> audit row (what the log also says, payload as text) of events at [start, end) of a partition."""
+    where = " AND aggregate_id = %s" if aggregate_id else ""
+    params: tuple[Any, ...] = (partition, start, end, *((aggregate_id,) if aggregate_id else ()))
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            "SELECT topic_offset, event_id, aggregate_id::text AS aggregate_id, aggregate_version, event_type,"
+            " command_id, correlation_id, causation_id, actor, actor_role, occurred_at, prev_hash, hash,"
+            " payload::text AS payload FROM audit_log WHERE topic_partition = %s AND topic_offset >= %s"
+            f" AND topic_offset < %s{where} ORDER BY topic_offset",
+            params,
+        )
+        return {row.pop("topic_offset"): row for row in await cur.fetchall()}
+
+
+async def rows_outside(conn: AsyncConnection[Any], partitions: list[int], aggregate_id: str | None = None) -> int:
+    """Audit rows that name a partition the log does not have."""
+    where = " AND aggregate_id = %s" if aggregate_id else ""
+    params: tuple[Any, ...] = (partitions, *((aggregate_id,) if aggregate_id else ()))
+    cur = await conn.execute(f"SELECT count(*) FROM audit_log WHERE NOT topic_partition = ANY(%s){where}", params)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
