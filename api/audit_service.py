@@ -23,6 +23,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 
 from api.auth import actor_of
+from api.data_service import wait_for_token
 from api.errors import ApiError
 from api.rbac import Role
 from infra.runtime.bootstrap import ApiContainer
@@ -113,10 +114,19 @@ def filters(
 
 
 async def history(
-    connection: Connection, container: ApiContainer, aggregate_id: str, after: str | None, limit: int | None
+    connection: Connection,
+    container: ApiContainer,
+    aggregate_id: str,
+    after: str | None,
+    limit: int | None,
+    token: str | None = None,
 ) -> Page:
-    """An aggregate's events in version order; 404 when it has none or they are not the caller's to read."""
+    """An aggregate's events in version order; 404 when it has none or they are not the caller's to read.
+
+    With a consistency ``token`` it first waits until the read models have applied that write.
+    """
     after_version, size = cursor(after), page_size(limit)
+    await wait_for_token(container, token)
     try:
         aggregate_id = str(uuid.UUID(aggregate_id))
     except ValueError as exc:  # like a path converter: a malformed id names no aggregate

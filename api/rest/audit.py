@@ -11,6 +11,7 @@ from litestar.params import Parameter
 
 from api import audit_service
 from api.rbac import Permission, requires
+from api.rest.data import ConsistencyToken
 from infra.runtime.bootstrap import ApiContainer
 
 
@@ -68,8 +69,10 @@ class AuditController(Controller):
         container: ApiContainer,
         after: Cursor = None,
         limit: Limit = None,
+        consistency_token: ConsistencyToken = None,
     ) -> AuditPage:
-        return _page(await audit_service.history(request, container, aggregate_id, after, limit))
+        token = consistency_token or request.headers.get("x-consistency-token")
+        return _page(await audit_service.history(request, container, aggregate_id, after, limit, token))
 
     @get(
         "/",
