@@ -54,10 +54,11 @@ def parse_as_of(value: str) -> AsOf:
         return AsOf(version=version)
     try:
         moment = instant(value, "as_of")
-    except ApiError as exc:
-        raise ApiError(
-            400, "validation_error", "as_of must be a version number or an RFC 3339 time", {"field": "as_of"}
-        ) from exc
+    except ApiError:
+        moment = None
+    if moment is None:  # unparsable, or empty
+        message = "as_of must be a version number or an RFC 3339 time"
+        raise ApiError(400, "validation_error", message, {"field": "as_of"})
     return AsOf(moment=moment)
 
 
