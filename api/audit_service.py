@@ -102,7 +102,7 @@ def filters(
 ) -> AuditFilters:
     """The cross-aggregate filters from query parameters, each checked (400 naming the bad one)."""
     for name, text in (("type", event_type), ("aggregate_type", aggregate_type)):
-        if text is not None and (len(text) > 200 or not text.replace(".", "").replace("_", "").isalnum()):
+        if text and (len(text) > 200 or not text.replace(".", "").replace("_", "").isalnum()):
             raise ApiError(400, "validation_error", f"{name} must be a word like DataObject.Ingested", {"field": name})
     return AuditFilters(
         actor=uuid_param(actor, "actor"),

@@ -43,9 +43,18 @@ class AuditPage(msgspec.Struct):
 
 Cursor = Annotated[
     str | None,
-    Parameter(query="after", required=False, description="The next_cursor of the previous page"),
+    Parameter(
+        query="after", required=False, pattern=r"^[0-9]{1,18}$", description="The next_cursor of the previous page"
+    ),
 ]
-Limit = Annotated[int | None, Parameter(query="limit", required=False, description="Events per page, 1..500 (100)")]
+Limit = Annotated[
+    int | None, Parameter(query="limit", required=False, ge=1, le=500, description="Events per page, 1..500 (100)")
+]
+Word = r"^[A-Za-z0-9_.]{1,200}$"
+
+
+def _time(name: str, description: str) -> Any:
+    return Parameter(query=name, required=False, description=description, schema_extra={"format": "date-time"})
 
 
 def _page(page: audit_service.Page) -> AuditPage:
@@ -83,19 +92,20 @@ class AuditController(Controller):
     async def search(
         self,
         container: ApiContainer,
-        actor: Annotated[str | None, Parameter(query="actor", required=False, description="A user id")] = None,
+        actor: Annotated[
+            str | None,
+            Parameter(query="actor", required=False, description="A user id", schema_extra={"format": "uuid"}),
+        ] = None,
         event_type: Annotated[
-            str | None, Parameter(query="type", required=False, description="An event type, e.g. DataObject.Ingested")
+            str | None,
+            Parameter(query="type", required=False, pattern=Word, description="An event type: DataObject.Ingested"),
         ] = None,
         aggregate_type: Annotated[
-            str | None, Parameter(query="aggregate_type", required=False, description="DataObject, Execution, User")
+            str | None,
+            Parameter(query="aggregate_type", required=False, pattern=Word, description="DataObject, Execution, User"),
         ] = None,
-        occurred_from: Annotated[
-            str | None, Parameter(query="from", required=False, description="RFC 3339, inclusive")
-        ] = None,
-        occurred_to: Annotated[
-            str | None, Parameter(query="to", required=False, description="RFC 3339, exclusive")
-        ] = None,
+        occurred_from: Annotated[str | None, _time("from", "RFC 3339 with a time zone, inclusive")] = None,
+        occurred_to: Annotated[str | None, _time("to", "RFC 3339 with a time zone, exclusive")] = None,
         after: Cursor = None,
         limit: Limit = None,
     ) -> AuditPage:
