@@ -63,9 +63,11 @@ def parse_as_of(value: str) -> AsOf:
 
 
 async def object_as_of(
-    connection: Connection, container: ApiContainer, object_id: str, at: AsOf, token: str | None = None
+    connection: Connection, container: ApiContainer, object_id: str, as_of: str, token: str | None = None
 ) -> dict[str, Any]:
-    """The object's row (as GET shows it, with "annotations") at ``at``; 404 when not there or not visible."""
+    """The object's row (as GET shows it, with "annotations") as of ``as_of`` (``parse_as_of``); 404 when it
+    was not there then or is not the caller's to see, 400 for a bad ``as_of``."""
+    at = parse_as_of(as_of)
     await wait_for_token(container, token)
     try:
         object_id = str(uuid.UUID(object_id))

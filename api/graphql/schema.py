@@ -11,7 +11,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api import data_service
-from api.as_of import AsOf, object_as_of, parse_as_of
+from api.as_of import object_as_of
 from api.auth import actor_of
 from api.graphql.context import GraphQLContext
 from api.graphql.data_changes import DataChangeSubscription
@@ -50,10 +50,8 @@ class Query(ExecutionQuery, NotificationQuery, HistoryQuery):
         connection, container = info.context.connection, info.context.container
         try:
             if as_of is not None:
-                at = await answer(_as_of(as_of))
-                return to_object(
-                    await answer(object_as_of(connection, container, object_id, at, consistency_token)), folded=True
-                )
+                past = await answer(object_as_of(connection, container, object_id, as_of, consistency_token))
+                return to_object(past, folded=True)
             row = await answer(data_service.read(connection, container, object_id, consistency_token))
         except GraphQLError as exc:
             if (exc.extensions or {}).get("code") == 404:
@@ -83,10 +81,6 @@ class Query(ExecutionQuery, NotificationQuery, HistoryQuery):
         actor = actor_of(info.context.connection)
         results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))
         return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
-
-
-async def _as_of(value: str) -> AsOf:
-    return parse_as_of(value)
 
 
 async def _checked(filters: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
 from api import data_service
-from api.as_of import object_as_of, parse_as_of
+from api.as_of import object_as_of
 from api.commands import expected_version
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.rbac import Permission, requires
@@ -132,7 +132,7 @@ class DataController(Controller):
     ) -> Response[DataObject]:
         token = consistency_token or request.headers.get("x-consistency-token")
         if as_of is not None:
-            row = await object_as_of(request, container, str(object_id), parse_as_of(as_of), token)
+            row = await object_as_of(request, container, str(object_id), as_of, token)
         else:
             row = await data_service.read(request, container, str(object_id), token)
         body = msgspec.convert(row, DataObject, from_attributes=True)
