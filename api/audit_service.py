@@ -56,7 +56,7 @@ def aggregate_owner(aggregate_id: str, creation: dict[str, Any]) -> str | None:
 
 def cursor(value: str | None, name: str = "after") -> int:
     """A cursor from a previous page (0 when absent); 400 ``invalid_cursor`` for anything else."""
-    if value is None or value == "":
+    if value is None:
         return 0
     if not value.isascii() or not value.isdigit() or len(value) > 19 or int(value) > MAX_CURSOR:
         raise ApiError(400, "invalid_cursor", f"{name} must be a cursor from a previous page", {"field": name})
@@ -72,8 +72,8 @@ def page_size(value: int | None) -> int:
 
 
 def instant(value: str | None, name: str) -> datetime | None:
-    """An RFC 3339 time with a time zone, or None when absent; 400 naming the parameter otherwise."""
-    if value is None or value == "":
+    """An RFC 3339 time with a time zone, or None when absent; 400 naming the parameter otherwise (also empty)."""
+    if value is None:
         return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -85,7 +85,7 @@ def instant(value: str | None, name: str) -> datetime | None:
 
 
 def uuid_param(value: str | None, name: str) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
     try:
         return str(uuid.UUID(value))
