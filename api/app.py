@@ -32,6 +32,7 @@ from api.metrics import http_metrics_middleware, metrics_route, register_worker_
 from api.middleware import request_id_middleware
 from api.openapi import document_errors, document_upload_limit
 from api.ratelimit import RateLimiter, Rule
+from api.rest.audit import AuditController
 from api.rest.auth import AuthController
 from api.rest.content import ContentController
 from api.rest.conversations import ConversationsController
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ConversationsController,
             AuthController,
             UsersController,
+            AuditController,
             health_controller(settings.monitoring.health_check_path),
             websocket_endpoint,
             graphql,

@@ -50,10 +50,15 @@ class DataObject:
     created_at: datetime
     updated_at: datetime
     change_type: ChangeType | None = None
+    # The annotations of an object as of a past point (folded from its events), instead of the read model's.
+    folded_annotations: strawberry.Private[list[dict[str, Any]] | None] = None
 
     @strawberry.field
     async def annotations(self, info: GqlInfo) -> list[Annotation]:
-        return [Annotation(**row) for row in await info.context.annotations.load(self.object_id)]
+        rows = self.folded_annotations
+        if rows is None:
+            rows = await info.context.annotations.load(self.object_id)
+        return [Annotation(**row) for row in rows]
 
     @strawberry.field(
         description="The content as text for text and JSON objects up to storage.inline_content_bytes;"
@@ -80,6 +85,7 @@ class DataObject:
         return content_url(self.object_id)
 
 
-def to_object(row: dict[str, Any], change_type: ChangeType | None = None) -> DataObject:
+def to_object(row: dict[str, Any], change_type: ChangeType | None = None, *, folded: bool = False) -> DataObject:
+    """The GraphQL object of a row; ``folded``: the row's own "annotations" (an as-of row) are served."""
     fields = {k: v for k, v in row.items() if k in DataObject.__annotations__}
-    return DataObject(**fields, change_type=change_type)
+    return DataObject(**fields, change_type=change_type, folded_annotations=row["annotations"] if folded else None)

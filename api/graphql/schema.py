@@ -11,6 +11,7 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api import data_service
+from api.as_of import object_as_of
 from api.auth import actor_of
 from api.graphql.chat import ChatMutation, ChatQuery
 from api.graphql.context import GraphQLContext
@@ -18,6 +19,7 @@ from api.graphql.data_changes import DataChangeSubscription
 from api.graphql.errors import answer, parsed, require
 from api.graphql.events import EventSubscription
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
+from api.graphql.history import HistoryQuery
 from api.graphql.limits import limit_extensions
 from api.graphql.masking import ErrorEnvelope, LoggedSchema
 from api.graphql.notifications import NotificationQuery, NotificationSubscription
@@ -38,16 +40,21 @@ class Deletion:
 
 
 @strawberry.type
-class Query(ExecutionQuery, NotificationQuery, ChatQuery):
-    @strawberry.field(description="Get a single data object by id (waiting for consistency_token if given)")
+class Query(ExecutionQuery, NotificationQuery, ChatQuery, HistoryQuery):
+    @strawberry.field(
+        description="Get a single data object by id (waiting for consistency_token if given); with asOf (a version"
+        " number or an RFC 3339 time) as it was then, folded from its events"
+    )
     async def data_object(
-        self, info: GqlInfo, object_id: str, consistency_token: str | None = None
+        self, info: GqlInfo, object_id: str, consistency_token: str | None = None, as_of: str | None = None
     ) -> DataObject | None:
         require(info.context.connection, Permission.READ)
+        connection, container = info.context.connection, info.context.container
         try:
-            row = await answer(
-                data_service.read(info.context.connection, info.context.container, object_id, consistency_token)
-            )
+            if as_of is not None:
+                past = await answer(object_as_of(connection, container, object_id, as_of, consistency_token))
+                return to_object(past, folded=True)
+            row = await answer(data_service.read(connection, container, object_id, consistency_token))
         except GraphQLError as exc:
             if (exc.extensions or {}).get("code") == 404:
                 return None

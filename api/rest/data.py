@@ -12,6 +12,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.params import Parameter
 
 from api import data_service
+from api.as_of import object_as_of
 from api.commands import expected_version
 from api.inputs import AnnotationCreate, DataIngestionRequest
 from api.rbac import Permission, requires
@@ -75,6 +76,16 @@ ConsistencyToken = Annotated[
         description="A position token from a write; the read waits until the read model has reached it.",
     ),
 ]
+AsOfParameter = Annotated[
+    str | None,
+    Parameter(
+        query="as_of",
+        required=False,
+        max_length=64,
+        description="A version number or an RFC 3339 time: the object as it was then, folded from its events"
+        " (visible before its deletion; 404 before its creation)",
+    ),
+]
 
 
 class DataController(Controller):
@@ -108,7 +119,7 @@ class DataController(Controller):
     @get(
         "/data/{object_id:uuid}",
         operation_id="getDataObject",
-        summary="Get a data object with its annotations (its owner or an admin)",
+        summary="Get a data object with its annotations, now or as of a version or time (its owner or an admin)",
         guards=[requires(Permission.READ)],
     )
     async def get_object(
@@ -117,9 +128,13 @@ class DataController(Controller):
         object_id: uuid.UUID,
         container: ApiContainer,
         consistency_token: ConsistencyToken = None,
+        as_of: AsOfParameter = None,
     ) -> Response[DataObject]:
         token = consistency_token or request.headers.get("x-consistency-token")
-        row = await data_service.read(request, container, str(object_id), token)
+        if as_of is not None:
+            row = await object_as_of(request, container, str(object_id), as_of, token)
+        else:
+            row = await data_service.read(request, container, str(object_id), token)
         body = msgspec.convert(row, DataObject, from_attributes=True)
         return Response(body, headers={"ETag": f'"{body.version}"'})
 

@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     blobs = sub.add_parser("blobs", help="operate the blob store")
     blobs_sub = blobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     blobs_sub.add_parser("check", help="list objects whose content the blob store lacks (exit 1 if any)")
+    from infra.cli.audit import add_parser as add_audit_parser
     from infra.cli.users import add_parser as add_user_parser
 
     add_user_parser(sub)
+    add_audit_parser(sub)
     sub.add_parser("settings", help="list every setting with its environment variable and current value")
     services = sub.add_parser("services", help="start only Kafka, PostgreSQL and Redis and print where they are")
     services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
@@ -87,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         from infra.cli.users import run as run_user_command
 
         return run_user_command(settings, args)
+    if args.command == "audit":
+        from infra.cli.audit import run as run_audit_command
+
+        return run_audit_command(settings, args)
     if args.command == "settings":
         _print_settings(settings)
         return 0
