@@ -21,7 +21,21 @@ from psycopg.types.json import Jsonb
 from projections.events import EventRecord
 from projections.projector import Handler, Projector
 
-_COLUMNS = "notification_id, user_id, kind, message, data, aggregate_id::text, aggregate_version, created_at, read_at"
+# A notification's read time as the reads see it: its own column, or a kept mark that covers it. The
+# column alone is not enough: a mark (the Inbox's partition) and the notification it covers (another
+# aggregate's partition) can be applied by two concurrent transactions, neither seeing the other's
+# row, so the writes may leave the column empty (seen under load after a rebuild). Reading through the
+# marks makes the answer independent of the order and interleaving in which partitions are applied.
+READ_AT = (
+    "least(n.read_at,"
+    " (SELECT m.read_at FROM notification_read_marks m WHERE m.user_id = n.user_id"
+    " AND m.notification_id = n.notification_id),"
+    " (SELECT min(a.read_at) FROM notification_read_all a WHERE a.user_id = n.user_id AND a.read_at >= n.created_at))"
+)
+_COLUMNS = (
+    "n.notification_id, n.user_id, n.kind, n.message, n.data, n.aggregate_id::text, n.aggregate_version,"
+    f" n.created_at, {READ_AT} AS read_at"
+)
 NOTIFYING = {
     "Execution.Completed",
     "Execution.Failed",
@@ -150,7 +164,7 @@ async def notifications_caused_by(conn: AsyncConnection[Any], causes: list[tuple
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {_COLUMNS} FROM notifications n JOIN unnest(%s::uuid[], %s::int[]) AS c(id, v)"
-            " ON n.aggregate_id = c.id AND n.aggregate_version = c.v ORDER BY created_at",
+            " ON n.aggregate_id = c.id AND n.aggregate_version = c.v ORDER BY n.created_at",
             ([a for a, _ in causes], [v for _, v in causes]),
         )
         return await cur.fetchall()
@@ -160,10 +174,10 @@ async def list_notifications(
     conn: AsyncConnection[Any], user_id: str, unread_only: bool, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     """A user's notifications, newest first."""
-    where = "user_id = %s" + (" AND read_at IS NULL" if unread_only else "")
+    where = "n.user_id = %s" + (f" AND {READ_AT} IS NULL" if unread_only else "")
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            f"SELECT {_COLUMNS} FROM notifications WHERE {where} ORDER BY created_at DESC, notification_id"
+            f"SELECT {_COLUMNS} FROM notifications n WHERE {where} ORDER BY n.created_at DESC, n.notification_id"
             " LIMIT %s OFFSET %s",
             (user_id, limit, offset),
         )
@@ -173,8 +187,8 @@ async def list_notifications(
 async def count_unread(conn: AsyncConnection[Any], user_id: str, notification_ids: list[str] | None) -> int:
     """How many of the user's notifications (the given ones, or all) are unread."""
     given = notification_ids is not None
-    where = "user_id = %s AND read_at IS NULL" + (" AND notification_id = ANY(%s)" if given else "")
+    where = f"n.user_id = %s AND {READ_AT} IS NULL" + (" AND n.notification_id = ANY(%s)" if given else "")
     params: tuple[Any, ...] = (user_id, notification_ids) if given else (user_id,)
-    cur = await conn.execute(f"SELECT count(*) FROM notifications WHERE {where}", params)
+    cur = await conn.execute(f"SELECT count(*) FROM notifications n WHERE {where}", params)
     row = await cur.fetchone()
     return int(row[0]) if row else 0
