@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from litestar.connection import ASGIConnection
+from psycopg import AsyncConnection
 
 from api.auth import actor_of
 from api.commands import derived_id, submit
@@ -23,11 +25,12 @@ from api.inputs import AnnotationCreate, DataIngestionRequest, checked_json
 from api.inputs import object_id as checked_id
 from api.rbac import can_see
 from commands.envelope import Outcome, Position
+from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
-from projections.annotations import annotations_of
-from projections.data_objects import get_data_object
+from projections.data_objects import get_data_object, get_data_object_with_annotations
 
 Connection = ASGIConnection[Any, Any, Any, Any]
+ObjectQuery = Callable[[AsyncConnection[Any], str], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -134,28 +137,29 @@ async def _refuse_unreachable(container: ApiContainer, position: Position, token
 async def read(
     connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
 ) -> dict[str, Any]:
-    """The object row with its annotations (list under "annotations").
+    """The object row with its annotations (list under "annotations"), in one query.
 
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
     """
-    row = await visible_object(connection, container, object_id, token)
-    async with container.pool.connection() as conn:
-        row["annotations"] = await annotations_of(conn, row["object_id"])
-    return row
+    return await visible_object(connection, container, object_id, token, get_data_object_with_annotations)
 
 
 async def visible_object(
-    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
+    connection: Connection,
+    container: ApiContainer,
+    object_id: str,
+    token: str | None = None,
+    query: ObjectQuery = get_data_object,
 ) -> dict[str, Any]:
-    """The object row (no annotations); 404 when absent or not the caller's to see."""
+    """The object row (no annotations, unless ``query`` adds them); 404 when absent or not the caller's to see."""
     await wait_for_token(container, token)
     try:
         object_id = checked_id(object_id)
     except ApiError as exc:  # like REST's path converter: a malformed id names no object
         raise ApiError(404, "not_found", "data object does not exist") from exc
     actor = actor_of(connection)
-    async with container.pool.connection() as conn:
-        row = await get_data_object(conn, object_id)
+    async with read_connection(container.pool) as conn:
+        row = await query(conn, object_id)
     if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
         raise ApiError(404, "not_found", f"data object {object_id} does not exist")
     return row

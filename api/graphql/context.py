@@ -8,6 +8,7 @@ from litestar.connection import ASGIConnection
 from strawberry.dataloader import DataLoader
 from strawberry.litestar import BaseContext
 
+from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
 from projections.annotations import annotations_of_many
 
@@ -30,7 +31,7 @@ async def context_getter(container: ApiContainer) -> GraphQLContext:
     """A litestar dependency: one context (and one set of DataLoaders) per operation."""
 
     async def load_annotations(object_ids: list[str]) -> list[list[dict[str, Any]]]:
-        async with container.pool.connection() as conn:
+        async with read_connection(container.pool) as conn:
             found = await annotations_of_many(conn, object_ids)
         return [found.get(object_id, []) for object_id in object_ids]
 

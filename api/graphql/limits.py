@@ -31,6 +31,7 @@ from typing import Any, TypeGuard
 
 import orjson
 from graphql import (
+    ASTValidationRule,
     ExecutionResult,
     FieldNode,
     FragmentDefinitionNode,
@@ -45,11 +46,13 @@ from graphql import (
 )
 from strawberry.extensions import (
     AddValidationRules,
-    MaxAliasesLimiter,
     MaxTokensLimiter,
-    QueryDepthLimiter,
+    ParserCache,
     SchemaExtension,
+    ValidationCache,
 )
+from strawberry.extensions.max_aliases import create_validator as aliases_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 
 from api.auth import Principal
 from api.ratelimit import RateLimiter
@@ -59,15 +62,28 @@ log = logging.getLogger("pipeline.graphql")
 
 COSTLY_QUERY_FIELDS = frozenset({"searchObjects"})  # every mutation field is costly too
 BURST_FIELDS = frozenset({"ingestData"})  # like REST's POST /ingest (route opt "burst")
+DOCUMENT_CACHE_SIZE = 256  # distinct documents whose parse and validation are kept (LRU)
 
 
 def limit_extensions(settings: GraphQLSettings) -> list[Callable[[], SchemaExtension]]:
-    """Factories of the extensions enforcing ``settings`` (one fresh instance per operation)."""
+    """Factories of the extensions enforcing ``settings`` (one fresh instance per operation).
+
+    The limits of layer 1 are validation rules, created once here (strawberry's QueryDepthLimiter and
+    MaxAliasesLimiter would make new rule classes for every operation), so that the parse and the
+    validation of a document sent again (clients send the same few documents with new variables)
+    are taken from bounded caches keyed by the document's text, the parse options (the token limit)
+    and the rules: parsing and validating were about half of a small query's cost.
+    """
+    rules: list[type[ASTValidationRule]] = [
+        depth_rule(settings.max_depth, None),
+        aliases_rule(settings.max_aliases),
+        costly_fields_rule(settings.max_costly_fields),
+    ]
     return [
         functools.partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
-        functools.partial(QueryDepthLimiter, max_depth=settings.max_depth),
-        functools.partial(MaxAliasesLimiter, max_alias_count=settings.max_aliases),
-        functools.partial(AddValidationRules, [costly_fields_rule(settings.max_costly_fields)]),
+        functools.partial(AddValidationRules, rules),
+        functools.partial(ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
+        functools.partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         CostlyFieldRateLimits,
         functools.partial(ResponseSizeCap, max_bytes=settings.max_response_bytes),
     ]

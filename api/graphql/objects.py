@@ -48,10 +48,15 @@ class DataObject:
     created_at: datetime
     updated_at: datetime
     change_type: ChangeType | None = None
+    # Read with the object (data_service.read: one query); otherwise one loader batch per operation.
+    loaded_annotations: strawberry.Private[list[dict[str, Any]] | None] = None
 
     @strawberry.field
     async def annotations(self, info: GqlInfo) -> list[Annotation]:
-        return [Annotation(**row) for row in await info.context.annotations.load(self.object_id)]
+        rows = self.loaded_annotations
+        if rows is None:
+            rows = await info.context.annotations.load(self.object_id)
+        return [Annotation(**row) for row in rows]
 
     @strawberry.field(
         description="The content as text for text and JSON objects up to storage.inline_content_bytes;"
@@ -75,5 +80,9 @@ class DataObject:
 
 
 def to_object(row: dict[str, Any], change_type: ChangeType | None = None) -> DataObject:
-    fields = {k: v for k, v in row.items() if k in DataObject.__annotations__}
-    return DataObject(**fields, change_type=change_type)
+    """The GraphQL object of a read-model row (with its annotations when the row has them)."""
+    fields = {k: v for k, v in row.items() if k in _ROW_FIELDS}
+    return DataObject(**fields, change_type=change_type, loaded_annotations=row.get("annotations"))
+
+
+_ROW_FIELDS = frozenset(DataObject.__annotations__) - {"change_type", "loaded_annotations"}
