@@ -43,7 +43,7 @@ import httpx
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from execute import GRAPH, TEXT  # noqa: E402
-from running import cpu_seconds_by_tree, log_in, run_wrk, running_system  # noqa: E402
+from running import cpu_seconds_by_tree, log_in, machine_cpu, run_wrk, running_system  # noqa: E402
 
 MODES = ("rest", "rest_token", "graphql", "graphql_annotations", "execution")
 PEER_OF = {
@@ -120,9 +120,9 @@ def measure(
     env = {"IDS_FILE": ids_file, "MODE": mode, "TOKEN": token}
     if warmup:
         run_wrk(url, "read.lua", env, connections, warmup, 2)
-    before = cpu_seconds_by_tree(pids)
+    before, machine_before = cpu_seconds_by_tree(pids), machine_cpu()
     load = run_wrk(url, "read.lua", env, connections, seconds, 2)
-    after = cpu_seconds_by_tree(pids)
+    after, machine_after = cpu_seconds_by_tree(pids), machine_cpu()
     requests = max(1, int(load["requests"]))
     return {
         "requests_per_s": round(load["requests"] / load["duration_s"], 1),
@@ -134,6 +134,10 @@ def measure(
         "socket_errors": load["socket_errors"],
         # CPU milliseconds per request during the measured run: what limits throughput on 2 cores.
         "cpu_ms_per_request": {name: round((after[name] - before[name]) * 1000 / requests, 3) for name in pids},
+        # How busy the whole machine was (wrk and other work included): the figures' noise.
+        "machine_busy_pct": round(
+            100 * (machine_after[0] - machine_before[0]) / max(1e-9, machine_after[1] - machine_before[1]), 1
+        ),
     }
 
 
@@ -247,6 +251,7 @@ def main() -> int:
         "peer": peers,
         "ratio_to_peer": ratios,  # our req/s over the peer's, same connections, same sitting
         "cores": os.cpu_count(),
+        "load_average": os.getloadavg(),
     }
     print(json.dumps(result))
     return 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar import Response
 from litestar.connection import ASGIConnection
+from litestar.datastructures import State
 from strawberry.dataloader import DataLoader
 from strawberry.litestar import BaseContext
 
@@ -27,8 +29,13 @@ class GraphQLContext(BaseContext, kw_only=True):
         return connection
 
 
-async def context_getter(container: ApiContainer) -> GraphQLContext:
-    """A litestar dependency: one context (and one set of DataLoaders) per operation."""
+async def context_getter(state: State, response: Response[Any]) -> GraphQLContext:
+    """A litestar dependency: one context (and one set of DataLoaders) per operation.
+
+    It takes the sub-response only to come after it (see api.app._graphql_response); strawberry sets it
+    on the context itself.
+    """
+    container: ApiContainer = state.container
 
     async def load_annotations(object_ids: list[str]) -> list[list[dict[str, Any]]]:
         async with read_connection(container.pool) as conn:
