@@ -165,6 +165,13 @@ def run_peer(script: Path, database_url: str, connections: int, seconds: int) ->
     return figures
 
 
+def _ratio(ours: float, peer: dict[str, Any] | None) -> float | None:
+    """Our req/s over the peer's; None without a peer figure (not run, or it served nothing)."""
+    if not peer or not peer["requests_per_s"]:
+        return None
+    return round(ours / peer["requests_per_s"], 2)
+
+
 def _milliseconds(text: str) -> float | None:
     """wrk's latency text ("12.34ms", "1.02s", "850.00us") in ms."""
     match = re.match(r"^([\d.]+)(us|ms|s|m)$", text.strip())
@@ -226,17 +233,17 @@ def main() -> int:
             for mode in args.modes:
                 print(f"{mode}, {connections} connections, {args.duration}s...", file=sys.stderr)
                 ids = executions_file if mode == "execution" else objects_file
-                ours[str(connections)][mode] = measure(
-                    url, token, ids, mode, connections, args.duration, args.warmup, pids
-                )
+                figures = measure(url, token, ids, mode, connections, args.duration, args.warmup, pids)
+                ours[str(connections)][mode] = figures
+                print(f"  {json.dumps(figures)}", file=sys.stderr)
             if peer is not None:
                 print(f"the read peer, {connections} connections...", file=sys.stderr)
                 peers[str(connections)] = run_peer(peer, runtime["database_url"], connections, args.duration)
+                print(f"  {json.dumps(peers[str(connections)])}", file=sys.stderr)
     ratios = {
         connections: {
-            mode: round(figures["requests_per_s"] / peers[connections][PEER_OF[mode]]["requests_per_s"], 2)
+            mode: _ratio(figures["requests_per_s"], peers.get(connections, {}).get(PEER_OF.get(mode, "")))
             for mode, figures in modes.items()
-            if mode in PEER_OF and PEER_OF[mode] in peers.get(connections, {})
         }
         for connections, modes in ours.items()
     }

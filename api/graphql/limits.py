@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable, Iterator
 from typing import Any, TypeGuard
 
 import orjson
@@ -47,7 +48,6 @@ from graphql import (
 from strawberry.extensions import (
     AddValidationRules,
     MaxTokensLimiter,
-    ParserCache,
     SchemaExtension,
     ValidationCache,
 )
@@ -82,7 +82,7 @@ def limit_extensions(settings: GraphQLSettings) -> list[Callable[[], SchemaExten
     return [
         functools.partial(MaxTokensLimiter, max_token_count=settings.max_tokens),
         functools.partial(AddValidationRules, rules),
-        functools.partial(ParserCache, maxsize=DOCUMENT_CACHE_SIZE),
+        functools.partial(ParsedDocuments, documents=LRU(DOCUMENT_CACHE_SIZE)),
         functools.partial(ValidationCache, maxsize=DOCUMENT_CACHE_SIZE),
         CostlyFieldRateLimits,
         functools.partial(ResponseSizeCap, max_bytes=settings.max_response_bytes),
@@ -129,6 +129,55 @@ def costly_root_fields(operation: OperationDefinitionNode, fragments: dict[str, 
                     yield from walk(fragment.selection_set, seen | {selection.name.value})
 
     return list(walk(operation.selection_set, frozenset()))
+
+
+class LRU(OrderedDict[Hashable, Any]):
+    """A dict that keeps its ``size`` most recently used entries (``get`` counts as a use)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get(self, key: Hashable, default: Any = None) -> Any:
+        if key not in self:
+            return default
+        self.move_to_end(key)
+        return self[key]
+
+    def __setitem__(self, key: Hashable, value: Any) -> None:
+        super().__setitem__(key, value)
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
+class ParsedDocuments(SchemaExtension):
+    """The parsed document of a query text seen before (and parsed under the same options).
+
+    Unlike strawberry's ParserCache, which parses in its own hook, a document not seen before is
+    parsed by strawberry as usual, so a syntax error or one over the token limit is reported like
+    any other (api.graphql.masking); only documents that parsed are kept.
+    """
+
+    def __init__(self, documents: LRU) -> None:
+        self.documents = documents
+
+    def _key(self) -> Hashable:
+        ctx = self.execution_context
+        return (ctx.query, tuple(sorted(ctx.parse_options.items())))
+
+    def on_operation(self) -> Iterator[None]:
+        """Before parsing (after MaxTokensLimiter set its parse option): a known text's document."""
+        ctx = self.execution_context
+        if ctx.graphql_document is None and ctx.query:
+            ctx.graphql_document = self.documents.get(self._key())
+        yield
+
+    def on_parse(self) -> Iterator[None]:
+        """After parsing: keep the document."""
+        yield
+        ctx = self.execution_context
+        if ctx.graphql_document is not None and ctx.query:
+            self.documents[self._key()] = ctx.graphql_document
 
 
 class CostlyFieldRateLimits(SchemaExtension):
