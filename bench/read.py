@@ -32,13 +32,17 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -165,11 +169,76 @@ def run_peer(script: Path, database_url: str, connections: int, seconds: int) ->
     return figures
 
 
-def _ratio(ours: float, peer: dict[str, Any] | None) -> float | None:
-    """Our req/s over the peer's; None without a peer figure (not run, or it served nothing)."""
-    if not peer or not peer["requests_per_s"]:
+def measure_peer_here(
+    script: Path, database_url: str, pg_pid: int, connections: list[int], seconds: int, warmup: int
+) -> dict[str, dict[str, Any]]:
+    """The peer's server started here and driven like ours (same wrk script): figures with its CPU per request.
+
+    run_read_peer.sh gives the peer 10 s to start, which a busy machine may not, and reports no CPU;
+    this waits for it and measures it exactly as ``measure`` measures ours.
+    """
+    python = Path(os.environ.get("PEERS_VENV", Path.home() / ".cache" / "pipeline-peers-venv")) / "bin" / "python"
+    if not python.exists():
+        print(f"no peer virtualenv at {python} (run_read_peer.sh makes it)", file=sys.stderr)
+        return {}
+    server, database = database_url.rsplit("/", 1)[0], f"peers_read_bench_{os.getpid()}"
+    with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {database}")
+    figures: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        ids = f"{scratch}/ids"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        command = [str(python), "-m", "uvicorn", "--app-dir", str(script.parent), "read_peer:app"]
+        peer = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+            env={**os.environ, "PEER_DSN": f"{server}/{database}", "PEER_IDS_FILE": ids},
+        )
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 180
+            while not (Path(ids).exists() and Path(ids).stat().st_size and _answers(f"{url}/docs")):
+                if time.monotonic() > deadline or peer.poll() is not None:
+                    print("the peer did not start", file=sys.stderr)
+                    return {}
+                time.sleep(0.5)
+            pids = {"peer": peer.pid, "postgres": pg_pid}
+            for count in connections:
+                for mode in ("rest", "graphql"):
+                    result = measure(url, "", ids, mode, count, seconds, warmup, pids)
+                    figures.setdefault(str(count), {})[f"read_{mode}"] = result
+                    print(f"  peer {mode} {count}: {json.dumps(result)}", file=sys.stderr)
+        finally:
+            peer.terminate()
+            peer.wait(timeout=30)
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as admin:
+                admin.execute(f"DROP DATABASE {database} WITH (FORCE)")
+    return figures
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def _ratio(ours: dict[str, Any], peer: dict[str, Any] | None, figure: str, invert: bool) -> float | None:
+    """Our ``figure`` over the peer's (``invert``: the peer's over ours); None without both.
+
+    ``figure`` "cpu" is the CPU ms per request of the server process (ours "api", the peer's "peer").
+    """
+    if not peer:
         return None
-    return round(ours / peer["requests_per_s"], 2)
+    if figure == "cpu":
+        mine, theirs = ours["cpu_ms_per_request"]["api"], peer["cpu_ms_per_request"]["peer"]
+    else:
+        mine, theirs = ours[figure], peer[figure]
+    if invert:
+        mine, theirs = theirs, mine
+    return round(mine / theirs, 2) if mine and theirs else None
 
 
 def _milliseconds(text: str) -> float | None:
@@ -240,13 +309,22 @@ def main() -> int:
                 print(f"the read peer, {connections} connections...", file=sys.stderr)
                 peers[str(connections)] = run_peer(peer, runtime["database_url"], connections, args.duration)
                 print(f"  {json.dumps(peers[str(connections)])}", file=sys.stderr)
-    ratios = {
-        connections: {
-            mode: _ratio(figures["requests_per_s"], peers.get(connections, {}).get(PEER_OF.get(mode, "")))
-            for mode, figures in modes.items()
+    here: dict[str, dict[str, Any]] = {}
+    if peer is not None:
+        print("the read peer's server, driven and measured here...", file=sys.stderr)
+        here = measure_peer_here(
+            peer, runtime["database_url"], pids["postgres"], args.connections, args.duration, args.warmup
+        )
+
+    def ratios(peer_figures: dict[str, dict[str, Any]], figure: str, invert: bool = False) -> dict[str, Any]:
+        return {
+            connections: {
+                mode: _ratio(figures, peer_figures.get(connections, {}).get(PEER_OF.get(mode, "")), figure, invert)
+                for mode, figures in modes.items()
+            }
+            for connections, modes in ours.items()
         }
-        for connections, modes in ours.items()
-    }
+
     result = {
         "benchmark": "read",
         "objects": args.objects,
@@ -255,8 +333,12 @@ def main() -> int:
         "duration_s": args.duration,
         "rate_limiting": data["rate_limit"],  # the limit the API answered, and whether it counts requests
         "ours": ours,
-        "peer": peers,
-        "ratio_to_peer": ratios,  # our req/s over the peer's, same connections, same sitting
+        "peer": peers,  # run_read_peer.sh's figures
+        "ratio_to_peer": ratios(peers, "requests_per_s"),  # our req/s over the peer's, same connections, same sitting
+        "peer_measured_here": here,  # the peer's server driven by read.lua like ours, with its CPU per request
+        "ratio_to_peer_measured_here": ratios(here, "requests_per_s"),
+        # the peer's API CPU per request over ours (> 1: we are cheaper), what decides throughput on a busy machine
+        "cpu_ratio_to_peer_measured_here": ratios(here, "cpu", invert=True),
         "cores": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
