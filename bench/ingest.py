@@ -18,7 +18,6 @@ import http.client
 import json
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -33,7 +32,14 @@ import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from running import cpu_seconds_by_tree, log_in, memory_kb, percentiles, run_wrk, running_system  # noqa: E402
+from running import (  # noqa: E402
+    add_system_arguments,
+    cpu_seconds_by_tree,
+    memory_kb,
+    percentiles,
+    run_wrk,
+    system_and_token,
+)
 
 PEER_BODY = HERE.parent.parent / "shared" / "peers" / "ingest.lua"
 DEFAULT_BODY = (
@@ -121,12 +127,6 @@ def projection_lag(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("PIPELINE_DATA_DIR", ".data")),
-        help="data directory of the running system (its runtime.json names the parts)",
-    )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
     parser.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds first (default 2)")
@@ -137,25 +137,12 @@ def main() -> int:
         default=200,
         help="then, on one connection, ingest and read back with the consistency token this many times (default 200)",
     )
-    parser.add_argument(
-        "--username",
-        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
-        help="who the requests are made as (default: PIPELINE_ADMIN_USERNAME or admin)",
-    )
-    parser.add_argument(
-        "--password",
-        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
-        help="their password (default: PIPELINE_ADMIN_PASSWORD)",
-    )
+    add_system_arguments(parser)
     args = parser.parse_args()
-
-    if shutil.which("wrk") is None:
-        sys.exit("needs wrk (Debian package wrk; `make system-deps` installs it)")
-    runtime = running_system(args.data_dir)
+    runtime, token = system_and_token(args)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as body:
         body.write(request_body())
     print(f"warming up for {args.warmup}s...", file=sys.stderr)
-    token = log_in(runtime["api"], args.username, args.password)
     run_ingest_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads, token)
     since = datetime.now(UTC)
     print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)

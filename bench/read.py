@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -47,7 +46,7 @@ import psycopg
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from execute import GRAPH, TEXT  # noqa: E402
-from running import cpu_seconds_by_tree, log_in, machine_cpu, run_wrk, running_system  # noqa: E402
+from running import add_system_arguments, cpu_seconds_by_tree, machine_cpu, run_wrk, system_and_token  # noqa: E402
 
 MODES = ("rest", "rest_token", "graphql", "graphql_annotations", "execution")
 PEER_OF = {
@@ -252,12 +251,6 @@ def _milliseconds(text: str) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("PIPELINE_DATA_DIR", ".data")),
-        help="data directory of the running system (its runtime.json names the parts)",
-    )
     parser.add_argument("--objects", type=int, default=1000, help="objects to ingest and read (default 1000)")
     parser.add_argument(
         "--annotated-every", type=int, default=2, help="every n-th object gets two annotations (default 2; 0: none)"
@@ -270,23 +263,10 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds before each (default 2)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to drive (default all)")
     parser.add_argument("--no-peer", action="store_true", help="skip the read peer")
-    parser.add_argument(
-        "--username",
-        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
-        help="who the requests are made as (default: PIPELINE_ADMIN_USERNAME or admin)",
-    )
-    parser.add_argument(
-        "--password",
-        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
-        help="their password (default: PIPELINE_ADMIN_PASSWORD)",
-    )
+    add_system_arguments(parser)
     args = parser.parse_args()
-
-    if shutil.which("wrk") is None:
-        sys.exit("needs wrk (Debian package wrk; `make system-deps` installs it)")
-    runtime = running_system(args.data_dir)
+    runtime, token = system_and_token(args)
     url = runtime["api"]
-    token = log_in(url, args.username, args.password)
     print(f"ingesting {args.objects} objects and {args.executions} executions...", file=sys.stderr)
     data = asyncio.run(populate(url, token, args.objects, args.annotated_every, args.executions))
     pids = {"api": runtime["pids"]["api"], "postgres": runtime["service_pids"]["postgres"]}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -107,3 +109,31 @@ def machine_cpu() -> tuple[float, float]:
     idle = fields[3] + fields[4]  # idle + iowait
     tick = os.sysconf("SC_CLK_TCK")
     return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
+def add_system_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data-dir (where runtime.json is), --username and --password (who the requests are made as)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("PIPELINE_DATA_DIR", ".data")),
+        help="data directory of the running system (its runtime.json names the parts)",
+    )
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
+        help="who the requests are made as (default: PIPELINE_ADMIN_USERNAME or admin)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
+        help="their password (default: PIPELINE_ADMIN_PASSWORD)",
+    )
+
+
+def system_and_token(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The running system named by ``args`` (add_system_arguments) and an access token; exits without wrk."""
+    if shutil.which("wrk") is None:
+        sys.exit("needs wrk (Debian package wrk; `make system-deps` installs it)")
+    runtime = running_system(args.data_dir)
+    return runtime, log_in(runtime["api"], args.username, args.password)
