@@ -193,6 +193,7 @@ def measure_peer_here(
         peer = subprocess.Popen(
             [*command, "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
             env={**os.environ, "PEER_DSN": f"{server}/{database}", "PEER_IDS_FILE": ids},
+            stderr=subprocess.DEVNULL,  # e.g. a traceback for each connection wrk drops at the end
         )
         try:
             url = f"http://127.0.0.1:{port}"
