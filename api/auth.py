@@ -7,7 +7,8 @@ primary-key lookup per request (cached: api/user_cache.py), so disabling a user 
 once and a role change applies to the next request (the role comes from the read model, not from
 the token). A token issued before the user's last password change (its ``gen`` claim is below the
 user's token generation, from the same row) is refused: a password change ends every other session.
-A token whose ``jti`` was revoked by logout is refused too (one Redis lookup, skipped while Redis is down).
+A token whose ``jti`` was revoked by logout is refused too (looked up in the rate limiter's one round
+trip to Redis, also when limiting is off; skipped while Redis is down).
 """
 
 from __future__ import annotations
@@ -123,14 +124,22 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             client = scope.get("client")
             verdict = await limiter.hit(None, client[0] if client else "unknown")
         else:
-            # While Redis is known to be down, skip the revocation lookup rather than wait on it each time.
-            tokens = None if limiter.degraded else state.refresh_tokens
-            principal = await _authenticate(scope, send, container, tokens, state.users, handshake_token(scope))
+            # The revocation lookup (logout) is not made here but by the limiter, in its round trip to Redis.
+            principal = await _authenticate(scope, send, container, None, state.users, handshake_token(scope))
             if principal is None:
+                return
+            tokens: RefreshTokens = state.refresh_tokens
+            verdict = await limiter.hit(
+                principal.role,
+                principal.user_id,
+                burst=bool(opt.get("burst")),
+                veto=tokens.revoked_key(principal.token_id),
+            )
+            if verdict.vetoed:
+                await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
                 return
             scope["user"] = principal
             actor_var.set(f"{principal.username}({principal.role})")  # named by each log line of the request
-            verdict = await limiter.hit(principal.role, principal.user_id, burst=bool(opt.get("burst")))
         scope.setdefault("state", {})["rate_limit"] = verdict
         headers = verdict.headers()
         if not verdict.allowed:

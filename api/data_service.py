@@ -26,11 +26,12 @@ from api.inputs import object_id as checked_id
 from api.rbac import can_see
 from commands.data import inline_content
 from commands.envelope import Outcome, Position
+from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
-from projections.annotations import annotations_of
-from projections.data_objects import get_data_object
+from projections.data_objects import get_data_object, get_data_object_with_annotations
 
 Connection = ASGIConnection[Any, Any, Any, Any]
+ObjectQuery = Callable[[AsyncConnection[Any], str], Awaitable[dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)
@@ -133,14 +134,11 @@ async def _refuse_unreachable(container: ApiContainer, position: Position, token
 async def read(
     connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
 ) -> dict[str, Any]:
-    """The object row with its annotations (list under "annotations").
+    """The object row with its annotations (list under "annotations"), in one query.
 
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
     """
-    row = await visible_object(connection, container, object_id, token)
-    async with container.pool.connection() as conn:
-        row["annotations"] = await annotations_of(conn, row["object_id"])
-    return row
+    return await visible_object(connection, container, object_id, token, get_data_object_with_annotations)
 
 
 async def visible_object(
@@ -148,15 +146,10 @@ async def visible_object(
     container: ApiContainer,
     object_id: str,
     token: str | None = None,
-    with_content: bool = False,
+    query: ObjectQuery = get_data_object,
 ) -> dict[str, Any]:
-    """The object row (no annotations; its inline ``content`` too when asked); 404 when absent or not
-    the caller's to see."""
-
-    async def load(conn: AsyncConnection[Any], row_id: str) -> dict[str, Any] | None:
-        return await get_data_object(conn, row_id, with_content)
-
-    return await visible_row(connection, container, object_id, token, "data object", load)
+    """The object row (no annotations, unless ``query`` adds them); 404 when absent or not the caller's to see."""
+    return await visible_row(connection, container, object_id, token, "data object", query)
 
 
 async def visible_row(
@@ -165,7 +158,7 @@ async def visible_row(
     row_id: str,
     token: str | None,
     what: str,
-    load: Callable[[AsyncConnection[Any], str], Awaitable[dict[str, Any] | None]],
+    load: ObjectQuery,
 ) -> dict[str, Any]:
     """The row ``load`` finds for ``row_id`` (a UUID) once the read model reached ``token``.
 
@@ -178,7 +171,7 @@ async def visible_row(
     except ApiError as exc:  # like REST's path converter: a malformed id names nothing
         raise ApiError(404, "not_found", f"{what} does not exist") from exc
     actor = actor_of(connection)
-    async with container.pool.connection() as conn:
+    async with read_connection(container.pool) as conn:
         row = await load(conn, row_id)
     if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
         raise ApiError(404, "not_found", f"{what} {row_id} does not exist")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -20,7 +20,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
             return
         # latin-1 decodes any bytes: a non-UTF-8 id is merely not sane, and replaced like any other.
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        request_id = incoming if SANE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if SANE_ID.match(incoming) else os.urandom(16).hex()  # as random as uuid4().hex, cheaper
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         request_id_var.set(request_id)  # for every log line written while this request is served

@@ -27,12 +27,18 @@ RETRY_SECONDS = 5.0
 _UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 _RULE = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(second|minute|hour|day)s?\s*$")
 
-# KEYS: one counter per rule; ARGV: each rule's window in seconds, then each rule's cost (how many
-# requests this one counts as). Returns count, ttl per rule.
+# KEYS: a veto key (see RateLimiter.hit; "" for none), then one counter per rule; ARGV: each rule's
+# window in seconds, then each rule's cost (how many requests this one counts as). Returns {-1} when
+# the veto key exists (nothing counted), else count, ttl per rule.
 _SCRIPT = """
+if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
+  return {-1}
+end
+local rules = #KEYS - 1
 local out = {}
-for i, key in ipairs(KEYS) do
-  local n = redis.call('INCRBY', key, ARGV[#KEYS + i])
+for i = 1, rules do
+  local key = KEYS[i + 1]
+  local n = redis.call('INCRBY', key, ARGV[rules + i])
   local ttl = redis.call('TTL', key)
   if ttl < 0 then
     redis.call('EXPIRE', key, ARGV[i])
@@ -67,6 +73,7 @@ class Verdict:
     limit: int
     remaining: int
     reset: int  # seconds until the window of the tightest rule ends
+    vetoed: bool = False  # refused, uncounted, because the request's veto key exists (RateLimiter.hit)
 
     def headers(self) -> dict[str, str]:
         """RateLimit-* headers (and Retry-After when refused)."""
@@ -113,7 +120,13 @@ class RateLimiter:
         return rules
 
     async def hit(
-        self, role: str | None, subject: str, burst: bool = False, cost: int = 1, burst_cost: int | None = None
+        self,
+        role: str | None,
+        subject: str,
+        burst: bool = False,
+        cost: int = 1,
+        burst_cost: int | None = None,
+        veto: str | None = None,
     ) -> Verdict:
         """Count one request of ``subject`` (a user id, or an IP when ``role`` is None).
 
@@ -121,26 +134,36 @@ class RateLimiter:
         api.graphql.limits), all or nothing: refused unless every rule has room for all of it (and,
         like any refused request, counted even so); ``burst_cost`` is what it counts against the burst
         rule (default: ``cost``).
+
+        ``veto``: a Redis key whose existence refuses the request without counting it (``vetoed``),
+        looked up in the same round trip, also when limiting is off; e.g. a logged-out token's
+        revocation (api.auth), which would otherwise cost a round trip of its own on every request.
+        Not looked up while Redis is unreachable.
         """
         rules = self.rules_for(role, subject, burst)
         costs = [cost, cost if burst_cost is None else burst_cost][: len(rules)]
-        return await self._verdict(rules, costs)
+        return await self._verdict(rules, costs, veto)
 
     async def hit_rule(self, name: str, subject: str, rule: Rule) -> Verdict:
         """Count one event of ``subject`` against a rule of its own (e.g. WebSocket messages per user)."""
         return await self._verdict([(f"{self.prefix}:rl:{name}:{subject}", rule)], [1])
 
-    async def _verdict(self, rules: list[tuple[str, Rule]], costs: list[int]) -> Verdict:
+    async def _verdict(self, rules: list[tuple[str, Rule]], costs: list[int], veto: str | None = None) -> Verdict:
+        first = rules[0][1]
         if not self.settings.enabled:
-            return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
+            if veto is not None and not self.degraded and await self._vetoed(veto):
+                return Verdict(False, first.limit, first.limit, first.window, vetoed=True)
+            return Verdict(True, first.limit, first.limit, first.window)
         counts: list[tuple[int, int]] | None = None
         if not self.degraded:
             try:
-                raw = await self._script(keys=[k for k, _ in rules], args=[*(r.window for _, r in rules), *costs])
+                keys = [veto or "", *(k for k, _ in rules)]
+                raw = await self._script(keys=keys, args=[*(r.window for _, r in rules), *costs])
+                if raw and int(raw[0]) == -1:
+                    return Verdict(False, first.limit, first.limit, first.window, vetoed=True)
                 counts = [(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
             except (RedisError, OSError) as exc:
-                log.warning("rate limiter: Redis unreachable (%s); using the %s fallback", exc, self.settings.fallback)
-                self._redis_down_until = time.monotonic() + RETRY_SECONDS
+                self._down(exc)
         if counts is None:
             if self.settings.fallback == "open":
                 return Verdict(True, rules[0][1].limit, rules[0][1].limit, rules[0][1].window)
@@ -153,6 +176,17 @@ class RateLimiter:
         if refused:
             return max(refused, key=lambda v: v.reset)
         return min(verdicts, key=lambda v: v.remaining)
+
+    async def _vetoed(self, key: str) -> bool:
+        """Limiting off: the veto alone (without Redis: no veto, as no request is counted either)."""
+        try:
+            return bool(await self.redis.exists(key))
+        except (RedisError, OSError):
+            return False
+
+    def _down(self, exc: Exception) -> None:
+        log.warning("rate limiter: Redis unreachable (%s); using the %s fallback", exc, self.settings.fallback)
+        self._redis_down_until = time.monotonic() + RETRY_SECONDS
 
     def _count_in_memory(self, key: str, rule: Rule, cost: int) -> tuple[int, int]:
         now = time.monotonic()

@@ -69,7 +69,31 @@ def issue_access_token(settings: Settings, user_id: str, role: str, generation: 
 
 
 def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
-    """The claims of a valid token; InvalidToken for a bad signature, other alg, expiry, missing claims."""
+    """The claims of a valid token; InvalidToken for a bad signature, other alg, expiry, missing claims.
+
+    A token that verified once is remembered (bounded, per secret): checking its HMAC and parsing it
+    again on every request of a client was a tenth of a cheap read's CPU. A remembered token is
+    still refused once it expires; what can end it earlier (logout, a password change, disabling
+    its user) is checked by the caller on every request, as before.
+    """
+    key = (settings.authentication.secret_key, token)
+    claims = _verified.get(key)
+    if claims is None:
+        claims = _verify(settings, token)
+        if len(_verified) >= VERIFIED_TOKENS_KEPT:
+            _verified.clear()  # a burst of new tokens: start over rather than track recency on every hit
+        _verified[key] = claims
+    if claims["exp"] <= time.time():
+        _verified.pop(key, None)
+        raise InvalidToken("Signature has expired")
+    return dict(claims)
+
+
+VERIFIED_TOKENS_KEPT = 10_000
+_verified: dict[tuple[str, str], dict[str, Any]] = {}
+
+
+def _verify(settings: Settings, token: str) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -84,6 +108,8 @@ def decode_access_token(settings: Settings, token: str) -> dict[str, Any]:
     generation = claims.setdefault("gen", 0)  # tokens issued before generations existed are generation 0
     if type(generation) is not int or generation < 0:
         raise InvalidToken("gen must be a non-negative integer")
+    if not isinstance(claims["exp"], int | float):
+        raise InvalidToken("exp must be a number")
     return claims
 
 
@@ -150,12 +176,16 @@ class RefreshTokens:
         """Deny one access token until it expires anyway (logout with the token in the header)."""
         ttl = expires_at - int(time.time())
         if ttl > 0:
-            await self.redis.set(f"{self.prefix}:revoked:{jti}", 1, ex=ttl)
+            await self.redis.set(self.revoked_key(jti), 1, ex=ttl)
+
+    def revoked_key(self, jti: str) -> str:
+        """The key that exists while the access token ``jti`` is revoked."""
+        return f"{self.prefix}:revoked:{jti}"
 
     async def access_revoked(self, jti: str) -> bool:
         """Was this access token revoked? Without Redis: no (access tokens are short-lived anyway)."""
         try:
-            return bool(await self.redis.exists(f"{self.prefix}:revoked:{jti}"))
+            return bool(await self.redis.exists(self.revoked_key(jti)))
         except RedisError:
             return False
 

@@ -18,8 +18,6 @@ import http.client
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +31,16 @@ from typing import Any
 import psycopg
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from running import (  # noqa: E402
+    add_system_arguments,
+    cpu_seconds_by_tree,
+    memory_kb,
+    percentiles,
+    run_wrk,
+    system_and_token,
+)
+
 PEER_BODY = HERE.parent.parent / "shared" / "peers" / "ingest.lua"
 DEFAULT_BODY = (
     '{"content": "The quick brown fox jumps over the lazy dog. Kafka keeps an ordered log.",'
@@ -48,72 +56,11 @@ def request_body() -> str:
     return DEFAULT_BODY
 
 
-def memory_kb(pid: int) -> dict[str, int]:
-    """Peak (VmHWM) and current (VmRSS) resident memory of a process, in kB."""
-    figures = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmHWM", "VmRSS"):
-            figures[key] = int(value.split()[0])
-    return figures
-
-
-def cpu_seconds_by_tree(roots: dict[str, int]) -> dict[str, float]:
-    """CPU time (user + system) of each root process and all its descendants, in seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(entry.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    totals = {}
-    for name, root in roots.items():
-        tree, frontier = {root}, [root]
-        while frontier:
-            current = frontier.pop()
-            children = [pid for pid, ppid in parent.items() if ppid == current and pid not in tree]
-            tree.update(children)
-            frontier.extend(children)
-        totals[name] = sum(cpu.get(pid, 0.0) for pid in tree)
-    return totals
-
-
-def log_in(url: str, username: str, password: str) -> str:
-    """An access token for the benchmark's requests."""
-    request = urllib.request.Request(
-        f"{url}/api/v1/auth/login",
-        data=json.dumps({"username": username, "password": password}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return str(json.load(response)["access_token"])
-    except urllib.error.HTTPError as exc:
-        sys.exit(f"login as {username!r} failed ({exc.code}); pass --username/--password of an admin")
-
-
-def run_wrk(url: str, body_file: str, connections: int, seconds: int, threads: int, token: str) -> dict[str, float]:
-    env = {**os.environ, "BODY_FILE": body_file, "ACCESS_TOKEN": token}
-    args = [
-        "wrk",
-        f"-t{threads}",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "-s",
-        str(HERE / "wrk_json.lua"),
-    ]
-    out = subprocess.run([*args, f"{url}/api/v1/ingest"], env=env, capture_output=True, text=True, check=True).stdout
-    line = next(line for line in out.splitlines() if line.startswith("{"))
-    return dict(json.loads(line))
+def run_ingest_wrk(
+    url: str, body_file: str, connections: int, seconds: int, threads: int, token: str
+) -> dict[str, float]:
+    env = {"BODY_FILE": body_file, "ACCESS_TOKEN": token}
+    return run_wrk(f"{url}/api/v1/ingest", "wrk_json.lua", env, connections, seconds, threads)
 
 
 def read_your_writes(url: str, body: str, token: str, rounds: int) -> dict[str, Any]:
@@ -146,12 +93,7 @@ def read_your_writes(url: str, body: str, token: str, rounds: int) -> dict[str, 
     connection.close()
     totals = [w + r for w, r in zip(writes, reads, strict=True)]
     figures = {"ingest_ms": writes, "read_ms": reads, "total_ms": totals}
-    return {"rounds": rounds, **{name: _percentiles(values) for name, values in figures.items()}}
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {f"p{q}": round(ordered[min(len(ordered) - 1, len(ordered) * q // 100)], 2) for q in (50, 99)}
+    return {"rounds": rounds, **{name: percentiles(values) for name, values in figures.items()}}
 
 
 def projection_lag(
@@ -185,12 +127,6 @@ def projection_lag(
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path(os.environ.get("PIPELINE_DATA_DIR", ".data")),
-        help="data directory of the running system (its runtime.json names the parts)",
-    )
     parser.add_argument("--connections", type=int, default=64, help="concurrent connections (default 64)")
     parser.add_argument("--duration", type=int, default=10, help="measured seconds (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured seconds first (default 2)")
@@ -201,34 +137,18 @@ def main() -> int:
         default=200,
         help="then, on one connection, ingest and read back with the consistency token this many times (default 200)",
     )
-    parser.add_argument(
-        "--username",
-        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
-        help="who the requests are made as (default: PIPELINE_ADMIN_USERNAME or admin)",
-    )
-    parser.add_argument(
-        "--password",
-        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
-        help="their password (default: PIPELINE_ADMIN_PASSWORD)",
-    )
+    add_system_arguments(parser)
     args = parser.parse_args()
-
-    if shutil.which("wrk") is None:
-        sys.exit("needs wrk (Debian package wrk; `make system-deps` installs it)")
-    runtime_file = args.data_dir / "runtime.json"
-    if not runtime_file.exists():
-        sys.exit(f"no running system found ({runtime_file} is missing): start it with `make run`")
-    runtime = json.loads(runtime_file.read_text())
+    runtime, token = system_and_token(args)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as body:
         body.write(request_body())
     print(f"warming up for {args.warmup}s...", file=sys.stderr)
-    token = log_in(runtime["api"], args.username, args.password)
-    run_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads, token)
+    run_ingest_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads, token)
     since = datetime.now(UTC)
     print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)
     processes = {**runtime["pids"], **runtime.get("service_pids", {})}
     cpu_before = cpu_seconds_by_tree(processes)
-    load = run_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads, token)
+    load = run_ingest_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads, token)
     cpu_after = cpu_seconds_by_tree(processes)
     print("waiting for the projection to apply everything...", file=sys.stderr)
     lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))

@@ -34,7 +34,7 @@ import websockets
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from ingest import log_in, memory_kb  # noqa: E402  (the sibling benchmark's helpers)
+from running import log_in, memory_kb  # noqa: E402  (what the benchmarks share)
 
 
 class Subscriber:

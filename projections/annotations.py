@@ -38,17 +38,6 @@ class AnnotationsProjector(Projector):
         await cur.execute("DELETE FROM annotations WHERE object_id = %s", (record.aggregate_id,))
 
 
-async def annotations_of(conn: AsyncConnection[Any], object_id: str) -> list[dict[str, Any]]:
-    """Annotations of one object, oldest first."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            "SELECT annotation_id, annotator_id, annotation_type, content, confidence, created_at"
-            " FROM annotations WHERE object_id = %s ORDER BY created_at, annotation_id",
-            (object_id,),
-        )
-        return await cur.fetchall()
-
-
 async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     """Annotations of several objects in one query (for DataLoaders), oldest first per object."""
     found: dict[str, list[dict[str, Any]]] = {}

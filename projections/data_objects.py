@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, AsyncCursor
@@ -122,3 +123,24 @@ async def content_hashes(conn: AsyncConnection[Any]) -> list[tuple[str, str]]:
         "SELECT object_id::text, content_hash FROM data_objects WHERE content IS NULL ORDER BY object_id"
     )
     return [(str(object_id), str(content_hash)) for object_id, content_hash in await cur.fetchall()]
+
+
+# The object's annotations as one JSON array in the same row, oldest first (as annotations_of orders them).
+_ANNOTATIONS_JSON = (
+    "COALESCE((SELECT json_agg(json_build_object('annotation_id', a.annotation_id, 'annotator_id', a.annotator_id,"
+    " 'annotation_type', a.annotation_type, 'content', a.content, 'confidence', a.confidence,"
+    " 'created_at', a.created_at) ORDER BY a.created_at, a.annotation_id)"
+    " FROM annotations a WHERE a.object_id = data_objects.object_id), '[]') AS annotations"
+)
+
+
+async def get_data_object_with_annotations(conn: AsyncConnection[Any], object_id: str) -> dict[str, Any] | None:
+    """One object row with its annotations (list under "annotations", as annotations_of gives them), in one query."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        query = f"SELECT {_COLUMNS}, {_ANNOTATIONS_JSON} FROM data_objects WHERE object_id = %s"
+        await cur.execute(query, (object_id,))
+        row = await cur.fetchone()
+    if row is not None:
+        for annotation in row["annotations"]:
+            annotation["created_at"] = datetime.fromisoformat(annotation["created_at"])
+    return row

@@ -50,12 +50,12 @@ class DataObject:
     created_at: datetime
     updated_at: datetime
     change_type: ChangeType | None = None
-    # The annotations of an object as of a past point (folded from its events), instead of the read model's.
-    folded_annotations: strawberry.Private[list[dict[str, Any]] | None] = None
+    # Read with the object (data_service.read: one query); otherwise one loader batch per operation.
+    loaded_annotations: strawberry.Private[list[dict[str, Any]] | None] = None
 
     @strawberry.field
     async def annotations(self, info: GqlInfo) -> list[Annotation]:
-        rows = self.folded_annotations
+        rows = self.loaded_annotations
         if rows is None:
             rows = await info.context.annotations.load(self.object_id)
         return [Annotation(**row) for row in rows]
@@ -85,7 +85,10 @@ class DataObject:
         return content_url(self.object_id)
 
 
-def to_object(row: dict[str, Any], change_type: ChangeType | None = None, *, folded: bool = False) -> DataObject:
-    """The GraphQL object of a row; ``folded``: the row's own "annotations" (an as-of row) are served."""
-    fields = {k: v for k, v in row.items() if k in DataObject.__annotations__}
-    return DataObject(**fields, change_type=change_type, folded_annotations=row["annotations"] if folded else None)
+def to_object(row: dict[str, Any], change_type: ChangeType | None = None) -> DataObject:
+    """The GraphQL object of a read-model row (with its annotations when the row has them)."""
+    fields = {k: v for k, v in row.items() if k in _ROW_FIELDS}
+    return DataObject(**fields, change_type=change_type, loaded_annotations=row.get("annotations"))
+
+
+_ROW_FIELDS = frozenset(DataObject.__annotations__) - {"change_type", "loaded_annotations"}

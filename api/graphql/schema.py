@@ -53,7 +53,7 @@ class Query(ExecutionQuery, NotificationQuery, ChatQuery, HistoryQuery):
         try:
             if as_of is not None:
                 past = await answer(object_as_of(connection, container, object_id, as_of, consistency_token))
-                return to_object(past, folded=True)
+                return to_object(past)  # its "annotations": those of then
             row = await answer(data_service.read(connection, container, object_id, consistency_token))
         except GraphQLError as exc:
             if (exc.extensions or {}).get("code") == 404:

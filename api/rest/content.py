@@ -8,12 +8,14 @@ from typing import Any
 
 from litestar import Controller, Request, Response, get
 from litestar.response import Stream
+from psycopg import AsyncConnection
 
 from api import data_service
 from api.errors import ApiError
 from api.rbac import Permission, requires
 from infra.adapters.blobstore import BlobNotFound
 from infra.runtime.bootstrap import ApiContainer
+from projections.data_objects import get_data_object
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -59,6 +61,11 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+async def object_with_content(conn: AsyncConnection[Any], object_id: str) -> dict[str, Any] | None:
+    """The object's row with the content the log carries (inline objects; None for blob-stored ones)."""
+    return await get_data_object(conn, object_id, with_content=True)
+
+
 class ContentController(Controller):
     path = "/api/v1"
     tags = ["data"]
@@ -72,7 +79,7 @@ class ContentController(Controller):
         opt={"binary_content": True, "uncompressed": True},
     )
     async def content(self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer) -> Any:
-        row = await data_service.visible_object(request, container, str(object_id), with_content=True)
+        row = await data_service.visible_object(request, container, str(object_id), query=object_with_content)
         content_hash, size = row["content_hash"], row["size"]
         etag = f'"{content_hash}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache"}

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from api.ratelimit import RateLimiter
+from infra.runtime.settings import RateLimitingSettings
 from tests.integration.conftest import _api_client
 from tests.integration.users import client_for, create_user
 
@@ -82,3 +86,25 @@ async def test_two_api_processes_share_one_limit(
             assert statuses == [200] * 5
             assert_limited(await first.get("/api/v1/auth/me"), 5)
             assert_limited(await second.get("/api/v1/auth/me"), 5)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+async def test_a_veto_key_refuses_uncounted_in_the_same_round_trip(services: dict[str, str], enabled: bool) -> None:
+    """The auth middleware's logout check rides on the limiter's round trip: an existing veto key
+    refuses the request without counting it, with limiting on or off; without it, counting goes on."""
+    redis = aioredis.from_url(services["REDIS_URL"])
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    limiter = RateLimiter(RateLimitingSettings(enabled=enabled, viewer_limit="3 per hour"), redis, prefix)
+    veto = f"{prefix}:revoked:some-token"
+    try:
+        assert (await limiter.hit("viewer", "u1", veto=veto)).allowed
+        await redis.set(veto, 1, ex=60)
+        for _ in range(5):  # refused, and not counted: the user's quota is untouched
+            refused = await limiter.hit("viewer", "u1", veto=veto)
+            assert refused.vetoed and not refused.allowed
+        await redis.delete(veto)
+        second = await limiter.hit("viewer", "u1", veto=veto)
+        assert second.allowed and not second.vetoed
+        assert second.remaining == (1 if enabled else 3)
+    finally:
+        await redis.aclose()

@@ -79,3 +79,24 @@ async def test_a_clients_malformed_document_is_logged_at_debug_only(caplog: pyte
     with caplog.at_level(logging.DEBUG):
         await errors_of("{ nothingHere }")
     assert all(r.levelno <= logging.DEBUG for r in caplog.records if "nothingHere" in r.getMessage())
+
+
+async def test_a_document_sent_again_is_judged_the_same() -> None:
+    """Parse and validation are cached per document text: a refused document stays refused, every time."""
+    deep = '{ dataObject(objectId: "x") { annotations { content } } }'
+    for _ in range(3):
+        [error] = await errors_of(deep)
+        assert error["extensions"] == {"code": 400, "reason": "invalid_query"}
+    over = "{" + " availableNodes" * 201 + "}"
+    for _ in range(2):
+        [error] = await errors_of(over)
+        assert "more than 200 tokens" in error["message"] and error["extensions"]["code"] == 400
+
+
+async def test_a_cached_document_keeps_the_limits_of_its_own_schema() -> None:
+    """Two schemas with other limits share no verdicts (the caches are keyed by the limit rules too)."""
+    document = "{" + " ".join(f"a{i}: availableNodes" for i in range(6)) + "}"
+    await errors_of(document)  # refused by SCHEMA (5 aliases allowed)
+    lenient = build_schema(GraphQLSettings(max_aliases=10))
+    result = await lenient.execute(document)  # runs (its fields fail here for want of a caller)
+    assert result.errors and not any("aliases" in error.message for error in result.errors)

@@ -69,3 +69,20 @@ def test_a_token_from_before_generations_existed_is_generation_zero() -> None:
 def test_bad_tokens_are_refused(token: str) -> None:
     with pytest.raises(InvalidToken):
         decode_access_token(settings(), token)
+
+
+def test_a_remembered_token_is_still_refused_once_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    token, lifetime = issue_access_token(settings(), "u-1", "user")
+    first = decode_access_token(settings(), token)  # verified, then remembered
+    assert decode_access_token(settings(), token) == first
+    later = time.time() + lifetime + 1
+    monkeypatch.setattr("api.tokens.time", type("Clock", (), {"time": staticmethod(lambda: later)}))
+    with pytest.raises(InvalidToken):
+        decode_access_token(settings(), token)
+
+
+def test_a_token_remembered_under_one_secret_does_not_verify_under_another() -> None:
+    token, _ = issue_access_token(settings(), "u-1", "user")
+    decode_access_token(settings(), token)
+    with pytest.raises(InvalidToken):
+        decode_access_token(settings("t" * 32), token)
