@@ -11,7 +11,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector
 from projections.search import SNIPPET_SOURCE_CHARS
 from projections.text_extraction import extract_text
 
@@ -42,50 +42,53 @@ def searchable_text(content_type: str, content: bytes | None, metadata: dict[str
 
 class DataObjectsProjector(Projector):
     name = "data_objects"
+    tables = ("data_objects",)
 
     def __init__(self, load_content: ContentLoader | None = None, language: str = "simple") -> None:
         self.load_content = load_content or (lambda _hash, _type: None)
         self.language = language  # the text search configuration; search queries must use the same
 
     def handlers(self) -> dict[str, Handler]:
-        return {
-            "DataObject.Ingested": self.on_ingested,
-            "DataObject.Annotated": self.on_annotated,
-            "DataObject.Deleted": self.on_deleted,
-        }
+        return {"DataObject.Deleted": self.on_deleted}
 
-    async def on_ingested(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        e = record.event
-        # Reading the blob and extracting (a PDF can take a while) stay off the projection's loop.
-        text = await asyncio.to_thread(
-            lambda: searchable_text(e.content_type, self.load_content(e.content_hash, e.content_type), e.metadata)
-        )
-        await cur.execute(
+    def batch_handlers(self) -> dict[str, BatchHandler]:
+        return {"DataObject.Ingested": self.on_ingested, "DataObject.Annotated": self.on_annotated}
+
+    async def on_ingested(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        # Reading the blobs and extracting (a PDF can take a while) stay off the projection's loop.
+        texts = await asyncio.to_thread(lambda: [self._text(r.event) for r in records])
+        await cur.executemany(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
             " metadata, owner, version, created_at, updated_at, search, search_text)"
             " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector(%s::regconfig, %s), %s)",
-            (
-                record.aggregate_id,
-                object_type(e.content_type),
-                e.content_type,
-                e.content_hash,
-                e.location,
-                e.size,
-                Jsonb(e.metadata),
-                e.owner,
-                record.version,
-                e.timestamp,
-                e.timestamp,
-                self.language,
-                text,
-                text[:SNIPPET_SOURCE_CHARS],
-            ),
+            [
+                (
+                    r.aggregate_id,
+                    object_type(r.event.content_type),
+                    r.event.content_type,
+                    r.event.content_hash,
+                    r.event.location,
+                    r.event.size,
+                    Jsonb(r.event.metadata),
+                    r.event.owner,
+                    r.version,
+                    r.event.timestamp,
+                    r.event.timestamp,
+                    self.language,
+                    text,
+                    text[:SNIPPET_SOURCE_CHARS],
+                )
+                for r, text in zip(records, texts, strict=True)
+            ],
         )
 
-    async def on_annotated(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        await cur.execute(
+    def _text(self, e: Any) -> str:
+        return searchable_text(e.content_type, self.load_content(e.content_hash, e.content_type), e.metadata)
+
+    async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        await cur.executemany(
             "UPDATE data_objects SET version = %s, updated_at = %s WHERE object_id = %s",
-            (record.version, record.event.timestamp, record.aggregate_id),
+            [(r.version, r.event.timestamp, r.aggregate_id) for r in records],
         )
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
