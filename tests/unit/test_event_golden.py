@@ -120,10 +120,10 @@ def test_annotated_v1_is_upcast_to_v2_with_an_unknown_source() -> None:
 
 def test_an_upcast_v1_annotation_folds_into_the_aggregate() -> None:
     mapper = make_mapper()
-    ingested = mapper.to_domain_event(
+    ingested: Any = mapper.to_domain_event(
         StoredEvent(ID, 1, "domain.data_object:DataObject.Ingested", GOLDEN[0][1].encode())
     )
-    annotated = mapper.to_domain_event(
+    annotated: Any = mapper.to_domain_event(
         StoredEvent(ID, 2, "domain.data_object:DataObject.Annotated", ANNOTATED_V1.encode())
     )
     obj: Any = ingested.mutate(None)
