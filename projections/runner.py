@@ -103,6 +103,7 @@ class ProjectionRunner:
         # applied event's timestamp, from which the projection lag in seconds follows.
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         self.handled_at: dict[int, float] = {}
+        self.applied = 0  # records committed since start (what a rebuild's progress counts)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply events until ``stop`` is set."""
@@ -202,6 +203,7 @@ class ProjectionRunner:
         if applied:  # committed: count them (a failed transaction is applied again, and counted then)
             key = ("pipeline_projection_events_applied", (("projection", self.config.projection),))
             self.counters[key] = self.counters.get(key, 0) + len(applied)
+            self.applied += len(applied)
             self.handled_at[tp.partition] = applied[-1].timestamp / 1000
 
     async def _apply_batch(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,9 +159,23 @@ def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix:
     )
 
 
-async def build_runner(settings: Settings, schema: str | None = None, group_suffix: str = "") -> ProjectionRunner:
-    """A projection runner for ``schema`` (the live one by default), with its schema migrated."""
+def read_model_names() -> list[str]:
+    """The names `pipeline projections rebuild --only` takes."""
+    return [projector.name for projector in read_model_projectors()]
+
+
+async def build_runner(
+    settings: Settings, schema: str | None = None, group_suffix: str = "", only: Sequence[str] = ()
+) -> ProjectionRunner:
+    """A projection runner for ``schema`` (the live one by default), with its schema migrated; ``only``
+    limits it to the read models so named (ValueError for a name that is not one)."""
     require_services(settings)
+    projectors = read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language)
+    unknown = set(only) - {p.name for p in projectors}
+    if unknown:
+        raise ValueError(f"no read model named {', '.join(sorted(unknown))} (known: {', '.join(read_model_names())})")
+    if only:
+        projectors = [p for p in projectors if p.name in only]
     schema = schema or settings.database.schema
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, schema)
@@ -169,5 +184,5 @@ async def build_runner(settings: Settings, schema: str | None = None, group_suff
         runner_config(settings, topics, schema, group_suffix),
         pool,
         make_mapper(),
-        read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language),
+        projectors,
     )
