@@ -93,11 +93,13 @@ _Note = tuple[EventRecord, str, str, str, dict[str, Any]]
 
 
 async def _owners(cur: AsyncCursor[Any], aggregate_ids: list[str]) -> dict[str, str]:
-    await cur.execute(
-        "SELECT aggregate_id::text, owner FROM notification_subjects WHERE aggregate_id = ANY(%s::uuid[])",
-        (aggregate_ids,),
-    )
-    return {str(aggregate_id): str(owner) for aggregate_id, owner in await cur.fetchall()}
+    # Its own cursor: in pipeline mode the shared one may still hold the result of an earlier executemany.
+    async with cur.connection.cursor() as reader:
+        await reader.execute(
+            "SELECT aggregate_id::text, owner FROM notification_subjects WHERE aggregate_id = ANY(%s::uuid[])",
+            (aggregate_ids,),
+        )
+        return {str(aggregate_id): str(owner) for aggregate_id, owner in await reader.fetchall()}
 
 
 async def _notify(cur: AsyncCursor[Any], notes: list[_Note]) -> None:
