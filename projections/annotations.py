@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import BatchHandler, Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector, columns
 
 
 class AnnotationsProjector(Projector):
@@ -23,22 +23,24 @@ class AnnotationsProjector(Projector):
         return {"DataObject.Annotated": self.on_annotated}
 
     async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
-        await cur.executemany(
+        rows = (
+            (
+                r.event.annotation_id,
+                r.aggregate_id,
+                r.event.annotator,
+                r.event.annotation_type,
+                orjson.dumps(r.event.content).decode(),
+                r.event.confidence,
+                r.event.source,
+                r.event.timestamp,
+            )
+            for r in records
+        )
+        await cur.execute(
             "INSERT INTO annotations (annotation_id, object_id, annotator_id, annotation_type, content, confidence,"
-            " source, created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-            [
-                (
-                    r.event.annotation_id,
-                    r.aggregate_id,
-                    r.event.annotator,
-                    r.event.annotation_type,
-                    Jsonb(r.event.content),
-                    r.event.confidence,
-                    r.event.source,
-                    r.event.timestamp,
-                )
-                for r in records
-            ],
+            " source, created_at) SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[], %s::jsonb[],"
+            " %s::float8[], %s::text[], %s::timestamptz[])",
+            columns(rows, 8),
         )
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:

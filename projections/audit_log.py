@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from psycopg import AsyncCursor
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import Projector
+from projections.projector import Projector, columns
 
 
 class AuditLogProjector(Projector):
@@ -19,13 +17,17 @@ class AuditLogProjector(Projector):
 
     async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
         """Every event, in order (its global sequence follows the order of writing), in one statement."""
-        await cur.executemany(
+        await cur.execute(
             "INSERT INTO audit_log (event_id, aggregate_id, aggregate_version, event_type, schema_version,"
             " command_id, correlation_id, causation_id, actor, actor_role, occurred_at, prev_hash, hash,"
             " topic_partition, topic_offset, payload, recorded_at)"
+            " SELECT e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl,"
             # clock_timestamp(), not now(): the time of applying, which the lag figures are made of
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, clock_timestamp())",
-            [_row(record) for record in records],
+            " clock_timestamp() FROM unnest(%s::text[], %s::uuid[], %s::int4[], %s::text[], %s::int4[], %s::text[],"
+            " %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int4[],"
+            " %s::int8[], %s::jsonb[]) WITH ORDINALITY AS u(e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl, n)"
+            " ORDER BY n",
+            columns((_row(record) for record in records), 16),
         )
 
 
@@ -47,5 +49,5 @@ def _row(record: EventRecord) -> tuple[Any, ...]:
         h["hash"],
         record.partition,
         record.offset,
-        Jsonb(orjson.loads(record.state)),
+        record.state.decode(),  # the stored JSON as it is (it decoded, so it is JSON)
     )

@@ -6,12 +6,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import BatchHandler, Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector, columns
 from projections.search import SNIPPET_SOURCE_CHARS
 from projections.text_extraction import extract_text
 
@@ -57,38 +57,42 @@ class DataObjectsProjector(Projector):
     async def on_ingested(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
         # Reading the blobs and extracting (a PDF can take a while) stay off the projection's loop.
         texts = await asyncio.to_thread(lambda: [self._text(r.event) for r in records])
-        await cur.executemany(
+        rows = (
+            (
+                r.aggregate_id,
+                object_type(r.event.content_type),
+                r.event.content_type,
+                r.event.content_hash,
+                r.event.location,
+                r.event.size,
+                orjson.dumps(r.event.metadata).decode(),
+                r.event.owner,
+                r.version,
+                r.event.timestamp,
+                text,
+            )
+            for r, text in zip(records, texts, strict=True)
+        )
+        await cur.execute(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
             " metadata, owner, version, created_at, updated_at, search, search_text)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector(%s::regconfig, %s), %s)",
-            [
-                (
-                    r.aggregate_id,
-                    object_type(r.event.content_type),
-                    r.event.content_type,
-                    r.event.content_hash,
-                    r.event.location,
-                    r.event.size,
-                    Jsonb(r.event.metadata),
-                    r.event.owner,
-                    r.version,
-                    r.event.timestamp,
-                    r.event.timestamp,
-                    self.language,
-                    text,
-                    text[:SNIPPET_SOURCE_CHARS],
-                )
-                for r, text in zip(records, texts, strict=True)
-            ],
+            " SELECT id, kind, type, hash, location, size, metadata, owner, version, at, at,"
+            " to_tsvector(%s::regconfig, text), left(text, %s)"
+            " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::jsonb[],"
+            " %s::text[], %s::int4[], %s::timestamptz[], %s::text[])"
+            " AS u(id, kind, type, hash, location, size, metadata, owner, version, at, text)",
+            [self.language, SNIPPET_SOURCE_CHARS, *columns(rows, 11)],
         )
 
     def _text(self, e: Any) -> str:
         return searchable_text(e.content_type, self.load_content(e.content_hash, e.content_type), e.metadata)
 
     async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
-        await cur.executemany(
-            "UPDATE data_objects SET version = %s, updated_at = %s WHERE object_id = %s",
-            [(r.version, r.event.timestamp, r.aggregate_id) for r in records],
+        latest = {r.aggregate_id: (r.aggregate_id, r.version, r.event.timestamp) for r in records}  # one per row
+        await cur.execute(
+            "UPDATE data_objects d SET version = u.version, updated_at = u.at"
+            " FROM unnest(%s::uuid[], %s::int4[], %s::timestamptz[]) AS u(id, version, at) WHERE d.object_id = u.id",
+            columns(latest.values(), 3),
         )
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import BatchHandler, Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector, columns
 
 _COLUMNS = "notification_id, user_id, kind, message, data, aggregate_id::text, aggregate_version, created_at, read_at"
 NOTIFYING = {
@@ -49,9 +49,13 @@ class NotificationsProjector(Projector):
         }
 
     async def on_owned(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
-        await cur.executemany(
-            "INSERT INTO notification_subjects (aggregate_id, owner) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            [(r.aggregate_id, getattr(r.event, "owner", None) or getattr(r.event, "submitter", "")) for r in records],
+        owners = (
+            (r.aggregate_id, getattr(r.event, "owner", None) or getattr(r.event, "submitter", "")) for r in records
+        )
+        await cur.execute(
+            "INSERT INTO notification_subjects (aggregate_id, owner) SELECT * FROM unnest(%s::uuid[], %s::text[])"
+            " ON CONFLICT DO NOTHING",
+            columns(owners, 2),
         )
 
     async def on_execution_finished(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
@@ -105,22 +109,24 @@ async def _owners(cur: AsyncCursor[Any], aggregate_ids: list[str]) -> dict[str, 
 async def _notify(cur: AsyncCursor[Any], notes: list[_Note]) -> None:
     if not notes:
         return
-    await cur.executemany(
+    rows = (
+        (
+            record.headers["event_id"],
+            user_id,
+            kind,
+            message,
+            orjson.dumps(data).decode(),
+            record.aggregate_id,
+            record.version,
+            record.event.timestamp,
+        )
+        for record, user_id, kind, message, data in notes
+    )
+    await cur.execute(
         "INSERT INTO notifications (notification_id, user_id, kind, message, data, aggregate_id, aggregate_version,"
-        " created_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s) ON CONFLICT DO NOTHING",
-        [
-            (
-                record.headers["event_id"],
-                user_id,
-                kind,
-                message,
-                Jsonb(data),
-                record.aggregate_id,
-                record.version,
-                record.event.timestamp,
-            )
-            for record, user_id, kind, message, data in notes
-        ],
+        " created_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::uuid[],"
+        " %s::int4[], %s::timestamptz[]) ON CONFLICT DO NOTHING",
+        columns(rows, 8),
     )
 
 

@@ -1,8 +1,10 @@
 """A projector maps event types to SQL; the runner calls it inside its transaction.
 
 Batches: the runner hands a projector all the events of a batch at once (``apply_many``). Event
-types with a *batch handler* are written with one statement per run of such events
-(``executemany``: psycopg sends them in one round trip) instead of one statement each. To make runs
+types with a *batch handler* are written with ONE statement per run of such events (``INSERT ...
+SELECT FROM unnest(<one array per column>)``, see ``columns``) instead of one statement each: far
+less work per row than ``executemany`` (measured: psycopg's pipelined executemany cost ~0.19 ms of
+Python per row under load, most of a rebuild's time). To make runs
 long, events are grouped by type, keeping each aggregate's events in their order: every row of a
 read model belongs to one aggregate, so events of different aggregates commute. (The audit log,
 whose global sequence follows the order of writing, takes every event in one run.)
@@ -10,7 +12,7 @@ whose global sequence follows the order of writing, takes every event in one run
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from psycopg import AsyncCursor
@@ -67,3 +69,12 @@ def _runs(records: Sequence[EventRecord], batched: dict[str, BatchHandler]) -> l
         runs[index][1].append(record)
         latest_of_aggregate[record.aggregate_id] = index
     return runs
+
+
+def columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column: the parameters of ``unnest(%s::type[], ...)`` (``width`` columns)."""
+    lists: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for values, value in zip(lists, row, strict=True):
+            values.append(value)
+    return lists

@@ -13,7 +13,7 @@ Dead letters (``projection_dead_letters``): no event blocks a partition.
 - An event that cannot be decoded, or whose version leaves a gap, is recorded there and skipped.
 - A batch is applied in one go (the fast path, pipelined): the events due are handed to each
   projector at once, which writes runs of one event type with one statement each
-  (``Projector.apply_many``), so a batch costs a few round trips, not one per event. If that fails, the transaction is
+  (``Projector.apply_many``), so a batch costs a few statements, not one per event. If that fails, the transaction is
   rolled back and the same batch is applied again one event at a time, each under a SAVEPOINT;
   an event that fails there with a data error (``psycopg.DataError``/``IntegrityError``, or a
   Python error on the event's content) is rolled back alone, recorded with the error, and the
@@ -46,7 +46,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from projections.changes import change_payload
 from projections.events import EventRecord
-from projections.projector import Projector
+from projections.projector import Projector, columns
 
 log = logging.getLogger("pipeline.projections")
 
@@ -303,10 +303,11 @@ class ProjectionRunner:
             for projector in self.projectors if due else ():
                 await projector.apply_many(cursor, due)
             if changed:
-                await cursor.executemany(
-                    "INSERT INTO aggregate_versions (aggregate_id, version) VALUES (%s, %s)"
+                await cursor.execute(
+                    "INSERT INTO aggregate_versions (aggregate_id, version)"
+                    " SELECT * FROM unnest(%s::uuid[], %s::int4[])"
                     " ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
-                    list(changed.items()),
+                    columns(changed.items(), 2),
                 )
         return changes
 
