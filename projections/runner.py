@@ -115,6 +115,8 @@ class ProjectionRunner:
             auto_offset_reset="earliest",
             max_poll_records=self.config.batch_size,
             fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+            # Enough per fetch for a full batch of typical (< 1 KB) events; Kafka's default is 1 MiB.
+            max_partition_fetch_bytes=max(1 << 20, self.config.batch_size * 1024),
         )
         self.consumer = consumer
         consumer.subscribe([self.config.events_topic], listener=_SeekToStoredPositions(self))

@@ -146,7 +146,9 @@ async def build_processor(settings: Settings) -> CommandProcessor:
     return CommandProcessor(processor_config(settings, topics), make_mapper())
 
 
-def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix: str = "") -> RunnerConfig:
+def runner_config(
+    settings: Settings, topics: Topics, schema: str, group_suffix: str = "", batch_size: int | None = None
+) -> RunnerConfig:
     k = settings.kafka
     return RunnerConfig(
         bootstrap_servers=k.bootstrap_servers,
@@ -154,7 +156,7 @@ def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix:
         projection=k.projection_name,
         group_id=f"{k.topic_prefix}.projection.{k.projection_name}.{schema}{group_suffix}",
         channel=channel_for(schema),
-        batch_size=k.projection_batch_size,
+        batch_size=batch_size or k.projection_batch_size,
         fetch_max_wait_ms=k.event_fetch_max_wait_ms,
     )
 
@@ -165,7 +167,11 @@ def read_model_names() -> list[str]:
 
 
 async def build_runner(
-    settings: Settings, schema: str | None = None, group_suffix: str = "", only: Sequence[str] = ()
+    settings: Settings,
+    schema: str | None = None,
+    group_suffix: str = "",
+    only: Sequence[str] = (),
+    batch_size: int | None = None,
 ) -> ProjectionRunner:
     """A projection runner for ``schema`` (the live one by default), with its schema migrated; ``only``
     limits it to the read models so named (ValueError for a name that is not one)."""
@@ -181,7 +187,7 @@ async def build_runner(
     await migrate(settings.database.url, schema)
     pool = await open_pool(settings.database.url, schema, 1, 4)
     return ProjectionRunner(
-        runner_config(settings, topics, schema, group_suffix),
+        runner_config(settings, topics, schema, group_suffix, batch_size),
         pool,
         make_mapper(),
         projectors,

@@ -52,7 +52,13 @@ async def rebuild_read_models(
     require_services(settings)
     live = check_schema(settings.database.schema)
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
-    runner = await build_runner(settings, schema=target, group_suffix=f".rebuild.{time.time_ns()}", only=only)
+    runner = await build_runner(
+        settings,
+        schema=target,
+        group_suffix=f".rebuild.{time.time_ns()}",
+        only=only,
+        batch_size=settings.kafka.rebuild_batch_size,
+    )
     try:
         ends = await event_end_offsets(settings, runner.config.events_topic)
         total = sum(ends.values())

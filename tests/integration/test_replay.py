@@ -142,7 +142,8 @@ async def test_annotations_say_who_made_them_and_a_v1_annotation_replays_as_unkn
     assert await eventually(applied, timeout=60, what="the v1 annotation to be applied") == [("unknown", "old-timer")]
     assert [a["source"] for a in await system.annotations(str(old_id))] == ["unknown"]
     graphql = await system.http.post(
-        "/api/graphql", json={"query": f'{{ dataObject(id: "{old_id}") {{ annotations {{ source annotatorId }} }} }}'}
+        "/api/graphql",
+        json={"query": f'{{ dataObject(objectId: "{old_id}") {{ annotations {{ source annotatorId }} }} }}'},
     )
     assert graphql.json()["data"]["dataObject"]["annotations"] == [{"source": "unknown", "annotatorId": "old-timer"}]
     # A rebuild reads the old event the same way.
