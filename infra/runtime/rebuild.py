@@ -74,7 +74,11 @@ async def rebuild_read_models(
             await asyncio.sleep(POLL_S)
         stop.set()
         await task
-        bar.finish(await _done(runner, ends), runner.applied)
+        bar.finish(total, runner.applied)  # caught up: the offsets left are transaction markers
+        seconds = time.monotonic() - bar.started
+        print(
+            f"applied {runner.applied} events in {seconds:.2f}s ({runner.applied / seconds:.0f} events/s)", flush=True
+        )
         if swap:
             await _swap(settings, runner, live, target, scoped=bool(only))
             print(f"{models} of schema {target} now live in schema {live}", flush=True)
