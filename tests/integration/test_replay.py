@@ -210,7 +210,7 @@ async def test_a_poison_event_is_dead_lettered_listed_retried_after_the_fix_or_s
         return next((x for x in letters if x["topic_offset"] == offset), None)
 
     found = await eventually(letter, timeout=60, what="the poison annotation to be dead-lettered")
-    assert "IntegrityError" in found["reason"] and found["resolution"] is None
+    assert "UniqueViolation" in found["reason"] and found["resolution"] is None
     health = await eventually(lambda: _health_with(system, "degraded"), timeout=10, what="/health to say degraded")
     assert health["dead_letters"]["projections"] == 1
 
