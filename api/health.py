@@ -1,11 +1,11 @@
 """Liveness and readiness: /health says what works and what does not; /ready whether to send traffic.
 
 /health reports each dependency (PostgreSQL, Kafka, Redis, the change feed, the rate limiter, the blob
-store), each worker's progress from its heartbeat (infra.runtime.heartbeat), and how many objects name a blob
-the store lacks. Overall: "healthy" when all is well; "degraded" (200) when the API still serves but
-something is wrong; "unhealthy" (503) when it cannot serve: PostgreSQL or Kafka is unreachable. Tests
-and load balancers poll it, so every check is bounded by a short timeout and the dependency checks are
-cached for a second.
+store), each worker's progress from its heartbeat (infra.runtime.heartbeat), how many objects name a blob
+the store lacks, and how many projection dead letters are unresolved. Overall: "healthy" when all is well;
+"degraded" (200) when the API still serves but something is wrong (any of those counts above zero too);
+"unhealthy" (503) when it cannot serve: PostgreSQL or Kafka is unreachable. Tests and load balancers
+poll it, so every check is bounded by a short timeout and the dependency checks are cached for a second.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from infra.adapters.blob_check import missing_blobs
 from infra.adapters.command_bus import MissingTopics
 from infra.runtime.bootstrap import ApiContainer
 from infra.runtime.heartbeat import describe, heartbeat_path, read_beat
+from projections.dead_letters import unresolved_count
 from projections.users import admin_exists
 
 CHECK_TIMEOUT = 1.0
@@ -65,16 +66,17 @@ async def _health(container: ApiContainer, state: State) -> Response[dict[str, A
     serving = all(checks[name] == "ok" for name in ESSENTIAL)
     all_ok = all(v == "ok" for v in checks.values()) and all(w["status"] in ("ok", "unknown") for w in workers.values())
     missing = await _missing_blobs(container, state)
-    all_ok = all_ok and missing == 0
+    unresolved = await _projection_dead_letters(container)
+    all_ok = all_ok and missing == 0 and unresolved == 0
     status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
     body = {
         "status": status,
         "checks": checks,
         "workers": workers,
-        # Set aside by policy so that their partitions move on (README "Dead letters"): a count
-        # above zero is worth a look but does not stop the system from serving.
+        # Set aside by policy so that their partitions move on (README "Dead letters"): unresolved
+        # projection dead letters (`pipeline dlq`) make the status "degraded" but the system serves.
         "dead_letters": {
-            "projections": await _projection_dead_letters(container),
+            "projections": unresolved,
             "processor_since_start": workers["processor"].get("dead_letters_since_start"),
         },
         # Objects whose content the blob store lacks (`pipeline blobs check` lists them); None: unknown.
@@ -151,12 +153,10 @@ async def _postgres(container: ApiContainer) -> None:
 
 
 async def _projection_dead_letters(container: ApiContainer) -> int | None:
-    """Events the projections could not apply (projection_dead_letters rows); None if unreadable."""
+    """Events the projections could not apply, not yet retried or skipped; None if unreadable."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT), container.pool.connection(timeout=CHECK_TIMEOUT) as conn:
-            cur = await conn.execute("SELECT count(*) FROM projection_dead_letters")
-            row = await cur.fetchone()
-            return int(row[0]) if row else 0
+            return await unresolved_count(conn)
     except Exception:
         return None
 

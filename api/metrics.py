@@ -20,6 +20,7 @@ from infra.runtime.metrics import (
     REGISTRY,
     WorkerCollector,
 )
+from projections.dead_letters import unresolved_count
 
 log = logging.getLogger("pipeline.metrics")
 READ_MODEL_TIMEOUT = 1.0
@@ -60,9 +61,7 @@ async def observe_read_models(container: ApiContainer) -> None:
             EXECUTIONS.clear()  # a status no execution has any more must not keep its last count
             for status, count in rows:
                 EXECUTIONS.labels(status).set(count)
-            cur = await conn.execute("SELECT count(*) FROM projection_dead_letters")
-            row = await cur.fetchone()
-            PROJECTION_DEAD_LETTERS.set(row[0] if row else 0)
+            PROJECTION_DEAD_LETTERS.set(await unresolved_count(conn))
     except Exception as exc:  # a scrape still shows the in-process families while PostgreSQL is away
         log.debug("read-model gauges not refreshed: %s", exc)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 AIOKAFKA_FETCH_MAX_WAIT_MS = 500  # aiokafka's default
+AIOKAFKA_MAX_PARTITION_FETCH_BYTES = 1 << 20  # aiokafka's default
 
 
 def group_consumer(
@@ -20,6 +21,7 @@ def group_consumer(
     listener: ConsumerRebalanceListener,
     max_poll_records: int | None = None,
     fetch_max_wait_ms: int = AIOKAFKA_FETCH_MAX_WAIT_MS,
+    max_partition_fetch_bytes: int = AIOKAFKA_MAX_PARTITION_FETCH_BYTES,
 ) -> AIOKafkaConsumer:
     """A member of ``group_id`` subscribed to ``topic`` with ``listener``; not started yet."""
     consumer = AIOKafkaConsumer(
@@ -30,6 +32,7 @@ def group_consumer(
         auto_offset_reset="earliest",
         max_poll_records=max_poll_records,
         fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=max_partition_fetch_bytes,
     )
     consumer.subscribe([topic], listener=listener)
     return consumer

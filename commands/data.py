@@ -9,7 +9,7 @@ from uuid import UUID, uuid5
 import msgspec
 
 from commands.envelope import CommandEnvelope
-from commands.limits import AnnotationType, Confidence, ContentType, Label
+from commands.limits import AnnotationSource, AnnotationType, Confidence, ContentType, Label
 from domain.data_object import DataObject
 from domain.errors import DomainError
 
@@ -29,6 +29,7 @@ class AnnotateObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     annotation_type: AnnotationType
     content: Any
     confidence: Confidence = 1.0
+    source: AnnotationSource = "user"  # the API never sets it; the executor says "graph:<execution id>"
 
 
 class DeleteObject(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -93,7 +94,7 @@ def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: Com
         content=command.content,
     )
     for index, label in enumerate(command.annotations):
-        obj.annotate(initial_annotation_id(object_id, index), "label", label, 1.0, envelope.actor.user_id)
+        obj.annotate(initial_annotation_id(object_id, index), "label", label, 1.0, envelope.actor.user_id, "ingest")
     return obj
 
 
@@ -105,6 +106,7 @@ def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envel
         command.content,
         command.confidence,
         envelope.actor.user_id,
+        command.source,
     )
     return obj
 

@@ -322,6 +322,7 @@ class ExecutionRun:
             object_id = _uuid(effect.payload["object_id"])
             payload = {k: effect.payload[k] for k in ("annotation_type", "content", "confidence")}
             payload["annotation_id"] = str(uuid5(self.id, f"{node_id}:annotation:{index}"))
+            payload["source"] = f"graph:{self.view.execution_id}"
             step = f"{node_id}:annotate:{index}"
             outcome = await self.send(self.command("AnnotateObject", payload, step, object_id, actor))
             if not outcome.accepted and outcome.rejection is not None:

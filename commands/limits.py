@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from domain.data_object import ANNOTATION_TYPE_PATTERN, CONTENT_TYPE_PATTERN
+from domain.data_object import ANNOTATION_SOURCE_PATTERN, ANNOTATION_TYPE_PATTERN, CONTENT_TYPE_PATTERN
 
 # JSON values (metadata, annotation content, graph, inputs, options) nest at most this deep: far
 # below orjson's own limit of 254 and Python's recursion limit (1000), which a deeper value hit.
@@ -39,6 +39,9 @@ AnnotationType = Annotated[
 ]
 Label = Annotated[
     str, msgspec.Meta(min_length=1, max_length=1000, pattern=NO_CONTROL, description="1..1000 printable characters")
+]
+AnnotationSource = Annotated[
+    str, msgspec.Meta(pattern=ANNOTATION_SOURCE_PATTERN, description='"user", "ingest" or "graph:<execution id>"')
 ]
 Confidence = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 

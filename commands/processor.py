@@ -502,7 +502,7 @@ class CommandProcessor:
             return
         trace = trace_headers(step.span) if step.span is not None else []
         try:
-            produced = self._event_records(envelope, state, aggregate, trace)
+            produced = event_records(self.mapper, envelope, state.last_hash, aggregate, trace)
         except _TooLarge as exc:
             step.rejection, step.unprocessable = _unprocessable("too_large", str(exc)), True
             state.aggregate = before
@@ -529,50 +529,6 @@ class CommandProcessor:
             step.version = stored.originator_version
             if not step.created_at:
                 step.created_at = domain_event.timestamp.timestamp()
-
-    def _event_records(
-        self,
-        envelope: CommandEnvelope,
-        state: AggregateState,
-        aggregate: Aggregate,
-        trace: list[tuple[str, bytes]],
-    ) -> list[tuple[Any, Any, list[tuple[str, bytes]], str]]:
-        """The new events as (stored event, domain event, headers, hash), each checked against MAX_RECORD_BYTES.
-
-        ``trace`` is the command's span as a ``traceparent`` header (empty when tracing is off).
-        """
-        produced = []
-        last_hash = state.last_hash
-        key = envelope.aggregate_id.encode()
-        for domain_event in aggregate.collect_events():
-            stored = self.mapper.to_stored_event(domain_event)
-            event_hash = chain_hash(
-                last_hash, stored.topic, envelope.aggregate_id, stored.originator_version, stored.state
-            )
-            headers = [
-                ("event_id", uuid.uuid4().hex.encode()),
-                ("event_type", stored.topic.encode()),
-                ("schema_version", str(getattr(type(domain_event), "class_version", 1)).encode()),
-                ("aggregate_id", envelope.aggregate_id.encode()),
-                ("aggregate_version", str(stored.originator_version).encode()),
-                ("command_id", envelope.command_id.encode()),
-                ("correlation_id", (envelope.correlation_id or envelope.command_id).encode()),
-                ("causation_id", envelope.command_id.encode()),
-                ("actor", envelope.actor.user_id.encode()),
-                ("actor_role", envelope.actor.role.encode()),
-                ("timestamp", domain_event.timestamp.isoformat().encode()),
-                ("prev_hash", last_hash.encode()),
-                ("hash", event_hash.encode()),
-                *trace,
-            ]
-            size = _record_size(key, stored.state, headers)
-            if size > MAX_RECORD_BYTES:
-                raise _TooLarge(
-                    f"the {stored.topic.rsplit('.', 1)[-1]} event would be {size} bytes (limit {MAX_RECORD_BYTES})"
-                )
-            produced.append((stored, domain_event, headers, event_hash))
-            last_hash = event_hash
-        return produced
 
     async def _send_results(
         self,
@@ -666,6 +622,47 @@ def _ending_spans(steps: list[_Step]) -> Iterator[None]:
             else:
                 step.span.set_attributes({"pipeline.outcome": "accepted", "pipeline.version": step.version})
             step.span.end()
+
+
+def event_records(
+    mapper: Mapper[UUID],
+    envelope: CommandEnvelope,
+    last_hash: str,
+    aggregate: Aggregate,
+    trace: Sequence[tuple[str, bytes]] = (),
+) -> list[tuple[Any, Any, list[tuple[str, bytes]], str]]:
+    """The aggregate's new events as (stored event, domain event, headers, hash), chained to ``last_hash``
+    and each checked against MAX_RECORD_BYTES (_TooLarge); what the events topic receives. ``trace``:
+    the command's span as a ``traceparent`` header (empty when tracing is off)."""
+    produced = []
+    key = envelope.aggregate_id.encode()
+    for domain_event in aggregate.collect_events():
+        stored = mapper.to_stored_event(domain_event)
+        event_hash = chain_hash(last_hash, stored.topic, envelope.aggregate_id, stored.originator_version, stored.state)
+        headers = [
+            ("event_id", uuid.uuid4().hex.encode()),
+            ("event_type", stored.topic.encode()),
+            ("schema_version", str(getattr(type(domain_event), "class_version", 1)).encode()),
+            ("aggregate_id", envelope.aggregate_id.encode()),
+            ("aggregate_version", str(stored.originator_version).encode()),
+            ("command_id", envelope.command_id.encode()),
+            ("correlation_id", (envelope.correlation_id or envelope.command_id).encode()),
+            ("causation_id", envelope.command_id.encode()),
+            ("actor", envelope.actor.user_id.encode()),
+            ("actor_role", envelope.actor.role.encode()),
+            ("timestamp", domain_event.timestamp.isoformat().encode()),
+            ("prev_hash", last_hash.encode()),
+            ("hash", event_hash.encode()),
+            *trace,
+        ]
+        size = _record_size(key, stored.state, headers)
+        if size > MAX_RECORD_BYTES:
+            raise _TooLarge(
+                f"the {stored.topic.rsplit('.', 1)[-1]} event would be {size} bytes (limit {MAX_RECORD_BYTES})"
+            )
+        produced.append((stored, domain_event, headers, event_hash))
+        last_hash = event_hash
+    return produced
 
 
 def _bounded(outcome: Outcome) -> bytes:

@@ -9,6 +9,11 @@ from eventsourcing.domain import Aggregate, event
 
 from domain.errors import DomainError
 
+# Who or what made an annotation (DataObject.Annotated.source): "user" (the API), "ingest" (labels
+# given with the content), "graph:<execution id>" (a graph's sink); events written before the field
+# existed (class_version 1) read as UNKNOWN_SOURCE.
+ANNOTATION_SOURCE_PATTERN = r"^(user|ingest|unknown|graph:[0-9a-f-]{36})$"
+UNKNOWN_SOURCE = "unknown"
 # An annotation's type is a word naming a kind of note (label, keyword, sentiment:score), not text.
 ANNOTATION_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/+-]{0,99}$"
 # type/subtype with optional printable parameters: no markup, no control characters.
@@ -30,11 +35,19 @@ class DataObject(Aggregate):
         content: str | None = None
 
     class Annotated(Aggregate.Event):
+        class_version = 2  # v2 added ``source``
+
         annotation_id: str
         annotation_type: str
         content: Any
         confidence: float
         annotator: str
+        source: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            # v1 did not say who made it: the API, ingest labels and graph sinks all wrote the same shape.
+            state["source"] = UNKNOWN_SOURCE
 
     class Deleted(Aggregate.Event):
         deleted_by: str
@@ -58,14 +71,20 @@ class DataObject(Aggregate):
         self.deleted = False
 
     def annotate(
-        self, annotation_id: str, annotation_type: str, content: Any, confidence: float, annotator: str
+        self,
+        annotation_id: str,
+        annotation_type: str,
+        content: Any,
+        confidence: float,
+        annotator: str,
+        source: str = "user",
     ) -> None:
         self._require_live()
-        self._annotated(annotation_id, annotation_type, content, confidence, annotator)
+        self._annotated(annotation_id, annotation_type, content, confidence, annotator, source)
 
     @event(Annotated)
     def _annotated(
-        self, annotation_id: str, annotation_type: str, content: Any, confidence: float, annotator: str
+        self, annotation_id: str, annotation_type: str, content: Any, confidence: float, annotator: str, source: str
     ) -> None:
         self.annotation_count += 1
 

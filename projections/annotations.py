@@ -4,34 +4,43 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector, columns
 
 
 class AnnotationsProjector(Projector):
     name = "annotations"
+    tables = ("annotations",)
 
     def handlers(self) -> dict[str, Handler]:
-        return {"DataObject.Annotated": self.on_annotated, "DataObject.Deleted": self.on_deleted}
+        return {"DataObject.Deleted": self.on_deleted}
 
-    async def on_annotated(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        e = record.event
+    def batch_handlers(self) -> dict[str, BatchHandler]:
+        return {"DataObject.Annotated": self.on_annotated}
+
+    async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        rows = (
+            (
+                r.event.annotation_id,
+                r.aggregate_id,
+                r.event.annotator,
+                r.event.annotation_type,
+                orjson.dumps(r.event.content).decode(),
+                r.event.confidence,
+                r.event.source,
+                r.event.timestamp,
+            )
+            for r in records
+        )
         await cur.execute(
             "INSERT INTO annotations (annotation_id, object_id, annotator_id, annotation_type, content, confidence,"
-            " created_at) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-            (
-                e.annotation_id,
-                record.aggregate_id,
-                e.annotator,
-                e.annotation_type,
-                Jsonb(e.content),
-                e.confidence,
-                e.timestamp,
-            ),
+            " source, created_at) SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[], %s::jsonb[],"
+            " %s::float8[], %s::text[], %s::timestamptz[])",
+            columns(rows, 8),
         )
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
@@ -44,7 +53,7 @@ async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str])
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT object_id::text AS object_id, annotation_id, annotator_id, annotation_type, content, confidence,"
-            " created_at FROM annotations WHERE object_id = ANY(%s::uuid[]) ORDER BY created_at, annotation_id",
+            " source, created_at FROM annotations WHERE object_id = ANY(%s::uuid[]) ORDER BY created_at, annotation_id",
             (object_ids,),
         )
         for row in await cur.fetchall():

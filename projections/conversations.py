@@ -21,6 +21,7 @@ _MESSAGE_COLUMNS = "seq, message_id, role, kind, author, content, sources, data,
 
 class ConversationsProjector(Projector):
     name = "conversations"
+    tables = ("conversations", "conversation_messages")
 
     def handlers(self) -> dict[str, Handler]:
         return {

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector, columns
 from projections.search import SNIPPET_SOURCE_CHARS
 from projections.text_extraction import extract_text, wants_whole_content
 
@@ -43,56 +43,65 @@ def searchable_text(content_type: str, content: bytes | None, metadata: dict[str
 
 class DataObjectsProjector(Projector):
     name = "data_objects"
+    tables = ("data_objects",)
 
     def __init__(self, load_content: ContentLoader | None = None, language: str = "simple") -> None:
         self.load_content = load_content or (lambda _hash, _type: None)
         self.language = language  # the text search configuration; search queries must use the same
 
     def handlers(self) -> dict[str, Handler]:
-        return {
-            "DataObject.Ingested": self.on_ingested,
-            "DataObject.Annotated": self.on_annotated,
-            "DataObject.Deleted": self.on_deleted,
-        }
+        return {"DataObject.Deleted": self.on_deleted}
 
-    async def on_ingested(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        e = record.event
-        if e.content is not None and not wants_whole_content(e.content_type):
-            # Carried in the event (small, see commands.data.inline_content): nothing to read back, and
+    def batch_handlers(self) -> dict[str, BatchHandler]:
+        return {"DataObject.Ingested": self.on_ingested, "DataObject.Annotated": self.on_annotated}
+
+    async def on_ingested(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        if all(r.event.content is not None and not wants_whole_content(r.event.content_type) for r in records):
+            # Carried in the events (small, see commands.data.inline_content): nothing to read back, and
             # extracting a few KiB of text costs less than a hop to a thread.
-            text = searchable_text(e.content_type, e.content.encode(), e.metadata)
-        else:  # reading the blob and extracting (a PDF can take a while) stay off the projection's loop
-            text = await asyncio.to_thread(lambda: searchable_text(e.content_type, self._content(e), e.metadata))
+            texts = [self._text(r.event) for r in records]
+        else:  # reading blobs and extracting (a PDF can take a while) stay off the projection's loop
+            texts = await asyncio.to_thread(lambda: [self._text(r.event) for r in records])
+        rows = (
+            (
+                r.aggregate_id,
+                object_type(r.event.content_type),
+                r.event.content_type,
+                r.event.content_hash,
+                r.event.location,
+                r.event.size,
+                orjson.dumps(r.event.metadata).decode(),
+                r.event.owner,
+                r.version,
+                r.event.timestamp,
+                text,
+                r.event.content,
+            )
+            for r, text in zip(records, texts, strict=True)
+        )
         await cur.execute(
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
             " metadata, owner, version, created_at, updated_at, search, search_text, content)"
-            " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s, to_tsvector(%s::regconfig, %s), %s, %s)",
-            (
-                record.aggregate_id,
-                object_type(e.content_type),
-                e.content_type,
-                e.content_hash,
-                e.location,
-                e.size,
-                Jsonb(e.metadata),
-                e.owner,
-                record.version,
-                e.timestamp,
-                e.timestamp,
-                self.language,
-                text,
-                text[:SNIPPET_SOURCE_CHARS],
-                e.content,
-            ),
+            " SELECT id, kind, type, hash, location, size, metadata, owner, version, at, at,"
+            " to_tsvector(%s::regconfig, text), left(text, %s), content"
+            " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::jsonb[],"
+            " %s::text[], %s::int4[], %s::timestamptz[], %s::text[], %s::text[])"
+            " AS u(id, kind, type, hash, location, size, metadata, owner, version, at, text, content)",
+            [self.language, SNIPPET_SOURCE_CHARS, *columns(rows, 12)],
         )
+
+    def _text(self, e: Any) -> str:
+        return searchable_text(e.content_type, self._content(e), e.metadata)
 
     def _content(self, e: Any) -> bytes | None:
         return e.content.encode() if e.content is not None else self.load_content(e.content_hash, e.content_type)
 
-    async def on_annotated(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+    async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        latest = {r.aggregate_id: (r.aggregate_id, r.version, r.event.timestamp) for r in records}  # one per row
         await cur.execute(
-            "UPDATE data_objects SET version = %s, updated_at = %s WHERE object_id = %s",
-            (record.version, record.event.timestamp, record.aggregate_id),
+            "UPDATE data_objects d SET version = u.version, updated_at = u.at"
+            " FROM unnest(%s::uuid[], %s::int4[], %s::timestamptz[]) AS u(id, version, at) WHERE d.object_id = u.id",
+            columns(latest.values(), 3),
         )
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from uuid import UUID
 
@@ -20,7 +21,7 @@ class EventRecord:
     state: bytes
     event: Any  # the domain event, upcast to its current class version
 
-    @property
+    @cached_property  # asked for many times per event when a batch is grouped into runs
     def type(self) -> str:
         """Short event type, e.g. ``DataObject.Ingested``."""
         return self.topic.rsplit(":", 1)[-1]

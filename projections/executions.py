@@ -19,6 +19,7 @@ _PROGRESS = f"{_FINISHED}::float / greatest((SELECT count(*) FROM jsonb_object_k
 
 class ExecutionsProjector(Projector):
     name = "executions"
+    tables = ("executions",)
 
     def handlers(self) -> dict[str, Handler]:
         return {

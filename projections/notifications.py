@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import Handler, Projector
+from projections.projector import BatchHandler, Handler, Projector, columns
 
 # A notification's read time as the reads see it: its own column, or a kept mark that covers it. The
 # column alone is not enough: a mark (the Inbox's partition) and the notification it covers (another
@@ -47,57 +47,70 @@ NOTIFYING = {
 
 class NotificationsProjector(Projector):
     name = "notifications"
+    tables = ("notification_subjects", "notifications", "notification_read_marks", "notification_read_all")
 
     def handlers(self) -> dict[str, Handler]:
+        return {
+            "Inbox.NotificationsRead": self.on_read,
+            "Execution.Completed": self.on_execution_finished,
+            "Execution.Failed": self.on_execution_finished,
+            "User.RoleChanged": self.on_role_changed,
+        }
+
+    def batch_handlers(self) -> dict[str, BatchHandler]:
         return {
             "DataObject.Ingested": self.on_owned,
             "Execution.Submitted": self.on_owned,
             "Inbox.Opened": self.on_owned,
-            "Inbox.NotificationsRead": self.on_read,
-            "Execution.Completed": self.on_execution_finished,
-            "Execution.Failed": self.on_execution_finished,
             "DataObject.Annotated": self.on_object_changed,
             "DataObject.Deleted": self.on_object_changed,
-            "User.RoleChanged": self.on_role_changed,
         }
 
-    async def on_owned(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        owner = getattr(record.event, "owner", None) or getattr(record.event, "submitter", "")
+    async def on_owned(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        owners = (
+            (r.aggregate_id, getattr(r.event, "owner", None) or getattr(r.event, "submitter", "")) for r in records
+        )
         await cur.execute(
-            "INSERT INTO notification_subjects (aggregate_id, owner) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-            (record.aggregate_id, owner),
+            "INSERT INTO notification_subjects (aggregate_id, owner) SELECT * FROM unnest(%s::uuid[], %s::text[])"
+            " ON CONFLICT DO NOTHING",
+            columns(owners, 2),
         )
 
     async def on_execution_finished(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        owner = await _owner(cur, record.aggregate_id)
+        owner = (await _owners(cur, [record.aggregate_id])).get(record.aggregate_id)
         if owner is None:
             return
         finished = record.type.partition(".")[2].lower()
         data: dict[str, Any] = {"execution_id": record.aggregate_id, "status": finished}
         if finished == "failed":
             data["error"] = record.event.error
-        await _notify(cur, record, owner, f"execution_{finished}", f"Your execution {finished}", data)
+        await _notify(cur, [(record, owner, f"execution_{finished}", f"Your execution {finished}", data)])
 
-    async def on_object_changed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        owner = await _owner(cur, record.aggregate_id)
-        actor = record.headers.get("actor", "")
-        if owner is None or actor == owner:
-            return  # your own changes need no telling
-        change = record.type.partition(".")[2].lower()
-        data = {"object_id": record.aggregate_id, "by": actor, "change": change}
-        if change == "annotated":
-            data["annotation_type"] = record.event.annotation_type
-        await _notify(cur, record, owner, f"object_{change}", f"Someone else {change} your object", data)
+    async def on_object_changed(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        owners = await _owners(cur, [r.aggregate_id for r in records])
+        notes: list[_Note] = []
+        for record in records:
+            owner = owners.get(record.aggregate_id)
+            actor = record.headers.get("actor", "")
+            if owner is None or actor == owner:
+                continue  # your own changes need no telling
+            change = record.type.partition(".")[2].lower()
+            data = {"object_id": record.aggregate_id, "by": actor, "change": change}
+            if change == "annotated":
+                data["annotation_type"] = record.event.annotation_type
+            notes.append((record, owner, f"object_{change}", f"Someone else {change} your object", data))
+        await _notify(cur, notes)
 
     async def on_role_changed(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         actor = record.headers.get("actor", "")
         if actor == record.aggregate_id:
             return
         data = {"role": record.event.role, "by": actor}
-        await _notify(cur, record, record.aggregate_id, "role_changed", f"Your role is now {record.event.role}", data)
+        message = f"Your role is now {record.event.role}"
+        await _notify(cur, [(record, record.aggregate_id, "role_changed", message, data)])
 
     async def on_read(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        user_id = await _owner(cur, record.aggregate_id)
+        user_id = (await _owners(cur, [record.aggregate_id])).get(record.aggregate_id)
         if user_id is None:
             return
         ids, at = record.event.notification_ids, record.event.timestamp
@@ -123,37 +136,42 @@ class NotificationsProjector(Projector):
         )
 
 
-async def _owner(cur: AsyncCursor[Any], aggregate_id: str) -> str | None:
-    await cur.execute("SELECT owner FROM notification_subjects WHERE aggregate_id = %s", (aggregate_id,))
-    row = await cur.fetchone()
-    return None if row is None else str(row[0])
+# (causing event, user to tell, kind, message, data)
+_Note = tuple[EventRecord, str, str, str, dict[str, Any]]
 
 
-async def _notify(
-    cur: AsyncCursor[Any], record: EventRecord, user_id: str, kind: str, message: str, data: dict[str, Any]
-) -> None:
-    """One notification; read already if a kept mark of the user's inbox covers it (least() skips NULLs)."""
-    notification_id, at = record.headers["event_id"], record.event.timestamp
-    await cur.execute(
-        "INSERT INTO notifications (notification_id, user_id, kind, message, data, aggregate_id, aggregate_version,"
-        " created_at, read_at) VALUES (%s,%s,%s,%s,%s,%s,%s,%s, least("
-        "(SELECT read_at FROM notification_read_marks WHERE user_id = %s AND notification_id = %s),"
-        " (SELECT min(read_at) FROM notification_read_all WHERE user_id = %s AND read_at >= %s)))"
-        " ON CONFLICT DO NOTHING",
+async def _owners(cur: AsyncCursor[Any], aggregate_ids: list[str]) -> dict[str, str]:
+    # Its own cursor: in pipeline mode the shared one may still hold the result of an earlier executemany.
+    async with cur.connection.cursor() as reader:
+        await reader.execute(
+            "SELECT aggregate_id::text, owner FROM notification_subjects WHERE aggregate_id = ANY(%s::uuid[])",
+            (aggregate_ids,),
+        )
+        return {str(aggregate_id): str(owner) for aggregate_id, owner in await reader.fetchall()}
+
+
+async def _notify(cur: AsyncCursor[Any], notes: list[_Note]) -> None:
+    """The notifications, unread as written: the reads look up the inbox's kept marks (READ_AT)."""
+    if not notes:
+        return
+    rows = (
         (
-            notification_id,
+            record.headers["event_id"],
             user_id,
             kind,
             message,
-            Jsonb(data),
+            orjson.dumps(data).decode(),
             record.aggregate_id,
             record.version,
-            at,
-            user_id,
-            notification_id,
-            user_id,
-            at,
-        ),
+            record.event.timestamp,
+        )
+        for record, user_id, kind, message, data in notes
+    )
+    await cur.execute(
+        "INSERT INTO notifications (notification_id, user_id, kind, message, data, aggregate_id, aggregate_version,"
+        " created_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::uuid[],"
+        " %s::int4[], %s::timestamptz[]) ON CONFLICT DO NOTHING",
+        columns(rows, 8),
     )
 
 

@@ -1,8 +1,18 @@
-"""A projector maps event types to SQL; the runner calls it inside its transaction."""
+"""A projector maps event types to SQL; the runner calls it inside its transaction.
+
+Batches: the runner hands a projector all the events of a batch at once (``apply_many``). Event
+types with a *batch handler* are written with ONE statement per run of such events (``INSERT ...
+SELECT FROM unnest(<one array per column>)``, see ``columns``) instead of one statement each: far
+less work per row than ``executemany`` (measured: psycopg's pipelined executemany cost ~0.19 ms of
+Python per row under load, most of a rebuild's time). To make runs
+long, events are grouped by type, keeping each aggregate's events in their order: every row of a
+read model belongs to one aggregate, so events of different aggregates commute. (The audit log,
+whose global sequence follows the order of writing, takes every event in one run.)
+"""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 from psycopg import AsyncCursor
@@ -10,18 +20,61 @@ from psycopg import AsyncCursor
 from projections.events import EventRecord
 
 Handler = Callable[[AsyncCursor[Any], EventRecord], Awaitable[None]]
+BatchHandler = Callable[[AsyncCursor[Any], list[EventRecord]], Awaitable[None]]
 
 
 class Projector:
-    """Subclasses fill ``handlers`` with one method per event type they fold into their table."""
+    """Subclasses fill ``handlers`` (one method per event type) and/or ``batch_handlers`` (one per run)."""
 
     name = "projector"
+    tables: tuple[str, ...] = ()  # the tables of this read model (a scoped rebuild replaces exactly these)
 
     def handlers(self) -> dict[str, Handler]:
-        raise NotImplementedError
+        return {}
+
+    def batch_handlers(self) -> dict[str, BatchHandler]:
+        return {}
 
     async def apply(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         """Apply one event; event types this projector does not know are ignored."""
-        handler = self.handlers().get(record.type)
-        if handler is not None:
-            await handler(cur, record)
+        await self.apply_many(cur, [record])
+
+    async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
+        """Apply events in order (per aggregate); consecutive-able events of a batched type go in one call."""
+        single = self.handlers()
+        batched = self.batch_handlers()
+        for event_type, run in _runs(records, batched):
+            if event_type in batched:
+                await batched[event_type](cur, run)
+            elif (handler := single.get(event_type)) is not None:
+                for record in run:
+                    await handler(cur, record)
+
+
+def _runs(records: Sequence[EventRecord], batched: dict[str, BatchHandler]) -> list[tuple[str, list[EventRecord]]]:
+    """Group events into runs of one type, in an order that keeps each aggregate's events in sequence.
+
+    An event joins the latest run of its type unless its aggregate already has an event in a later
+    run; then it opens a new run. Types without a batch handler are not grouped (their runs are
+    applied one event at a time anyway).
+    """
+    runs: list[tuple[str, list[EventRecord]]] = []
+    latest_of_type: dict[str, int] = {}  # event type -> index of its latest run
+    latest_of_aggregate: dict[str, int] = {}  # aggregate -> index of the run holding its latest event
+    for record in records:
+        index = latest_of_type.get(record.type, -1) if record.type in batched else -1
+        if index < 0 or index < latest_of_aggregate.get(record.aggregate_id, -1):
+            runs.append((record.type, []))
+            index = latest_of_type[record.type] = len(runs) - 1
+        runs[index][1].append(record)
+        latest_of_aggregate[record.aggregate_id] = index
+    return runs
+
+
+def columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows as one list per column: the parameters of ``unnest(%s::type[], ...)`` (``width`` columns)."""
+    lists: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for values, value in zip(lists, row, strict=True):
+            values.append(value)
+    return lists

@@ -14,6 +14,7 @@ from projections.projector import Handler, Projector
 
 class UsersProjector(Projector):
     name = "users"
+    tables = ("users",)
 
     def handlers(self) -> dict[str, Handler]:
         return {

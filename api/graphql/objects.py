@@ -33,6 +33,10 @@ class Annotation:
     annotation_type: str
     content: JSON
     confidence: float
+    source: str = strawberry.field(
+        description='who or what made it: "user", "ingest" (labels given at ingest), "graph:<execution id>",'
+        ' or "unknown" (written before annotations said so)'
+    )
     created_at: datetime
 
 

@@ -35,6 +35,7 @@ class Annotation(msgspec.Struct):
     annotation_type: str
     content: Any
     confidence: float
+    source: str  # "user", "ingest", "graph:<execution id>", or "unknown" (annotations of before v2 events)
     created_at: datetime
 
 

@@ -40,15 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     rebuild = projections_sub.add_parser(
         "rebuild",
         help="rebuild the read models from offset 0 into a new schema, then (with --swap) replace the live ones",
+        description="Progress goes to stderr: a bar with events/s and ETA on a terminal, a plain line every"
+        " few seconds otherwise. The API keeps serving the live schema meanwhile.",
     )
     rebuild.add_argument("--into", help="schema to build into (default: <live schema>_rebuild_<time>)")
     rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
+    rebuild.add_argument(
+        "--only",
+        action="append",
+        metavar="READ_MODEL",
+        help="rebuild only this read model (repeatable): data_objects, annotations, executions, users,"
+        " notifications, audit_log; with --swap only its tables are replaced, the others are left untouched",
+    )
     blobs = sub.add_parser("blobs", help="operate the blob store")
     blobs_sub = blobs.add_subparsers(dest="action", required=True, metavar="ACTION")
     blobs_sub.add_parser("check", help="list objects whose content the blob store lacks (exit 1 if any)")
     from infra.cli.audit import add_parser as add_audit_parser
+    from infra.cli.dlq import add_parser as add_dlq_parser
     from infra.cli.users import add_parser as add_user_parser
 
+    add_dlq_parser(sub)
     add_user_parser(sub)
     add_audit_parser(sub)
     sub.add_parser("settings", help="list every setting with its environment variable and current value")
@@ -77,10 +88,19 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(WORKERS[args.name](settings))
         return 0
     if args.command == "projections":
+        from infra.runtime.bootstrap import read_model_names
         from infra.runtime.rebuild import rebuild_read_models
 
-        asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap))
+        unknown = set(args.only or ()) - set(read_model_names())
+        if unknown:
+            print(f"error: no read model named {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap, only=args.only or ()))
         return 0
+    if args.command == "dlq":
+        from infra.cli.dlq import run as run_dlq_command
+
+        return run_dlq_command(settings, args)
     if args.command == "blobs":
         from infra.adapters.blob_check import run_check
 

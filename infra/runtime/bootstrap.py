@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,7 +149,9 @@ async def build_processor(settings: Settings, tracer: Tracer | None = None) -> C
     return CommandProcessor(processor_config(settings, topics), make_mapper(), tracer=tracer)
 
 
-def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix: str = "") -> RunnerConfig:
+def runner_config(
+    settings: Settings, topics: Topics, schema: str, group_suffix: str = "", batch_size: int | None = None
+) -> RunnerConfig:
     k = settings.kafka
     return RunnerConfig(
         bootstrap_servers=k.bootstrap_servers,
@@ -156,27 +159,42 @@ def runner_config(settings: Settings, topics: Topics, schema: str, group_suffix:
         projection=k.projection_name,
         group_id=f"{k.topic_prefix}.projection.{k.projection_name}.{schema}{group_suffix}",
         channel=channel_for(schema),
-        batch_size=k.projection_batch_size,
+        batch_size=batch_size or k.projection_batch_size,
         fetch_max_wait_ms=k.event_fetch_max_wait_ms,
     )
 
 
-async def build_runner(
-    settings: Settings, schema: str | None = None, group_suffix: str = "", tracer: Tracer | None = None
-) -> ProjectionRunner:
-    """A projection runner for ``schema`` (the live one by default), with its schema migrated.
+def read_model_names() -> list[str]:
+    """The names `pipeline projections rebuild --only` takes."""
+    return [projector.name for projector in read_model_projectors()]
 
-    ``tracer``: the live runner's (a rebuild replays old events and is not traced).
-    """
+
+async def build_runner(
+    settings: Settings,
+    schema: str | None = None,
+    group_suffix: str = "",
+    only: Sequence[str] = (),
+    batch_size: int | None = None,
+    tracer: Tracer | None = None,
+) -> ProjectionRunner:
+    """A projection runner for ``schema`` (the live one by default), with its schema migrated; ``only``
+    limits it to the read models so named (ValueError for a name that is not one); ``tracer``: the live
+    runner's (a rebuild replays old events and is not traced)."""
     require_services(settings)
+    projectors = read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language)
+    unknown = set(only) - {p.name for p in projectors}
+    if unknown:
+        raise ValueError(f"no read model named {', '.join(sorted(unknown))} (known: {', '.join(read_model_names())})")
+    if only:
+        projectors = [p for p in projectors if p.name in only]
     schema = schema or settings.database.schema
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, schema)
     pool = await open_pool(settings.database.url, schema, 1, 4)
     return ProjectionRunner(
-        runner_config(settings, topics, schema, group_suffix),
+        runner_config(settings, topics, schema, group_suffix, batch_size),
         pool,
         make_mapper(),
-        read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language),
+        projectors,
         tracer,
     )

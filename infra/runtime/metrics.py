@@ -62,7 +62,7 @@ RATE_LIMIT_REFUSALS = Counter(
 EXECUTIONS = Gauge("pipeline_executions", "Executions in the read model by status", ["status"], registry=REGISTRY)
 PROJECTION_DEAD_LETTERS = Gauge(
     "pipeline_projection_dead_letters",
-    "Events the projections set aside (projection_dead_letters rows)",
+    "Events the projections set aside and nobody retried or skipped yet (`pipeline dlq`)",
     registry=REGISTRY,
 )
 

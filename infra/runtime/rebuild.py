@@ -4,6 +4,12 @@ The API keeps serving the live schema meanwhile. The swap happens in one transac
 locks the live positions table (pausing the live runner), applies the last few events the
 rebuild lacks, and renames the schemas; the live runner then finds positions in the renamed
 schema and, the positions table being its truth, seeks to them.
+
+Scoped (``only``): only the named read models are built. Each read model folds events into its
+own tables and reads no other (``Projector.tables``), so one can be rebuilt alone: the others,
+the positions, the aggregate versions and the dead letters stay as they are. Its swap, in the same
+kind of transaction, replaces just its tables in the live schema with the rebuilt ones (after the
+same catch-up to the live positions), and the rest of the rebuilt schema is dropped.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TextIO
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -19,10 +26,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from infra.adapters.kafka import end_offsets
 from infra.adapters.postgres import check_schema, connection_kwargs
 from infra.runtime.bootstrap import build_runner, require_services
+from infra.runtime.progress import Progress
 from infra.runtime.settings import Settings
 from projections.runner import ProjectionRunner
 
 log = logging.getLogger("pipeline.rebuild")
+POLL_S = 0.2  # how often the rebuild's position is read (a cheap query) for the progress bar
 
 
 async def event_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -30,30 +39,49 @@ async def event_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     return await end_offsets(settings.kafka.bootstrap_servers, topic)
 
 
-async def rebuild_read_models(settings: Settings, into: str | None = None, *, swap: bool = False) -> str:
-    """Build every read model from offset 0 into ``into``; with ``swap``, make it the live schema."""
+async def rebuild_read_models(
+    settings: Settings,
+    into: str | None = None,
+    *,
+    swap: bool = False,
+    only: Sequence[str] = (),
+    progress: TextIO | None = None,
+) -> str:
+    """Build the read models (all, or those named in ``only``) from offset 0 into ``into``; with ``swap``,
+    make them the live ones. Progress goes to ``progress`` (stderr by default)."""
     require_services(settings)
     live = check_schema(settings.database.schema)
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
-    runner = await build_runner(settings, schema=target, group_suffix=f".rebuild.{time.time_ns()}")
+    runner = await build_runner(
+        settings,
+        schema=target,
+        group_suffix=f".rebuild.{time.time_ns()}",
+        only=only,
+        batch_size=settings.kafka.rebuild_batch_size,
+    )
     try:
         ends = await event_end_offsets(settings, runner.config.events_topic)
         total = sum(ends.values())
-        print(f"rebuilding read models into schema {target} from {total} events", flush=True)
+        models = ", ".join(p.name for p in runner.projectors)
+        print(f"rebuilding {models} into schema {target} from {total} offsets", flush=True)
+        bar = Progress(total, "rebuild", progress)
         stop = asyncio.Event()
         task = asyncio.create_task(runner.run(stop))
         while not await runner.caught_up_to(ends):
             if task.done():
                 task.result()  # the runner died: raise its error
-            async with runner.pool.connection() as conn:
-                done = await runner.stored_positions(conn)
-            print(f"  {sum(min(done.get(p, 0), end) for p, end in ends.items())}/{total} offsets", flush=True)
-            await asyncio.sleep(1.0)
+            bar.update(await _done(runner, ends), runner.applied)
+            await asyncio.sleep(POLL_S)
         stop.set()
         await task
+        bar.finish(total, runner.applied)  # caught up: the offsets left are transaction markers
+        seconds = time.monotonic() - bar.started
+        print(
+            f"applied {runner.applied} events in {seconds:.2f}s ({runner.applied / seconds:.0f} events/s)", flush=True
+        )
         if swap:
-            await _swap(settings, runner, live, target)
-            print(f"schema {target} is now the live schema {live}", flush=True)
+            await _swap(settings, runner, live, target, scoped=bool(only))
+            print(f"{models} of schema {target} now live in schema {live}", flush=True)
         else:
             print(f"rebuilt into schema {target}", flush=True)
         return target
@@ -61,8 +89,14 @@ async def rebuild_read_models(settings: Settings, into: str | None = None, *, sw
         await runner.pool.close()
 
 
-async def _swap(settings: Settings, runner: ProjectionRunner, live: str, target: str) -> None:
-    retired = f"{live}_retired_{int(time.time())}"
+async def _done(runner: ProjectionRunner, ends: dict[int, int]) -> int:
+    async with runner.pool.connection() as conn:
+        done = await runner.stored_positions(conn)
+    return sum(min(done.get(p, 0), end) for p, end in ends.items())
+
+
+async def _swap(settings: Settings, runner: ProjectionRunner, live: str, target: str, *, scoped: bool) -> None:
+    retired = target if scoped else f"{live}_retired_{int(time.time())}"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka.bootstrap_servers, isolation_level="read_committed", enable_auto_commit=False
     )
@@ -81,8 +115,13 @@ async def _swap(settings: Settings, runner: ProjectionRunner, live: str, target:
                 ours = await runner.stored_positions(conn)
                 for partition, end in live_positions.items():
                     await _catch_up(conn, consumer, runner, partition, ours.get(partition, 0), end)
-                await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{retired}"')
-                await conn.execute(f'ALTER SCHEMA "{target}" RENAME TO "{live}"')
+                if scoped:  # only these tables move; the live schema's others stay as they are
+                    for table in (t for projector in runner.projectors for t in projector.tables):
+                        await conn.execute(f'DROP TABLE "{live}"."{table}"')
+                        await conn.execute(f'ALTER TABLE "{target}"."{table}" SET SCHEMA "{live}"')
+                else:
+                    await conn.execute(f'ALTER SCHEMA "{live}" RENAME TO "{retired}"')
+                    await conn.execute(f'ALTER SCHEMA "{target}" RENAME TO "{live}"')
         async with await psycopg.AsyncConnection.connect(settings.database.url, autocommit=True) as conn:
             await conn.execute(f'DROP SCHEMA "{retired}" CASCADE')
     finally:

@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from infra.adapters.codec import make_mapper
 from infra.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,3 +106,31 @@ async def snapshot_read_models(settings: Settings, schema: str | None = None) ->
             settings, "SELECT * FROM conversation_messages ORDER BY conversation_id, seq", schema=schema
         ),
     }
+
+
+def event_record(aggregate_id: uuid.UUID, version: int, event: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """An events-topic record as the processor writes it (headers abridged to what readers need)."""
+    stored = make_mapper().to_stored_event(event)
+    return raw_event_record(aggregate_id, version, stored.topic, stored.state, event.timestamp)
+
+
+def raw_event_record(
+    aggregate_id: uuid.UUID, version: int, topic: str, state: bytes, timestamp: datetime
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """The same from an already serialized event (e.g. one in an older schema version)."""
+    headers = [
+        ("event_id", uuid.uuid4().hex.encode()),
+        ("event_type", topic.encode()),
+        ("schema_version", b"1"),
+        ("aggregate_id", str(aggregate_id).encode()),
+        ("aggregate_version", str(version).encode()),
+        ("command_id", uuid.uuid4().hex.encode()),
+        ("correlation_id", b"poison"),
+        ("causation_id", b"poison"),
+        ("actor", b"poisoner"),
+        ("actor_role", b"admin"),
+        ("timestamp", timestamp.isoformat().encode()),
+        ("prev_hash", b""),
+        ("hash", b"h"),
+    ]
+    return state, headers

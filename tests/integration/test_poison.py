@@ -22,11 +22,10 @@ import websockets
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from domain.data_object import DataObject
-from infra.adapters.codec import make_mapper
 from infra.adapters.kafka import Topics
 from infra.runtime.settings import Settings, load_settings
 from tests.conftest import environment_for
-from tests.integration.harness import eventually, query
+from tests.integration.harness import event_record, eventually, query
 from tests.integration.system import running_system
 
 GQL = "/api/graphql"
@@ -223,27 +222,6 @@ async def test_poison_over_websocket_gets_error_messages_and_the_connection_live
 
 async def test_every_partition_serves_after_the_poison_requests(system: System) -> None:
     await readable_on_every_partition(system, "after requests")
-
-
-def event_record(aggregate_id: uuid.UUID, version: int, event: Any) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """An events-topic record as the processor writes it (headers abridged to what readers need)."""
-    stored = make_mapper().to_stored_event(event)
-    headers = [
-        ("event_id", uuid.uuid4().hex.encode()),
-        ("event_type", stored.topic.encode()),
-        ("schema_version", b"1"),
-        ("aggregate_id", str(aggregate_id).encode()),
-        ("aggregate_version", str(version).encode()),
-        ("command_id", uuid.uuid4().hex.encode()),
-        ("correlation_id", b"poison"),
-        ("causation_id", b"poison"),
-        ("actor", b"poisoner"),
-        ("actor_role", b"admin"),
-        ("timestamp", event.timestamp.isoformat().encode()),
-        ("prev_hash", b""),
-        ("hash", b"h"),
-    ]
-    return stored.state, headers
 
 
 async def test_poison_events_are_dead_lettered_and_the_projection_continues(system: System) -> None:

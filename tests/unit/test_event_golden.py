@@ -64,9 +64,10 @@ GOLDEN: list[tuple[Aggregate.Event, str]] = [
             content={"label": "cat"},
             confidence=0.9,
             annotator="alice",
+            source="user",
         ),
         '{"timestamp":' + TS + ',"annotation_id":"a-1","annotation_type":"label","content":{"label":"cat"},'
-        '"confidence":0.9,"annotator":"alice"}',
+        '"confidence":0.9,"annotator":"alice","source":"user","class_version":2}',
     ),
     (
         Deleted(originator_id=ID, originator_version=3, timestamp=AT, deleted_by="alice"),
@@ -182,3 +183,32 @@ def test_ingested_stored_before_inline_content_still_reads() -> None:
     assert event.content is None and event.location.startswith("blob://")
     obj: Any = event.mutate(None)
     assert obj.owner == "alice" and obj.content_hash == event.content_hash
+
+
+# DataObject.Annotated as class_version 1 wrote it (before ``source``): it must still read, upcast.
+ANNOTATED_V1 = (
+    '{"timestamp":' + TS + ',"annotation_id":"a-1","annotation_type":"label","content":{"label":"cat"},'
+    '"confidence":0.9,"annotator":"alice"}'
+)
+
+
+def test_annotated_v1_is_upcast_to_v2_with_an_unknown_source() -> None:
+    stored = StoredEvent(ID, 2, "domain.data_object:DataObject.Annotated", ANNOTATED_V1.encode())
+    event: Any = make_mapper().to_domain_event(stored)
+    golden_v2: Any = GOLDEN[2][0]
+    assert event == Annotated(**{**vars(golden_v2), "source": "unknown"})
+    # Written again, it takes the current shape.
+    assert make_mapper().to_stored_event(event).state.decode() == GOLDEN[2][1].replace('"user"', '"unknown"')
+
+
+def test_an_upcast_v1_annotation_folds_into_the_aggregate() -> None:
+    mapper = make_mapper()
+    ingested: Any = mapper.to_domain_event(
+        StoredEvent(ID, 1, "domain.data_object:DataObject.Ingested", GOLDEN[0][1].encode())
+    )
+    annotated: Any = mapper.to_domain_event(
+        StoredEvent(ID, 2, "domain.data_object:DataObject.Annotated", ANNOTATED_V1.encode())
+    )
+    obj: Any = ingested.mutate(None)
+    obj = annotated.mutate(obj)
+    assert (obj.version, obj.annotation_count) == (2, 1)
