@@ -137,7 +137,7 @@ async def content_hashes(conn: AsyncConnection[Any]) -> list[tuple[str, str]]:
 # The object's annotations as one JSON array in the same row, oldest first (as annotations_of orders them).
 _ANNOTATIONS_JSON = (
     "COALESCE((SELECT json_agg(json_build_object('annotation_id', a.annotation_id, 'annotator_id', a.annotator_id,"
-    " 'annotation_type', a.annotation_type, 'content', a.content, 'confidence', a.confidence,"
+    " 'annotation_type', a.annotation_type, 'content', a.content, 'confidence', a.confidence, 'source', a.source,"
     " 'created_at', a.created_at) ORDER BY a.created_at, a.annotation_id)"
     " FROM annotations a WHERE a.object_id = data_objects.object_id), '[]') AS annotations"
 )
