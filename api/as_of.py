@@ -125,6 +125,7 @@ def fold(
                     "annotation_type": event.annotation_type,
                     "content": event.content,
                     "confidence": event.confidence,
+                    "source": event.source,
                     "created_at": event.timestamp,
                 }
             )

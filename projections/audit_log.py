@@ -65,6 +65,9 @@ _EVENT_COLUMNS = (
 )
 # Fields of a stored event's state that the audit view shows under their own names, not under "data".
 _ENVELOPE_FIELDS = frozenset({"timestamp", "originator_topic"})
+# An object's bytes stay out of the history whether the blob store or its event holds them (small ones
+# travel inline, issue 8); its hash and location are in, and the content endpoint serves the bytes.
+_BYTES = ("content", "DataObject.Ingested")
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
         "position": f"{row['topic_partition']}:{row['topic_offset']}",
-        "data": {k: v for k, v in payload.items() if k not in _ENVELOPE_FIELDS},
+        "data": {k: v for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES},
     }
 
 

@@ -82,7 +82,7 @@ class Query(ExecutionQuery, NotificationQuery, ChatQuery, HistoryQuery):
         checked = await answer(_checked(filters))
         actor = actor_of(info.context.connection)
         results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))
-        return [to_object(msgspec.structs.asdict(hit)) for hit in results.results]
+        return [to_object(_as_row(hit)) for hit in results.results]
 
 
 async def _checked(filters: Any) -> dict[str, Any]:
@@ -148,3 +148,10 @@ def build_schema(settings: GraphQLSettings) -> strawberry.Schema:
     """The schema under the limits of ``settings`` (api.graphql.limits), answering errors as envelopes."""
     extensions = [*limit_extensions(settings), ErrorEnvelope]
     return LoggedSchema(query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions)
+
+
+def _as_row(hit: Any) -> dict[str, Any]:
+    """A search hit (a REST struct) as a row, its annotations (served with it, no loader) as dicts too."""
+    row = msgspec.structs.asdict(hit)
+    row["annotations"] = [msgspec.structs.asdict(annotation) for annotation in hit.annotations]
+    return row
