@@ -138,6 +138,7 @@ def fold(
         "content_type": created.content_type,
         "content_hash": aggregate.content_hash,
         "storage_location": created.location,
+        "content": created.content,  # small content travels in the event (None when the blob store has it)
         "size": created.size,
         "metadata": created.metadata,
         "owner": aggregate.owner,

@@ -56,6 +56,8 @@ class DataObject:
     change_type: ChangeType | None = None
     # Read with the object (data_service.read: one query); otherwise one loader batch per operation.
     loaded_annotations: strawberry.Private[list[dict[str, Any]] | None] = None
+    # Inline content already at hand (an as-of row folded from the events), so no read-model lookup.
+    known_content: strawberry.Private[str | None] = None
 
     @strawberry.field
     async def annotations(self, info: GqlInfo) -> list[Annotation]:
@@ -73,6 +75,8 @@ class DataObject:
         if self.object_type not in ("text", "json") or self.size > container.settings.storage.inline_content_bytes:
             return None
         if self.storage_location.startswith(INLINE_PREFIX):  # carried in the log: the read model has it
+            if self.known_content is not None:
+                return self.known_content
             async with container.pool.connection() as conn:
                 row = await get_data_object(conn, self.object_id, with_content=True)
             return None if row is None else row["content"]
@@ -92,7 +96,9 @@ class DataObject:
 def to_object(row: dict[str, Any], change_type: ChangeType | None = None) -> DataObject:
     """The GraphQL object of a read-model row (with its annotations when the row has them)."""
     fields = {k: v for k, v in row.items() if k in _ROW_FIELDS}
-    return DataObject(**fields, change_type=change_type, loaded_annotations=row.get("annotations"))
+    return DataObject(
+        **fields, change_type=change_type, loaded_annotations=row.get("annotations"), known_content=row.get("content")
+    )
 
 
-_ROW_FIELDS = frozenset(DataObject.__annotations__) - {"change_type", "loaded_annotations"}
+_ROW_FIELDS = frozenset(DataObject.__annotations__) - {"change_type", "loaded_annotations", "known_content"}
