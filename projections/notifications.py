@@ -5,9 +5,9 @@ of their objects, and when someone changes their role. The projector keeps who o
 execution and inbox (``notification_subjects``: the object's row is gone once deleted, so the owner
 is kept here), and writes one notification per causing event, keyed by the event id (exactly once,
 like every projection). ``read_at`` comes from the user's Inbox (domain/inbox.py): each
-NotificationsRead is kept (``notification_read_marks``, ``notification_read_all``) and applied to
-the notifications there are, and a notification written later starts read if a kept mark covers
-it, so a rebuilt read model, whatever order it meets the partitions in, has the same read marks.
+NotificationsRead is kept (``notification_read_marks``, ``notification_read_all``) and the reads
+derive each notification's read time from them (``READ_AT``), so a rebuilt read model, whatever
+order it meets the partitions in, has the same read marks.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from psycopg.rows import dict_row
 from projections.events import EventRecord
 from projections.projector import BatchHandler, Handler, Projector, columns
 
-# A notification's read time as the reads see it: its own column, or a kept mark that covers it. The
-# column alone is not enough: a mark (the Inbox's partition) and the notification it covers (another
-# aggregate's partition) can be applied by two concurrent transactions, neither seeing the other's
-# row, so the writes may leave the column empty (seen under load after a rebuild). Reading through the
-# marks makes the answer independent of the order and interleaving in which partitions are applied.
+# A notification's read time as the reads see it: a kept mark that covers it (or the column, which
+# only databases from before the Inbox marks have filled). Written into the rows instead, a mark (the
+# Inbox's partition) and the notification it covers (another aggregate's partition) could be applied
+# by two concurrent transactions, neither seeing the other's row (seen under load after a rebuild).
+# Reading through the marks makes the answer independent of the order in which partitions apply.
 READ_AT = (
     "least(n.read_at,"
     " (SELECT m.read_at FROM notification_read_marks m WHERE m.user_id = n.user_id"
@@ -110,6 +110,8 @@ class NotificationsProjector(Projector):
         await _notify(cur, [(record, record.aggregate_id, "role_changed", message, data)])
 
     async def on_read(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
+        # Only the mark is kept: reads derive each notification's read time from the marks (READ_AT), so
+        # writing it into the rows too would be a second copy (and one a concurrent partition can miss).
         user_id = (await _owners(cur, [record.aggregate_id])).get(record.aggregate_id)
         if user_id is None:
             return
@@ -119,20 +121,11 @@ class NotificationsProjector(Projector):
                 "INSERT INTO notification_read_all (user_id, read_at) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                 (user_id, at),
             )
-            await cur.execute(
-                "UPDATE notifications SET read_at = %s WHERE user_id = %s AND read_at IS NULL AND created_at <= %s",
-                (at, user_id, at),
-            )
             return
         await cur.execute(
             "INSERT INTO notification_read_marks (user_id, notification_id, read_at)"
             " SELECT %s, unnest(%s::text[]), %s ON CONFLICT DO NOTHING",
             (user_id, ids, at),
-        )
-        await cur.execute(
-            "UPDATE notifications SET read_at = %s"
-            " WHERE user_id = %s AND read_at IS NULL AND notification_id = ANY(%s)",
-            (at, user_id, ids),
         )
 
 
