@@ -140,6 +140,7 @@ def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:
         commands_per_aggregate=k.command_retention_per_aggregate,
         transaction_timeout_ms=k.transaction_timeout_ms,
         linger_ms=k.processor_linger_ms,
+        linger_min_records=k.processor_linger_min_records,
     )
 
 

@@ -158,7 +158,10 @@ class KafkaSettings:
     send_timeout_seconds: float = 5.0
     transaction_timeout_ms: int = 60_000
     processor_batch_size: int = 500
-    processor_linger_ms: float = 0.0
+    # Group commit (commands/processor.py `_gather`): once a poll brings at least
+    # processor_linger_min_records commands, gather for this long before the transaction.
+    processor_linger_ms: float = 5.0
+    processor_linger_min_records: int = 2
     processor_cache_size: int = 10_000
     projection_batch_size: int = 500
     # A rebuild has the whole log to read: larger batches mean fewer transactions and statements.
