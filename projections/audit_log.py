@@ -20,7 +20,16 @@ class AuditLogProjector(Projector):
     tables = ("audit_log",)
 
     async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
-        """Every event, in order (its global sequence follows the order of writing), in one statement."""
+        """Every event, in order (its global sequence follows the order of writing), in one statement.
+
+        Partitions are applied by concurrent transactions, and a sequence hands out numbers when rows
+        are written, not when they become visible: without more, a reader paging by ``seq`` could see
+        seq 11 of one transaction committed and never see seq 10 of another that commits a moment
+        later. So the writers of one audit_log take its numbers one transaction at a time (a lock
+        held until commit; this projector runs last, so it is held only for the rest of the
+        transaction): a row becomes visible only after every row numbered before it.
+        """
+        await cur.execute(SEQUENCE_LOCK)
         await cur.execute(
             "INSERT INTO audit_log (event_id, aggregate_id, aggregate_version, event_type, schema_version,"
             " command_id, correlation_id, causation_id, actor, actor_role, occurred_at, prev_hash, hash,"
@@ -33,6 +42,11 @@ class AuditLogProjector(Projector):
             " ORDER BY n",
             columns((_row(record) for record in records), 16),
         )
+
+
+# An advisory lock per audit_log table (its OID, so schemas side by side do not wait on each other),
+# above the small constant ids used elsewhere (infra.adapters.postgres, .credentials).
+SEQUENCE_LOCK = "SELECT pg_advisory_xact_lock((1::int8 << 40) | 'audit_log'::regclass::oid::int8)"
 
 
 def _row(record: EventRecord) -> tuple[Any, ...]:

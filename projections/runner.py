@@ -98,7 +98,9 @@ class ProjectionRunner:
         self.projectors = list(projectors)
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
-        self._sought: dict[int, int] = {}  # partition -> stored position the consumer was last sought to
+        # partition -> the stored position the consumer reads on from: where it was last sought to, or
+        # the position this runner last committed. A batch that starts after it only skipped markers.
+        self._continues_from: dict[int, int] = {}
         self._unapplied = False  # a fetched batch is waiting for the lock
         # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was applied.
         self.last_loop = 0.0
@@ -172,8 +174,8 @@ class ProjectionRunner:
         async with self.pool.connection() as conn:
             positions = await self.stored_positions(conn)
         for tp in partitions:
-            self._sought[tp.partition] = positions.get(tp.partition, 0)
-            consumer.seek(tp, self._sought[tp.partition])
+            self._continues_from[tp.partition] = positions.get(tp.partition, 0)
+            consumer.seek(tp, self._continues_from[tp.partition])
 
     async def apply_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         """Apply one partition's batch and its new position in one transaction (see Dead letters above)."""
@@ -206,6 +208,7 @@ class ProjectionRunner:
             return
         self._failures.pop(tp.partition, None)
         if applied:  # committed: count them (a failed transaction is applied again, and counted then)
+            self._continues_from[tp.partition] = applied[-1].offset + 1
             key = ("pipeline_projection_events_applied", (("projection", self.config.projection),))
             self.counters[key] = self.counters.get(key, 0) + len(applied)
             self.applied += len(applied)
@@ -237,12 +240,13 @@ class ProjectionRunner:
         )
         row = await cur.fetchone()
         stored = row[0] if row else 0
-        if records[0].offset > stored and self._sought.get(tp.partition) != stored:
-            # Either the table was rewound (a rebuild) or the gap is only transaction markers,
-            # which take offsets too. Read again from the stored position once to find out.
+        if records[0].offset > stored and self._continues_from.get(tp.partition) != stored:
+            # Someone else moved the stored position (a rebuild rewound the table). A gap after a
+            # position this consumer read on from is only transaction markers (they take offsets
+            # too), which is every batch's case: re-reading then would cost a fetch per batch.
             log.info("partition %s: stored position %s is before the batch; reading from it", tp.partition, stored)
             consumer.seek(tp, stored)
-            self._sought[tp.partition] = stored
+            self._continues_from[tp.partition] = stored
             return []
         fresh = [r for r in records if r.offset >= stored]
         if not fresh:
