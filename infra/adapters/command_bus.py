@@ -43,7 +43,7 @@ class KafkaCommandBus:
         topics: Topics,
         timeout: float,
         send_timeout: float = 5.0,
-        fetch_max_wait_ms: int = 20,
+        fetch_max_wait_ms: int = 500,
         tracer: Tracer | None = None,
     ) -> None:
         self.bootstrap_servers = bootstrap_servers
