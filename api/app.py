@@ -46,6 +46,7 @@ from api.rest.notifications import NotificationsController
 from api.rest.search import SearchController
 from api.rest.upload import UploadController
 from api.rest.users import UsersController
+from api.revocations import RevokedTokens
 from api.tokens import RefreshTokens, check_secret
 from api.tracing import name_span_by_route, tracing_plugin
 from api.user_cache import UserCache
@@ -79,6 +80,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.refresh_tokens = RefreshTokens(
             container.redis, prefix, settings.authentication.refresh_token_expire_days
         )
+        app.state.revoked_tokens = RevokedTokens(container.redis, prefix)
+        app.state.revoked_tokens.start()
         app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             first_admin.cancel()
             await app.state.hub.stop()
             await app.state.users.stop()
+            await app.state.revoked_tokens.stop()
             await container.close()
 
     def provide_container(state: State) -> ApiContainer:

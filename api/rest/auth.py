@@ -142,7 +142,7 @@ class AuthController(Controller):
             if scheme.lower() == "bearer" and token:
                 with contextlib.suppress(InvalidToken):
                     claims = decode_access_token(container.settings, token.strip())
-                    await store.revoke_access(str(claims["jti"]), int(claims["exp"]))
+                    await state.revoked_tokens.revoke(str(claims["jti"]), int(claims["exp"]))
             await store.revoke(data.refresh_token)
         except RedisError as exc:
             raise _token_store_down(exc) from exc

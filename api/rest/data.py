@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -132,6 +133,7 @@ class DataController(Controller):
         as_of: AsOfParameter = None,
     ) -> Response[DataObject]:
         token = consistency_token or request.headers.get("x-consistency-token")
+        row: Mapping[str, Any]
         if as_of is not None:
             row = await object_as_of(request, container, str(object_id), as_of, token)
         else:
