@@ -28,7 +28,7 @@ from commands.data import inline_content
 from commands.envelope import Outcome, Position
 from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
-from projections.data_objects import ObjectRow, get_data_object, get_data_object_with_annotations
+from projections.data_objects import ObjectRow, get_data_object_with_annotations
 
 Connection = ASGIConnection[Any, Any, Any, Any]
 Row = TypeVar("Row", bound=Mapping[str, Any])
