@@ -132,9 +132,7 @@ async def _refuse_unreachable(container: ApiContainer, position: Position, token
         )
 
 
-async def read(
-    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
-) -> ObjectRow:
+async def read(connection: Connection, container: ApiContainer, object_id: str, token: str | None = None) -> ObjectRow:
     """The object row with its annotations (list under "annotations"), in one query.
 
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
