@@ -27,6 +27,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from psycopg import Error as PostgresError
 
 from api.errors import ApiError
+from api.middleware import RESPONSE_HEADERS
 from api.ratelimit import RateLimiter, Verdict
 from api.revocations import RevokedTokens
 from api.tokens import InvalidToken, decode_access_token
@@ -146,22 +147,14 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
                 return
             scope["user"] = principal
             actor_var.set(f"{principal.username}({principal.role})")  # named by each log line of the request
-        scope.setdefault("state", {})["rate_limit"] = verdict
-        headers = verdict.headers()
+        request_state = scope.setdefault("state", {})
+        request_state["rate_limit"] = verdict
         if not verdict.allowed:
             RATE_LIMIT_REFUSALS.labels(getattr(scope.get("user"), "role", "anonymous")).inc()
-            await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", headers)
+            await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", verdict.headers())
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    *((k.encode(), v.encode()) for k, v in headers.items()),
-                ]
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
+        request_state[RESPONSE_HEADERS] = verdict.raw_headers  # put on the response by api/middleware.py
+        await app(scope, receive, send)
 
     return middleware
 
