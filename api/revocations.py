@@ -28,6 +28,7 @@ RETRY_SECONDS = 2.0
 PING_SECONDS = 30.0  # a silent subscription is pinged, so a connection that died unnoticed is found out
 MAX_KNOWN = 1_000_000  # more live revocations than this: stop knowing them here, ask Redis per request
 SCAN_BATCH = 1000
+PRUNE_FLOOR = 1024
 
 
 class RevokedTokens:
@@ -38,6 +39,7 @@ class RevokedTokens:
         self.prefix = prefix
         self.channel = f"{prefix}:revoked"
         self._expiry: dict[str, float] = {}  # jti -> when its token expires (epoch seconds)
+        self._prune_at = PRUNE_FLOOR
         self._synced = False
         self._task: asyncio.Task[None] | None = None
 
@@ -89,9 +91,10 @@ class RevokedTokens:
 
     def _remember(self, jti: str, expires_at: float) -> None:
         self._expiry[jti] = expires_at
-        if len(self._expiry) > MAX_KNOWN:
+        if len(self._expiry) > self._prune_at:  # drop expired ones, amortised: when the map has doubled
             now = time.time()
             self._expiry = {k: v for k, v in self._expiry.items() if v > now}
+            self._prune_at = max(PRUNE_FLOOR, 2 * len(self._expiry))
 
     async def _follow_forever(self) -> None:
         while True:
@@ -99,6 +102,8 @@ class RevokedTokens:
                 await self._follow()
             except (RedisError, OSError, _TooMany) as exc:
                 log.warning("logout revocations: per-request Redis lookups until resubscribed (%s)", exc)
+            except Exception:  # never leave the mirror stopped for good: it only ever answers "unknown"
+                log.exception("logout revocations: the subscription failed; per-request Redis lookups meanwhile")
             finally:
                 self._synced = False
             await asyncio.sleep(RETRY_SECONDS)
@@ -116,6 +121,8 @@ class RevokedTokens:
                         await self._load()
                     elif message["type"] == "message":
                         self._heard(message["data"])
+                        if len(self._expiry) > MAX_KNOWN:
+                            raise _TooMany(f"more than {MAX_KNOWN} revoked access tokens")
                 elif time.monotonic() - last_heard > PING_SECONDS:
                     await pubsub.ping()  # answered on this connection as a "pong" message
                     last_heard = time.monotonic()
@@ -137,6 +144,7 @@ class RevokedTokens:
             if len(loaded) > MAX_KNOWN:
                 raise _TooMany(f"more than {MAX_KNOWN} revoked access tokens")
         self._expiry = loaded
+        self._prune_at = max(PRUNE_FLOOR, 2 * len(loaded))
         self._synced = True
 
     def _heard(self, data: Any) -> None:
