@@ -137,14 +137,15 @@ async def read(connection: Connection, container: ApiContainer, object_id: str, 
 
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
     """
-    return await visible_object(connection, container, object_id, token, get_data_object_with_annotations)
+    return await visible_object(connection, container, object_id, token, query=get_data_object_with_annotations)
 
 
 async def visible_object(
     connection: Connection,
     container: ApiContainer,
     object_id: str,
-    token: str | None,
+    token: str | None = None,
+    *,
     query: ObjectQuery[Row],
 ) -> Row:
     """The object row ``query`` reads (e.g. get_data_object); 404 when absent or not the caller's to see."""

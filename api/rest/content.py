@@ -79,7 +79,7 @@ class ContentController(Controller):
         opt={"binary_content": True, "uncompressed": True},
     )
     async def content(self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer) -> Any:
-        row = await data_service.visible_object(request, container, str(object_id), None, object_with_content)
+        row = await data_service.visible_object(request, container, str(object_id), query=object_with_content)
         content_hash, size = row["content_hash"], row["size"]
         etag = f'"{content_hash}"'
         headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache"}
