@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from projections.events import EventRecord
 from projections.projector import Projector, columns
+from projections.stored_json import plain
 
 
 class AuditLogProjector(Projector):
@@ -142,7 +143,9 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
         "position": f"{row['topic_partition']}:{row['topic_offset']}",
-        "data": {k: v for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES},
+        "data": {
+            k: plain(v) for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES
+        },
     }
 
 
