@@ -7,6 +7,7 @@ import logging
 import time
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -30,7 +31,7 @@ def metrics_route(path: str) -> HTTPRouteHandler:
     """GET ``path`` (``monitoring.metrics_path``): the Prometheus text format, without a token."""
 
     @get(path, opt={"open": True}, include_in_schema=False)
-    async def metrics(container: ApiContainer) -> Response[bytes]:
+    async def metrics(container: NamedDependency[ApiContainer]) -> Response[bytes]:
         await observe_read_models(container)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -32,7 +32,9 @@ from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath
 from psycopg import Error as PostgresError
 
 from api.auth import actor_of, principal_of
@@ -199,7 +201,9 @@ async def handle(
 
 
 @websocket("/ws/{client_id:str}")
-async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, container: ApiContainer) -> None:
+async def websocket_endpoint(
+    socket: WebSocket[Any, Any, Any], client_id: FromPath[str], container: NamedDependency[ApiContainer]
+) -> None:
     """One client's live connection."""
     hub: LiveHub = socket.app.state.hub
     limits = container.settings.websocket

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from infra.cli.progress import ProgressPrinter
+from infra.runtime.progress import Progress
 from infra.runtime.settings import Settings
 
 EXIT_INTACT, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
@@ -71,7 +71,8 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from infra.runtime.audit_verify import VerifyOptions, verify
 
     options = VerifyOptions(args.aggregate, args.from_offset, check_read_model=not args.no_read_model)
-    report = asyncio.run(verify(settings, options, ProgressPrinter("verify (log offsets)")))
+    bar = Progress(0, "verify (log offsets)")
+    report = asyncio.run(verify(settings, options, lambda done, total, events, _s: bar.track(done, total, events)))
     for link in report.broken:
         print(
             f"broken: aggregate {link.aggregate_id} at partition {link.partition} offset {link.offset}"
@@ -101,10 +102,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
         print("error: --from must be before --to", file=sys.stderr)
         return EXIT_USAGE
     filters = AuditFilters(aggregate_id=args.aggregate, occurred_from=args.occurred_from, occurred_to=args.occurred_to)
-    printer = ProgressPrinter("export")
-    count = asyncio.run(
-        export_events(settings, filters, args.output, lambda done, total, s: printer(done, total, done, s))
-    )
+    bar = Progress(0, "export", unit="events")
+    count = asyncio.run(export_events(settings, filters, args.output, lambda done, total, _s: bar.track(done, total)))
     print(f"exported {count} events to {args.output}")
     return EXIT_INTACT
 

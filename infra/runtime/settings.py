@@ -104,6 +104,13 @@ class EventStreamSettings:
     buffer_bytes: int = 8 * 1024 * 1024  # the same bound in bytes of event data
     page_size: int = 500  # events read per partition per catch-up query
     max_types: int = 50  # entries of the types filter
+    # An SSE stream with nothing to send writes a ": keep-alive" comment this often, so proxies and
+    # clients (which time out a silent response) see it is alive; 0 turns it off.
+    keepalive_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.keepalive_seconds < 0:
+            raise SettingsError("event_stream.keepalive_seconds must be 0 (off) or more")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, environment_for
-from tests.integration.conftest import _api_client, login
+from tests.integration.conftest import _api_client, login, until_admin_can_log_in
 from tests.integration.harness import Worker, eventually
 from tests.integration.users import PASSWORD, client_for, create_user
 
@@ -65,12 +65,7 @@ async def anonymous(
     env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, workers: dict[str, Worker]
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with _api_client(env, tmp_path_factory.mktemp("authz-api")) as http:
-
-        async def admin_ready() -> bool:
-            body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
-            return (await http.post("/api/v1/auth/login", json=body)).status_code == 200
-
-        await eventually(admin_ready, timeout=90, what="the first-start admin to be able to log in")
+        await until_admin_can_log_in(http, workers.values())
         yield http
 
 
