@@ -100,7 +100,9 @@ async def subscribe_execution(
 
 async def chat(connection: Any, container: ApiContainer, message: dict[str, Any]) -> dict[str, Any]:
     """The spec's ``chat_message``: the reply is ``chat_response`` with the answer, or an ``error``."""
-    fields: dict[str, Any] = {key: message[key] for key in ("content", "conversation_id") if key in message}
+    # Every field but the type goes to the struct, which refuses unknown ones: a misspelt
+    # ``conversationId`` must not silently start a new conversation.
+    fields: dict[str, Any] = {key: value for key, value in message.items() if key != "type"}
     try:
         reply = await chat_message(connection, container, parse(ChatMessage, fields))
     except ApiError as exc:
@@ -236,7 +238,7 @@ async def _receive_loop(
     rule: Rule = socket.app.state.ws_message_rule
     try:
         while True:
-            raw = await socket.receive_data(mode="text")
+            raw = await _receive_frame(socket)
             verdict = await limiter.hit_rule("ws", sub.actor.user_id, rule)  # per user, across connections
             if not verdict.allowed:
                 reply: dict[str, Any] | None = {
@@ -249,7 +251,7 @@ async def _receive_loop(
                 try:
                     reply = await handle(socket, container, hub, sub, msgspec.json.decode(raw))
                 except (msgspec.DecodeError, RecursionError):  # a message nested ~1000 deep exhausts the stack
-                    reply = error("invalid_json", "messages must be JSON, nested at most a few levels")
+                    reply = error("invalid_json", "messages must be UTF-8 JSON, nested at most a few levels")
                 except AccessEnded:
                     sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
                     return
@@ -257,6 +259,22 @@ async def _receive_loop(
                 sub.offer(reply)
     except WebSocketDisconnect:
         pass
+
+
+async def _receive_frame(socket: WebSocket[Any, Any, Any]) -> str | bytes:
+    """The next frame's payload, text or binary (JSON in a binary frame is read as UTF-8 like text).
+
+    ``receive_data(mode="text")`` would turn a binary frame into "" and answer a valid message as
+    invalid JSON.
+    """
+    event = await socket.receive()
+    if event["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(detail="disconnect event", code=event.get("code", 1000))
+    text = event.get("text")
+    if isinstance(text, str):
+        return text
+    data = event.get("bytes")
+    return data if isinstance(data, bytes) else b""
 
 
 async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -> None:

@@ -212,10 +212,16 @@ async def test_bad_chat_input_is_an_error_message_and_the_connection_stays_usabl
             ({"type": "chat_message"}, "validation_error"),
             ({"type": "chat_message", "content": 5}, "validation_error"),
             ({"type": "chat_message", "content": "hi", "conversation_id": "nope"}, "validation_error"),
+            # a misspelt field must not silently start a new conversation
+            ({"type": "chat_message", "content": "hi", "conversationId": str(uuid.uuid4())}, "validation_error"),
         ):
             reply = await ask(ws, message)
             assert reply["type"] == "error" and reply["code"] == code, (message, reply)
         assert (await ask(ws, {"type": "ping"}))["type"] == "pong"
+        # JSON in a binary frame is read like text; bytes that are not UTF-8 are an error, not a dropped socket
+        for frame, kind in ((b'{"type": "ping"}', "pong"), (b"\xff\xfe{", "error"), (b'{"type": "ping"}', "pong")):
+            await ws.send(frame)
+            assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == kind, frame
         answered = await ask(ws, {"type": "chat_message", "content": "/help"})
         assert answered["type"] == "chat_response"
         refused = await gql(alice, CHAT, content="a\u0000b")
