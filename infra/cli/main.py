@@ -15,7 +15,8 @@ from infra.runtime.runtime_file import with_running_system
 from infra.runtime.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every `pipeline` command and its arguments."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Pipeline Gateway: event-sourced CQRS API gateway.",
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Progress goes to stderr: a bar with events/s and ETA on a terminal, a plain line every"
         " few seconds otherwise. The API keeps serving the live schema meanwhile.",
     )
-    rebuild.add_argument("--into", help="schema to build into (default: <live schema>_rebuild_<time>)")
+    rebuild.add_argument("--into", type=_schema, help="schema to build into (default: <live schema>_rebuild_<time>)")
     rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
     rebuild.add_argument(
         "--only",
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("settings", help="list every setting with its environment variable and current value")
     services = sub.add_parser("services", help="start only Kafka, PostgreSQL and Redis and print where they are")
     services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in ("run", "services"):  # these start a system: never aim them at another one
@@ -129,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _schema(value: str) -> str:
+    from infra.adapters.postgres import check_schema
+
+    try:
+        return check_schema(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (lower-case letters, digits and '_', at most 63)") from exc
 
 
 def _run_api(settings: Settings) -> int:
