@@ -228,6 +228,19 @@ async def test_bad_chat_input_is_an_error_message_and_the_connection_stays_usabl
         assert refused["data"] is None and refused["errors"][0]["extensions"]["code"] == 400
 
 
+async def test_graphql_pages_out_of_range_are_400_naming_the_field(system: RunningSystem) -> None:
+    alice = await user(system)
+    async with alice:
+        for query, field in (
+            ('{ conversation(id: "00000000-0000-0000-0000-000000000000", limit: 0) { owner } }', "limit"),
+            ('{ conversation(id: "00000000-0000-0000-0000-000000000000", offset: -1) { owner } }', "offset"),
+            ("{ notifications(limit: 101) { kind } }", "limit"),
+            ('{ searchObjects(query: "x", offset: 10001) { objectId } }', "offset"),
+        ):
+            error = (await gql(alice, query))["errors"][0]
+            assert error["extensions"] == {"code": 400, "reason": "validation_error", "details": {"field": field}}
+
+
 async def annotated_by_admin(system: RunningSystem, object_id: str) -> None:
     """The admin annotates the object (its owner is told), and the read models show it."""
     note = {"annotation_type": "comment", "content": "seen", "confidence": 1.0}
