@@ -38,7 +38,7 @@ from psycopg import Error as PostgresError
 from api.auth import actor_of, principal_of
 from api.chat_service import chat_message
 from api.errors import ApiError
-from api.event_streams import Lagged, follow, stream_request
+from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
 from api.execution_service import read_execution, read_fresh_execution
 from api.hub import CLOSE, LiveHub, Subscriber
 from api.inputs import ChatMessage, parse
@@ -112,7 +112,7 @@ async def chat(connection: Any, container: ApiContainer, message: dict[str, Any]
     return {"type": "chat_response", "data": msgspec.to_builtins(reply)}
 
 
-def subscribe_events(
+async def subscribe_events(
     socket: Any, container: ApiContainer, hub: LiveHub, sub: Subscriber, message: Any
 ) -> dict[str, Any] | None:
     """Start the connection's event stream (replacing one already running); an error for bad parameters."""
@@ -120,6 +120,7 @@ def subscribe_events(
         request = stream_request(
             message.get("after"), message.get("types"), message.get("aggregate_id"), container.settings.event_stream
         )
+        await refuse_unreachable(request, container.bus.events_end)
     except ValueError as exc:
         return error("invalid_message", str(exc))
     stop_events(sub)
@@ -181,7 +182,7 @@ async def handle(
             return error("invalid_topic", "topics are 'data_changes', 'events' or 'execution:<id>'")
         if topic == "events":
             if kind == "subscribe":
-                return subscribe_events(socket, container, hub, subscriber, message)
+                return await subscribe_events(socket, container, hub, subscriber, message)
             stop_events(subscriber)
             return {"type": "unsubscribed", "topic": topic}
         if kind == "subscribe":
