@@ -161,6 +161,14 @@ async def test_another_users_conversation_is_not_found_and_admins_see_it(system:
             assert reply["type"] == "error" and reply["code"] == "not_found"
         assert (await history(system.admin, conversation_id)).status_code == 200
         assert (await history(alice, str(uuid.uuid4()))).status_code == 404
+        # its audit history: the owner's (as the event stream shows her its events) and admins', nobody else's
+        audit = await alice.get(f"/api/v1/audit/{conversation_id}")
+        assert audit.status_code == 200, audit.text
+        assert [e["event_type"] for e in audit.json()["events"]][:2] == [
+            "Conversation.Started",
+            "Conversation.MessagePosted",
+        ]
+        assert (await bob.get(f"/api/v1/audit/{conversation_id}")).status_code == 404
 
 
 async def test_slash_commands_act_with_the_callers_rights(system: RunningSystem) -> None:
