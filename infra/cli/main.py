@@ -92,6 +92,27 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(WORKERS[args.name](settings))
         return 0
+    try:
+        return _operate(settings, args)
+    except Exception as exc:  # the system is unreachable (or worse): a message and exit 1, not a traceback
+        if not _unreachable(exc):
+            raise
+        print(f"error: cannot reach the system ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Kafka, PostgreSQL or Redis did not answer (the exit status 1 of the epilog)."""
+    from aiokafka.errors import KafkaError
+    from psycopg import OperationalError
+    from psycopg_pool import PoolTimeout
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return isinstance(exc, KafkaError | OperationalError | PoolTimeout | RedisConnectionError | ConnectionError)
+
+
+def _operate(settings: Settings, args: argparse.Namespace) -> int:
+    """The operator commands (projections, dlq, blobs, user, audit, settings) and services."""
     if args.command == "projections":
         from infra.runtime.bootstrap import read_model_names
         from infra.runtime.rebuild import rebuild_read_models
@@ -132,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"REDIS_URL={endpoints.redis_url}", flush=True)
             _wait_for_signal()
         return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+    raise AssertionError(f"unknown command {args.command}")  # argparse allows only the commands above
 
 
 def _schema(value: str) -> str:

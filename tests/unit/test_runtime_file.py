@@ -101,3 +101,17 @@ def test_the_console_script_is_installed() -> None:
     answer = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert answer.returncode == 0, answer.stderr
     assert "user" in answer.stdout and "run" in answer.stdout
+
+
+def test_an_unreachable_system_is_a_message_and_exit_1(tmp_path: Path) -> None:
+    nowhere = {  # port 1 refuses at once: nothing is listening there
+        "PIPELINE_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    env = {**os.environ, **nowhere, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "infra.cli", "user", "disable", "someone"]
+    answer = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert answer.returncode == 1, answer.stderr
+    assert "error: cannot reach the system" in answer.stderr and "Traceback" not in answer.stderr
