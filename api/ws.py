@@ -40,6 +40,7 @@ from api.chat_service import chat_message
 from api.errors import ApiError
 from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
 from api.execution_service import read_execution, read_fresh_execution
+from api.graphql.masking import classify
 from api.hub import CLOSE, LiveHub, Subscriber
 from api.inputs import ChatMessage, parse
 from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
@@ -256,6 +257,12 @@ async def _receive_loop(
                 except AccessEnded:
                     sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
                     return
+                except WebSocketDisconnect:
+                    raise
+                except Exception as exc:  # e.g. PostgreSQL down: answer this message, keep the connection
+                    _, code, text, level, traceback = classify(exc)
+                    log.log(level, "/ws message failed (%s): %r", code, exc, exc_info=exc if traceback else None)
+                    reply = error(code, text)
             if reply is not None:
                 sub.offer(reply)
     except WebSocketDisconnect:
