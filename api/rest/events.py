@@ -23,7 +23,15 @@ from psycopg import Error as PostgresError
 
 from api.auth import actor_of
 from api.errors import ApiError
-from api.event_streams import MAX_POSITION_CHARS, Check, Lagged, StreamRequest, follow, stream_request
+from api.event_streams import (
+    MAX_POSITION_CHARS,
+    Check,
+    Lagged,
+    StreamRequest,
+    follow,
+    refuse_unreachable,
+    stream_request,
+)
 from api.live_rights import AccessEnded, recheck
 from api.rbac import Permission, has_permission, requires
 from commands.envelope import Actor
@@ -86,6 +94,7 @@ class EventsController(Controller):
         wanted = None if types is None else [t.strip() for t in types.split(",")]
         try:
             parsed = stream_request(position, wanted, aggregate_id, container.settings.event_stream)
+            await refuse_unreachable(parsed, container.bus.events_end)
         except ValueError as exc:
             raise ApiError(400, "validation_error", str(exc)) from exc
 

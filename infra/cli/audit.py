@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--from", dest="occurred_from", type=_time, metavar="TIME", help="RFC 3339, inclusive")
     export.add_argument("--to", dest="occurred_to", type=_time, metavar="TIME", help="RFC 3339, exclusive")
     export.add_argument("--aggregate", type=_uuid, metavar="ID", help="only this aggregate's events")
-    export.add_argument("--output", type=Path, required=True, metavar="FILE", help="where to write (FILE.jsonl)")
+    export.add_argument("--output", type=_output, required=True, metavar="FILE", help="where to write (FILE.jsonl)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -116,9 +116,19 @@ def _uuid(value: str) -> str:
 
 
 def _offset(value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # '²' is a digit to isdigit, not to int
         raise argparse.ArgumentTypeError(f"not an offset (0 or more): {value!r}")
     return int(value)
+
+
+def _output(value: str) -> Path:
+    """A file to write: in a directory that exists, not a directory itself (a usage error, not exit 1)."""
+    path = Path(value)
+    if not value or path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a file name: {value!r} (a directory)" if value else "an empty name")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r}: its directory {str(path.absolute().parent)!r} does not exist")
+    return path
 
 
 def _time(value: str) -> datetime:

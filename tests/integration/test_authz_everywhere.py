@@ -130,6 +130,26 @@ async def test_a_viewer_cannot_execute_on_any_path(admin: httpx.AsyncClient, ano
         assert listed.status_code == 200 and listed.json()["total"] == 0
 
 
+async def test_someone_elses_execution_is_not_found_to_read_or_cancel(
+    admin: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    for name in ("exec-owner", "exec-other"):
+        await create_user(admin, name)
+    async with await client_for(anonymous, "exec-owner") as owner, await client_for(anonymous, "exec-other") as other:
+        submitted = await owner.post("/api/v1/execute", json={"graph": STORE_GRAPH, "inputs": {"text": "mine"}})
+        assert submitted.status_code == 202, submitted.text
+        execution_id = submitted.json()["execution_id"]
+        unknown = await other.post(f"/api/v1/executions/{uuid.uuid4()}/cancel")
+        assert unknown.status_code == 404, unknown.text
+        # the same answer as an unknown id: a 403 would tell them it exists
+        for response in (
+            await other.post(f"/api/v1/executions/{execution_id}/cancel"),
+            await other.get(f"/api/v1/executions/{execution_id}"),
+        ):
+            assert response.status_code == 404, response.text
+            assert response.json()["error"]["reason"] == "not_found"
+
+
 # --- sinks run with the submitter's current rights --------------------------------------------------
 
 

@@ -371,6 +371,8 @@ async def test_filters_by_type_and_aggregate(system: RunningSystem) -> None:
         ({"after": "0:x"}, "not a position"),
         ({"after": "0:1,0:2"}, "repeated"),
         ({"after": "99999:1"}, "out-of-range"),
+        ({"after": "7:0"}, "no partition 7"),  # the test topics have fewer partitions
+        ({"after": "0:123456789"}, "no event at offset 123456789"),  # past the log's end: would skip silently
         ({"aggregate_id": "not-a-uuid"}, "UUID"),
         ({"types": ",".join(["DataObject"] * 51)}, "types"),
     ],
