@@ -84,8 +84,8 @@ class DataObjectsProjector(Projector):
             " metadata, owner, version, created_at, updated_at, search, search_text, content)"
             " SELECT id, kind, type, hash, location, size, metadata, owner, version, at, at,"
             " to_tsvector(%s::regconfig, text), left(text, %s), content"
-            " FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %s::text[], %s::int8[], %s::jsonb[],"
-            " %s::text[], %s::int4[], %s::timestamptz[], %s::text[], %s::text[])"
+            " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int8[], %b::jsonb[],"
+            " %b::text[], %b::int4[], %b::timestamptz[], %b::text[], %b::text[])"
             " AS u(id, kind, type, hash, location, size, metadata, owner, version, at, text, content)",
             [self.language, SNIPPET_SOURCE_CHARS, *columns(rows, 12)],
         )
@@ -100,7 +100,7 @@ class DataObjectsProjector(Projector):
         latest = {r.aggregate_id: (r.aggregate_id, r.version, r.event.timestamp) for r in records}  # one per row
         await cur.execute(
             "UPDATE data_objects d SET version = u.version, updated_at = u.at"
-            " FROM unnest(%s::uuid[], %s::int4[], %s::timestamptz[]) AS u(id, version, at) WHERE d.object_id = u.id",
+            " FROM unnest(%b::uuid[], %b::int4[], %b::timestamptz[]) AS u(id, version, at) WHERE d.object_id = u.id",
             columns(latest.values(), 3),
         )
 

@@ -316,7 +316,7 @@ class ProjectionRunner:
                     skipped.append(named)
         ids = list({e.aggregate_id for e in events} | {aggregate_id for aggregate_id, _ in skipped})
         cur = await conn.execute(
-            "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%s::uuid[])",
+            "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%b::uuid[])",
             (ids,),
         )
         versions: dict[str, int] = dict(await cur.fetchall())
@@ -355,7 +355,7 @@ class ProjectionRunner:
             if changed:
                 await cursor.execute(
                     "INSERT INTO aggregate_versions (aggregate_id, version)"
-                    " SELECT * FROM unnest(%s::uuid[], %s::int4[])"
+                    " SELECT * FROM unnest(%b::uuid[], %b::int4[])"
                     " ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
                     columns(changed.items(), 2),
                 )
