@@ -72,9 +72,10 @@ def _runs(records: Sequence[EventRecord], batched: dict[str, BatchHandler]) -> l
 
 
 def columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as one list per column: the parameters of ``unnest(%s::type[], ...)`` (``width`` columns)."""
-    lists: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
-        for values, value in zip(lists, row, strict=True):
-            values.append(value)
-    return lists
+    """Rows as one list per column: the parameters of ``unnest(%b::type[], ...)`` (``width`` columns)."""
+    rows = list(rows)
+    if not rows:
+        return [[] for _ in range(width)]
+    if len(rows[0]) != width:
+        raise ValueError(f"rows of {len(rows[0])} values, not {width}")
+    return [list(column) for column in zip(*rows, strict=True)]  # transposed in C, not value by value

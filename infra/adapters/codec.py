@@ -16,6 +16,7 @@ from eventsourcing.persistence import Mapper, Transcoder
 
 _TAG = "_type_"
 _DATA = "_data_"
+_CONTAINERS = (dict, list)  # what orjson.loads makes that may hold a tagged value
 
 
 def _tag(value: Any) -> Any:
@@ -38,9 +39,10 @@ def _untag(value: Any) -> Any:
                 return UUID(data)
             if kind == "datetime_iso":
                 return datetime.fromisoformat(data)
-        return {k: _untag(v) for k, v in value.items()}
+        # Only containers can hold a tag: scalars are kept without a call each (most values are scalars).
+        return {k: _untag(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
     if isinstance(value, list):
-        return [_untag(v) for v in value]
+        return [_untag(v) if type(v) in _CONTAINERS else v for v in value]
     return value
 
 
