@@ -41,14 +41,19 @@ class Projector:
 
     async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
         """Apply events in order (per aggregate); consecutive-able events of a batched type go in one call."""
-        single = self.handlers()
-        batched = self.batch_handlers()
-        for event_type, run in _runs(records, batched):
-            if event_type in batched:
-                await batched[event_type](cur, run)
-            elif (handler := single.get(event_type)) is not None:
-                for record in run:
-                    await handler(cur, record)
+        await apply_runs(cur, records, self.batch_handlers(), self.handlers())
+
+
+async def apply_runs(
+    cur: AsyncCursor[Any], records: Sequence[EventRecord], batched: dict[str, BatchHandler], single: dict[str, Handler]
+) -> None:
+    """Apply events in runs (see ``_runs``): a batched type's run in one call, other events one by one."""
+    for event_type, run in _runs(records, batched):
+        if event_type in batched:
+            await batched[event_type](cur, run)
+        elif (handler := single.get(event_type)) is not None:
+            for record in run:
+                await handler(cur, record)
 
 
 def _runs(records: Sequence[EventRecord], batched: dict[str, BatchHandler]) -> list[tuple[str, list[EventRecord]]]:
