@@ -7,7 +7,9 @@ less work per row than ``executemany`` (measured: psycopg's pipelined executeman
 Python per row under load, most of a rebuild's time). To make runs
 long, events are grouped by type, keeping each aggregate's events in their order: every row of a
 read model belongs to one aggregate, so events of different aggregates commute. (The audit log,
-whose global sequence follows the order of writing, takes every event in one run.)
+whose global sequence follows the order of writing, takes every event in one run.) The arrays are sent
+as binary parameters (``%b::type[]``): psycopg's text array dumper escapes every element with a regex
+in Python, 8x the CPU of the binary one (5,000 audit rows: 0.19 s against 0.024 s).
 """
 
 from __future__ import annotations
