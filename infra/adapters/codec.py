@@ -20,6 +20,7 @@ from eventsourcing.persistence import Mapper, Transcoder
 
 _TAG = "_type_"
 _DATA = "_data_"
+_CONTAINERS = (dict, list)  # what orjson.loads makes that may hold a tagged value
 
 
 def _tag(value: Any) -> Any:
@@ -45,16 +46,17 @@ def _untag(value: Any) -> Any:
             kind, data = value[_TAG], value[_DATA]
             try:
                 if kind == "dict" and isinstance(data, dict):
-                    return {k: _untag(v) for k, v in data.items()}
+                    return {k: _untag(v) if type(v) in _CONTAINERS else v for k, v in data.items()}
                 if kind == "uuid_hex" and isinstance(data, str):
                     return UUID(data)
                 if kind == "datetime_iso" and isinstance(data, str):
                     return datetime.fromisoformat(data)
             except ValueError:
                 pass  # not one of ours (see the module docstring)
-        return {k: _untag(v) for k, v in value.items()}
+        # Only containers can hold a tag: scalars are kept without a call each (most values are scalars).
+        return {k: _untag(v) if type(v) in _CONTAINERS else v for k, v in value.items()}
     if isinstance(value, list):
-        return [_untag(v) for v in value]
+        return [_untag(v) if type(v) in _CONTAINERS else v for v in value]
     return value
 
 

@@ -170,6 +170,9 @@ class KafkaSettings:
     projection_batch_size: int = 500
     # A rebuild has the whole log to read: larger batches mean fewer transactions and statements.
     rebuild_batch_size: int = 5000
+    # Processes a rebuild applies the log with, each its own share of the partitions (decoding and
+    # building rows is Python, one core each): 0 = one per core, at most one per partition.
+    rebuild_workers: int = 0
     # How long a reader of what the processor writes (events, outcomes) may wait at the broker for new
     # records. With read_committed a transaction's commit does not end that wait: at aiokafka's
     # default 500 ms, a read with a consistency token took 510 ms at p50 on an idle system.

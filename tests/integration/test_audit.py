@@ -298,6 +298,7 @@ def fake_event(partition: int) -> EventRecord:
         aggregate_id=str(uuid.uuid4()),
         version=1,
         topic="domain.data_object:DataObject.Deleted",
+        type="DataObject.Deleted",
         headers=headers | {"actor_role": "admin"},
         state=b"{}",
         event=SimpleNamespace(timestamp=datetime.now(UTC)),
