@@ -6,6 +6,7 @@ import asyncio
 import logging
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -26,7 +27,7 @@ def metrics_route(path: str) -> HTTPRouteHandler:
     """GET ``path`` (``monitoring.metrics_path``): the Prometheus text format, without a token."""
 
     @get(path, opt={"open": True}, include_in_schema=False)
-    async def metrics(container: ApiContainer) -> Response[bytes]:
+    async def metrics(container: NamedDependency[ApiContainer]) -> Response[bytes]:
         await observe_read_models(container)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from projections.events import EventRecord
 from projections.projector import Projector, columns
+from projections.stored_json import plain
 
 
 class AuditLogProjector(Projector):
@@ -20,19 +21,33 @@ class AuditLogProjector(Projector):
     tables = ("audit_log",)
 
     async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
-        """Every event, in order (its global sequence follows the order of writing), in one statement."""
+        """Every event, in order (its global sequence follows the order of writing), in one statement.
+
+        Partitions are applied by concurrent transactions, and a sequence hands out numbers when rows
+        are written, not when they become visible: without more, a reader paging by ``seq`` could see
+        seq 11 of one transaction committed and never see seq 10 of another that commits a moment
+        later. So the writers of one audit_log take its numbers one transaction at a time (a lock
+        held until commit; this projector runs last, so it is held only for the rest of the
+        transaction): a row becomes visible only after every row numbered before it.
+        """
+        await cur.execute(SEQUENCE_LOCK)
         await cur.execute(
             "INSERT INTO audit_log (event_id, aggregate_id, aggregate_version, event_type, schema_version,"
             " command_id, correlation_id, causation_id, actor, actor_role, occurred_at, prev_hash, hash,"
             " topic_partition, topic_offset, payload, recorded_at)"
             " SELECT e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl,"
             # clock_timestamp(), not now(): the time of applying, which the lag figures are made of
-            " clock_timestamp() FROM unnest(%s::text[], %s::uuid[], %s::int4[], %s::text[], %s::int4[], %s::text[],"
-            " %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int4[],"
-            " %s::int8[], %s::jsonb[]) WITH ORDINALITY AS u(e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl, n)"
+            " clock_timestamp() FROM unnest(%b::text[], %b::uuid[], %b::int4[], %b::text[], %b::int4[], %b::text[],"
+            " %b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::int4[],"
+            " %b::int8[], %b::jsonb[]) WITH ORDINALITY AS u(e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl, n)"
             " ORDER BY n",
             columns((_row(record) for record in records), 16),
         )
+
+
+# An advisory lock per audit_log table (its OID, so schemas side by side do not wait on each other),
+# above the small constant ids used elsewhere (infra.adapters.postgres, .credentials).
+SEQUENCE_LOCK = "SELECT pg_advisory_xact_lock((1::int8 << 40) | 'audit_log'::regclass::oid::int8)"
 
 
 def _row(record: EventRecord) -> tuple[Any, ...]:
@@ -128,7 +143,9 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
         "position": f"{row['topic_partition']}:{row['topic_offset']}",
-        "data": {k: v for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES},
+        "data": {
+            k: plain(v) for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES
+        },
     }
 
 

@@ -45,7 +45,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from commands.consumers import group_consumer
+from commands.consumers import assigned_consumer, group_consumer
 from commands.tracing import header_value, parent_context, traceparent
 from projections.changes import change_payload
 from projections.events import EventRecord
@@ -98,7 +98,9 @@ class ProjectionRunner:
         self.projectors = list(projectors)
         self.consumer: AIOKafkaConsumer | None = None
         self._lock = asyncio.Lock()
-        self._sought: dict[int, int] = {}  # partition -> stored position the consumer was last sought to
+        # partition -> the stored position the consumer reads on from: where it was last sought to, or
+        # the position this runner last committed. A batch that starts after it only skipped markers.
+        self._continues_from: dict[int, int] = {}
         self._unapplied = False  # a fetched batch is waiting for the lock
         # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was applied.
         self.last_loop = 0.0
@@ -110,21 +112,32 @@ class ProjectionRunner:
         self.handled_at: dict[int, float] = {}
         self.applied = 0  # records committed since start (what a rebuild's progress counts)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Apply events until ``stop`` is set."""
-        consumer = group_consumer(
-            self.config.bootstrap_servers,
-            self.config.group_id,
-            self.config.events_topic,
-            _SeekToStoredPositions(self),
-            max_poll_records=self.config.batch_size,
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+    async def run(self, stop: asyncio.Event, partitions: Sequence[int] | None = None) -> None:
+        """Apply events until ``stop`` is set: of the partitions the consumer group gives this runner, or
+        of ``partitions`` alone (a rebuild's worker: no group, see infra.runtime.rebuild)."""
+        sizes: dict[str, Any] = {
+            "max_poll_records": self.config.batch_size,
+            "fetch_max_wait_ms": self.config.fetch_max_wait_ms,
             # Enough per fetch for a full batch of typical (< 1 KB) events; Kafka's default is 1 MiB.
-            max_partition_fetch_bytes=max(1 << 20, self.config.batch_size * 1024),
-        )
+            "max_partition_fetch_bytes": max(1 << 20, self.config.batch_size * 1024),
+        }
+        if partitions is None:
+            consumer = group_consumer(
+                self.config.bootstrap_servers,
+                self.config.group_id,
+                self.config.events_topic,
+                _SeekToStoredPositions(self),
+                **sizes,
+            )
+        else:
+            consumer = assigned_consumer(self.config.bootstrap_servers, **sizes)
         self.consumer = consumer
         await consumer.start()
         try:
+            if partitions is not None:
+                assigned = {TopicPartition(self.config.events_topic, p) for p in partitions}
+                consumer.assign(list(assigned))
+                await self.seek_to_stored(consumer, assigned)
             while not stop.is_set():
                 self.last_loop = time.time()
                 # Never fetch under the lock: while a rebalance is under way getmany waits for the new
@@ -172,8 +185,8 @@ class ProjectionRunner:
         async with self.pool.connection() as conn:
             positions = await self.stored_positions(conn)
         for tp in partitions:
-            self._sought[tp.partition] = positions.get(tp.partition, 0)
-            consumer.seek(tp, self._sought[tp.partition])
+            self._continues_from[tp.partition] = positions.get(tp.partition, 0)
+            consumer.seek(tp, self._continues_from[tp.partition])
 
     async def apply_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         """Apply one partition's batch and its new position in one transaction (see Dead letters above)."""
@@ -206,6 +219,7 @@ class ProjectionRunner:
             return
         self._failures.pop(tp.partition, None)
         if applied:  # committed: count them (a failed transaction is applied again, and counted then)
+            self._continues_from[tp.partition] = applied[-1].offset + 1
             key = ("pipeline_projection_events_applied", (("projection", self.config.projection),))
             self.counters[key] = self.counters.get(key, 0) + len(applied)
             self.applied += len(applied)
@@ -237,12 +251,13 @@ class ProjectionRunner:
         )
         row = await cur.fetchone()
         stored = row[0] if row else 0
-        if records[0].offset > stored and self._sought.get(tp.partition) != stored:
-            # Either the table was rewound (a rebuild) or the gap is only transaction markers,
-            # which take offsets too. Read again from the stored position once to find out.
+        if records[0].offset > stored and self._continues_from.get(tp.partition) != stored:
+            # Someone else moved the stored position (a rebuild rewound the table). A gap after a
+            # position this consumer read on from is only transaction markers (they take offsets
+            # too), which is every batch's case: re-reading then would cost a fetch per batch.
             log.info("partition %s: stored position %s is before the batch; reading from it", tp.partition, stored)
             consumer.seek(tp, stored)
-            self._sought[tp.partition] = stored
+            self._continues_from[tp.partition] = stored
             return []
         fresh = [r for r in records if r.offset >= stored]
         if not fresh:
@@ -316,7 +331,7 @@ class ProjectionRunner:
                     skipped.append(named)
         ids = list({e.aggregate_id for e in events} | {aggregate_id for aggregate_id, _ in skipped})
         cur = await conn.execute(
-            "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%s::uuid[])",
+            "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%b::uuid[])",
             (ids,),
         )
         versions: dict[str, int] = dict(await cur.fetchall())
@@ -355,7 +370,7 @@ class ProjectionRunner:
             if changed:
                 await cursor.execute(
                     "INSERT INTO aggregate_versions (aggregate_id, version)"
-                    " SELECT * FROM unnest(%s::uuid[], %s::int4[])"
+                    " SELECT * FROM unnest(%b::uuid[], %b::int4[])"
                     " ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
                     columns(changed.items(), 2),
                 )

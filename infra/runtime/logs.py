@@ -5,8 +5,8 @@ The request id and actor travel in context variables (set by api.middleware and 
 logger called while a request is served names them without being handed them. A condition that
 repeats (the same logger, level and message template, whatever its arguments) is written at most
 ``REPEAT_BURST`` times per ``REPEAT_WINDOW_S``; the first record after a quiet spell says how many
-were left out. Measured before: the projection runner's "stored position X is before the batch" line
-came dozens of times a minute under load.
+were left out (before it, a line repeated per batch, such as the projection runner's old re-read after
+every transaction marker, came dozens of times a minute under load).
 """
 
 from __future__ import annotations

@@ -12,16 +12,21 @@ import json
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 import pytest
 from aiokafka import AIOKafkaProducer
 from httpx import AsyncClient
 
 from infra.adapters.kafka import Topics
+from infra.adapters.postgres import connection_kwargs
 from infra.runtime.settings import Settings, load_settings
+from projections.audit_log import AuditLogProjector
+from projections.events import EventRecord
 from tests.conftest import environment_for
 from tests.integration.harness import ROOT, eventually, query
 from tests.integration.system import RunningSystem, running_system
@@ -256,6 +261,79 @@ async def test_events_across_aggregates_are_filtered_and_paged_for_admins(system
         assert [e["event_type"] for e in registered] == ["User.Registered"]
         window = await pages(actor=user_id, **{"from": started.isoformat(), "to": mine[1]["timestamp"]})
         assert [e["event_id"] for e in window] == [mine[0]["event_id"]]
+
+
+async def test_metadata_shaped_like_the_codecs_tags_is_kept_as_written(system: RunningSystem) -> None:
+    """Metadata can be any JSON, including dicts shaped like the event codec's own type tags."""
+    metadata = {
+        "when": {"_type_": "datetime_iso", "_data_": "not a time"},
+        "id": {"_type_": "uuid_hex", "_data_": "0" * 32},
+        "list": [{"_type_": "dict", "_data_": {}}],
+    }
+    client, _ = await user_client(system)
+    async with client:
+        body = {"content": "tag shaped", "content_type": "text/plain", "metadata": metadata}
+        created = await client.post("/api/v1/ingest", json=body)
+        assert created.status_code == 201, created.text
+        object_id, token = created.json()["object_id"], created.json()["position"]
+        read = await client.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": token})
+        assert read.status_code == 200 and read.json()["metadata"] == metadata, read.text
+        as_of = await client.get(f"/api/v1/data/{object_id}", params={"as_of": "1"})
+        assert as_of.status_code == 200 and as_of.json()["metadata"] == metadata, as_of.text
+        events = await history(client, object_id, token)
+        assert events[0]["data"]["metadata"] == metadata
+    health = await system.anonymous.get("/health")
+    assert health.json()["status"] == "healthy" and health.json()["dead_letters"]["projections"] == 0, health.text
+
+
+def fake_event(partition: int) -> EventRecord:
+    """An audit row's worth of event, never committed (the test rolls its transactions back)."""
+    headers = {
+        name: uuid.uuid4().hex
+        for name in ("event_id", "command_id", "correlation_id", "causation_id", "actor", "prev_hash", "hash")
+    }
+    return EventRecord(
+        partition=partition,
+        offset=10**12,
+        aggregate_id=str(uuid.uuid4()),
+        version=1,
+        topic="domain.data_object:DataObject.Deleted",
+        type="DataObject.Deleted",
+        headers=headers | {"actor_role": "admin"},
+        state=b"{}",
+        event=SimpleNamespace(timestamp=datetime.now(UTC)),
+    )
+
+
+async def test_audit_rows_become_visible_in_sequence_order(system: RunningSystem, settings: Settings) -> None:
+    """Two partitions' transactions number their rows one at a time, so paging by seq never skips a row.
+
+    The first holds its rows uncommitted; the second must wait for it, not take numbers and commit
+    first (a reader would then page past the first's lower numbers before they were visible).
+    """
+    kwargs: Any = connection_kwargs(settings.database.schema)
+    async with (
+        await psycopg.AsyncConnection.connect(settings.database.url, **kwargs) as first,
+        await psycopg.AsyncConnection.connect(settings.database.url, **kwargs) as second,
+    ):
+        projector = AuditLogProjector()
+        async with first.cursor() as cur:
+            await projector.apply_many(cur, [fake_event(0)])
+            await cur.execute("SELECT max(seq) FROM audit_log")
+            first_seq = (await cur.fetchone() or [0])[0]
+
+        async def write_second() -> int:
+            async with second.cursor() as cur:
+                await projector.apply_many(cur, [fake_event(1)])
+                await cur.execute("SELECT max(seq) FROM audit_log")
+                return int((await cur.fetchone() or [0])[0])
+
+        waiting = asyncio.create_task(write_second())
+        await asyncio.sleep(1.0)
+        assert not waiting.done(), "the second transaction numbered its rows while the first was open"
+        await first.rollback()
+        assert await asyncio.wait_for(waiting, 30) > first_seq
+        await second.rollback()
 
 
 @pytest.mark.parametrize(
