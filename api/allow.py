@@ -2,8 +2,8 @@
 
 litestar 2.x builds the automatic OPTIONS handler of a path when its first handler is added and
 keeps it when more methods join, so ``OPTIONS /api/v1/data/{id}`` said ``Allow: DELETE, OPTIONS``
-without GET (litestar issue 4169, fixed only in 3.x). This hook rewrites the header from the
-route's full method set.
+without GET (litestar issue 4169, fixed only in 3.x). This rewrites the header from the route's
+full method set (called by api/middleware.py on the start of every OPTIONS answer).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from litestar.types import Message, Scope
 
 
 async def correct_allow_header(message: Message, scope: Scope) -> None:
-    """A ``before_send`` hook: set ``Allow`` of an OPTIONS answer to every method of the route."""
+    """Set ``Allow`` of an OPTIONS answer (``message``: its http.response.start) to every method of the route."""
     if message["type"] != "http.response.start" or scope.get("method") != "OPTIONS":
         return
     handler = scope.get("route_handler")

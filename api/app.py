@@ -19,7 +19,6 @@ from litestar.openapi.spec import Components, SecurityScheme
 from litestar.response import Redirect
 from litestar.types import ASGIApp
 
-from api.allow import correct_allow_header
 from api.auth import auth_middleware
 from api.body_timeout import body_timeout_middleware
 from api.docs import LocalRedoc, LocalSwagger, assets_router, graphql_controller
@@ -30,8 +29,8 @@ from api.graphql.schema import build_schema
 from api.health import health_controller
 from api.hub import LiveHub
 from api.login_throttle import LoginThrottle
-from api.metrics import http_metrics_middleware, metrics_route, register_worker_collector
-from api.middleware import request_id_middleware
+from api.metrics import metrics_route, register_worker_collector
+from api.middleware import edge_middleware
 from api.openapi import document_errors, document_upload_limit
 from api.ratelimit import RateLimiter, Rule
 from api.rest.audit import AuditController
@@ -46,6 +45,7 @@ from api.rest.notifications import NotificationsController
 from api.rest.search import SearchController
 from api.rest.upload import UploadController
 from api.rest.users import UsersController
+from api.revocations import RevokedTokens
 from api.tokens import RefreshTokens, check_secret
 from api.tracing import name_span_by_route, tracing_plugin
 from api.user_cache import UserCache
@@ -79,6 +79,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.refresh_tokens = RefreshTokens(
             container.redis, prefix, settings.authentication.refresh_token_expire_days
         )
+        app.state.revoked_tokens = RevokedTokens(container.redis, prefix)
+        app.state.revoked_tokens.start()
         app.state.login_throttle = LoginThrottle(settings.authentication, container.redis, prefix)
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             first_admin.cancel()
             await app.state.hub.stop()
             await app.state.users.stop()
+            await app.state.revoked_tokens.stop()
             await container.close()
 
     def provide_container(state: State) -> ApiContainer:
@@ -136,7 +139,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             graphql,
         ],
         middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
-        before_send=[correct_allow_header, *([name_span_by_route] if provider is not None else [])],
+        before_send=[name_span_by_route] if provider is not None else [],  # Allow headers: api/middleware.py
         plugins=[tracing_plugin(provider, settings.monitoring)] if provider is not None else [],
         dependencies={"container": Provide(provide_container, sync_to_thread=False)},
         exception_handlers=EXCEPTION_HANDLERS,
@@ -204,9 +207,9 @@ async def _ensure_admin(container: ApiContainer) -> None:
 def app_factory() -> ASGIApp:
     """Entry point for uvicorn --factory.
 
-    The request-id wrapper sits outside litestar so that even requests no route matches (404, 405)
-    carry an X-Request-ID and the error envelope names it.
+    The edge wrapper (request ids, request metrics) sits outside litestar so that even requests no
+    route matches (404, 405) carry an X-Request-ID, are counted, and the error envelope names the id.
     """
     settings = get_settings()
     configure_logging(settings.monitoring)
-    return request_id_middleware(http_metrics_middleware(create_app(settings)))
+    return edge_middleware(create_app(settings))

@@ -5,8 +5,12 @@ follows from its first event, so it holds for deleted objects too:
 
 - a data object (``DataObject.*``): its owner (``Ingested.owner``) and admins;
 - an execution (``Execution.*``): its submitter and admins;
+- a conversation (``Conversation.*``) and an inbox (``Inbox.*``): their owner (``Started``/``Opened.owner``)
+  and admins;
 - a user (``User.*``): that user and admins;
 - any other aggregate type: admins only.
+
+These are the owners the event stream shows an aggregate's events to, so the two never disagree.
 
 Anyone else gets 404, as for objects, so ids cannot be probed. Events across aggregates are for
 admins only (the route's guard). Cursors are the ``next_cursor`` of the previous page: a version
@@ -35,7 +39,8 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 500
 MAX_CURSOR = 2**63 - 1
 # The creation event's field naming who owns an aggregate of each type (users own themselves).
-OWNER_FIELDS = {"DataObject": "owner", "Execution": "submitter"}
+# The same owners the event stream shows an aggregate's events to (projections/event_stream.py _OWNER).
+OWNER_FIELDS = {"DataObject": "owner", "Execution": "submitter", "Conversation": "owner", "Inbox": "owner"}
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ primary-key lookup per request (cached: api/user_cache.py), so disabling a user 
 once and a role change applies to the next request (the role comes from the read model, not from
 the token). A token issued before the user's last password change (its ``gen`` claim is below the
 user's token generation, from the same row) is refused: a password change ends every other session.
-A token whose ``jti`` was revoked by logout is refused too (looked up in the rate limiter's one round
-trip to Redis, also when limiting is off; skipped while Redis is down).
+A token whose ``jti`` was revoked by logout is refused too: known in memory (api/revocations.py), or,
+while this process cannot tell, looked up in the rate limiter's one round trip to Redis (also when
+limiting is off; skipped while Redis is down).
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from psycopg import Error as PostgresError
 
 from api.errors import ApiError
+from api.middleware import RESPONSE_HEADERS
 from api.ratelimit import RateLimiter, Verdict
-from api.tokens import InvalidToken, RefreshTokens, decode_access_token
+from api.revocations import RevokedTokens
+from api.tokens import InvalidToken, decode_access_token
 from api.user_cache import UserCache
 from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
 from api.ws_limits import UserConnections
@@ -96,11 +99,11 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
 
             try:
                 if not ws_token and defers_to_connection_init(scope):
-                    verify = _init_verifier(ws_state.container, ws_state.refresh_tokens, ws_state.users)
+                    verify = _init_verifier(ws_state.container, ws_state.revoked_tokens, ws_state.users)
                     await app(scope, init_authenticating_receive(scope, receive, send, verify, admit), send)
                     return
                 ws_principal = await _authenticate(
-                    scope, send, ws_state.container, ws_state.refresh_tokens, ws_state.users, ws_token
+                    scope, send, ws_state.container, ws_state.revoked_tokens, ws_state.users, ws_token
                 )
                 if ws_principal is None:
                     return
@@ -124,38 +127,34 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             client = scope.get("client")
             verdict = await limiter.hit(None, client[0] if client else "unknown")
         else:
-            # The revocation lookup (logout) is not made here but by the limiter, in its round trip to Redis.
             principal = await _authenticate(scope, send, container, None, state.users, handshake_token(scope))
             if principal is None:
                 return
-            tokens: RefreshTokens = state.refresh_tokens
+            # Logout revocations: known in memory, or else looked up by the limiter, in its round trip to Redis.
+            revocations: RevokedTokens = state.revoked_tokens
+            revoked = revocations.known(principal.token_id)
+            if revoked:
+                await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
+                return
             verdict = await limiter.hit(
                 principal.role,
                 principal.user_id,
                 burst=bool(opt.get("burst")),
-                veto=tokens.revoked_key(principal.token_id),
+                veto=revocations.key(principal.token_id) if revoked is None else None,
             )
             if verdict.vetoed:
                 await _unauthorized(scope, send, "the token is invalid or expired", 'error="invalid_token"')
                 return
             scope["user"] = principal
             actor_var.set(f"{principal.username}({principal.role})")  # named by each log line of the request
-        scope.setdefault("state", {})["rate_limit"] = verdict
-        headers = verdict.headers()
+        request_state = scope.setdefault("state", {})
+        request_state["rate_limit"] = verdict
         if not verdict.allowed:
             RATE_LIMIT_REFUSALS.labels(getattr(scope.get("user"), "role", "anonymous")).inc()
-            await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", headers)
+            await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", verdict.headers())
             return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    *((k.encode(), v.encode()) for k, v in headers.items()),
-                ]
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
+        request_state[RESPONSE_HEADERS] = verdict.raw_headers  # put on the response by api/middleware.py
+        await app(scope, receive, send)
 
     return middleware
 
@@ -208,7 +207,7 @@ def handshake_token(scope: Scope) -> str:
 
 
 async def verify_token(
-    container: ApiContainer, tokens: RefreshTokens | None, users: UserCache, token: str
+    container: ApiContainer, revocations: RevokedTokens | None, users: UserCache, token: str
 ) -> Principal:
     """The caller a bearer token names, if it still authenticates; Refused otherwise."""
     if not token:
@@ -220,7 +219,7 @@ async def verify_token(
         raise Refused(401, "the token is invalid or expired") from exc
     try:
         user_id = str(UUID(claims["sub"]))
-        if tokens is not None and await tokens.access_revoked(str(claims["jti"])):
+        if revocations is not None and await revocations.revoked(str(claims["jti"])):
             raise ValueError("revoked by logout")
     except ValueError as exc:
         raise Refused(401, "the token is invalid or expired") from exc
@@ -236,10 +235,10 @@ async def verify_token(
     return Principal(user_id, row.username, row.role, str(claims["jti"]), claims["gen"])
 
 
-def _init_verifier(container: ApiContainer, tokens: RefreshTokens | None, users: UserCache) -> Verify:
+def _init_verifier(container: ApiContainer, revocations: RevokedTokens | None, users: UserCache) -> Verify:
     async def verify(token: str) -> Principal | None:
         try:
-            return await verify_token(container, tokens, users, token)
+            return await verify_token(container, revocations, users, token)
         except Refused as refused:
             log.info("refused a connection_init token: %s", refused.message)
             return None
@@ -248,10 +247,10 @@ def _init_verifier(container: ApiContainer, tokens: RefreshTokens | None, users:
 
 
 async def _authenticate(
-    scope: Scope, send: Send, container: ApiContainer, tokens: RefreshTokens | None, users: UserCache, token: str
+    scope: Scope, send: Send, container: ApiContainer, revocations: RevokedTokens | None, users: UserCache, token: str
 ) -> Principal | None:
     try:
-        return await verify_token(container, tokens, users, token)
+        return await verify_token(container, revocations, users, token)
     except Refused as refused:
         if refused.status == 503:
             await _error(scope, send, 503, "unavailable", refused.message, {"Retry-After": "1"})

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from litestar.connection import ASGIConnection
@@ -28,10 +28,11 @@ from commands.data import inline_content
 from commands.envelope import Outcome, Position
 from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
-from projections.data_objects import get_data_object, get_data_object_with_annotations
+from projections.data_objects import ObjectRow, get_data_object_with_annotations
 
 Connection = ASGIConnection[Any, Any, Any, Any]
-ObjectQuery = Callable[[AsyncConnection[Any], str], Awaitable[dict[str, Any] | None]]
+Row = TypeVar("Row", bound=Mapping[str, Any])
+ObjectQuery = Callable[[AsyncConnection[Any], str], Awaitable[Row | None]]
 
 
 @dataclass(frozen=True)
@@ -131,14 +132,12 @@ async def _refuse_unreachable(container: ApiContainer, position: Position, token
         )
 
 
-async def read(
-    connection: Connection, container: ApiContainer, object_id: str, token: str | None = None
-) -> dict[str, Any]:
+async def read(connection: Connection, container: ApiContainer, object_id: str, token: str | None = None) -> ObjectRow:
     """The object row with its annotations (list under "annotations"), in one query.
 
     404 when absent or not visible to the caller (owner and admins only: ids cannot be probed).
     """
-    return await visible_object(connection, container, object_id, token, get_data_object_with_annotations)
+    return await visible_object(connection, container, object_id, token, query=get_data_object_with_annotations)
 
 
 async def visible_object(
@@ -146,9 +145,10 @@ async def visible_object(
     container: ApiContainer,
     object_id: str,
     token: str | None = None,
-    query: ObjectQuery = get_data_object,
-) -> dict[str, Any]:
-    """The object row (no annotations, unless ``query`` adds them); 404 when absent or not the caller's to see."""
+    *,
+    query: ObjectQuery[Row],
+) -> Row:
+    """The object row ``query`` reads (e.g. get_data_object); 404 when absent or not the caller's to see."""
     return await visible_row(connection, container, object_id, token, "data object", query)
 
 
@@ -158,8 +158,8 @@ async def visible_row(
     row_id: str,
     token: str | None,
     what: str,
-    load: ObjectQuery,
-) -> dict[str, Any]:
+    load: ObjectQuery[Row],
+) -> Row:
     """The row ``load`` finds for ``row_id`` (a UUID) once the read model reached ``token``.
 
     404 when the id is malformed, absent or the row's ``owner`` is not the caller (admins see all):

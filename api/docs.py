@@ -13,8 +13,9 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from cross_web import HTTPException as GraphQLRequestError
 from litestar import Request, Response
 from litestar.datastructures import CacheControlHeader
 from litestar.enums import MediaType
@@ -25,6 +26,7 @@ from strawberry.litestar import make_graphql_controller
 from strawberry.litestar.controller import GraphQLController
 from strawberry.schema.base import BaseSchema
 
+from api.errors import envelope, http_reason
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import SettingsError
 
@@ -159,11 +161,26 @@ def graphql_controller(
     """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
     if ide not in IDES:
         raise SettingsError(f"setting graphql.ide must be one of {', '.join(IDES)}")
+    chosen: Literal["apollo-sandbox", "graphiql"] = "apollo-sandbox" if ide == "apollo-sandbox" else "graphiql"
+    base = make_graphql_controller(schema, path=path, graphql_ide=chosen, **kwargs)
+
+    class Enveloped(base):  # type: ignore[misc,valid-type]
+        async def execute_request(
+            self, request: Request[Any, Any, Any], context: Any, root_value: Any
+        ) -> Response[Any]:
+            """strawberry answers a request it cannot run (no query, a batch, a mutation over GET, an unknown
+            operation name, a form body) in plain text; here in the error envelope like every other 4xx."""
+            try:
+                return await self.run(request, context=context, root_value=root_value)
+            except GraphQLRequestError as exc:
+                reason = "validation_error" if exc.status_code == 400 else http_reason(exc.status_code)
+                return envelope(request, exc.status_code, reason, exc.reason)
+
     if ide == "apollo-sandbox":
-        return make_graphql_controller(schema, path=path, graphql_ide="apollo-sandbox", **kwargs)
+        return Enveloped
     page = graphiql_page(path)
 
-    class SelfHostedGraphiQL(make_graphql_controller(schema, path=path, graphql_ide="graphiql", **kwargs)):  # type: ignore[misc]
+    class SelfHostedGraphiQL(Enveloped):
         async def render_graphql_ide(self, request: Request[Any, Any, Any]) -> Response[str]:
             if missing(root):
                 return Response(missing_page(root, "GraphQL IDE").decode(), media_type=MediaType.HTML)

@@ -75,12 +75,19 @@ def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
     return response
 
 
+HTTP_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def http_reason(status: int) -> str:
+    """The envelope's reason for a framework's HTTP error of this status."""
+    return HTTP_REASONS.get(status, "http_error")
+
+
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, ValidationException):
         return envelope(request, 400, "validation_error", "the request is not valid", exc.extra or exc.detail)
-    reasons = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
-    response = envelope(request, status, reasons.get(status, "http_error"), exc.detail, exc.extra or None)
+    response = envelope(request, status, http_reason(status), exc.detail, exc.extra or None)
     if exc.headers:
         response.headers.update(exc.headers)
     return response

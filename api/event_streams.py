@@ -86,6 +86,24 @@ def stream_request(after: Any, types: Any, aggregate_id: Any, settings: EventStr
     return StreamRequest(vector, StreamFilter(wanted, aggregate_id))
 
 
+async def refuse_unreachable(request: StreamRequest, events_end: Callable[[int], Awaitable[int | None]]) -> None:
+    """ValueError for a position the log cannot have given: a partition the events topic lacks, or an
+    offset at or past a partition's end (the stream would silently skip every event up to it).
+
+    ``events_end`` is the command bus's; partitions are checked in order, so a made-up vector costs
+    at most one metadata look-up per real partition. A broker that does not answer leaves the stream to wait.
+    """
+    for partition, offset in sorted((request.after or {}).items()):
+        try:
+            end = await events_end(partition)
+        except Exception:  # broker unreachable or slow: nothing to refuse with
+            return
+        if end is None:
+            raise ValueError(f"not a position: the events topic has no partition {partition}")
+        if offset >= end:
+            raise ValueError(f"not a position: partition {partition} has no event at offset {offset} yet")
+
+
 @dataclass(frozen=True)
 class Lagged:
     position: str

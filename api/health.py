@@ -19,6 +19,7 @@ from typing import Any
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from api.ratelimit import RateLimiter
 from infra.adapters.blob_check import missing_blobs
@@ -48,11 +49,11 @@ def health_controller(health_path: str = "/health") -> type[Controller]:
             summary="Health of the API, its dependencies and the workers",
             opt={"open": True},
         )
-        async def health(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+        async def health(self, container: NamedDependency[ApiContainer], state: State) -> Response[dict[str, Any]]:
             return await _health(container, state)
 
         @get("/ready", operation_id="ready", summary="Whether the system can serve requests now")
-        async def ready(self, container: ApiContainer, state: State) -> Response[dict[str, Any]]:
+        async def ready(self, container: NamedDependency[ApiContainer], state: State) -> Response[dict[str, Any]]:
             """Readiness in the HealthStatus shape: ``{"status", "checks": {name: {"status", "latency_ms",
             "detail"?}}, "reasons"}``; 503 while any check fails (README "Health and readiness")."""
             return await _ready(container, state)

@@ -314,26 +314,33 @@ class LiveHub:
         try:
             while True:
                 batch = await queue.get()
-                if self._by_topic.get("data_changes"):  # owners matter only to data_changes subscribers
-                    await self._learn_owners(batch.get("changes", []))
-                outgoing = [
-                    (topic, message, change)
-                    for change in batch.get("changes", [])
-                    for topic, message in messages_for({**change, "owner": self._owners.get(change["id"])})
-                ]
-                notes = await self._notifications(batch.get("changes", []))
-                fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
-                await self.events.advance(changed_users(batch), bool(batch.get("truncated")))
-                candidates = {s for topic, _, _ in outgoing for s in self._by_topic.get(topic, ())}
-                candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
-                allowed = await self.recheck(candidates, fresh) if candidates else set()
-                for topic, message, change in outgoing:
-                    if self.tracer is not None and "traceparent" in change:
-                        self._publish_traced(topic, message, allowed, change)
-                    else:
-                        self.publish(topic, message, allowed)
-                for subscriber in allowed:  # every open connection of the user, no subscription needed
-                    for note in notes.get(subscriber.actor.user_id, ()):
-                        subscriber.offer({"type": "notification", "data": note})
+                try:
+                    await self._deliver(batch)
+                except Exception:  # a batch the hub cannot handle must not silence every connection and stream
+                    log.exception("live hub: a change batch failed; its live messages are lost, the hub goes on")
         finally:
             self.feed.unsubscribe(queue)
+
+    async def _deliver(self, batch: dict[str, Any]) -> None:
+        """One committed batch out to the topics, the users' notifications and the event streams."""
+        if self._by_topic.get("data_changes"):  # owners matter only to data_changes subscribers
+            await self._learn_owners(batch.get("changes", []))
+        outgoing = [
+            (topic, message, change)
+            for change in batch.get("changes", [])
+            for topic, message in messages_for({**change, "owner": self._owners.get(change["id"])})
+        ]
+        notes = await self._notifications(batch.get("changes", []))
+        fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
+        await self.events.advance(changed_users(batch), bool(batch.get("truncated")))
+        candidates = {s for topic, _, _ in outgoing for s in self._by_topic.get(topic, ())}
+        candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
+        allowed = await self.recheck(candidates, fresh) if candidates else set()
+        for topic, message, change in outgoing:
+            if self.tracer is not None and "traceparent" in change:
+                self._publish_traced(topic, message, allowed, change)
+            else:
+                self.publish(topic, message, allowed)
+        for subscriber in allowed:  # every open connection of the user, no subscription needed
+            for note in notes.get(subscriber.actor.user_id, ()):
+                subscriber.offer({"type": "notification", "data": note})

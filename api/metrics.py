@@ -1,21 +1,18 @@
-"""The metrics route and the HTTP request counter (families: infra.runtime.metrics)."""
+"""The metrics route (families: infra.runtime.metrics; HTTP requests are counted by api/middleware.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infra.runtime.bootstrap import ApiContainer
 from infra.runtime.metrics import (
     EXECUTIONS,
-    HTTP_LATENCY,
-    HTTP_REQUESTS,
     PROJECTION_DEAD_LETTERS,
     REGISTRY,
     WorkerCollector,
@@ -30,7 +27,7 @@ def metrics_route(path: str) -> HTTPRouteHandler:
     """GET ``path`` (``monitoring.metrics_path``): the Prometheus text format, without a token."""
 
     @get(path, opt={"open": True}, include_in_schema=False)
-    async def metrics(container: ApiContainer) -> Response[bytes]:
+    async def metrics(container: NamedDependency[ApiContainer]) -> Response[bytes]:
         await observe_read_models(container)
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
@@ -64,31 +61,3 @@ async def observe_read_models(container: ApiContainer) -> None:
             PROJECTION_DEAD_LETTERS.set(await unresolved_count(conn))
     except Exception as exc:  # a scrape still shows the in-process families while PostgreSQL is away
         log.debug("read-model gauges not refreshed: %s", exc)
-
-
-def http_metrics_middleware(app: ASGIApp) -> ASGIApp:
-    """Count each HTTP request by method, route template (not the raw path: ids would explode the
-    label set; requests no route matches count as ``unmatched``) and status, with its latency."""
-
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless a response starts
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("path_template") or "unmatched"
-            method = scope.get("method", "")
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)
-
-    return middleware

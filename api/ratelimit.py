@@ -16,6 +16,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -75,6 +76,11 @@ class Verdict:
     reset: int  # seconds until the window of the tightest rule ends
     vetoed: bool = False  # refused, uncounted, because the request's veto key exists (RateLimiter.hit)
 
+    @cached_property
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """``headers`` as ASGI header pairs (worked out once per verdict: with limiting off, one per rule)."""
+        return [(k.encode(), v.encode()) for k, v in self.headers().items()]
+
     def headers(self) -> dict[str, str]:
         """RateLimit-* headers (and Retry-After when refused)."""
         headers = {
@@ -103,6 +109,7 @@ class RateLimiter:
         self.burst = Rule.parse(settings.burst_limit)
         self._script = redis.register_script(_SCRIPT)
         self._memory: dict[str, tuple[int, float]] = {}  # key -> (count, window end)
+        self._open: dict[Rule, Verdict] = {}  # limiting off: the verdict of each rule
         self._redis_down_until = 0.0
 
     @property
@@ -153,7 +160,7 @@ class RateLimiter:
         if not self.settings.enabled:
             if veto is not None and not self.degraded and await self._vetoed(veto):
                 return Verdict(False, first.limit, first.limit, first.window, vetoed=True)
-            return Verdict(True, first.limit, first.limit, first.window)
+            return self._uncounted(first)
         counts: list[tuple[int, int]] | None = None
         if not self.degraded:
             try:
@@ -176,6 +183,13 @@ class RateLimiter:
         if refused:
             return max(refused, key=lambda v: v.reset)
         return min(verdicts, key=lambda v: v.remaining)
+
+    def _uncounted(self, rule: Rule) -> Verdict:
+        """The verdict when limiting is off: always the same for one rule, so made once."""
+        verdict = self._open.get(rule)
+        if verdict is None:
+            verdict = self._open[rule] = Verdict(True, rule.limit, rule.limit, rule.window)
+        return verdict
 
     async def _vetoed(self, key: str) -> bool:
         """Limiting off: the veto alone (without Redis: no veto, as no request is counted either)."""

@@ -18,7 +18,6 @@ from typing import Any
 
 import jwt
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from infra.runtime.settings import Settings
 
@@ -171,23 +170,6 @@ class RefreshTokens:
         families = await self.redis.smembers(self._user_key(user_id))
         keys = [self._family_key(f.decode() if isinstance(f, bytes) else str(f)) for f in families]
         await self.redis.delete(*keys, self._user_key(user_id))
-
-    async def revoke_access(self, jti: str, expires_at: int) -> None:
-        """Deny one access token until it expires anyway (logout with the token in the header)."""
-        ttl = expires_at - int(time.time())
-        if ttl > 0:
-            await self.redis.set(self.revoked_key(jti), 1, ex=ttl)
-
-    def revoked_key(self, jti: str) -> str:
-        """The key that exists while the access token ``jti`` is revoked."""
-        return f"{self.prefix}:revoked:{jti}"
-
-    async def access_revoked(self, jti: str) -> bool:
-        """Was this access token revoked? Without Redis: no (access tokens are short-lived anyway)."""
-        try:
-            return bool(await self.redis.exists(self.revoked_key(jti)))
-        except RedisError:
-            return False
 
     def _user_key(self, user_id: str) -> str:
         return f"{self.prefix}:rtu:{user_id}"

@@ -127,8 +127,10 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
                 raise ApiError(400, "validation_error", "the multipart body ended early")
     except ParserLimitReached as exc:
         received.discard()
-        message = f"the multipart body breaks a parser limit ({exc}); at most {limits.max_upload_files} files"
-        raise ApiError(400, "too_many_files", message) from exc
+        if "segment count" in str(exc):  # too many parts; any other limit (a part's headers) is malformed input
+            message = f"the multipart body has too many parts; at most {limits.max_upload_files} files"
+            raise ApiError(400, "too_many_files", message) from exc
+        raise ApiError(400, "validation_error", f"the multipart body breaks a parser limit ({exc})") from exc
     except ParserError as exc:
         received.discard()
         raise ApiError(400, "validation_error", f"malformed multipart body: {exc}") from exc

@@ -32,14 +32,17 @@ from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
+from litestar.di import NamedDependency
 from litestar.exceptions import WebSocketDisconnect
+from litestar.params import FromPath
 from psycopg import Error as PostgresError
 
 from api.auth import actor_of, principal_of
 from api.chat_service import chat_message
 from api.errors import ApiError
-from api.event_streams import Lagged, follow, stream_request
+from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
 from api.execution_service import read_execution, read_fresh_execution
+from api.graphql.masking import classify
 from api.hub import CLOSE, LiveHub, Subscriber
 from api.inputs import ChatMessage, parse
 from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
@@ -100,7 +103,9 @@ async def subscribe_execution(
 
 async def chat(connection: Any, container: ApiContainer, message: dict[str, Any]) -> dict[str, Any]:
     """The spec's ``chat_message``: the reply is ``chat_response`` with the answer, or an ``error``."""
-    fields: dict[str, Any] = {key: message[key] for key in ("content", "conversation_id") if key in message}
+    # Every field but the type goes to the struct, which refuses unknown ones: a misspelt
+    # ``conversationId`` must not silently start a new conversation.
+    fields: dict[str, Any] = {key: value for key, value in message.items() if key != "type"}
     try:
         reply = await chat_message(connection, container, parse(ChatMessage, fields))
     except ApiError as exc:
@@ -110,7 +115,7 @@ async def chat(connection: Any, container: ApiContainer, message: dict[str, Any]
     return {"type": "chat_response", "data": msgspec.to_builtins(reply)}
 
 
-def subscribe_events(
+async def subscribe_events(
     socket: Any, container: ApiContainer, hub: LiveHub, sub: Subscriber, message: Any
 ) -> dict[str, Any] | None:
     """Start the connection's event stream (replacing one already running); an error for bad parameters."""
@@ -118,6 +123,7 @@ def subscribe_events(
         request = stream_request(
             message.get("after"), message.get("types"), message.get("aggregate_id"), container.settings.event_stream
         )
+        await refuse_unreachable(request, container.bus.events_end)
     except ValueError as exc:
         return error("invalid_message", str(exc))
     stop_events(sub)
@@ -179,7 +185,7 @@ async def handle(
             return error("invalid_topic", "topics are 'data_changes', 'events' or 'execution:<id>'")
         if topic == "events":
             if kind == "subscribe":
-                return subscribe_events(socket, container, hub, subscriber, message)
+                return await subscribe_events(socket, container, hub, subscriber, message)
             stop_events(subscriber)
             return {"type": "unsubscribed", "topic": topic}
         if kind == "subscribe":
@@ -199,7 +205,9 @@ async def handle(
 
 
 @websocket("/ws/{client_id:str}")
-async def websocket_endpoint(socket: WebSocket[Any, Any, Any], client_id: str, container: ApiContainer) -> None:
+async def websocket_endpoint(
+    socket: WebSocket[Any, Any, Any], client_id: FromPath[str], container: NamedDependency[ApiContainer]
+) -> None:
     """One client's live connection."""
     hub: LiveHub = socket.app.state.hub
     limits = container.settings.websocket
@@ -236,7 +244,7 @@ async def _receive_loop(
     rule: Rule = socket.app.state.ws_message_rule
     try:
         while True:
-            raw = await socket.receive_data(mode="text")
+            raw = await _receive_frame(socket)
             verdict = await limiter.hit_rule("ws", sub.actor.user_id, rule)  # per user, across connections
             if not verdict.allowed:
                 reply: dict[str, Any] | None = {
@@ -249,14 +257,36 @@ async def _receive_loop(
                 try:
                     reply = await handle(socket, container, hub, sub, msgspec.json.decode(raw))
                 except (msgspec.DecodeError, RecursionError):  # a message nested ~1000 deep exhausts the stack
-                    reply = error("invalid_json", "messages must be JSON, nested at most a few levels")
+                    reply = error("invalid_json", "messages must be UTF-8 JSON, nested at most a few levels")
                 except AccessEnded:
                     sub.close(POLICY_VIOLATION, "the user is disabled or changed their password")
                     return
+                except WebSocketDisconnect:
+                    raise
+                except Exception as exc:  # e.g. PostgreSQL down: answer this message, keep the connection
+                    _, code, text, level, traceback = classify(exc)
+                    log.log(level, "/ws message failed (%s): %r", code, exc, exc_info=exc if traceback else None)
+                    reply = error(code, text)
             if reply is not None:
                 sub.offer(reply)
     except WebSocketDisconnect:
         pass
+
+
+async def _receive_frame(socket: WebSocket[Any, Any, Any]) -> str | bytes:
+    """The next frame's payload, text or binary (JSON in a binary frame is read as UTF-8 like text).
+
+    ``receive_data(mode="text")`` would turn a binary frame into "" and answer a valid message as
+    invalid JSON.
+    """
+    event = await socket.receive()
+    if event["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(detail="disconnect event", code=event.get("code", 1000))
+    text = event.get("text")
+    if isinstance(text, str):
+        return text
+    data = event.get("bytes")
+    return data if isinstance(data, bytes) else b""
 
 
 async def _send_loop(socket: WebSocket[Any, Any, Any], subscriber: Subscriber) -> None:

@@ -10,8 +10,8 @@
    (not timed), then `COPY ... FROM STDIN (FORMAT binary)` into another fresh schema with the same
    tables and indexes, in one transaction; figures: seconds, rows, and events/s (events of the log
    per second of COPY) to compare with the rebuild's (goal: rebuild >= 0.5x).
-4. Verify: `pipeline audit verify --json` over the same topic as a child process; its JSON (plus wall
-   time and peak RSS), or {"error": ...} when it fails.
+4. Verify: `pipeline audit verify --json` over the same topic as a child process, cross-checking the
+   rebuilt schema's audit_log; its JSON (plus wall time and peak RSS), or {"error": ...} when it fails.
 
 Services: DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS, else those of a running `make run` (runtime.json),
 else started here under a temporary directory. Topics and schemas are fresh and dropped at the end
@@ -138,6 +138,7 @@ def rebuild(env: dict[str, str], schema: str, events: int) -> dict[str, Any]:
     if code != 0 or applied is None:
         return {"error": f"`pipeline projections rebuild` exited {code}: {out[-500:]!r}"}
     own = float(applied.group(2))  # from its first fetch to caught up: without start-up and migrations
+    workers = re.search(r"with (\d+) worker", out)
     return {
         "seconds": round(own, 2),
         "events_per_s": round(events / own),
@@ -145,7 +146,8 @@ def rebuild(env: dict[str, str], schema: str, events: int) -> dict[str, Any]:
         # On a shared machine the process waits for a core most of the time: its CPU is the steadier figure.
         "cpu_seconds": round(cpu, 2),
         "events_per_cpu_s": round(events / cpu),
-        "peak_rss_mb": rss,
+        "peak_rss_mb": rss,  # of its largest process (wait4 folds in the worker processes it waited for)
+        "workers": int(workers.group(1)) if workers else 1,
         "events_applied": int(applied.group(1)),
     }
 
@@ -185,8 +187,8 @@ async def copy_rows(settings: Settings, source: str, target: str, events: int, w
 
 def verify(env: dict[str, str], events: int) -> dict[str, Any]:
     code, out, seconds, rss, cpu = run_child(["audit", "verify", "--json"], env)
-    try:
-        figures: dict[str, Any] = json.loads(out)
+    try:  # its JSON is the last line (a summary line comes before it)
+        figures: dict[str, Any] = json.loads(out.strip().rsplit("\n", 1)[-1])
     except ValueError:
         return {"error": f"`pipeline audit verify --json` exited {code}: {out[-500:]!r}"}
     return {
@@ -226,7 +228,8 @@ async def run(args: argparse.Namespace, env: dict[str, str], data_dir: str) -> d
             figures["copy"] = await copy_rows(settings, schemas[1], schemas[2], events, Path(work))
         if "events_per_s" in figures["rebuild"]:
             figures["rebuild_vs_copy"] = round(figures["rebuild"]["events_per_s"] / figures["copy"]["events_per_s"], 3)
-        figures["verify"] = verify(env, events)
+        # Against the rebuilt schema: its audit_log is what verify cross-checks with the log.
+        figures["verify"] = verify({**env, "PIPELINE_DATABASE_SCHEMA": schemas[1]}, events)
     finally:
         if not args.keep:
             k = settings.kafka

@@ -150,7 +150,9 @@ def cancel_execution(aggregate: Execution | None, command: CancelExecution, enve
     execution = _existing(aggregate, envelope)
     actor = envelope.actor
     if actor.user_id != execution.submitter and actor.role != "admin":
-        raise NotAllowed("only the submitter or an admin can cancel an execution")
+        # Someone else's execution is invisible to them (REST/GraphQL/WS answer 404): refusing it
+        # as forbidden would tell them it exists.
+        raise ExecutionNotFound(f"execution {envelope.aggregate_id} does not exist")
     execution.cancel(actor.user_id)
     return execution
 

@@ -38,8 +38,8 @@ class AnnotationsProjector(Projector):
         )
         await cur.execute(
             "INSERT INTO annotations (annotation_id, object_id, annotator_id, annotation_type, content, confidence,"
-            " source, created_at) SELECT * FROM unnest(%s::text[], %s::uuid[], %s::text[], %s::text[], %s::jsonb[],"
-            " %s::float8[], %s::text[], %s::timestamptz[])",
+            " source, created_at) SELECT * FROM unnest(%b::text[], %b::uuid[], %b::text[], %b::text[], %b::jsonb[],"
+            " %b::float8[], %b::text[], %b::timestamptz[])",
             columns(rows, 8),
         )
 
@@ -53,7 +53,7 @@ async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str])
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT object_id::text AS object_id, annotation_id, annotator_id, annotation_type, content, confidence,"
-            " source, created_at FROM annotations WHERE object_id = ANY(%s::uuid[]) ORDER BY created_at, annotation_id",
+            " source, created_at FROM annotations WHERE object_id = ANY(%b::uuid[]) ORDER BY created_at, annotation_id",
             (object_ids,),
         )
         for row in await cur.fetchall():

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 
 from projections.events import EventRecord
 from projections.projector import Projector, columns
+from projections.stored_json import plain
 
 
 class AuditLogProjector(Projector):
@@ -36,9 +37,9 @@ class AuditLogProjector(Projector):
             " topic_partition, topic_offset, payload, recorded_at)"
             " SELECT e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl,"
             # clock_timestamp(), not now(): the time of applying, which the lag figures are made of
-            " clock_timestamp() FROM unnest(%s::text[], %s::uuid[], %s::int4[], %s::text[], %s::int4[], %s::text[],"
-            " %s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[], %s::text[], %s::int4[],"
-            " %s::int8[], %s::jsonb[]) WITH ORDINALITY AS u(e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl, n)"
+            " clock_timestamp() FROM unnest(%b::text[], %b::uuid[], %b::int4[], %b::text[], %b::int4[], %b::text[],"
+            " %b::text[], %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::text[], %b::text[], %b::int4[],"
+            " %b::int8[], %b::jsonb[]) WITH ORDINALITY AS u(e, a, v, t, s, c, co, ca, ac, r, o, p, h, tp, tof, pl, n)"
             " ORDER BY n",
             columns((_row(record) for record in records), 16),
         )
@@ -142,7 +143,9 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "prev_hash": row["prev_hash"],
         "hash": row["hash"],
         "position": f"{row['topic_partition']}:{row['topic_offset']}",
-        "data": {k: v for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES},
+        "data": {
+            k: plain(v) for k, v in payload.items() if k not in _ENVELOPE_FIELDS and (k, row["event_type"]) != _BYTES
+        },
     }
 
 

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
-from uuid import UUID
 
 import orjson
 from eventsourcing.domain import Aggregate
@@ -34,6 +32,7 @@ from psycopg.rows import dict_row
 from domain.data_object import DataObject
 from domain.execution import Execution
 from domain.user import User
+from projections.stored_json import plain
 
 MAX_PARTITIONS = 1024  # entries of a position vector
 MAX_OFFSET = 2**63 - 1
@@ -183,19 +182,5 @@ def to_event(row: dict[str, Any]) -> dict[str, Any]:
         "command_id": row["command_id"],
         "correlation_id": row["correlation_id"],
         "causation_id": row["causation_id"],
-        "data": _plain(data),
+        "data": plain(data),
     }
-
-
-def _plain(value: Any) -> Any:
-    """The codec's tagged UUIDs and datetimes (infra/adapters/codec.py) as plain JSON strings."""
-    if isinstance(value, dict):
-        if len(value) == 2 and "_type_" in value and "_data_" in value:
-            if value["_type_"] == "uuid_hex":
-                return str(UUID(value["_data_"]))
-            if value["_type_"] == "datetime_iso":
-                return datetime.fromisoformat(value["_data_"]).isoformat()
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value

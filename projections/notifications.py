@@ -71,7 +71,7 @@ class NotificationsProjector(Projector):
             (r.aggregate_id, getattr(r.event, "owner", None) or getattr(r.event, "submitter", "")) for r in records
         )
         await cur.execute(
-            "INSERT INTO notification_subjects (aggregate_id, owner) SELECT * FROM unnest(%s::uuid[], %s::text[])"
+            "INSERT INTO notification_subjects (aggregate_id, owner) SELECT * FROM unnest(%b::uuid[], %b::text[])"
             " ON CONFLICT DO NOTHING",
             columns(owners, 2),
         )
@@ -124,7 +124,7 @@ class NotificationsProjector(Projector):
             return
         await cur.execute(
             "INSERT INTO notification_read_marks (user_id, notification_id, read_at)"
-            " SELECT %s, unnest(%s::text[]), %s ON CONFLICT DO NOTHING",
+            " SELECT %s, unnest(%b::text[]), %s ON CONFLICT DO NOTHING",
             (user_id, ids, at),
         )
 
@@ -137,7 +137,7 @@ async def _owners(cur: AsyncCursor[Any], aggregate_ids: list[str]) -> dict[str, 
     # Its own cursor: in pipeline mode the shared one may still hold the result of an earlier executemany.
     async with cur.connection.cursor() as reader:
         await reader.execute(
-            "SELECT aggregate_id::text, owner FROM notification_subjects WHERE aggregate_id = ANY(%s::uuid[])",
+            "SELECT aggregate_id::text, owner FROM notification_subjects WHERE aggregate_id = ANY(%b::uuid[])",
             (aggregate_ids,),
         )
         return {str(aggregate_id): str(owner) for aggregate_id, owner in await reader.fetchall()}
@@ -162,8 +162,8 @@ async def _notify(cur: AsyncCursor[Any], notes: list[_Note]) -> None:
     )
     await cur.execute(
         "INSERT INTO notifications (notification_id, user_id, kind, message, data, aggregate_id, aggregate_version,"
-        " created_at) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::jsonb[], %s::uuid[],"
-        " %s::int4[], %s::timestamptz[]) ON CONFLICT DO NOTHING",
+        " created_at) SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::text[], %b::jsonb[], %b::uuid[],"
+        " %b::int4[], %b::timestamptz[]) ON CONFLICT DO NOTHING",
         columns(rows, 8),
     )
 

@@ -7,7 +7,9 @@ less work per row than ``executemany`` (measured: psycopg's pipelined executeman
 Python per row under load, most of a rebuild's time). To make runs
 long, events are grouped by type, keeping each aggregate's events in their order: every row of a
 read model belongs to one aggregate, so events of different aggregates commute. (The audit log,
-whose global sequence follows the order of writing, takes every event in one run.)
+whose global sequence follows the order of writing, takes every event in one run.) The arrays are sent
+as binary parameters (``%b::type[]``): psycopg's text array dumper escapes every element with a regex
+in Python, 8x the CPU of the binary one (5,000 audit rows: 0.19 s against 0.024 s).
 """
 
 from __future__ import annotations
@@ -41,14 +43,19 @@ class Projector:
 
     async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
         """Apply events in order (per aggregate); consecutive-able events of a batched type go in one call."""
-        single = self.handlers()
-        batched = self.batch_handlers()
-        for event_type, run in _runs(records, batched):
-            if event_type in batched:
-                await batched[event_type](cur, run)
-            elif (handler := single.get(event_type)) is not None:
-                for record in run:
-                    await handler(cur, record)
+        await apply_runs(cur, records, self.batch_handlers(), self.handlers())
+
+
+async def apply_runs(
+    cur: AsyncCursor[Any], records: Sequence[EventRecord], batched: dict[str, BatchHandler], single: dict[str, Handler]
+) -> None:
+    """Apply events in runs (see ``_runs``): a batched type's run in one call, other events one by one."""
+    for event_type, run in _runs(records, batched):
+        if event_type in batched:
+            await batched[event_type](cur, run)
+        elif (handler := single.get(event_type)) is not None:
+            for record in run:
+                await handler(cur, record)
 
 
 def _runs(records: Sequence[EventRecord], batched: dict[str, BatchHandler]) -> list[tuple[str, list[EventRecord]]]:
@@ -72,9 +79,10 @@ def _runs(records: Sequence[EventRecord], batched: dict[str, BatchHandler]) -> l
 
 
 def columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
-    """Rows as one list per column: the parameters of ``unnest(%s::type[], ...)`` (``width`` columns)."""
-    lists: list[list[Any]] = [[] for _ in range(width)]
-    for row in rows:
-        for values, value in zip(lists, row, strict=True):
-            values.append(value)
-    return lists
+    """Rows as one list per column: the parameters of ``unnest(%b::type[], ...)`` (``width`` columns)."""
+    rows = list(rows)
+    if not rows:
+        return [[] for _ in range(width)]
+    if len(rows[0]) != width:
+        raise ValueError(f"rows of {len(rows[0])} values, not {width}")
+    return [list(column) for column in zip(*rows, strict=True)]  # transposed in C, not value by value

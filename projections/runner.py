@@ -45,7 +45,7 @@ from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from commands.consumers import group_consumer
+from commands.consumers import assigned_consumer, group_consumer
 from commands.tracing import header_value, parent_context, traceparent
 from projections.changes import change_payload
 from projections.events import EventRecord
@@ -112,21 +112,32 @@ class ProjectionRunner:
         self.handled_at: dict[int, float] = {}
         self.applied = 0  # records committed since start (what a rebuild's progress counts)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Apply events until ``stop`` is set."""
-        consumer = group_consumer(
-            self.config.bootstrap_servers,
-            self.config.group_id,
-            self.config.events_topic,
-            _SeekToStoredPositions(self),
-            max_poll_records=self.config.batch_size,
-            fetch_max_wait_ms=self.config.fetch_max_wait_ms,
+    async def run(self, stop: asyncio.Event, partitions: Sequence[int] | None = None) -> None:
+        """Apply events until ``stop`` is set: of the partitions the consumer group gives this runner, or
+        of ``partitions`` alone (a rebuild's worker: no group, see infra.runtime.rebuild)."""
+        sizes: dict[str, Any] = {
+            "max_poll_records": self.config.batch_size,
+            "fetch_max_wait_ms": self.config.fetch_max_wait_ms,
             # Enough per fetch for a full batch of typical (< 1 KB) events; Kafka's default is 1 MiB.
-            max_partition_fetch_bytes=max(1 << 20, self.config.batch_size * 1024),
-        )
+            "max_partition_fetch_bytes": max(1 << 20, self.config.batch_size * 1024),
+        }
+        if partitions is None:
+            consumer = group_consumer(
+                self.config.bootstrap_servers,
+                self.config.group_id,
+                self.config.events_topic,
+                _SeekToStoredPositions(self),
+                **sizes,
+            )
+        else:
+            consumer = assigned_consumer(self.config.bootstrap_servers, **sizes)
         self.consumer = consumer
         await consumer.start()
         try:
+            if partitions is not None:
+                assigned = {TopicPartition(self.config.events_topic, p) for p in partitions}
+                consumer.assign(list(assigned))
+                await self.seek_to_stored(consumer, assigned)
             while not stop.is_set():
                 self.last_loop = time.time()
                 # Never fetch under the lock: while a rebalance is under way getmany waits for the new
@@ -320,7 +331,7 @@ class ProjectionRunner:
                     skipped.append(named)
         ids = list({e.aggregate_id for e in events} | {aggregate_id for aggregate_id, _ in skipped})
         cur = await conn.execute(
-            "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%s::uuid[])",
+            "SELECT aggregate_id::text, version FROM aggregate_versions WHERE aggregate_id = ANY(%b::uuid[])",
             (ids,),
         )
         versions: dict[str, int] = dict(await cur.fetchall())
@@ -359,7 +370,7 @@ class ProjectionRunner:
             if changed:
                 await cursor.execute(
                     "INSERT INTO aggregate_versions (aggregate_id, version)"
-                    " SELECT * FROM unnest(%s::uuid[], %s::int4[])"
+                    " SELECT * FROM unnest(%b::uuid[], %b::int4[])"
                     " ON CONFLICT (aggregate_id) DO UPDATE SET version = excluded.version",
                     columns(changed.items(), 2),
                 )

@@ -12,7 +12,7 @@ from graphql import GraphQLError
 from strawberry.scalars import JSON
 
 from api.chat_service import chat_message, read_conversation
-from api.graphql.errors import answer, parsed, require
+from api.graphql.errors import answer, check_page, parsed, require
 from api.graphql.objects import GqlInfo
 from api.inputs import ChatMessage
 from api.rbac import Permission
@@ -81,8 +81,7 @@ class ChatQuery:
         self, info: GqlInfo, id: str, limit: int = 50, offset: int = 0, consistency_token: str | None = None
     ) -> Conversation | None:
         require(info.context.connection, Permission.READ)
-        if not (1 <= limit <= 100 and 0 <= offset <= 100_000):
-            raise GraphQLError("limit must be 1..100, offset 0..100000", extensions={"code": 400})
+        check_page(limit, offset, 100, 100_000)
         ctx = info.context
         try:
             row, messages = await answer(

@@ -42,6 +42,14 @@ def parsed(struct: type[S], **fields: Any) -> S:
         raise to_graphql(exc) from exc
 
 
+def check_page(limit: int, offset: int, max_limit: int, max_offset: int) -> None:
+    """``limit`` 1..max_limit and ``offset`` 0..max_offset, else a 400 naming the field (as REST does)."""
+    for field, value, low, high in (("limit", limit, 1, max_limit), ("offset", offset, 0, max_offset)):
+        if not low <= value <= high:
+            extensions = {"code": 400, "reason": "validation_error", "details": {"field": field}}
+            raise GraphQLError(f"{field} must be {low}..{high}", extensions=extensions)
+
+
 def require(connection: ASGIConnection[Any, Any, Any, Any], permission: Permission) -> None:
     """The REST guards' rule for GraphQL fields: 401 without a caller, 403 without the permission."""
     principal = connection.scope.get("user")

@@ -16,7 +16,7 @@ from psycopg import Error as PostgresError
 from strawberry.scalars import JSON
 
 from api.auth import actor_of
-from api.event_streams import Lagged, follow, stream_request
+from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
 from api.graphql.errors import require
 from api.graphql.live import live_actor
 from api.graphql.objects import GqlInfo
@@ -77,6 +77,7 @@ class EventSubscription:
         container = info.context.container
         try:
             request = stream_request(after_position, types, aggregate_id, container.settings.event_stream)
+            await refuse_unreachable(request, container.bus.events_end)
         except ValueError as exc:
             raise GraphQLError(str(exc), extensions={"code": 400, "reason": "validation_error"}) from exc
 

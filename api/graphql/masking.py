@@ -16,6 +16,7 @@ Three kinds of error reach a GraphQL response:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg
@@ -24,7 +25,8 @@ from graphql import GraphQLError
 from psycopg_pool import PoolTimeout
 from strawberry import Schema
 from strawberry.extensions import MaskErrors
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, ExecutionResult
+from strawberry.types.graphql import OperationType
 
 log = logging.getLogger("pipeline.graphql")
 
@@ -86,6 +88,24 @@ class ErrorEnvelope(MaskErrors):
 
 class LoggedSchema(Schema):
     """A strawberry Schema that logs each unexpected error once, and client errors at DEBUG only."""
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """Queries and mutations only: a subscription sent as a plain HTTP request would run its generator
+        as a field and fail with a 500; refused, it is strawberry's 400 (subscriptions go over WebSocket)."""
+        allowed = set(allowed_operation_types or (OperationType.QUERY, OperationType.MUTATION))
+        allowed.discard(OperationType.SUBSCRIPTION)
+        return await super().execute(
+            query, variable_values, context_value, root_value, operation_name, allowed, operation_extensions
+        )
 
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         """Called by strawberry with the original errors, before ``ErrorEnvelope`` masks them."""

@@ -7,11 +7,10 @@ from datetime import datetime
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
 from strawberry.scalars import JSON
 
 from api.auth import actor_of
-from api.graphql.errors import require
+from api.graphql.errors import check_page, require
 from api.graphql.live import live_caller
 from api.graphql.objects import GqlInfo
 from api.live_rights import mentions_user
@@ -40,8 +39,7 @@ class NotificationQuery:
         self, info: GqlInfo, unread: bool = False, limit: int = 50, offset: int = 0
     ) -> list[Notification]:
         require(info.context.connection, Permission.READ)
-        if not (1 <= limit <= 100 and 0 <= offset <= 100_000):
-            raise GraphQLError("limit must be 1..100, offset 0..100000", extensions={"code": 400})
+        check_page(limit, offset, 100, 100_000)
         async with info.context.container.pool.connection() as conn:
             rows = await list_notifications(conn, actor_of(info.context.connection).user_id, unread, limit, offset)
         return [to_notification(row) for row in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -93,7 +94,7 @@ class DataObject:
         return content_url(self.object_id)
 
 
-def to_object(row: dict[str, Any], change_type: ChangeType | None = None) -> DataObject:
+def to_object(row: Mapping[str, Any], change_type: ChangeType | None = None) -> DataObject:
     """The GraphQL object of a read-model row (with its annotations when the row has them)."""
     fields = {k: v for k, v in row.items() if k in _ROW_FIELDS}
     return DataObject(

@@ -16,7 +16,7 @@ from api.auth import actor_of
 from api.graphql.chat import ChatMutation, ChatQuery
 from api.graphql.context import GraphQLContext
 from api.graphql.data_changes import DataChangeSubscription
-from api.graphql.errors import answer, parsed, require
+from api.graphql.errors import answer, check_page, parsed, require
 from api.graphql.events import EventSubscription
 from api.graphql.executions import ExecutionMutation, ExecutionQuery, ExecutionSubscription
 from api.graphql.history import HistoryQuery
@@ -75,10 +75,7 @@ class Query(ExecutionQuery, NotificationQuery, ChatQuery, HistoryQuery):
         filters: JSON | None = None,
     ) -> list[DataObject]:
         require(info.context.connection, Permission.READ)
-        if not 1 <= limit <= 100 or not 0 <= offset <= 10_000:
-            raise GraphQLError(
-                "limit must be 1..100 and offset 0..10000", extensions={"code": 400, "reason": "validation_error"}
-            )
+        check_page(limit, offset, 100, 10_000)
         checked = await answer(_checked(filters))
         actor = actor_of(info.context.connection)
         results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))

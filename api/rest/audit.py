@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
 
 from api import audit_service
 from api.rbac import Permission, requires
@@ -43,18 +44,18 @@ class AuditPage(msgspec.Struct):
 
 Cursor = Annotated[
     str | None,
-    Parameter(
-        query="after", required=False, pattern=r"^[0-9]{1,18}$", description="The next_cursor of the previous page"
+    QueryParameter(
+        name="after", required=False, pattern=r"^[0-9]{1,18}$", description="The next_cursor of the previous page"
     ),
 ]
 Limit = Annotated[
-    int | None, Parameter(query="limit", required=False, ge=1, le=500, description="Events per page, 1..500 (100)")
+    int | None, QueryParameter(name="limit", required=False, ge=1, le=500, description="Events per page, 1..500 (100)")
 ]
 Word = r"^[A-Za-z0-9_.]{1,200}$"
 
 
 def _time(name: str, description: str) -> Any:
-    return Parameter(query=name, required=False, description=description, schema_extra={"format": "date-time"})
+    return QueryParameter(name=name, required=False, description=description, schema_extra={"format": "date-time"})
 
 
 def _page(page: audit_service.Page) -> AuditPage:
@@ -74,8 +75,8 @@ class AuditController(Controller):
     async def history(
         self,
         request: Request[Any, Any, Any],
-        aggregate_id: str,
-        container: ApiContainer,
+        aggregate_id: FromPath[str],
+        container: NamedDependency[ApiContainer],
         after: Cursor = None,
         limit: Limit = None,
         consistency_token: ConsistencyToken = None,
@@ -91,18 +92,20 @@ class AuditController(Controller):
     )
     async def search(
         self,
-        container: ApiContainer,
+        container: NamedDependency[ApiContainer],
         actor: Annotated[
             str | None,
-            Parameter(query="actor", required=False, description="A user id", schema_extra={"format": "uuid"}),
+            QueryParameter(name="actor", required=False, description="A user id", schema_extra={"format": "uuid"}),
         ] = None,
         event_type: Annotated[
             str | None,
-            Parameter(query="type", required=False, pattern=Word, description="An event type: DataObject.Ingested"),
+            QueryParameter(name="type", required=False, pattern=Word, description="An event type: DataObject.Ingested"),
         ] = None,
         aggregate_type: Annotated[
             str | None,
-            Parameter(query="aggregate_type", required=False, pattern=Word, description="DataObject, Execution, User"),
+            QueryParameter(
+                name="aggregate_type", required=False, pattern=Word, description="DataObject, Execution, User"
+            ),
         ] = None,
         occurred_from: Annotated[str | None, _time("from", "RFC 3339 with a time zone, inclusive")] = None,
         occurred_to: Annotated[str | None, _time("to", "RFC 3339 with a time zone, exclusive")] = None,

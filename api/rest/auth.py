@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from redis.exceptions import RedisError
 
 from api.auth import principal_of, rate_limit_of
@@ -74,7 +76,11 @@ class AuthController(Controller):
 
     @post("/login", operation_id="login", status_code=200, opt=PUBLIC, summary="Log in with username and password")
     async def login(
-        self, request: Request[Any, Any, Any], data: LoginRequest, container: ApiContainer, state: State
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[LoginRequest],
+        container: NamedDependency[ApiContainer],
+        state: State,
     ) -> TokenResponse:
         """Failed logins are throttled per username and per client IP (429 with Retry-After)."""
         throttle: LoginThrottle = state.login_throttle
@@ -106,7 +112,9 @@ class AuthController(Controller):
         return await _tokens(container, state.refresh_tokens, user)
 
     @post("/refresh", operation_id="refresh", status_code=200, opt=PUBLIC, summary="Rotate a refresh token")
-    async def refresh(self, data: RefreshRequest, container: ApiContainer, state: State) -> TokenResponse:
+    async def refresh(
+        self, data: JSONBody[RefreshRequest], container: NamedDependency[ApiContainer], state: State
+    ) -> TokenResponse:
         store: RefreshTokens = state.refresh_tokens
         try:
             result = await store.rotate(data.refresh_token)
@@ -134,7 +142,11 @@ class AuthController(Controller):
         summary="Revoke a refresh token (and the access token sent as Bearer, if any)",
     )
     async def logout(
-        self, request: Request[Any, Any, Any], data: RefreshRequest, container: ApiContainer, state: State
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[RefreshRequest],
+        container: NamedDependency[ApiContainer],
+        state: State,
     ) -> None:
         store: RefreshTokens = state.refresh_tokens
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -142,7 +154,7 @@ class AuthController(Controller):
             if scheme.lower() == "bearer" and token:
                 with contextlib.suppress(InvalidToken):
                     claims = decode_access_token(container.settings, token.strip())
-                    await store.revoke_access(str(claims["jti"]), int(claims["exp"]))
+                    await state.revoked_tokens.revoke(str(claims["jti"]), int(claims["exp"]))
             await store.revoke(data.refresh_token)
         except RedisError as exc:
             raise _token_store_down(exc) from exc
@@ -161,7 +173,11 @@ class AuthController(Controller):
         summary="Change the caller's password; other sessions end, this one gets fresh tokens",
     )
     async def change_password(
-        self, request: Request[Any, Any, Any], data: PasswordChange, container: ApiContainer, state: State
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[PasswordChange],
+        container: NamedDependency[ApiContainer],
+        state: State,
     ) -> TokenResponse:
         """Needs the current password. Every access and refresh token issued before stops working
         (the user's token generation grows), the caller's included; the answer carries new ones."""

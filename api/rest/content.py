@@ -7,6 +7,8 @@ import uuid
 from typing import Any
 
 from litestar import Controller, Request, Response, get
+from litestar.di import NamedDependency
+from litestar.params import FromPath
 from litestar.response import Stream
 from psycopg import AsyncConnection
 
@@ -78,7 +80,9 @@ class ContentController(Controller):
         # Ranges, the ETag and Content-Length are of the stored bytes: never compressed on the way out.
         opt={"binary_content": True, "uncompressed": True},
     )
-    async def content(self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer) -> Any:
+    async def content(
+        self, request: Request[Any, Any, Any], object_id: FromPath[uuid.UUID], container: NamedDependency[ApiContainer]
+    ) -> Any:
         row = await data_service.visible_object(request, container, str(object_id), query=object_with_content)
         content_hash, size = row["content_hash"], row["size"]
         etag = f'"{content_hash}"'

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, QueryParameter
 
 from api.chat_service import read_conversation
 from api.rbac import Permission, requires
@@ -62,10 +63,10 @@ class ConversationsController(Controller):
     async def history(
         self,
         request: Request[Any, Any, Any],
-        conversation_id: uuid.UUID,
-        container: ApiContainer,
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 50,
-        offset: Annotated[int, Parameter(query="offset", ge=0, le=MAX_OFFSET)] = 0,
+        conversation_id: FromPath[uuid.UUID],
+        container: NamedDependency[ApiContainer],
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
         consistency_token: ConsistencyToken = None,
     ) -> ConversationHistory:
         """Messages and responses in order with their sources and times; ``offset``/``limit`` page through."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api import data_service
 from api.as_of import object_as_of
@@ -70,8 +72,8 @@ class Deleted(msgspec.Struct):
 
 ConsistencyToken = Annotated[
     str | None,
-    Parameter(
-        query="consistency_token",
+    QueryParameter(
+        name="consistency_token",
         required=False,
         pattern=r"^[0-9]+:[0-9]+$",
         description="A position token from a write; the read waits until the read model has reached it.",
@@ -79,8 +81,8 @@ ConsistencyToken = Annotated[
 ]
 AsOfParameter = Annotated[
     str | None,
-    Parameter(
-        query="as_of",
+    QueryParameter(
+        name="as_of",
         required=False,
         max_length=64,
         description="A version number or an RFC 3339 time: the object as it was then, folded from its events"
@@ -102,7 +104,10 @@ class DataController(Controller):
         opt={"burst": True},
     )
     async def ingest(
-        self, request: Request[Any, Any, Any], data: DataIngestionRequest, container: ApiContainer
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[DataIngestionRequest],
+        container: NamedDependency[ApiContainer],
     ) -> Response[DataIngestionResponse]:
         started = time.perf_counter()
         written = await data_service.ingest(request, container, data)
@@ -126,12 +131,13 @@ class DataController(Controller):
     async def get_object(
         self,
         request: Request[Any, Any, Any],
-        object_id: uuid.UUID,
-        container: ApiContainer,
+        object_id: FromPath[uuid.UUID],
+        container: NamedDependency[ApiContainer],
         consistency_token: ConsistencyToken = None,
         as_of: AsOfParameter = None,
     ) -> Response[DataObject]:
         token = consistency_token or request.headers.get("x-consistency-token")
+        row: Mapping[str, Any]
         if as_of is not None:
             row = await object_as_of(request, container, str(object_id), as_of, token)
         else:
@@ -147,7 +153,11 @@ class DataController(Controller):
         guards=[requires(Permission.WRITE)],
     )
     async def annotate(
-        self, request: Request[Any, Any, Any], object_id: uuid.UUID, data: AnnotationCreate, container: ApiContainer
+        self,
+        request: Request[Any, Any, Any],
+        object_id: FromPath[uuid.UUID],
+        data: JSONBody[AnnotationCreate],
+        container: NamedDependency[ApiContainer],
     ) -> Response[AnnotationCreated]:
         written = await data_service.annotate(request, container, str(object_id), data, expected_version(request))
         outcome = written.outcome
@@ -162,7 +172,7 @@ class DataController(Controller):
         guards=[requires(Permission.WRITE)],
     )
     async def delete_object(
-        self, request: Request[Any, Any, Any], object_id: uuid.UUID, container: ApiContainer
+        self, request: Request[Any, Any, Any], object_id: FromPath[uuid.UUID], container: NamedDependency[ApiContainer]
     ) -> Response[Deleted]:
         written = await data_service.delete(request, container, str(object_id), expected_version(request))
         outcome = written.outcome

@@ -4,23 +4,34 @@
 ``id:`` its position, ``event: event`` and the event as JSON; a client that falls behind gets
 ``event: lagged`` (its ``id:`` the position to resume from) and the stream ends. ``Last-Event-ID``
 (what ``EventSource`` sends when it reconnects) wins over ``after``, so a reconnect resumes exactly.
+A stream with nothing to send writes a ``: keep-alive`` comment every ``event_stream.keepalive_seconds``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Any
 
 import orjson
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg import Error as PostgresError
 
 from api.auth import actor_of
 from api.errors import ApiError
-from api.event_streams import MAX_POSITION_CHARS, Check, Lagged, StreamRequest, follow, stream_request
+from api.event_streams import (
+    MAX_POSITION_CHARS,
+    Check,
+    Lagged,
+    StreamRequest,
+    follow,
+    refuse_unreachable,
+    stream_request,
+)
 from api.live_rights import AccessEnded, recheck
 from api.rbac import Permission, has_permission, requires
 from commands.envelope import Actor
@@ -28,6 +39,7 @@ from infra.runtime.bootstrap import ApiContainer
 
 log = logging.getLogger("pipeline.events")
 MAX_TYPES_CHARS = 4000
+KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive")  # no data line: no message event
 
 
 class EventsController(Controller):
@@ -48,11 +60,10 @@ class EventsController(Controller):
     async def stream(
         self,
         request: Request[Any, Any, Any],
-        container: ApiContainer,
+        container: NamedDependency[ApiContainer],
         after: Annotated[
             str | None,
-            Parameter(
-                query="after",
+            QueryParameter(
                 max_length=MAX_POSITION_CHARS,
                 description="Start after this position ('<partition>:<offset>,...' from an event's id), 'now' for"
                 " only new events; absent: from the beginning",
@@ -60,19 +71,18 @@ class EventsController(Controller):
         ] = None,
         types: Annotated[
             str | None,
-            Parameter(
-                query="types",
+            QueryParameter(
                 max_length=MAX_TYPES_CHARS,
                 description="Comma-separated event types (DataObject.Ingested) or aggregate types (Execution)",
             ),
         ] = None,
         aggregate_id: Annotated[
-            str | None, Parameter(query="aggregate_id", max_length=36, description="Only this aggregate's events")
+            str | None, QueryParameter(max_length=36, description="Only this aggregate's events")
         ] = None,
         last_event_id: Annotated[
             str | None,
-            Parameter(
-                header="Last-Event-ID",
+            HeaderParameter(
+                name="Last-Event-ID",
                 max_length=MAX_POSITION_CHARS,
                 description="Sent by EventSource on reconnect: resume after it (wins over after)",
             ),
@@ -84,6 +94,7 @@ class EventsController(Controller):
         wanted = None if types is None else [t.strip() for t in types.split(",")]
         try:
             parsed = stream_request(position, wanted, aggregate_id, container.settings.event_stream)
+            await refuse_unreachable(parsed, container.bus.events_end)
         except ValueError as exc:
             raise ApiError(400, "validation_error", str(exc)) from exc
 
@@ -93,12 +104,46 @@ class EventsController(Controller):
                 raise AccessEnded(f"the {principal.role} role lacks the read permission")
             return actor_of(request)
 
-        return ServerSentEvent(_messages(request, parsed, check))
+        messages = _messages(request, parsed, check)
+        keepalive = container.settings.event_stream.keepalive_seconds
+        return ServerSentEvent(_with_keepalive(messages, keepalive) if keepalive > 0 else messages)
+
+
+async def _with_keepalive(
+    messages: AsyncGenerator[ServerSentEventMessage, None], seconds: float
+) -> AsyncIterator[ServerSentEventMessage]:
+    """``messages``, and a keep-alive comment whenever ``seconds`` pass without one.
+
+    The next message is awaited in a task that a quiet interval does not cancel (cancelling would
+    end the stream's generator); only the end of the response cancels it.
+    """
+    pending: asyncio.Future[ServerSentEventMessage] = asyncio.ensure_future(anext(messages))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=seconds)
+            if not done:
+                yield KEEPALIVE
+                continue
+            try:
+                message = pending.result()
+            except StopAsyncIteration:
+                return
+            yield message
+            pending = asyncio.ensure_future(anext(messages))
+    finally:
+        # No await here but the generator's own close: a disconnect ends the response by cancelling
+        # this task, and any other await would be interrupted again.
+        if not pending.done():
+            pending.cancel()  # the generator runs inside that task: the cancellation ends it there
+        else:
+            if not pending.cancelled():
+                pending.exception()  # seen (raised above, or the response ended first)
+            await messages.aclose()
 
 
 async def _messages(
     request: Request[Any, Any, Any], parsed: StreamRequest, check: Check
-) -> AsyncIterator[ServerSentEventMessage]:
+) -> AsyncGenerator[ServerSentEventMessage, None]:
     try:
         async for item in follow(request.app.state.hub.events, parsed, actor_of(request), check):
             if isinstance(item, Lagged):

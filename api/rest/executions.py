@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import actor_of
 from api.commands import submit
@@ -100,7 +101,10 @@ class ExecutionsController(Controller):
         guards=[requires(Permission.EXECUTE)],
     )
     async def execute(
-        self, request: Request[Any, Any, Any], data: ExecutionRequest, container: ApiContainer
+        self,
+        request: Request[Any, Any, Any],
+        data: JSONBody[ExecutionRequest],
+        container: NamedDependency[ApiContainer],
     ) -> Response[ExecutionSubmitted]:
         """Validate and record the graph (422 lists every problem); the executor runs it."""
         execution_id, outcome, estimate = await execute_graph(request, container, data)
@@ -123,8 +127,8 @@ class ExecutionsController(Controller):
     async def get_one(
         self,
         request: Request[Any, Any, Any],
-        execution_id: uuid.UUID,
-        container: ApiContainer,
+        execution_id: FromPath[uuid.UUID],
+        container: NamedDependency[ApiContainer],
         consistency_token: ConsistencyToken = None,
     ) -> ExecutionStatus:
         """Status, progress, current node, errors and node states; 404 for other users' executions."""
@@ -140,10 +144,10 @@ class ExecutionsController(Controller):
     async def list_all(
         self,
         request: Request[Any, Any, Any],
-        container: ApiContainer,
-        status: Annotated[Status | None, Parameter(query="status", required=False)] = None,
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 20,
-        offset: Annotated[int, Parameter(query="offset", ge=0, le=MAX_OFFSET)] = 0,
+        container: NamedDependency[ApiContainer],
+        status: Annotated[Status | None, QueryParameter(required=False)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> ExecutionPage:
         """Paginated; admins see everyone's executions."""
         actor = actor_of(request)
@@ -161,7 +165,10 @@ class ExecutionsController(Controller):
         guards=[requires(Permission.EXECUTE)],
     )
     async def cancel(
-        self, request: Request[Any, Any, Any], execution_id: uuid.UUID, container: ApiContainer
+        self,
+        request: Request[Any, Any, Any],
+        execution_id: FromPath[uuid.UUID],
+        container: NamedDependency[ApiContainer],
     ) -> Response[ExecutionCancelled]:
         """Only the submitter or an admin may cancel; a finished execution answers 409."""
         outcome = await submit(request, container, "CancelExecution", str(execution_id), {})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from litestar import Controller, get
-from litestar.params import Parameter
+from litestar.params import QueryParameter
 
 from api.rbac import Permission, requires
 from domain.nodes import available_nodes
@@ -17,7 +17,7 @@ class NodesController(Controller):
 
     @get("/", operation_id="listNodes", summary="List the available node types", guards=[requires(Permission.READ)])
     async def list_nodes(
-        self, category: Annotated[str | None, Parameter(query="category", required=False)] = None
+        self, category: Annotated[str | None, QueryParameter(required=False)] = None
     ) -> list[dict[str, Any]]:
         """Node types with their ports and JSON-Schema parameters, optionally of one category."""
         return available_nodes(category)

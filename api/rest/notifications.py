@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, QueryParameter
 
 from api.auth import actor_of
 from api.commands import submit, wait_for_position
@@ -56,10 +57,10 @@ class NotificationsController(Controller):
     async def list_mine(
         self,
         request: Request[Any, Any, Any],
-        container: ApiContainer,
-        unread: Annotated[bool, Parameter(query="unread")] = False,
-        limit: Annotated[int, Parameter(query="limit", ge=1, le=100)] = 50,
-        offset: Annotated[int, Parameter(query="offset", ge=0, le=MAX_OFFSET)] = 0,
+        container: NamedDependency[ApiContainer],
+        unread: Annotated[bool, QueryParameter()] = False,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 50,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> list[Notification]:
         """The caller's notifications, newest first (``unread=true``: only those not yet marked read)."""
         async with container.pool.connection() as conn:
@@ -73,7 +74,9 @@ class NotificationsController(Controller):
         summary="Mark your notifications read",
         guards=[requires(Permission.READ)],
     )
-    async def read(self, request: Request[Any, Any, Any], data: MarkRead, container: ApiContainer) -> Marked:
+    async def read(
+        self, request: Request[Any, Any, Any], data: JSONBody[MarkRead], container: NamedDependency[ApiContainer]
+    ) -> Marked:
         """Mark the given notifications (or all, without ``ids``) read; answers how many were unread.
 
         The answer comes once the read model shows the marks, so a list right after it has them.

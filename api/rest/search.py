@@ -8,7 +8,8 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, get
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 
 from api.auth import actor_of
 from api.errors import ApiError
@@ -163,18 +164,18 @@ class SearchController(Controller):
     async def search(
         self,
         request: Request[Any, Any, Any],
-        container: ApiContainer,
+        container: NamedDependency[ApiContainer],
         # `query` is a reserved litestar parameter name (the whole query string), hence the alias.
         search_query: Annotated[
             str | None,
-            Parameter(query="query", required=False, max_length=MAX_QUERY_LENGTH, pattern=QUERY_PATTERN),
+            QueryParameter(name="query", required=False, max_length=MAX_QUERY_LENGTH, pattern=QUERY_PATTERN),
         ] = None,
-        modality: Annotated[str, Parameter(schema_extra={"enum": list(MODALITIES)})] = "text",
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 10,
-        offset: Annotated[int, Parameter(ge=0, le=10_000)] = 0,
+        modality: Annotated[str, QueryParameter(schema_extra={"enum": list(MODALITIES)})] = "text",
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 10,
+        offset: Annotated[int, QueryParameter(ge=0, le=10_000)] = 0,
         filters: Annotated[
             str | None,
-            Parameter(
+            QueryParameter(
                 description="A JSON object: content_type, object_type, owner, metadata (containment),"
                 " created_after, created_before, annotation_type, label"
             ),

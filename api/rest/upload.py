@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, post
+from litestar.di import NamedDependency
 
 from api import upload_service
 from api.errors import ApiError
@@ -62,7 +63,9 @@ class UploadController(Controller):
         request_max_body_size=None,  # bounded by storage.max_upload_request_bytes while streaming
         opt={"burst": True, "multipart": UploadForm},
     )
-    async def upload(self, request: Request[Any, Any, Any], container: ApiContainer) -> Response[UploadResponse]:
+    async def upload(
+        self, request: Request[Any, Any, Any], container: NamedDependency[ApiContainer]
+    ) -> Response[UploadResponse]:
         started = time.perf_counter()
         received = await upload_service.receive(request, container)
         uploaded, failed = await upload_service.ingest_all(request, container, received)

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
@@ -64,15 +65,17 @@ class UsersController(Controller):
     @get("/", operation_id="listUsers", summary="List users")
     async def list(
         self,
-        container: ApiContainer,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Parameter(ge=0, le=MAX_OFFSET)] = 0,
+        container: NamedDependency[ApiContainer],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> list[User]:
         async with container.pool.connection() as conn:
             return [_user(r) for r in await list_users(conn, limit, offset)]
 
     @post("/", operation_id="createUser", status_code=201, summary="Create a user")
-    async def create(self, request: Request[Any, Any, Any], data: UserCreate, container: ApiContainer) -> User:
+    async def create(
+        self, request: Request[Any, Any, Any], data: JSONBody[UserCreate], container: NamedDependency[ApiContainer]
+    ) -> User:
         user_id = str(user_id_for(data.username))
         credential_id = await container.credentials.create(user_id, data.password)
         payload = {"username": data.username, "role": data.role, "credential_id": credential_id}
@@ -82,7 +85,11 @@ class UsersController(Controller):
 
     @patch("/{user_id:uuid}", operation_id="updateUser", summary="Change a user's role or disable/enable them")
     async def update(
-        self, request: Request[Any, Any, Any], user_id: uuid.UUID, data: UserUpdate, container: ApiContainer
+        self,
+        request: Request[Any, Any, Any],
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[UserUpdate],
+        container: NamedDependency[ApiContainer],
     ) -> User:
         # litestar converts bodies laxly (0 -> false, "true" -> true); a flag that disables accounts
         # takes JSON booleans only, as the schema says.

@@ -172,7 +172,8 @@ class KafkaCommandBus:
 
         None when the topic has no such partition. Raises when the broker does not answer, so a
         caller can fall back to waiting. Used only on a read's slow path, to refuse a position
-        token that no write returned instead of waiting for it until the timeout. Not the last
+        token that no write returned instead of waiting for it until the timeout, and once per
+        named partition when an event stream starts from a position (api.event_streams). Not the last
         stable offset: a transaction's markers reach its partitions one by one, so an API process
         can hold an outcome while the events partition's LSO is still below the event it names.
         """

@@ -21,16 +21,27 @@ def check_schema(schema: str) -> str:
     return schema
 
 
-def connection_kwargs(schema: str) -> dict[str, object]:
-    """Connection options that put every statement in ``schema``."""
-    # No server-side prepared statements: a cached plan would keep writing to a schema that a
-    # rebuild has renamed away (plans bind tables by OID, not by search_path).
-    return {"options": f"-c search_path={check_schema(schema)}", "autocommit": False, "prepare_threshold": None}
+# psycopg prepares a statement after this many executions; this many never comes, so only the statements
+# whose execute() asks (prepare=True) are prepared: the reads by id that every client repeats.
+PREPARE_WHEN_ASKED = 2**62
 
 
-async def open_pool(url: str, schema: str, min_size: int = 2, max_size: int = 10) -> AsyncConnectionPool:
-    """An opened async pool whose connections use ``schema``."""
-    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=connection_kwargs(schema), open=False)
+def connection_kwargs(schema: str, prepare: bool = False) -> dict[str, object]:
+    """Connection options that put every statement in ``schema``; ``prepare``: allow prepared statements
+    where a statement asks for one (else none at all)."""
+    # PostgreSQL re-plans a prepared statement when its search_path's schema or a table it read is replaced
+    # (a rebuild's swap renames schemas, or moves tables), so a prepared read follows the swap. Writers
+    # (the projection runner) prepare nothing all the same.
+    threshold = PREPARE_WHEN_ASKED if prepare else None
+    return {"options": f"-c search_path={check_schema(schema)}", "autocommit": False, "prepare_threshold": threshold}
+
+
+async def open_pool(
+    url: str, schema: str, min_size: int = 2, max_size: int = 10, prepare: bool = False
+) -> AsyncConnectionPool:
+    """An opened async pool whose connections use ``schema`` (``prepare``: see connection_kwargs)."""
+    kwargs = connection_kwargs(schema, prepare)
+    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=False)
     await pool.open(wait=True, timeout=30)
     return pool
 

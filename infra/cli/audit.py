@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from infra.cli.progress import ProgressPrinter
+from infra.runtime.progress import Progress
 from infra.runtime.settings import Settings
 
 EXIT_INTACT, EXIT_BROKEN, EXIT_USAGE = 0, 1, 2
@@ -50,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     export.add_argument("--from", dest="occurred_from", type=_time, metavar="TIME", help="RFC 3339, inclusive")
     export.add_argument("--to", dest="occurred_to", type=_time, metavar="TIME", help="RFC 3339, exclusive")
     export.add_argument("--aggregate", type=_uuid, metavar="ID", help="only this aggregate's events")
-    export.add_argument("--output", type=Path, required=True, metavar="FILE", help="where to write (FILE.jsonl)")
+    export.add_argument("--output", type=_output, required=True, metavar="FILE", help="where to write (FILE.jsonl)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:
@@ -71,7 +71,8 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from infra.runtime.audit_verify import VerifyOptions, verify
 
     options = VerifyOptions(args.aggregate, args.from_offset, check_read_model=not args.no_read_model)
-    report = asyncio.run(verify(settings, options, ProgressPrinter("verify (log offsets)")))
+    bar = Progress(0, "verify (log offsets)")
+    report = asyncio.run(verify(settings, options, lambda done, total, events, _s: bar.track(done, total, events)))
     for link in report.broken:
         print(
             f"broken: aggregate {link.aggregate_id} at partition {link.partition} offset {link.offset}"
@@ -101,10 +102,8 @@ def _export(settings: Settings, args: argparse.Namespace) -> int:
         print("error: --from must be before --to", file=sys.stderr)
         return EXIT_USAGE
     filters = AuditFilters(aggregate_id=args.aggregate, occurred_from=args.occurred_from, occurred_to=args.occurred_to)
-    printer = ProgressPrinter("export")
-    count = asyncio.run(
-        export_events(settings, filters, args.output, lambda done, total, s: printer(done, total, done, s))
-    )
+    bar = Progress(0, "export", unit="events")
+    count = asyncio.run(export_events(settings, filters, args.output, lambda done, total, _s: bar.track(done, total)))
     print(f"exported {count} events to {args.output}")
     return EXIT_INTACT
 
@@ -117,9 +116,19 @@ def _uuid(value: str) -> str:
 
 
 def _offset(value: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # '²' is a digit to isdigit, not to int
         raise argparse.ArgumentTypeError(f"not an offset (0 or more): {value!r}")
     return int(value)
+
+
+def _output(value: str) -> Path:
+    """A file to write: in a directory that exists, not a directory itself (a usage error, not exit 1)."""
+    path = Path(value)
+    if not value or path.is_dir():
+        raise argparse.ArgumentTypeError(f"not a file name: {value!r} (a directory)" if value else "an empty name")
+    if not path.absolute().parent.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r}: its directory {str(path.absolute().parent)!r} does not exist")
+    return path
 
 
 def _time(value: str) -> datetime:

@@ -15,7 +15,8 @@ from infra.runtime.runtime_file import with_running_system
 from infra.runtime.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every `pipeline` command and its arguments."""
     parser = argparse.ArgumentParser(
         prog="pipeline",
         description="Pipeline Gateway: event-sourced CQRS API gateway.",
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Progress goes to stderr: a bar with events/s and ETA on a terminal, a plain line every"
         " few seconds otherwise. The API keeps serving the live schema meanwhile.",
     )
-    rebuild.add_argument("--into", help="schema to build into (default: <live schema>_rebuild_<time>)")
+    rebuild.add_argument("--into", type=_schema, help="schema to build into (default: <live schema>_rebuild_<time>)")
     rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
     rebuild.add_argument(
         "--only",
@@ -65,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("settings", help="list every setting with its environment variable and current value")
     services = sub.add_parser("services", help="start only Kafka, PostgreSQL and Redis and print where they are")
     services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command in ("run", "services"):  # these start a system: never aim them at another one
@@ -87,6 +92,27 @@ def main(argv: list[str] | None = None) -> int:
 
         asyncio.run(WORKERS[args.name](settings))
         return 0
+    try:
+        return _operate(settings, args)
+    except Exception as exc:  # the system is unreachable (or worse): a message and exit 1, not a traceback
+        if not _unreachable(exc):
+            raise
+        print(f"error: cannot reach the system ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Kafka, PostgreSQL or Redis did not answer (the exit status 1 of the epilog)."""
+    from aiokafka.errors import KafkaError
+    from psycopg import OperationalError
+    from psycopg_pool import PoolTimeout
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return isinstance(exc, KafkaError | OperationalError | PoolTimeout | RedisConnectionError | ConnectionError)
+
+
+def _operate(settings: Settings, args: argparse.Namespace) -> int:
+    """The operator commands (projections, dlq, blobs, user, audit, settings) and services."""
     if args.command == "projections":
         from infra.runtime.bootstrap import read_model_names
         from infra.runtime.rebuild import rebuild_read_models
@@ -127,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"REDIS_URL={endpoints.redis_url}", flush=True)
             _wait_for_signal()
         return 0
-    parser.error(f"unknown command {args.command}")
-    return 2
+    raise AssertionError(f"unknown command {args.command}")  # argparse allows only the commands above
+
+
+def _schema(value: str) -> str:
+    from infra.adapters.postgres import check_schema
+
+    try:
+        return check_schema(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (lower-case letters, digits and '_', at most 63)") from exc
 
 
 def _run_api(settings: Settings) -> int:

@@ -8,7 +8,7 @@ import getpass
 import sys
 
 from commands.envelope import Outcome
-from domain.user import ROLES, user_id_for
+from domain.user import ROLES, USERNAME, user_id_for
 from infra.runtime.accounts import check_password, register, system_command
 from infra.runtime.bootstrap import build_api
 from infra.runtime.settings import Settings
@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "create",
         help="create a user; the password is prompted for, or read from stdin with --password-stdin",
     )
-    create.add_argument("username", help="3-64 letters, digits, '.', '_' or '-'; unique, case-insensitive")
+    create.add_argument(
+        "username", type=_username, help="3-64 letters, digits, '.', '_' or '-'; unique, case-insensitive"
+    )
     create.add_argument("--role", choices=ROLES, default="user", help="the user's role (default: user)")
     create.add_argument("--password-stdin", action="store_true", help="read the password from the first stdin line")
     set_role = actions.add_parser("set-role", help="change a user's role")
@@ -32,6 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         actions.add_parser(name, help=text).add_argument("username")
 
 
+def _username(value: str) -> str:
+    if not USERNAME.match(value):
+        raise argparse.ArgumentTypeError(f"not a username: {value[:80]!r} (3-64 letters, digits, '.', '_' or '-')")
+    return value
+
+
 def run(settings: Settings, args: argparse.Namespace) -> int:
     """Execute one `pipeline user` action; exit status 0 when the command was accepted."""
     password = ""
@@ -39,7 +47,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         else:
-            password = getpass.getpass(f"password for {args.username}: ")
+            try:
+                password = getpass.getpass(f"password for {args.username}: ")
+            except (EOFError, KeyboardInterrupt):  # no terminal and nothing on stdin, or Ctrl-C/Ctrl-D
+                print("\nerror: no password given (type it, or pipe it with --password-stdin)", file=sys.stderr)
+                return 2
         try:
             check_password(password)
         except ValueError as exc:

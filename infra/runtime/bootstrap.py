@@ -104,7 +104,11 @@ async def build_api(settings: Settings, tracer: Tracer | None = None) -> ApiCont
     await migrate(settings.database.url, settings.database.schema)
     await ensure_credentials_table(settings.database.url, settings.database.schema)
     pool = await open_pool(
-        settings.database.url, settings.database.schema, settings.database.pool_min, settings.database.pool_max
+        settings.database.url,
+        settings.database.schema,
+        settings.database.pool_min,
+        settings.database.pool_max,
+        prepare=True,
     )
     bus = KafkaCommandBus.from_settings(settings.kafka, topics, tracer)
     changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)

@@ -5,6 +5,14 @@ locks the live positions table (pausing the live runner), applies the last few e
 rebuild lacks, and renames the schemas; the live runner then finds positions in the renamed
 schema and, the positions table being its truth, seeks to them.
 
+Workers: the partitions are shared out among ``kafka.rebuild_workers`` processes (default one per
+core, at most one per partition): this process applies the first share, spawned processes the others,
+each with its own runner, consumer (assigned its partitions, no group) and connections into the same
+schema. Partitions are independent (every aggregate lives in one; each commits its own position), so
+the result is the one a single process builds; the audit log's global sequence interleaves the
+partitions, as it does live. Progress reads the committed positions, and each worker's count of
+applied events through shared memory. A worker that fails fails the rebuild.
+
 Scoped (``only``): only the named read models are built. Each read model folds events into its
 own tables and reads no other (``Projector.tables``), so one can be rebuilt alone: the others,
 the positions, the aggregate versions and the dead letters stay as they are. Its swap, in the same
@@ -16,8 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
 import psycopg
@@ -52,33 +63,45 @@ async def rebuild_read_models(
     require_services(settings)
     live = check_schema(settings.database.schema)
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
+    group_suffix = f".rebuild.{time.time_ns()}"
     runner = await build_runner(
-        settings,
-        schema=target,
-        group_suffix=f".rebuild.{time.time_ns()}",
-        only=only,
-        batch_size=settings.kafka.rebuild_batch_size,
+        settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
     )
     try:
         ends = await event_end_offsets(settings, runner.config.events_topic)
         total = sum(ends.values())
         models = ", ".join(p.name for p in runner.projectors)
-        print(f"rebuilding {models} into schema {target} from {total} offsets", flush=True)
+        shares = partition_shares(sorted(ends), settings.kafka.rebuild_workers or os.cpu_count() or 1)
+        print(f"rebuilding {models} into schema {target} from {total} offsets with {len(shares)} worker(s)", flush=True)
         bar = Progress(total, "rebuild", progress)
-        stop = asyncio.Event()
-        task = asyncio.create_task(runner.run(stop))
-        while not await runner.caught_up_to(ends):
-            if task.done():
-                task.result()  # the runner died: raise its error
-            bar.update(await _done(runner, ends), runner.applied)
-            await asyncio.sleep(POLL_S)
-        stop.set()
-        await task
-        bar.finish(total, runner.applied)  # caught up: the offsets left are transaction markers
+        context = multiprocessing.get_context("spawn")  # not fork: this process has a loop and sockets open
+        counts = [context.Value("q", 0, lock=False) for _ in shares]
+        workers = [
+            context.Process(
+                target=_worker,
+                args=(settings, target, group_suffix, tuple(only), share, ends, count),
+                name=f"for partitions {', '.join(map(str, share))}",
+            )
+            for share, count in zip(shares[1:], counts[1:], strict=True)
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            own = asyncio.create_task(_apply_share(runner, shares[0], ends, counts[0]))
+            while not own.done() or any(w.is_alive() for w in workers):
+                _check(own, workers)
+                bar.update(await _done(runner, ends), sum(c.value for c in counts))
+                await asyncio.sleep(POLL_S)
+            _check(own, workers)
+        finally:
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
+                worker.join()
+        applied = sum(c.value for c in counts)
+        bar.finish(total, applied)  # caught up: the offsets left are transaction markers
         seconds = time.monotonic() - bar.started
-        print(
-            f"applied {runner.applied} events in {seconds:.2f}s ({runner.applied / seconds:.0f} events/s)", flush=True
-        )
+        print(f"applied {applied} events in {seconds:.2f}s ({applied / seconds:.0f} events/s)", flush=True)
         if swap:
             await _swap(settings, runner, live, target, scoped=bool(only))
             print(f"{models} of schema {target} now live in schema {live}", flush=True)
@@ -87,6 +110,59 @@ async def rebuild_read_models(
         return target
     finally:
         await runner.pool.close()
+
+
+def partition_shares(partitions: Sequence[int], workers: int) -> list[list[int]]:
+    """``partitions`` dealt out to at most ``workers`` workers (none left empty, but one when there are none)."""
+    count = max(1, min(workers, len(partitions)))
+    return [list(partitions[i::count]) for i in range(count)]
+
+
+async def _apply_share(runner: ProjectionRunner, partitions: Sequence[int], ends: dict[int, int], count: Any) -> None:
+    """Apply ``partitions`` until caught up to ``ends``, keeping ``count`` (a shared integer) at the events applied."""
+    mine = {p: ends[p] for p in partitions}
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop, partitions=partitions))
+    while not await runner.caught_up_to(mine):
+        if task.done():
+            task.result()  # the runner died: raise its error
+        count.value = runner.applied
+        await asyncio.sleep(POLL_S)
+    stop.set()
+    await task
+    count.value = runner.applied
+
+
+def _worker(
+    settings: Settings,
+    target: str,
+    group_suffix: str,
+    only: tuple[str, ...],
+    partitions: list[int],
+    ends: dict[int, int],
+    count: Any,
+) -> None:
+    """A spawned worker process: its own runner into ``target`` for ``partitions``."""
+
+    async def work() -> None:
+        runner = await build_runner(
+            settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
+        )
+        try:
+            await _apply_share(runner, partitions, ends, count)
+        finally:
+            await runner.pool.close()
+
+    asyncio.run(work())
+
+
+def _check(own: asyncio.Task[None], workers: Sequence[BaseProcess]) -> None:
+    """Raise if this process's share or a worker process failed."""
+    if own.done():
+        own.result()
+    for worker in workers:
+        if worker.exitcode not in (None, 0):
+            raise RuntimeError(f"rebuild worker {worker.name} exited with {worker.exitcode}; see its error above")
 
 
 async def _done(runner: ProjectionRunner, ends: dict[int, int]) -> int:

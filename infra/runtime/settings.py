@@ -104,6 +104,13 @@ class EventStreamSettings:
     buffer_bytes: int = 8 * 1024 * 1024  # the same bound in bytes of event data
     page_size: int = 500  # events read per partition per catch-up query
     max_types: int = 50  # entries of the types filter
+    # An SSE stream with nothing to send writes a ": keep-alive" comment this often, so proxies and
+    # clients (which time out a silent response) see it is alive; 0 turns it off.
+    keepalive_seconds: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.keepalive_seconds < 0:
+            raise SettingsError("event_stream.keepalive_seconds must be 0 (off) or more")
 
 
 @dataclass(frozen=True)
@@ -166,6 +173,9 @@ class KafkaSettings:
     projection_batch_size: int = 500
     # A rebuild has the whole log to read: larger batches mean fewer transactions and statements.
     rebuild_batch_size: int = 5000
+    # Processes a rebuild applies the log with, each its own share of the partitions (decoding and
+    # building rows is Python, one core each): 0 = one per core, at most one per partition.
+    rebuild_workers: int = 0
     # How long a reader of what the processor writes (events, outcomes) may wait at the broker for new
     # records. A transaction's commit ends the wait (measured: a read_committed reader sees a commit
     # 1.3 ms later at p50 with 500 ms). It was 10 when the projection runner sought back after nearly

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
-from tests.integration.harness import Worker, eventually
+from tests.integration.harness import START_TIMEOUT_S, Worker, eventually
 
 
 def free_port() -> int:
@@ -49,13 +49,20 @@ async def anonymous(
     It returns once the first-start admin (from the test environment) can log in.
     """
     async with _api_client(isolated_env, tmp_path) as http:
-
-        async def admin_ready() -> bool:
-            body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
-            return (await http.post("/api/v1/auth/login", json=body)).status_code == 200
-
-        await eventually(admin_ready, timeout=60, what="the first-start admin to be able to log in")
+        await until_admin_can_log_in(http, workers.values())
         yield http
+
+
+async def until_admin_can_log_in(http: httpx.AsyncClient, workers: Iterable[Worker]) -> None:
+    """Wait until the first-start admin can log in (the users projection has them); see START_TIMEOUT_S."""
+
+    async def admin_ready() -> bool:
+        for worker in workers:
+            worker.check_alive()
+        body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
+        return (await http.post("/api/v1/auth/login", json=body)).status_code == 200
+
+    await eventually(admin_ready, timeout=START_TIMEOUT_S, what="the first-start admin to be able to log in")
 
 
 @pytest.fixture
@@ -76,15 +83,14 @@ async def _api_client(env: dict[str, str], tmp_path: Path, name: str = "api") ->
     async with httpx.AsyncClient(base_url=base, timeout=60) as http:
 
         async def healthy() -> bool:
-            if api.process is not None and api.process.poll() is not None:
-                raise AssertionError(f"the API exited:\n{api.log()[-3000:]}")
+            api.check_alive()
             try:
                 return (await http.get("/health")).status_code == 200
             except httpx.TransportError:
                 return False
 
         try:
-            await eventually(healthy, timeout=60, what="the API to answer /health")
+            await eventually(healthy, timeout=START_TIMEOUT_S, what="the API to answer /health")
             yield http
         finally:
             api.stop()

@@ -20,6 +20,11 @@ from infra.adapters.codec import make_mapper
 from infra.runtime.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+# Waits for a system to start (the API answering, the first-start admin able to log in). It takes
+# ~5-20 s here, but past 60 s when CI runs other suites on the same two cores; a wait polls, so the
+# bound costs nothing when the start is quick, and it ends at once if a process exits (its log says
+# why) rather than after the bound.
+START_TIMEOUT_S = 300.0
 
 
 class Worker:
@@ -57,6 +62,11 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def check_alive(self) -> None:
+        """Raise, with the end of its log, if the process has exited: a wait for it would be in vain."""
+        if self.process is not None and self.process.poll() is not None:
+            raise AssertionError(f"the {self.name} process exited ({self.process.returncode}):\n{self.log()[-3000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
-from tests.integration.conftest import _api_client, login
-from tests.integration.harness import Worker, eventually
+from tests.integration.conftest import _api_client, login, until_admin_can_log_in
+from tests.integration.harness import Worker
 
 
 @dataclass(frozen=True)
@@ -28,12 +28,7 @@ async def running_system(env: dict[str, str], tmp_path: Path) -> AsyncIterator[R
     workers = [Worker(name, env, tmp_path / "logs").start() for name in ("processor", "projections", "executor")]
     try:
         async with _api_client(env, tmp_path) as anonymous:
-
-            async def admin_ready() -> bool:
-                body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
-                return (await anonymous.post("/api/v1/auth/login", json=body)).status_code == 200
-
-            await eventually(admin_ready, timeout=90, what="the first-start admin to be able to log in")
+            await until_admin_can_log_in(anonymous, workers)
             tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
             headers = {"Authorization": f"Bearer {tokens['access_token']}"}
             async with httpx.AsyncClient(base_url=anonymous.base_url, timeout=60, headers=headers) as admin:

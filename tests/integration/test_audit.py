@@ -263,6 +263,29 @@ async def test_events_across_aggregates_are_filtered_and_paged_for_admins(system
         assert [e["event_id"] for e in window] == [mine[0]["event_id"]]
 
 
+async def test_metadata_shaped_like_the_codecs_tags_is_kept_as_written(system: RunningSystem) -> None:
+    """Metadata can be any JSON, including dicts shaped like the event codec's own type tags."""
+    metadata = {
+        "when": {"_type_": "datetime_iso", "_data_": "not a time"},
+        "id": {"_type_": "uuid_hex", "_data_": "0" * 32},
+        "list": [{"_type_": "dict", "_data_": {}}],
+    }
+    client, _ = await user_client(system)
+    async with client:
+        body = {"content": "tag shaped", "content_type": "text/plain", "metadata": metadata}
+        created = await client.post("/api/v1/ingest", json=body)
+        assert created.status_code == 201, created.text
+        object_id, token = created.json()["object_id"], created.json()["position"]
+        read = await client.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": token})
+        assert read.status_code == 200 and read.json()["metadata"] == metadata, read.text
+        as_of = await client.get(f"/api/v1/data/{object_id}", params={"as_of": "1"})
+        assert as_of.status_code == 200 and as_of.json()["metadata"] == metadata, as_of.text
+        events = await history(client, object_id, token)
+        assert events[0]["data"]["metadata"] == metadata
+    health = await system.anonymous.get("/health")
+    assert health.json()["status"] == "healthy" and health.json()["dead_letters"]["projections"] == 0, health.text
+
+
 def fake_event(partition: int) -> EventRecord:
     """An audit row's worth of event, never committed (the test rolls its transactions back)."""
     headers = {
@@ -275,6 +298,7 @@ def fake_event(partition: int) -> EventRecord:
         aggregate_id=str(uuid.uuid4()),
         version=1,
         topic="domain.data_object:DataObject.Deleted",
+        type="DataObject.Deleted",
         headers=headers | {"actor_role": "admin"},
         state=b"{}",
         event=SimpleNamespace(timestamp=datetime.now(UTC)),

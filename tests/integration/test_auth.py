@@ -14,11 +14,13 @@ import uuid
 import httpx
 import jwt
 import pytest
+import redis.asyncio as aioredis
 
+from api.revocations import RevokedTokens
 from infra.runtime.settings import Settings
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import login
-from tests.integration.harness import ROOT, query
+from tests.integration.harness import ROOT, eventually, query
 from tests.integration.users import PASSWORD, client_for, create_user
 
 
@@ -111,6 +113,52 @@ async def test_logout_revokes_the_refresh_token(anonymous: httpx.AsyncClient) ->
     assert_401(await anonymous.get("/api/v1/auth/me", headers=bearer))
     assert_401(await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}))
     assert_401(await anonymous.post("/api/v1/auth/refresh", json={"refresh_token": "made.up"}))
+
+
+async def test_logout_revocations_are_mirrored_in_every_process(services: dict[str, str]) -> None:
+    """Two mirrors on one Redis stand for two API processes: a revocation made through one is known
+    to the other from memory; one that existed before a mirror started is loaded; while a mirror's
+    subscription is down it answers "unknown" (callers then ask Redis), and once resubscribed it has
+    caught up with what was revoked meanwhile."""
+    redis = aioredis.from_url(services["REDIS_URL"])
+    name = f"mirror-{uuid.uuid4().hex[:12]}"
+    other = aioredis.from_url(services["REDIS_URL"], client_name=name)  # the second process's connections
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    expires = int(time.time()) + 600
+    first, second = RevokedTokens(redis, prefix), RevokedTokens(other, prefix)
+    try:
+        await first.revoke("before-start", expires)
+        assert second.known("before-start") is None  # not subscribed yet: cannot tell
+        assert await second.revoked("before-start")  # ... so it asks Redis
+        first.start()
+        second.start()
+
+        async def synced() -> bool:
+            return first.known("x") is not None and second.known("x") is not None
+
+        await eventually(synced, what="both mirrors subscribed and loaded")
+        assert second.known("before-start") is True and second.known("never-revoked") is False
+        await first.revoke("through-first", expires)
+        assert first.known("through-first") is True  # the process that served the logout: at once
+
+        async def second_knows(jti: str) -> bool:
+            return second.known(jti) is True
+
+        await eventually(lambda: second_knows("through-first"), what="the announcement")
+        await first.revoke("already-expired", int(time.time()) - 1)
+        assert first.known("already-expired") is False and not await first.revoked("already-expired")
+        # Cut the second mirror's subscription; the announcement made meanwhile cannot reach it.
+        cut = [c for c in await redis.client_list(_type="pubsub") if c["name"] == name]
+        assert len(cut) == 1
+        await redis.client_kill_filter(_id=cut[0]["id"])
+        await first.revoke("during-outage", expires)
+        await eventually(lambda: second_knows("during-outage"), what="the revocation made during the outage")
+        assert second.known("through-first") is True and second.known("never-revoked") is False
+    finally:
+        await first.stop()
+        await second.stop()
+        await redis.aclose()
+        await other.aclose()
 
 
 async def test_a_disabled_users_tokens_stop_working_at_once(

@@ -20,7 +20,7 @@ import pytest
 import websockets
 
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, environment_for
-from tests.integration.conftest import _api_client, login
+from tests.integration.conftest import _api_client, login, until_admin_can_log_in
 from tests.integration.harness import Worker, eventually
 from tests.integration.users import PASSWORD, client_for, create_user
 
@@ -65,12 +65,7 @@ async def anonymous(
     env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, workers: dict[str, Worker]
 ) -> AsyncIterator[httpx.AsyncClient]:
     async with _api_client(env, tmp_path_factory.mktemp("authz-api")) as http:
-
-        async def admin_ready() -> bool:
-            body = {"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD}
-            return (await http.post("/api/v1/auth/login", json=body)).status_code == 200
-
-        await eventually(admin_ready, timeout=90, what="the first-start admin to be able to log in")
+        await until_admin_can_log_in(http, workers.values())
         yield http
 
 
@@ -133,6 +128,26 @@ async def test_a_viewer_cannot_execute_on_any_path(admin: httpx.AsyncClient, ano
         assert "errors" not in await gql(viewer, "{ availableNodes }")
         listed = await viewer.get("/api/v1/executions")
         assert listed.status_code == 200 and listed.json()["total"] == 0
+
+
+async def test_someone_elses_execution_is_not_found_to_read_or_cancel(
+    admin: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    for name in ("exec-owner", "exec-other"):
+        await create_user(admin, name)
+    async with await client_for(anonymous, "exec-owner") as owner, await client_for(anonymous, "exec-other") as other:
+        submitted = await owner.post("/api/v1/execute", json={"graph": STORE_GRAPH, "inputs": {"text": "mine"}})
+        assert submitted.status_code == 202, submitted.text
+        execution_id = submitted.json()["execution_id"]
+        unknown = await other.post(f"/api/v1/executions/{uuid.uuid4()}/cancel")
+        assert unknown.status_code == 404, unknown.text
+        # the same answer as an unknown id: a 403 would tell them it exists
+        for response in (
+            await other.post(f"/api/v1/executions/{execution_id}/cancel"),
+            await other.get(f"/api/v1/executions/{execution_id}"),
+        ):
+            assert response.status_code == 404, response.text
+            assert response.json()["error"]["reason"] == "not_found"
 
 
 # --- sinks run with the submitter's current rights --------------------------------------------------

@@ -161,6 +161,14 @@ async def test_another_users_conversation_is_not_found_and_admins_see_it(system:
             assert reply["type"] == "error" and reply["code"] == "not_found"
         assert (await history(system.admin, conversation_id)).status_code == 200
         assert (await history(alice, str(uuid.uuid4()))).status_code == 404
+        # its audit history: the owner's (as the event stream shows her its events) and admins', nobody else's
+        audit = await alice.get(f"/api/v1/audit/{conversation_id}")
+        assert audit.status_code == 200, audit.text
+        assert [e["event_type"] for e in audit.json()["events"]][:2] == [
+            "Conversation.Started",
+            "Conversation.MessagePosted",
+        ]
+        assert (await bob.get(f"/api/v1/audit/{conversation_id}")).status_code == 404
 
 
 async def test_slash_commands_act_with_the_callers_rights(system: RunningSystem) -> None:
@@ -212,14 +220,33 @@ async def test_bad_chat_input_is_an_error_message_and_the_connection_stays_usabl
             ({"type": "chat_message"}, "validation_error"),
             ({"type": "chat_message", "content": 5}, "validation_error"),
             ({"type": "chat_message", "content": "hi", "conversation_id": "nope"}, "validation_error"),
+            # a misspelt field must not silently start a new conversation
+            ({"type": "chat_message", "content": "hi", "conversationId": str(uuid.uuid4())}, "validation_error"),
         ):
             reply = await ask(ws, message)
             assert reply["type"] == "error" and reply["code"] == code, (message, reply)
         assert (await ask(ws, {"type": "ping"}))["type"] == "pong"
+        # JSON in a binary frame is read like text; bytes that are not UTF-8 are an error, not a dropped socket
+        for frame, kind in ((b'{"type": "ping"}', "pong"), (b"\xff\xfe{", "error"), (b'{"type": "ping"}', "pong")):
+            await ws.send(frame)
+            assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == kind, frame
         answered = await ask(ws, {"type": "chat_message", "content": "/help"})
         assert answered["type"] == "chat_response"
         refused = await gql(alice, CHAT, content="a\u0000b")
         assert refused["data"] is None and refused["errors"][0]["extensions"]["code"] == 400
+
+
+async def test_graphql_pages_out_of_range_are_400_naming_the_field(system: RunningSystem) -> None:
+    alice = await user(system)
+    async with alice:
+        for query, field in (
+            ('{ conversation(id: "00000000-0000-0000-0000-000000000000", limit: 0) { owner } }', "limit"),
+            ('{ conversation(id: "00000000-0000-0000-0000-000000000000", offset: -1) { owner } }', "offset"),
+            ("{ notifications(limit: 101) { kind } }", "limit"),
+            ('{ searchObjects(query: "x", offset: 10001) { objectId } }', "offset"),
+        ):
+            error = (await gql(alice, query))["errors"][0]
+            assert error["extensions"] == {"code": 400, "reason": "validation_error", "details": {"field": field}}
 
 
 async def annotated_by_admin(system: RunningSystem, object_id: str) -> None:

@@ -304,6 +304,8 @@ async def test_request_limits_refuse_the_whole_upload_and_keep_nothing(system: R
     before = _objects_and_blobs(system)
     too_many = await upload(client, [(f"f{i}.txt", f"file {i}".encode(), None) for i in range(MAX_FILES + 1)])
     assert too_many.status_code == 400 and too_many.json()["error"]["reason"] == "too_many_files", too_many.text
+    long_name = await upload(client, [("n" * 5000 + ".txt", b"named at length", None)])  # a part's headers too long
+    assert long_name.status_code == 400 and long_name.json()["error"]["reason"] == "validation_error", long_name.text
     halves = [(f"half{i}.bin", _pseudo_random(REQUEST_LIMIT // 2 + MIB, seed=i), None) for i in range(2)]
     too_big = await upload(client, halves)
     assert too_big.status_code == 413, too_big.text

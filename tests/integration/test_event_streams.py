@@ -31,6 +31,7 @@ TRANSPORTS = ["graphql", "ws", "sse"]
 PAGE_SIZE = 7  # small, so a catch-up takes many pages
 BUFFER_BYTES = 256 * 1024
 BIG_METADATA = 50_000
+KEEPALIVE_SECONDS = 1
 EVENT_FIELDS = "position partition offset eventId eventType aggregateId aggregateVersion data"
 DOCUMENT = gql(
     "subscription($after: String, $types: [String!], $aggregate: String) {"
@@ -47,6 +48,7 @@ async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFact
         **environment_for(services, tmp_path),
         "PIPELINE_EVENT_STREAM_PAGE_SIZE": str(PAGE_SIZE),
         "PIPELINE_EVENT_STREAM_BUFFER_BYTES": str(BUFFER_BYTES),
+        "PIPELINE_EVENT_STREAM_KEEPALIVE_SECONDS": str(KEEPALIVE_SECONDS),
     }
     async with running_system(env, tmp_path) as running:
         yield running
@@ -141,6 +143,8 @@ async def sse_stream(
     async with client.stream("GET", "/api/v1/events/stream", params=params, headers=headers or {}) as response:
         assert response.status_code == 200, await response.aread()
         assert response.headers["content-type"].startswith("text/event-stream")
+        # httpx asks for br/gzip: a compressed stream would be held in the compressor, i.e. silent.
+        assert "content-encoding" not in response.headers
         pending = ""
         async for chunk in response.aiter_text():
             pending += chunk
@@ -239,6 +243,41 @@ def assert_exact(items: list[Item], rows: list[tuple[Any, ...]]) -> None:
     assert all(item["event_id"] in ids for item in items if item["kind"] == "event")
 
 
+class Following:
+    """A stream read in the background: a test waits on what it has delivered so far, not on its next item.
+
+    (Deciding only when an item arrives misses a condition that comes true in between, such as an
+    ingest's answer reaching the client after the stream already delivered its event: nothing more
+    arrives, and the test waits for an item that never comes.)
+    """
+
+    def __init__(self, stream: AsyncIterator[Item]) -> None:
+        self.items: list[Item] = []
+        self._task = asyncio.create_task(self._read(stream))
+
+    async def _read(self, stream: AsyncIterator[Item]) -> None:
+        async with contextlib.aclosing(stream):  # type: ignore[type-var]
+            async for item in stream:
+                self.items.append(item)
+
+    def ingested(self) -> set[str]:
+        if self._task.done():
+            self._task.result()  # the stream failed: its error
+            raise AssertionError(f"the stream ended: {self.items[-1:]}")
+        return {item["aggregate_id"] for item in self.items if item.get("event_type") == "DataObject.Ingested"}
+
+    async def until_ingested(self, objects: list[str]) -> None:
+        async def delivered() -> bool:
+            return set(objects) <= self.ingested()
+
+        await eventually(delivered, timeout=90, what=f"the stream to deliver {len(objects)} ingests")
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_catch_up_then_live_across_a_burst_of_ingests_has_no_gap_and_no_duplicate(
     system: RunningSystem, transport: str
@@ -251,19 +290,16 @@ async def test_catch_up_then_live_across_a_burst_of_ingests_has_no_gap_and_no_du
         return len(burst) >= 5
 
     await eventually(under_way, what="the burst to be under way")
-    later: list[str] = []
-
-    def all_seen(items: list[Item]) -> bool:
-        ingested = {item["aggregate_id"] for item in items if item.get("event_type") == "DataObject.Ingested"}
-        if ingesting.done() and not later and set(burst) <= ingested:
-            # Live now: these arrive only through the hub.
-            later.append("pending")
-            asyncio.get_running_loop().create_task(ingest_many(system.admin, 5, tag + "-live", later, parallel=5))
-        return ingesting.done() and len(later) == 6 and set(burst) | set(later[1:]) <= ingested
-
-    items = await collect(open_stream(transport, system.admin), all_seen)
-    await ingesting
-    assert_exact(items, await audit_rows(system))
+    stream = Following(open_stream(transport, system.admin))
+    try:
+        await ingesting
+        await stream.until_ingested(burst)
+        later: list[str] = []  # live now: these arrive only through the hub
+        await ingest_many(system.admin, 5, tag + "-live", later, parallel=5)
+        await stream.until_ingested(later)
+    finally:
+        await stream.close()
+    assert_exact(stream.items, await audit_rows(system))
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -282,6 +318,22 @@ async def test_resuming_from_the_last_position_continues_exactly(system: Running
     rest = await collect(stream, lambda items: set(positions(first + items)) >= everything)
     assert not set(positions(first)) & set(positions(rest)), "the resumed stream repeated events"
     assert_exact(first + rest, rows)
+
+
+async def test_a_quiet_sse_stream_sends_keep_alive_comments(system: RunningSystem) -> None:
+    """Nothing to send: a ``: keep-alive`` comment every ``event_stream.keepalive_seconds`` (1 s here),
+    which EventSource ignores, so proxies and clients that time out a silent response see it alive."""
+    params = {"after": "now", "aggregate_id": str(uuid.uuid4())}  # no event will ever match
+    text = ""
+    async with system.admin.stream("GET", "/api/v1/events/stream", params=params) as response:
+        assert response.status_code == 200, await response.aread()
+        async with asyncio.timeout(60):
+            async for chunk in response.aiter_text():
+                text += chunk
+                if text.count(": keep-alive") >= 3:
+                    break
+    assert text.replace("\r\n", "\n") == ": keep-alive\n\n" * 3  # comments only, no (empty) message
+    assert sse_messages(text) == []
 
 
 async def test_filters_by_type_and_aggregate(system: RunningSystem) -> None:
@@ -319,6 +371,8 @@ async def test_filters_by_type_and_aggregate(system: RunningSystem) -> None:
         ({"after": "0:x"}, "not a position"),
         ({"after": "0:1,0:2"}, "repeated"),
         ({"after": "99999:1"}, "out-of-range"),
+        ({"after": "7:0"}, "no partition 7"),  # the test topics have fewer partitions
+        ({"after": "0:123456789"}, "no event at offset 123456789"),  # past the log's end: would skip silently
         ({"aggregate_id": "not-a-uuid"}, "UUID"),
         ({"types": ",".join(["DataObject"] * 51)}, "types"),
     ],

@@ -143,3 +143,26 @@ async def test_a_malformed_document_answers_400_and_is_not_logged_as_an_error(sy
     assert syntax["errors"][0]["extensions"]["code"] == 400
     log = (system.logs / "api.log").read_text(errors="replace")
     assert "noSuchFieldAnywhere" not in log and "Syntax Error" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_options"),
+    [
+        ("POST", {"json": [{"query": "{ availableNodes }"}] * 2}),  # a batch
+        ("POST", {"json": {"variables": {}}}),  # no query
+        ("POST", {"json": {"query": 5}}),
+        ("POST", {"json": {"query": "{ availableNodes }", "operationName": "Nope"}}),
+        ("POST", {"content": b'{"query": ', "headers": {"Content-Type": "application/json"}}),
+        ("POST", {"data": {"query": "{ availableNodes }"}}),  # a form body
+        ("GET", {"params": {"query": 'mutation { chat(content: "hi") { content } }'}}),
+        ("POST", {"json": {"query": "subscription { notifications { kind } }"}}),  # was a 500: over WebSocket only
+    ],
+)
+async def test_a_request_graphql_cannot_run_is_a_400_in_the_error_envelope(
+    system: RunningSystem, method: str, request_options: dict[str, Any]
+) -> None:
+    response = await system.admin.request(method, GQL, **request_options)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == 400 and error["reason"] == "validation_error" and error["message"]
+    assert error["request_id"] == response.headers["x-request-id"]

@@ -104,9 +104,13 @@ async def ingest(system: System, text: str, labels: list[str] | None = None) -> 
     return created
 
 
-async def same_blob(system: System, object_id: str) -> dict[str, Any]:
-    """Content fields of an existing object: an object produced with them names a blob the store has."""
-    row = (await system.http.get(f"/api/v1/data/{object_id}")).json()
+async def stored_blob(system: System) -> dict[str, Any]:
+    """Content fields naming a blob the store has: those of a new object whose content is over
+    storage.event_content_bytes (smaller content travels inline in its event, and an object produced
+    with its fields but without the bytes would be a missing blob for /health)."""
+    created = await ingest(system, "in the blob store " * 2000)
+    row = (await system.http.get(f"/api/v1/data/{created['object_id']}")).json()
+    assert not row["storage_location"].startswith("inline://"), row
     return {k: row[k] for k in ("content_type", "content_hash", "size")} | {"location": row["storage_location"]}
 
 
@@ -127,7 +131,7 @@ async def test_annotations_say_who_made_them_and_a_v1_annotation_replays_as_unkn
 
     # An object whose annotation was written by the old code: produced to the log as v1 wrote it.
     old_id = uuid.uuid4()
-    obj = DataObject(id=old_id, **await same_blob(system, created["object_id"]), metadata={}, owner="old-timer")
+    obj = DataObject(id=old_id, **await stored_blob(system), metadata={}, owner="old-timer")
     ingested = event_record(old_id, 1, obj.collect_events()[0])
     annotated = raw_event_record(
         old_id, 2, "domain.data_object:DataObject.Annotated", orjson.dumps(ANNOTATED_V1), datetime.now(UTC)
@@ -198,7 +202,7 @@ async def test_a_poison_event_is_dead_lettered_listed_retried_after_the_fix_or_s
     holder = await ingest(system, "holds the id")
     taken = await annotate(system, holder["object_id"], "first")
     victim = uuid.uuid4()
-    obj = DataObject(id=victim, **await same_blob(system, holder["object_id"]), metadata={}, owner="p")
+    obj = DataObject(id=victim, **await stored_blob(system), metadata={}, owner="p")
     obj.annotate(taken["annotation_id"], "comment", "second", 1.0, "p", "user")
     ingested, annotated = obj.collect_events()
     offset = await system.produce(victim, [event_record(victim, 1, ingested), event_record(victim, 2, annotated)]) + 1

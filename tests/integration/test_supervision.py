@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import websockets
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.adapters.kafka import topic_partitions
@@ -332,14 +333,21 @@ async def test_sigkilled_postgres_is_restarted_and_reads_come_back(system: Syste
     before = await client.post("/api/v1/ingest", json={"content": "before", "content_type": "text/plain"})
     assert before.status_code == 201
     postgres = system.pid("postgres")
-    os.kill(postgres, signal.SIGKILL)
+    token = str(client.headers["authorization"]).split(" ", 1)[1]
+    ws_url = system.base_url.replace("http://", "ws://") + "/ws/postgres-outage"
+    async with websockets.connect(ws_url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
+        os.kill(postgres, signal.SIGKILL)
 
-    async def unhealthy() -> bool:
-        response = await client.get("/health")
-        return response.status_code == 503 and response.json()["status"] == "unhealthy"
+        async def unhealthy() -> bool:
+            response = await client.get("/health")
+            return response.status_code == 503 and response.json()["status"] == "unhealthy"
 
-    # Restarted within a second or two: the down window is short, but /health must see it.
-    await eventually(unhealthy, timeout=15, what="/health to report PostgreSQL down")
+        # Restarted within a second or two: the down window is short, but /health must see it.
+        await eventually(unhealthy, timeout=15, what="/health to report PostgreSQL down")
+        # A /ws message that needs PostgreSQL meanwhile is answered (an error), and the connection stays.
+        reply = await ws_ask(ws, {"type": "chat_message", "content": "anything about quokkas?"})
+        assert reply["type"] == "chat_response" or reply["code"] == "unavailable", reply
+        assert (await ws_ask(ws, {"type": "ping"}))["type"] == "pong"
     await eventually(lambda: restarted(system, "postgres", postgres), timeout=30, what="PostgreSQL restarted")
     await eventually(lambda: healthy(client), timeout=120, what="a healthy system after PostgreSQL's restart")
     after = await client.post("/api/v1/ingest", json={"content": "after", "content_type": "text/plain"})
@@ -356,6 +364,15 @@ async def test_sigkilled_redis_is_restarted(system: System, client: httpx.AsyncC
     await eventually(lambda: healthy(client), timeout=60, what="a healthy system after Redis's restart")
     response = await client.post("/api/v1/ingest", json={"content": "after redis", "content_type": "text/plain"})
     assert response.status_code == 201, response.text
+
+
+async def ws_ask(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one /ws message; its reply (notifications, which come unasked, are skipped)."""
+    await ws.send(json.dumps(message))
+    while True:
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        if reply["type"] != "notification":
+            return reply
 
 
 async def _true(value: bool) -> bool:

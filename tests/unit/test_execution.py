@@ -118,9 +118,9 @@ def test_completion_with_unfinished_nodes_is_refused() -> None:
     assert refusal(given(uuid4()), "CompleteExecution", {}).code == "conflict"
 
 
-def test_only_the_submitter_or_an_admin_cancels() -> None:
+def test_only_the_submitter_or_an_admin_cancels_and_others_are_told_it_does_not_exist() -> None:
     execution = given(uuid4())
-    assert refusal(execution, "CancelExecution", {}, Actor("mallory", "user")).code == "forbidden"
+    assert refusal(execution, "CancelExecution", {}, Actor("mallory", "user")).code == "not_found"
     assert when(execution, "CancelExecution", {}, Actor("root", "admin")) == ["Execution.Cancelled"]
     assert refusal(execution, "CancelExecution", {}).code == "conflict"
 

@@ -1,0 +1,48 @@
+"""The live hub outlives a change batch it cannot handle (api/hub.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, cast
+
+import pytest
+
+from api.event_streams import EventStreams
+from api.hub import LiveHub
+from infra.runtime.settings import EventStreamSettings
+
+
+class Feed:
+    """The change feed's side the hub uses: its positions and one subscription queue."""
+
+    def __init__(self) -> None:
+        self.positions: dict[int, int] = {}
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        return self.queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        pass
+
+
+async def test_a_batch_the_hub_cannot_handle_is_logged_and_the_next_one_still_goes_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    feed = Feed()
+    events = EventStreams(cast(Any, feed), cast(Any, None), EventStreamSettings())  # no stream: no read
+    hub = LiveHub(cast(Any, feed), cast(Any, None), cast(Any, None), events)
+    hub.start()
+    try:
+        feed.queue.put_nowait({"changes": [{"type": "DataObject.Ingested"}]})  # no id: the hub cannot route it
+        feed.positions = {0: 5}
+        feed.queue.put_nowait({"changes": []})
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if events.frontier:
+                break
+        assert events.frontier == {0: 5}  # the second batch advanced the event streams
+        assert any(r.levelno == logging.ERROR and "live hub" in r.getMessage() for r in caplog.records)
+    finally:
+        await hub.stop()
