@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -144,3 +145,12 @@ def raw_event_record(
         ("hash", b"h"),
     ]
     return state, headers
+
+
+async def ws_ask(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
+    """Send one /ws message; its reply (notifications, which come unasked, are skipped)."""
+    await ws.send(json.dumps(message))
+    while True:
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 60))
+        if reply["type"] != "notification":
+            return reply

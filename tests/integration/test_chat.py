@@ -19,6 +19,7 @@ import websockets
 from infra.runtime.rebuild import rebuild_read_models
 from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
+from tests.integration.harness import ws_ask
 from tests.integration.system import RunningSystem, running_system
 from tests.integration.users import client_for, create_user
 
@@ -68,15 +69,6 @@ def ws_url(client: httpx.AsyncClient, client_id: str) -> str:
     return str(client.base_url).replace("http://", "ws://").rstrip("/") + f"/ws/{client_id}?access_token={token}"
 
 
-async def ask(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """Send one message; its reply (notifications come unasked and are skipped)."""
-    await ws.send(json.dumps(message))
-    while True:
-        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 60))
-        if reply["type"] != "notification":
-            return reply
-
-
 async def gql(client: httpx.AsyncClient, query: str, **variables: Any) -> dict[str, Any]:
     response = await client.post(GQL, json={"query": query, "variables": variables})
     assert response.status_code == 200, response.text
@@ -100,7 +92,7 @@ async def test_a_question_is_answered_from_the_callers_own_objects_and_kept_in_t
         theirs = await ingest(bob, f"Bob's quokkas{tag} eat grasses and leaves and sleep all day in burrows.")
 
         async with websockets.connect(ws_url(alice, "alice-chat")) as ws:
-            reply = await ask(ws, {"type": "chat_message", "content": f"What is the diet of quokkas{tag}?"})
+            reply = await ws_ask(ws, {"type": "chat_message", "content": f"What is the diet of quokkas{tag}?"})
             assert reply["type"] == "chat_response", reply
             data = reply["data"]
             assert data["kind"] == "answer"
@@ -114,7 +106,7 @@ async def test_a_question_is_answered_from_the_callers_own_objects_and_kept_in_t
                 "content": f"Where do quokkas{tag} sleep?",
                 "conversation_id": conversation_id,
             }
-            again = (await ask(ws, follow))["data"]
+            again = (await ws_ask(ws, follow))["data"]
             assert again["conversation_id"] == conversation_id and again["sources"][0]["object_id"] == storage
 
         response = await history(alice, conversation_id, again["position"])
@@ -157,7 +149,7 @@ async def test_another_users_conversation_is_not_found_and_admins_see_it(system:
         assert response.status_code == 404 and response.json()["error"]["reason"] == "not_found"
         assert (await gql(bob, HISTORY, id=conversation_id))["data"]["conversation"] is None
         async with websockets.connect(ws_url(bob, "bob-chat")) as ws:
-            reply = await ask(ws, {"type": "chat_message", "content": "hi", "conversation_id": conversation_id})
+            reply = await ws_ask(ws, {"type": "chat_message", "content": "hi", "conversation_id": conversation_id})
             assert reply["type"] == "error" and reply["code"] == "not_found"
         assert (await history(system.admin, conversation_id)).status_code == 200
         assert (await history(alice, str(uuid.uuid4()))).status_code == 404
@@ -223,14 +215,14 @@ async def test_bad_chat_input_is_an_error_message_and_the_connection_stays_usabl
             # a misspelt field must not silently start a new conversation
             ({"type": "chat_message", "content": "hi", "conversationId": str(uuid.uuid4())}, "validation_error"),
         ):
-            reply = await ask(ws, message)
+            reply = await ws_ask(ws, message)
             assert reply["type"] == "error" and reply["code"] == code, (message, reply)
-        assert (await ask(ws, {"type": "ping"}))["type"] == "pong"
+        assert (await ws_ask(ws, {"type": "ping"}))["type"] == "pong"
         # JSON in a binary frame is read like text; bytes that are not UTF-8 are an error, not a dropped socket
         for frame, kind in ((b'{"type": "ping"}', "pong"), (b"\xff\xfe{", "error"), (b'{"type": "ping"}', "pong")):
             await ws.send(frame)
             assert json.loads(await asyncio.wait_for(ws.recv(), 60))["type"] == kind, frame
-        answered = await ask(ws, {"type": "chat_message", "content": "/help"})
+        answered = await ws_ask(ws, {"type": "chat_message", "content": "/help"})
         assert answered["type"] == "chat_response"
         refused = await gql(alice, CHAT, content="a\u0000b")
         assert refused["data"] is None and refused["errors"][0]["extensions"]["code"] == 400

@@ -33,7 +33,7 @@ from infra.provision import kafka_broker
 from infra.runtime.heartbeat import heartbeat_path, read_beat
 from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.conftest import free_port, login
-from tests.integration.harness import ROOT, eventually
+from tests.integration.harness import ROOT, eventually, ws_ask
 
 pytestmark = pytest.mark.slow
 STALL_SECONDS = 6
@@ -364,15 +364,6 @@ async def test_sigkilled_redis_is_restarted(system: System, client: httpx.AsyncC
     await eventually(lambda: healthy(client), timeout=60, what="a healthy system after Redis's restart")
     response = await client.post("/api/v1/ingest", json={"content": "after redis", "content_type": "text/plain"})
     assert response.status_code == 201, response.text
-
-
-async def ws_ask(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """Send one /ws message; its reply (notifications, which come unasked, are skipped)."""
-    await ws.send(json.dumps(message))
-    while True:
-        reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 60))
-        if reply["type"] != "notification":
-            return reply
 
 
 async def _true(value: bool) -> bool:
