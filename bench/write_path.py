@@ -1,0 +1,81 @@
+"""Where an ingest's time goes between the API and the outcome, from the records' own timestamps.
+
+Every record carries the time its producer stamped it (CreateTime): the API stamps the command,
+the processor the event (when its batch ran that command) and the outcome (once the event's
+offset is known, i.e. the event was acknowledged). So, per command of a measured window:
+
+- ``command_to_event``: the command waiting in the log and in the processor (the partition's
+  previous transaction, the group commit's linger) and its batch running up to it;
+- ``event_to_outcome``: the rest of its batch and the events' produce round trip.
+
+What follows the outcome's stamp (the rest of the transaction, its commit, the API's outcome
+reader seeing it) is the request's latency minus these two.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from running import percentiles
+
+from infra.adapters.kafka import topic_partitions
+
+
+class _CommandId(msgspec.Struct):
+    command_id: str
+
+
+async def _stamps(bootstrap: str, topic: str, since_ms: int, until_ms: int, key: Any) -> dict[str, int]:
+    """command id -> the first record's timestamp, for records of ``topic`` stamped in the window."""
+    partitions = [TopicPartition(topic, p) for p in await topic_partitions(bootstrap, topic)]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        starts = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+        ends = await consumer.end_offsets(partitions)
+        for tp in partitions:
+            found = starts.get(tp)
+            consumer.seek(tp, found.offset if found is not None else ends[tp])
+        stamps: dict[str, int] = {}
+        while True:
+            positions = {tp: await consumer.position(tp) for tp in partitions}
+            if all(positions[tp] >= ends[tp] for tp in partitions):
+                return stamps
+            for records in (await consumer.getmany(timeout_ms=1000, max_records=10_000)).values():
+                for record in records:
+                    if record.timestamp <= until_ms:
+                        stamps.setdefault(key(record), record.timestamp)
+    finally:
+        await consumer.stop()
+
+
+def _header(name: str) -> Any:
+    def value(record: Any) -> str:
+        return next((v.decode() for k, v in record.headers if k == name), "")
+
+    return value
+
+
+def breakdown(bootstrap: str, prefix: str, since_ms: int, until_ms: int) -> dict[str, Any]:
+    """Percentiles (ms) of the two stretches above for the commands the API stamped in the window."""
+
+    async def collect() -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        def command_id(record: Any) -> str:
+            return msgspec.json.decode(record.value, type=_CommandId).command_id
+
+        commands = await _stamps(bootstrap, f"{prefix}.commands", since_ms, until_ms, command_id)
+        events = await _stamps(bootstrap, f"{prefix}.events", since_ms, until_ms + 60_000, _header("command_id"))
+        outcomes = await _stamps(bootstrap, f"{prefix}.outcomes", since_ms, until_ms + 60_000, lambda r: r.key.decode())
+        return commands, events, outcomes
+
+    commands, events, outcomes = asyncio.run(collect())
+    matched = [c for c in commands if c in events and c in outcomes]
+    return {
+        "commands": len(matched),
+        "command_to_event_ms": percentiles([float(events[c] - commands[c]) for c in matched]),
+        "event_to_outcome_ms": percentiles([float(outcomes[c] - events[c]) for c in matched]),
+    }
