@@ -249,7 +249,10 @@ class CommandProcessor:
         ../shared/probes/kafka_txn_cost.py: 1.27 ms of broker time per record at 4 records per
         transaction, 0.065 ms at 64). Like PostgreSQL's commit_delay with commit_siblings, the wait
         is only worth it when commands arrive together: a poll that brings fewer than
-        ``linger_min_records`` is processed at once, so a lone writer pays no linger. Only
+        ``linger_min_records`` is processed at once, so a lone writer pays no linger. The linger
+        counts from when the oldest command was sent (its record's timestamp, as a producer's
+        ``linger.ms`` counts from a batch's first record): commands that queued up while the
+        partition's previous transaction ran have gathered already and do not wait again. Only
         ``partitions`` (those with no transaction running) are polled: another's records wait in
         the consumer's buffer for its transaction to end.
         """
@@ -257,7 +260,10 @@ class CommandProcessor:
         count = sum(len(records) for records in batches.values())
         if self.config.linger_ms <= 0 or count < max(1, self.config.linger_min_records):
             return batches
-        deadline = asyncio.get_running_loop().time() + self.config.linger_ms / 1000
+        oldest = min(record.timestamp for records in batches.values() for record in records) / 1000
+        # A clock that differs from the API's only shortens or caps the wait, never lengthens it.
+        linger = min(self.config.linger_ms / 1000, self.config.linger_ms / 1000 - (time.time() - oldest))
+        deadline = asyncio.get_running_loop().time() + linger
         epoch = self._epoch
         while count < self.config.batch_size and epoch == self._epoch:
             remaining = deadline - asyncio.get_running_loop().time()
