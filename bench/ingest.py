@@ -149,17 +149,17 @@ def main() -> int:
     since_ms = int(time.time() * 1000)
     print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)
     processes = {**runtime["pids"], **runtime.get("service_pids", {})}
-    metrics_before = write_path.api_ingest_metrics(runtime["api"])
+    metrics_before = write_path.ingest_metrics(runtime["api"])
     cpu_before = cpu_seconds_by_tree(processes)
     load = run_ingest_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads, token)
     cpu_after = cpu_seconds_by_tree(processes)
     until_ms = int(time.time() * 1000)
-    api_means = write_path.api_means(metrics_before, write_path.api_ingest_metrics(runtime["api"]))
+    metric_means = write_path.metric_means(metrics_before, write_path.ingest_metrics(runtime["api"]))
     print("waiting for the projection to apply everything...", file=sys.stderr)
     lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))
     Path(body.name).unlink()
     stretches = write_path.breakdown(
-        runtime["kafka_bootstrap_servers"], runtime["topic_prefix"], since_ms, until_ms, api_means
+        runtime["kafka_bootstrap_servers"], runtime["topic_prefix"], since_ms, until_ms, metric_means
     )
     print(f"ingest then read with the token, {args.read_rounds} times on one connection...", file=sys.stderr)
     consistent_read = (

@@ -69,30 +69,43 @@ INGEST_METRICS = {
     "http": r'pipeline_http_request_duration_seconds_(sum|count)\{method="POST",route="/api/v1/ingest"\} (\S+)',
     "round_trip": r'pipeline_command_roundtrip_seconds_(sum|count)\{type="IngestData"\} (\S+)',
 }
+# The processor's counters (its heartbeat, shown by the API): per transaction, what it held and where its time went.
+PROCESSOR_METRICS = {
+    "batches": r"^pipeline_processor_(batches)_total (\S+)",
+    "records": r"^pipeline_processor_batch_(records)_total (\S+)",
+    "phases": r'pipeline_processor_transaction_phase_seconds_total\{phase="(\w+)"\} (\S+)',
+}
 
 
-def api_ingest_metrics(api: str) -> dict[str, dict[str, float]]:
+def ingest_metrics(api: str) -> dict[str, dict[str, float]]:
     """Sums and counts of the API's ingest request durations and command round trips (seconds)."""
     with urllib.request.urlopen(f"{api}/metrics", timeout=10) as response:
         text = response.read().decode()
     return {
-        name: {kind: float(value) for kind, value in re.findall(pattern, text)}
-        for name, pattern in INGEST_METRICS.items()
+        name: {kind: float(value) for kind, value in re.findall(pattern, text, re.MULTILINE)}
+        for name, pattern in {**INGEST_METRICS, **PROCESSOR_METRICS}.items()
     }
 
 
-def api_means(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
+def metric_means(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
     """Mean ms of each metric between two readings."""
     means = {}
     for name in INGEST_METRICS:
         count = after[name].get("count", 0) - before[name].get("count", 0)
         total = after[name].get("sum", 0) - before[name].get("sum", 0)
         means[name] = round(total * 1000 / count, 2) if count else 0.0
+    batches = after["batches"].get("batches", 0) - before["batches"].get("batches", 0)
+    if batches:
+        means["records_per_transaction"] = round(
+            (after["records"].get("records", 0) - before["records"].get("records", 0)) / batches, 1
+        )
+        for phase, seconds in after["phases"].items():
+            means[f"transaction_{phase}"] = round((seconds - before["phases"].get(phase, 0)) * 1000 / batches, 2)
     return means
 
 
 def breakdown(
-    bootstrap: str, prefix: str, since_ms: int, until_ms: int, api: dict[str, float] | None = None
+    bootstrap: str, prefix: str, since_ms: int, until_ms: int, means: dict[str, float] | None = None
 ) -> dict[str, Any]:
     """Percentiles (ms) of the two stretches above for the commands the API stamped in the window."""
 
@@ -114,12 +127,17 @@ def breakdown(
         "command_to_event_ms": {**percentiles(to_event), "mean": round(mean(to_event or [0]), 2)},
         "event_to_outcome_ms": {**percentiles(to_outcome), "mean": round(mean(to_outcome or [0]), 2)},
     }
-    if api:
+    if means:
         stamped = figures["command_to_event_ms"]["mean"] + figures["event_to_outcome_ms"]["mean"]
         figures["mean_ms"] = {
-            "api_request": api["http"],
-            "api_around_round_trip": round(api["http"] - api["round_trip"], 2),
-            "command_round_trip": api["round_trip"],
-            "after_outcome_stamp": round(api["round_trip"] - stamped, 2),
+            "api_request": means["http"],
+            "api_around_round_trip": round(means["http"] - means["round_trip"], 2),
+            "command_round_trip": means["round_trip"],
+            "after_outcome_stamp": round(means["round_trip"] - stamped, 2),
+        }
+        figures["processor_per_transaction"] = {
+            key.removeprefix("transaction_") + ("" if key == "records_per_transaction" else "_ms"): value
+            for key, value in means.items()
+            if key.startswith(("transaction_", "records_"))
         }
     return figures

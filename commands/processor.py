@@ -408,8 +408,10 @@ class CommandProcessor:
             with _ending_spans(steps) if self.tracer is not None else contextlib.nullcontext():
                 async with producer.transaction(), self._offsets_alongside(producer, tp, records) as offsets_sent:
                     await self._run_commands(producer, store, tp.partition, records, touched, steps)
+                    ran = time.monotonic()
                     values, state_sent = await self._send_results(producer, tp.partition, steps, touched)
                     await offsets_sent
+                    sent = time.monotonic()
                 next_state_offset = await _next_offset(state_sent)
         except ProducerFenced:
             # A newer owner of this partition exists (we were presumed dead): stop writing for it.
@@ -448,7 +450,12 @@ class CommandProcessor:
         self.last_progress = time.time()
         self._count("pipeline_processor_batches", 1)
         self._count("pipeline_processor_batch_records", len(records))
-        self._count("pipeline_processor_transaction_seconds", time.monotonic() - started)
+        ended = time.monotonic()
+        self._count("pipeline_processor_transaction_seconds", ended - started)
+        # Where a transaction's time goes: running the commands (their events sent as they go), the
+        # events acknowledged and the outcomes and states sent, and the commit.
+        for phase, seconds in (("run", ran - started), ("results", sent - ran), ("commit", ended - sent)):
+            self._count("pipeline_processor_transaction_phase_seconds", seconds, (("phase", phase),))
 
     @contextlib.asynccontextmanager
     async def _offsets_alongside(
@@ -481,8 +488,8 @@ class CommandProcessor:
             with contextlib.suppress(BaseException):
                 await sent
 
-    def _count(self, name: str, value: float) -> None:
-        key = (name, ())
+    def _count(self, name: str, value: float, labels: tuple[tuple[str, str], ...] = ()) -> None:
+        key = (name, labels)
         self.counters[key] = self.counters.get(key, 0) + value
 
     async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
