@@ -118,6 +118,10 @@ class _TooLarge(Exception):
     """A record this command would produce exceeds MAX_RECORD_BYTES."""
 
 
+class _Mispredicted(Exception):
+    """An event did not land at the offset its outcome names: abort, and run the batch again."""
+
+
 class _RecordFault(Exception):
     """One command's result cannot be produced; abort the batch and run it again with it rejected."""
 
@@ -181,6 +185,8 @@ class CommandProcessor:
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}
         self._failures: dict[int, int] = {}  # partition -> consecutive failed batches
+        # partition -> the offset the next event will take in the events partition, when known (see _send_results)
+        self._next_event: dict[int, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -402,6 +408,7 @@ class CommandProcessor:
         touched: dict[str, AggregateState] = {}
         started = time.monotonic()
         steps: list[_Step] = []
+        first_event = self._next_event.pop(tp.partition, None)
         try:
             self._batch_dead_letters[tp.partition] = 0
             # Each command's span ends when the transaction does (outermost, so after the commit).
@@ -409,8 +416,11 @@ class CommandProcessor:
                 async with producer.transaction(), self._offsets_alongside(producer, tp, records) as offsets_sent:
                     await self._run_commands(producer, store, tp.partition, records, touched, steps)
                     ran = time.monotonic()
-                    values, state_sent = await self._send_results(producer, tp.partition, steps, touched)
+                    values, state_sent, predicted = await self._send_results(
+                        producer, tp.partition, steps, touched, first_event
+                    )
                     await offsets_sent
+                    await _confirm(predicted)
                     sent = time.monotonic()
                 next_state_offset = await _next_offset(state_sent)
         except ProducerFenced:
@@ -418,6 +428,13 @@ class CommandProcessor:
             log.warning("partition %s: fenced by a newer owner; giving it up", tp.partition)
             store.forget(touched)
             await self._release(tp.partition)
+            return
+        except _Mispredicted as exc:
+            # Someone else wrote to the events partition (or an offset was missed): nothing of the
+            # batch is visible; it runs again at once, its outcomes waiting for the events' offsets.
+            log.warning("partition %s: %s; running the batch again", tp.partition, exc)
+            store.forget(touched)
+            await self._rewind(consumer, tp, records)
             return
         except _RecordFault as fault:
             # Nothing of the batch is visible; run it again at once, this command rejected.
@@ -446,6 +463,7 @@ class CommandProcessor:
             for offset in [o for o in faults if o <= records[-1].offset]:
                 del faults[offset]
         store.commit(values, touched, next_state_offset)
+        self._remember_next_event(tp.partition, steps, first_event)
         self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
         self.last_progress = time.time()
         self._count("pipeline_processor_batches", 1)
@@ -487,6 +505,16 @@ class CommandProcessor:
             # Its failure fails the transaction; retrieved here so an aborted batch does not log it twice.
             with contextlib.suppress(BaseException):
                 await sent
+
+    def _remember_next_event(self, partition: int, steps: list[_Step], first_event: int | None) -> None:
+        """Where a committed batch leaves the events partition: after its events and the commit marker
+        its transaction wrote there (every transaction adds the events partition, so every commit
+        writes one marker, which takes one offset)."""
+        events = [future for step in steps for future in step.event_futures]
+        if first_event is not None:
+            self._next_event[partition] = first_event + len(events) + 1
+        elif events:
+            self._next_event[partition] = events[-1].result().offset + 2
 
     def _count(self, name: str, value: float, labels: tuple[tuple[str, str], ...] = ()) -> None:
         key = (name, labels)
@@ -639,12 +667,20 @@ class CommandProcessor:
         partition: int,
         steps: list[_Step],
         touched: dict[str, AggregateState],
-    ) -> tuple[dict[str, bytes], list[asyncio.Future[Any]]]:
-        """Produce outcomes and new aggregate states; return the states and their sends' futures.
+        first_event: int | None,
+    ) -> tuple[dict[str, bytes], list[asyncio.Future[Any]], list[tuple[asyncio.Future[Any], int]]]:
+        """Produce outcomes and new aggregate states; return the states, their sends' futures, and the
+        offsets the outcomes name for the events (to confirm before the commit).
 
-        The futures are not awaited here: the commit flushes them, and waiting before it would
-        add a round trip to the transaction."""
+        An outcome names its last event's offset (the consistency token). The processor is the only
+        writer of its events partition, so after its previous commit it knows where the next event
+        lands (``first_event``): the outcomes are then produced with the events, in the same produce
+        request, instead of after a round trip that waits for the events' offsets. Before the commit
+        those offsets are confirmed (``_confirm``); when unknown (the first batch, after an abort)
+        the outcomes wait for them. The state futures are not awaited here: the commit flushes them."""
         outcomes: dict[str, bytes] = {}
+        next_event = first_event
+        predicted: list[tuple[asyncio.Future[Any], int]] = []
         for step in steps:
             envelope = step.envelope
             if step.duplicate_of is not None:
@@ -663,8 +699,12 @@ class CommandProcessor:
             else:
                 position = None
                 for future in step.event_futures:
-                    metadata = await future
-                    position = Position(metadata.partition, metadata.offset).token()
+                    if next_event is None:
+                        position = Position(partition, (await future).offset).token()
+                    else:
+                        predicted.append((future, next_event))
+                        position = Position(partition, next_event).token()
+                        next_event += 1
                 outcome = Outcome(
                     command_id=envelope.command_id,
                     aggregate_id=envelope.aggregate_id,
@@ -702,7 +742,7 @@ class CommandProcessor:
             await producer.send(self.config.state_topic, value, key=aggregate_id.encode(), partition=partition)
             for aggregate_id, value in values.items()
         ]
-        return values, sent
+        return values, sent, predicted
 
 
 @contextlib.contextmanager
@@ -766,6 +806,14 @@ def event_records(
         produced.append((stored, domain_event, headers, event_hash))
         last_hash = event_hash
     return produced
+
+
+async def _confirm(predicted: list[tuple[asyncio.Future[Any], int]]) -> None:
+    """Raise _Mispredicted unless every event landed at the offset its outcome names."""
+    for future, offset in predicted:
+        landed = (await future).offset
+        if landed != offset:
+            raise _Mispredicted(f"an event landed at offset {landed}, not {offset}")
 
 
 async def _next_offset(sent: list[asyncio.Future[Any]]) -> int:
