@@ -71,6 +71,7 @@ MAX_RECORD_BYTES = 1_000_000
 # doubled per consecutive failure: a broker outage costs one log line per step, not a busy loop.
 RETRY_BACKOFF_S = 0.1
 RETRY_BACKOFF_MAX_S = 30.0
+YIELD_EVERY_COMMANDS = 4  # while the transaction's first broker requests are under way (_run_commands)
 IDLE_WAIT_S = 0.05  # between looks at the assignment while no partition is owned yet
 MAX_ERROR_CHARS = 2000  # of an error kept in a rejection or a dead letter
 MAX_ID_CHARS = 256  # command ids, types, actors: the API's are UUIDs and words
@@ -414,7 +415,7 @@ class CommandProcessor:
             # Each command's span ends when the transaction does (outermost, so after the commit).
             with _ending_spans(steps) if self.tracer is not None else contextlib.nullcontext():
                 async with producer.transaction(), self._offsets_alongside(producer, tp, records) as offsets_sent:
-                    await self._run_commands(producer, store, tp.partition, records, touched, steps)
+                    await self._run_commands(producer, store, tp.partition, records, touched, steps, offsets_sent)
                     ran = time.monotonic()
                     values, state_sent, predicted = await self._send_results(
                         producer, tp.partition, steps, touched, first_event
@@ -556,11 +557,20 @@ class CommandProcessor:
         records: list[Any],
         touched: dict[str, AggregateState],
         steps: list[_Step],
+        offsets_sent: asyncio.Future[None],
     ) -> None:
-        """Run the batch's commands, appending a step per decodable command to ``steps``."""
+        """Run the batch's commands, appending a step per decodable command to ``steps``.
+
+        Running commands never waits on anything, so the producer's sender would not run until they
+        all have: every few commands the loop gets a turn while the transaction's first broker
+        requests (AddPartitionsToTxn, then the offsets' AddOffsetsToTxn and TxnOffsetCommit, one
+        after the other) are under way, so that they overlap the commands' work instead of
+        following it."""
         in_batch: dict[str, _Step] = {}
         faults = self._faults.get(partition, {})
-        for record in records:
+        for index, record in enumerate(records):
+            if index % YIELD_EVERY_COMMANDS == 0 and not offsets_sent.done():
+                await asyncio.sleep(0)
             try:
                 envelope = ENVELOPE_DECODER.decode(record.value)
                 UUID(envelope.aggregate_id)
