@@ -52,6 +52,7 @@ from api.user_cache import UserCache
 from api.ws import websocket_endpoint
 from api.ws_limits import UserConnections
 from infra.provision.web_assets import assets_dir
+from infra.runtime import heap
 from infra.runtime.accounts import ensure_admin
 from infra.runtime.bootstrap import ApiContainer, build_api
 from infra.runtime.logs import configure_logging
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.hub.start()
         # In the background: the processor may still be starting, and health must answer meanwhile.
         first_admin = asyncio.create_task(_ensure_admin(container))
+        heap.settle()  # started: what exists now lives as long as the process
         try:
             yield
         finally:
