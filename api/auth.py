@@ -1,4 +1,4 @@
-"""Who is calling: bearer-token authentication and rate limiting, in one ASGI middleware.
+"""Who is calling: bearer-token authentication, rate limiting and route permissions, in one ASGI middleware.
 
 Every route needs a valid access token except those marked ``opt={"public": True}`` (login,
 refresh, logout) and health, docs and metrics. A token is honoured only if it verifies (HS256,
@@ -29,6 +29,7 @@ from psycopg import Error as PostgresError
 from api.errors import ApiError
 from api.middleware import RESPONSE_HEADERS
 from api.ratelimit import RateLimiter, Verdict
+from api.rbac import PERMISSION, check_permission
 from api.revocations import RevokedTokens
 from api.tokens import InvalidToken, decode_access_token
 from api.user_cache import UserCache
@@ -154,6 +155,9 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             await _error(scope, send, 429, "rate_limited", "rate limit exceeded; retry later", verdict.headers())
             return
         request_state[RESPONSE_HEADERS] = verdict.raw_headers  # put on the response by api/middleware.py
+        # The route's permission (api/rbac.py), once the caller is known and counted: 401/403 envelopes
+        # from litestar's exception handlers, with the RateLimit-* headers, as from a guard.
+        check_permission(getattr(scope.get("user"), "role", None), opt.get(PERMISSION))
         await app(scope, receive, send)
 
     return middleware

@@ -26,7 +26,6 @@ from api.inputs import object_id as checked_id
 from api.rbac import can_see
 from commands.data import inline_content
 from commands.envelope import Outcome, Position
-from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
 from projections.data_objects import ObjectRow, get_data_object_with_annotations
 
@@ -171,7 +170,7 @@ async def visible_row(
     except ApiError as exc:  # like REST's path converter: a malformed id names nothing
         raise ApiError(404, "not_found", f"{what} does not exist") from exc
     actor = actor_of(connection)
-    async with read_connection(container.pool) as conn:
+    async with container.reads.connection() as conn:
         row = await load(conn, row_id)
     if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
         raise ApiError(404, "not_found", f"{what} {row_id} does not exist")

@@ -15,7 +15,6 @@ from api.errors import ApiError
 from api.inputs import ExecutionRequest, checked_json
 from commands.envelope import Outcome
 from domain.graph import parse_graph
-from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
 from projections.executions import get_execution
 
@@ -87,7 +86,7 @@ async def read_execution(
         uuid.UUID(execution_id)
     except ValueError as exc:
         raise ApiError(404, "not_found", f"execution {execution_id} does not exist") from exc
-    async with read_connection(container.pool) as conn:
+    async with container.reads.connection() as conn:
         row = await get_execution(conn, execution_id)
     actor = actor_of(connection)
     if row is None or (row["submitter"] != actor.user_id and actor.role != "admin"):

@@ -3,7 +3,7 @@
 Litestar documents a 2xx and its own ``ValidationException`` shape for 400. Every error this API
 sends is the envelope of ``api.errors`` (also from the auth middleware, which answers before any
 route runs), so one pass over the finished document, driven by what each route is (public or not,
-guarded, with path parameters, with a body, sending a command), adds the statuses it can answer,
+needing a permission, with path parameters, with a body, sending a command), adds the statuses it can answer,
 their envelope schema and their headers. Schemathesis (tests/e2e/test_schemathesis.py) checks the
 result against the running API.
 """
@@ -29,6 +29,7 @@ from litestar.openapi.spec import (
 from litestar.routes import HTTPRoute
 
 from api.inputs import JSON_VALUE, JSON_VALUE_SCHEMA
+from api.rbac import PERMISSION
 
 ENVELOPE = "ErrorEnvelope"
 _COMMAND_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -126,7 +127,7 @@ def document_errors(app: Litestar) -> None:
                 if public:
                     operation.security = []
                 statuses = error_statuses(
-                    route, method, public, bool(handler.resolve_guards()), operation.request_body is not None
+                    route, method, public, PERMISSION in handler.opt, operation.request_body is not None
                 )
                 if handler.opt.get("binary_content"):
                     statuses += [410, 416]

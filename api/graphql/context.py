@@ -10,7 +10,6 @@ from litestar.datastructures import State
 from strawberry.dataloader import DataLoader
 from strawberry.litestar import BaseContext
 
-from infra.adapters.postgres import read_connection
 from infra.runtime.bootstrap import ApiContainer
 from projections.annotations import annotations_of_many
 
@@ -40,7 +39,7 @@ async def context_getter(state: State, response: Response) -> GraphQLContext:
     container: ApiContainer = state.container
 
     async def load_annotations(object_ids: list[str]) -> list[list[dict[str, Any]]]:
-        async with read_connection(container.pool) as conn:
+        async with container.reads.connection() as conn:
             found = await annotations_of_many(conn, object_ids)
         return [found.get(object_id, []) for object_id in object_ids]
 

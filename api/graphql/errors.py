@@ -51,7 +51,7 @@ def check_page(limit: int, offset: int, max_limit: int, max_offset: int) -> None
 
 
 def require(connection: ASGIConnection[Any, Any, Any, Any], permission: Permission) -> None:
-    """The REST guards' rule for GraphQL fields: 401 without a caller, 403 without the permission."""
+    """The REST routes' permission rule (api/rbac.py) for GraphQL: 401 without a caller, 403 without the permission."""
     principal = connection.scope.get("user")
     role = getattr(principal, "role", None)
     if role is None:

@@ -70,7 +70,7 @@ class AuditController(Controller):
         "/{aggregate_id:str}",
         operation_id="getAggregateHistory",
         summary="An aggregate's events in order, with their hash chain (its owner or an admin)",
-        guards=[requires(Permission.READ)],
+        opt=requires(Permission.READ),
     )
     async def history(
         self,
@@ -88,7 +88,7 @@ class AuditController(Controller):
         "/",
         operation_id="searchAuditLog",
         summary="Events across aggregates in global order, filtered (admins only)",
-        guards=[requires(Permission.ADMIN)],
+        opt=requires(Permission.ADMIN),
     )
     async def search(
         self,

@@ -76,9 +76,8 @@ class ContentController(Controller):
         "/data/{object_id:uuid}/content",
         operation_id="getDataContent",
         summary="The object's bytes with its content type; Range and If-None-Match (its owner or an admin)",
-        guards=[requires(Permission.READ)],
         # Ranges, the ETag and Content-Length are of the stored bytes: never compressed on the way out.
-        opt={"binary_content": True, "uncompressed": True},
+        opt={**requires(Permission.READ), "binary_content": True, "uncompressed": True},
     )
     async def content(
         self, request: Request[Any, Any, Any], object_id: FromPath[uuid.UUID], container: NamedDependency[ApiContainer]

@@ -58,7 +58,7 @@ class ConversationsController(Controller):
         "/{conversation_id:uuid}",
         operation_id="getConversation",
         summary="A conversation's history, oldest first (its owner or an admin)",
-        guards=[requires(Permission.READ)],
+        opt=requires(Permission.READ),
     )
     async def history(
         self,

@@ -100,8 +100,7 @@ class DataController(Controller):
         operation_id="ingestData",
         status_code=201,
         summary="Ingest data into the pipeline",
-        guards=[requires(Permission.WRITE)],
-        opt={"burst": True},
+        opt={**requires(Permission.WRITE), "burst": True},
     )
     async def ingest(
         self,
@@ -126,7 +125,7 @@ class DataController(Controller):
         "/data/{object_id:uuid}",
         operation_id="getDataObject",
         summary="Get a data object with its annotations, now or as of a version or time (its owner or an admin)",
-        guards=[requires(Permission.READ)],
+        opt=requires(Permission.READ),
     )
     async def get_object(
         self,
@@ -150,7 +149,7 @@ class DataController(Controller):
         operation_id="annotateDataObject",
         status_code=201,
         summary="Add an annotation to a data object (its owner or an admin)",
-        guards=[requires(Permission.WRITE)],
+        opt=requires(Permission.WRITE),
     )
     async def annotate(
         self,
@@ -169,7 +168,7 @@ class DataController(Controller):
         operation_id="deleteDataObject",
         status_code=200,
         summary="Delete a data object (its owner or an admin)",
-        guards=[requires(Permission.WRITE)],
+        opt=requires(Permission.WRITE),
     )
     async def delete_object(
         self, request: Request[Any, Any, Any], object_id: FromPath[uuid.UUID], container: NamedDependency[ApiContainer]

@@ -54,8 +54,7 @@ class EventsController(Controller):
         response_description="An open text/event-stream: `event: event` messages (`id:` the position after the"
         " event, `data:` the event as JSON), ending only with `event: lagged` (resume from its `id:`) or"
         " `event: error`",
-        guards=[requires(Permission.READ)],
-        opt={"uncompressed": True},  # each message must reach the client as it is written
+        opt={**requires(Permission.READ), "uncompressed": True},  # each message must reach the client as it is written
     )
     async def stream(
         self,

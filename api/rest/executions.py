@@ -98,7 +98,7 @@ class ExecutionsController(Controller):
         operation_id="executeGraph",
         status_code=202,
         summary="Submit a processing graph",
-        guards=[requires(Permission.EXECUTE)],
+        opt=requires(Permission.EXECUTE),
     )
     async def execute(
         self,
@@ -122,7 +122,7 @@ class ExecutionsController(Controller):
         "/executions/{execution_id:uuid}",
         operation_id="getExecution",
         summary="An execution's status",
-        guards=[requires(Permission.READ)],
+        opt=requires(Permission.READ),
     )
     async def get_one(
         self,
@@ -139,7 +139,7 @@ class ExecutionsController(Controller):
         "/executions",
         operation_id="listExecutions",
         summary="The caller's executions, newest first",
-        guards=[requires(Permission.READ)],
+        opt=requires(Permission.READ),
     )
     async def list_all(
         self,
@@ -162,7 +162,7 @@ class ExecutionsController(Controller):
         operation_id="cancelExecution",
         status_code=200,
         summary="Cancel an execution (it stops between nodes)",
-        guards=[requires(Permission.EXECUTE)],
+        opt=requires(Permission.EXECUTE),
     )
     async def cancel(
         self,

@@ -15,7 +15,7 @@ class NodesController(Controller):
     path = "/api/v1/nodes"
     tags = ["executions"]
 
-    @get("/", operation_id="listNodes", summary="List the available node types", guards=[requires(Permission.READ)])
+    @get("/", operation_id="listNodes", summary="List the available node types", opt=requires(Permission.READ))
     async def list_nodes(
         self, category: Annotated[str | None, QueryParameter(required=False)] = None
     ) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ class NotificationsController(Controller):
     path = "/api/v1/notifications"
     tags = ["notifications"]
 
-    @get("/", operation_id="listNotifications", summary="Your notifications", guards=[requires(Permission.READ)])
+    @get("/", operation_id="listNotifications", summary="Your notifications", opt=requires(Permission.READ))
     async def list_mine(
         self,
         request: Request[Any, Any, Any],
@@ -72,7 +72,7 @@ class NotificationsController(Controller):
         operation_id="markNotificationsRead",
         status_code=200,
         summary="Mark your notifications read",
-        guards=[requires(Permission.READ)],
+        opt=requires(Permission.READ),
     )
     async def read(
         self, request: Request[Any, Any, Any], data: JSONBody[MarkRead], container: NamedDependency[ApiContainer]

@@ -158,8 +158,7 @@ class SearchController(Controller):
         summary="Search across ingested data (the caller's own objects; admins: all)",
         description='modality=text: full text with web-search syntax ("a phrase", or, -word) and word* prefixes,'
         " best first, with a highlighted snippet; modality=metadata: the filters alone, newest first (no query).",
-        guards=[requires(Permission.READ)],
-        opt={"json_query": {"filters": SearchFilters}},
+        opt={**requires(Permission.READ), "json_query": {"filters": SearchFilters}},
     )
     async def search(
         self,

@@ -59,9 +59,8 @@ class UploadController(Controller):
         description="Each file is stored by its sha256 and ingested as its own data object, its content type"
         " sniffed from its bytes. Files that fail are listed under `failed` with the reason; the others are"
         " kept. When every file fails the answer is an error whose details list them.",
-        guards=[requires(Permission.WRITE)],
         request_max_body_size=None,  # bounded by storage.max_upload_request_bytes while streaming
-        opt={"burst": True, "multipart": UploadForm},
+        opt={**requires(Permission.WRITE), "burst": True, "multipart": UploadForm},
     )
     async def upload(
         self, request: Request[Any, Any, Any], container: NamedDependency[ApiContainer]

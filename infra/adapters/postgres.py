@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from importlib import resources
 
 import psycopg
@@ -77,21 +75,3 @@ async def migrate(url: str, schema: str) -> list[str]:
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
                 applied.append(name)
     return applied
-
-
-@asynccontextmanager
-async def read_connection(pool: AsyncConnectionPool) -> AsyncIterator[psycopg.AsyncConnection]:
-    """A pooled connection in autocommit, for reads of one statement: no BEGIN and COMMIT round trips.
-
-    Switching autocommit on and off is client-side only (no round trip); the connection goes back to
-    the pool as the pool made it, or, when it is not idle (a cancelled query), closed for the pool to replace.
-    """
-    async with pool.connection() as conn:
-        await conn.set_autocommit(True)
-        try:
-            yield conn
-        finally:
-            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
-                await conn.set_autocommit(False)
-            else:
-                await conn.close()

@@ -20,6 +20,7 @@ from infra.adapters.command_bus import KafkaCommandBus
 from infra.adapters.credentials import CredentialStore, ensure_credentials_table
 from infra.adapters.kafka import Topics, ensure_topics
 from infra.adapters.postgres import migrate, open_pool
+from infra.adapters.read_connections import ReadConnections
 from infra.runtime.settings import Settings
 from projections.annotations import AnnotationsProjector
 from projections.audit_log import AuditLogProjector
@@ -56,6 +57,7 @@ class ApiContainer:
     settings: Settings
     topics: Topics
     pool: AsyncConnectionPool
+    reads: ReadConnections  # the pool's connections for one-statement reads (infra/adapters/read_connections.py)
     bus: KafkaCommandBus
     blobs: LocalBlobStore
     changes: ChangeFeed
@@ -65,6 +67,7 @@ class ApiContainer:
     async def close(self) -> None:
         await self.bus.stop()
         await self.changes.stop()
+        await self.reads.close()
         await self.pool.close()
         with contextlib.suppress(Exception):
             await self.redis.aclose()
@@ -124,7 +127,9 @@ async def build_api(settings: Settings, tracer: Tracer | None = None) -> ApiCont
     redis = aioredis.from_url(settings.redis.url, socket_connect_timeout=0.5, socket_timeout=0.5)
     credentials = CredentialStore(pool, settings.database.schema)
     blobs = LocalBlobStore(settings.storage.blob_path)
-    return ApiContainer(settings, topics, pool, bus, blobs, changes, redis, credentials)
+    # At least two of the pool's connections stay for everything else (users, live queries, credentials).
+    reads = ReadConnections(pool, min(settings.database.read_connections, settings.database.pool_max - 2), pool.timeout)
+    return ApiContainer(settings, topics, pool, reads, bus, blobs, changes, redis, credentials)
 
 
 def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:

@@ -151,6 +151,8 @@ class DatabaseSettings:
     schema: str = "public"
     pool_min: int = 2
     pool_max: int = 10
+    # Of the API's pool, kept out for one-statement reads (infra/adapters/read_connections.py); at most pool_max - 2.
+    read_connections: int = 6
 
 
 @dataclass(frozen=True)

@@ -382,6 +382,31 @@ async def test_slow_request_headers_get_408_and_the_connection_closes(anonymous:
     assert time.monotonic() - started < 10
 
 
+def _second_request_stalls(base_url: httpx.URL, pause: float) -> tuple[bytes, float]:
+    """One whole request on a kept-alive connection, ``pause`` s later only part of a second; the answers,
+    and the seconds from the second request's first byte to the connection's close."""
+    with socket.create_connection((base_url.host, base_url.port), timeout=15) as conn:
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        chunks = [conn.recv(65536)]
+        time.sleep(pause)  # the time between requests is what is tested
+        conn.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        second_began = time.monotonic()
+        while chunk := conn.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks), time.monotonic() - second_began
+
+
+async def test_a_later_request_on_a_kept_alive_connection_has_its_own_header_deadline(
+    anonymous: httpx.AsyncClient,
+) -> None:
+    # The second request begins 1 s after the connection opened: its deadline (2 s) is 1 s after the first
+    # request's would have been, and is counted from its own first byte.
+    answer, stalled = await asyncio.to_thread(_second_request_stalls, anonymous.base_url, 1.0)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert b"HTTP/1.1 408" in answer, answer
+    assert 1.8 < stalled < 6, stalled
+
+
 async def test_a_slow_request_body_gets_408_with_the_envelope(anonymous: httpx.AsyncClient) -> None:
     body = json.dumps({"username": "slow-body", "password": "whatever it is"}).encode()
     head = (
