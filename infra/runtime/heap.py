@@ -1,7 +1,8 @@
 """The garbage collector of a long-running server process, once it has started.
 
 A server starts by building hundreds of thousands of objects that live as long as it does (modules,
-the litestar app and its routes, the GraphQL schema, the clients); every full collection then walks
+the litestar app and its routes, the GraphQL schema, the clients; in a worker, the domain, the
+mappers and the Kafka and PostgreSQL clients); every full collection then walks
 them all again, a pause that every request in flight waits out. ``settle`` moves them out of the
 collector's sight (``gc.freeze``) and collects the young generation less often: requests leave little
 cyclic garbage, and a young collection at CPython's default of 700 objects mostly walks the objects of

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+from infra.runtime import heap
 from infra.runtime.bootstrap import build_processor, build_runner, require_services
 from infra.runtime.heartbeat import Progressing, beat, heartbeat_path
 from infra.runtime.settings import Settings
@@ -39,6 +40,7 @@ async def run_processor(settings: Settings) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     processor = await build_processor(settings, tracer_for(settings.monitoring, "processor"))
+    heap.settle()  # started: what exists now lives as long as the process
     log.info("command processor started (group %s)", processor.config.group_id)
     try:
         async with _heartbeat(settings, "processor", processor):
@@ -52,6 +54,7 @@ async def run_projections(settings: Settings) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     runner = await build_runner(settings, tracer=tracer_for(settings.monitoring, "projections"))
+    heap.settle()
     log.info("projection runner started (schema %s)", settings.database.schema)
     try:
         async with _heartbeat(settings, "projections", runner):
@@ -69,6 +72,7 @@ async def run_executor(settings: Settings) -> None:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     service = await build_executor(settings)
+    heap.settle()
     log.info("graph executor started (group %s)", service.executor.config.group_id)
     async with _heartbeat(settings, "executor", service.executor):
         await service.run(stop)
