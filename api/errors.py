@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from aiokafka.errors import KafkaError
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
@@ -75,7 +77,14 @@ def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
     return response
 
 
-HTTP_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+HTTP_REASONS = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 def http_reason(status: int) -> str:
@@ -86,11 +95,28 @@ def http_reason(status: int) -> str:
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        return envelope(request, 400, "validation_error", "the request is not valid", exc.extra or exc.detail)
+        return envelope(request, 400, "validation_error", "the request is not valid", validation_details(exc))
     response = envelope(request, status, http_reason(status), exc.detail, exc.extra or None)
     if exc.headers:
         response.headers.update(exc.headers)
     return response
+
+
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]{1,300})`")
+
+
+def validation_details(exc: ValidationException) -> dict[str, Any]:
+    """litestar's parameter and body errors as the envelope's details: ``field`` names the first bad
+    one, as every other validation error does, and ``errors`` keeps each (message, key, source)."""
+    errors = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
+    if not errors:
+        return {"field": None, "errors": [{"message": str(exc.detail)}]}
+    first = errors[0]
+    field = first.get("key")
+    unknown = _UNKNOWN_FIELD.search(str(first.get("message", "")))
+    if unknown is not None:  # msgspec names the body ("data"), the message names the field
+        field = unknown.group(1)
+    return {"field": field, "source": first.get("source"), "errors": errors}
 
 
 def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[Any]:
@@ -123,6 +149,13 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     return envelope(request, 503, "unavailable", "a backing service is unavailable; retry shortly")
 
 
+def _query_timeout(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("statement timeout on %s %s: %r", request.method, request.url.path, exc)
+    return envelope(
+        request, 503, "query_timeout", "the query took longer than database.statement_timeout_ms; retry shortly"
+    )
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return envelope(request, 500, "internal_error", "internal server error")
@@ -136,6 +169,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     UnicodeDecodeError: _undecodable,
     RecursionError: _too_deep,
     KafkaError: _unavailable,
+    psycopg.errors.QueryCanceled: _query_timeout,  # before OperationalError, its base
     psycopg.OperationalError: _unavailable,
     PoolTimeout: _unavailable,
     Exception: _unexpected,

@@ -5,7 +5,8 @@ change into messages on topics: ``data_changes`` for data objects, ``execution:{
 executions, and ``{"type": "notification", "data": ...}`` to every open connection of the user a
 notification is for (projections/notifications.py), without any subscription. Every connection
 has a bounded queue; when a slow client's queue is full its oldest message is dropped and it is
-told how many it lost (``{"type": "lagged", "dropped": n}``). The same batches advance the event
+told how many it lost (``{"type": "lagged", "dropped": n}``); when the change feed reconnects, every
+connection is told it may have missed changes (``{"type": "resync"}``). The same batches advance the event
 streams (api/event_streams.py): the hub reads each batch's new audit rows once for all of them.
 
 Rights are re-checked for every delivery (api/live_rights.py): before a batch goes out, each
@@ -119,6 +120,18 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         data = {"event": kind, "version": change["version"]}
         return [(f"execution:{change['id']}", {"type": "execution_update", "execution_id": change["id"], "data": data})]
     return []
+
+
+def resync_message(topics: set[str]) -> dict[str, Any]:
+    """Told to every connection when the change feed reconnected (projections/changes.py): changes and
+    notifications committed while it was down were not delivered, so the client re-reads what it shows.
+    The connection's event stream is not affected (it reads the log by position: nothing is lost)."""
+    return {
+        "type": "resync",
+        "topics": sorted(topics),
+        "message": "the live feed was interrupted; changes and notifications since your last message may have"
+        " been missed: re-read the objects and executions you follow and GET /api/v1/notifications",
+    }
 
 
 def notification_message(row: dict[str, Any]) -> dict[str, Any]:
@@ -344,3 +357,6 @@ class LiveHub:
         for subscriber in allowed:  # every open connection of the user, no subscription needed
             for note in notes.get(subscriber.actor.user_id, ()):
                 subscriber.offer({"type": "notification", "data": note})
+        if batch.get("reconnected"):  # the feed was down: what committed meanwhile was announced to nobody
+            for subscriber in allowed:
+                subscriber.offer(resync_message(subscriber.topics))

@@ -40,7 +40,7 @@ from psycopg import Error as PostgresError
 from api.auth import actor_of, principal_of
 from api.chat_service import chat_message
 from api.errors import ApiError
-from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
+from api.event_streams import HiddenAggregate, Lagged, follow, refuse_hidden, refuse_unreachable, stream_request
 from api.execution_service import read_execution, read_fresh_execution
 from api.graphql.masking import classify
 from api.hub import CLOSE, LiveHub, Subscriber
@@ -126,6 +126,10 @@ async def subscribe_events(
         await refuse_unreachable(request, container.bus.events_end)
     except ValueError as exc:
         return error("invalid_message", str(exc))
+    try:
+        await refuse_hidden(request, sub.actor, container)
+    except HiddenAggregate as exc:
+        return error("not_found", str(exc))
     stop_events(sub)
     sub.stream_task = asyncio.create_task(_stream_events(socket, hub, sub, request))
     return None

@@ -97,6 +97,8 @@ class ChangeFeed:
                     self.connected, delay = True, 0.2
                     self.generation += 1  # listeners holding derived state know to drop it
                     self._ready.set()
+                    if self.generation > 1:  # NOTIFYs sent while it was down are gone: say so
+                        self._fan_out(self.reconnected_message())
                     async for notify in conn.notifies():
                         await self._on_message(orjson.loads(notify.payload))
             except asyncio.CancelledError:
@@ -125,6 +127,16 @@ class ChangeFeed:
             partition = message["partition"]
             self.positions[partition] = max(self.positions.get(partition, 0), message["next_offset"])
             self._advanced.notify_all()
+        self._fan_out(message)
+
+    def reconnected_message(self) -> dict[str, Any]:
+        """What subscribers get after a reconnection: changes committed while the feed was down were
+        announced to nobody. ``truncated`` (like a batch too large to list) tells them to drop what they
+        derived from changes; the hub tells live clients to re-read (``resync``); the read positions
+        are already reloaded, so waits for a token and event streams (read by position) lose nothing."""
+        return {"projection": self.projection, "reconnected": True, "truncated": True, "changes": []}
+
+    def _fan_out(self, message: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
             if queue.full():
                 with contextlib.suppress(asyncio.QueueEmpty):

@@ -26,22 +26,33 @@ def check_schema(schema: str) -> str:
 PREPARE_WHEN_ASKED = 2**62
 
 
-def connection_kwargs(schema: str, prepare: bool = False) -> dict[str, object]:
+def connection_kwargs(schema: str, prepare: bool = False, statement_timeout_ms: int = 0) -> dict[str, object]:
     """Connection options that put every statement in ``schema``; ``prepare``: allow prepared statements
-    where a statement asks for one (else none at all)."""
+    where a statement asks for one (else none at all); ``statement_timeout_ms``: cancel a statement
+    that runs longer (0: never)."""
     # PostgreSQL re-plans a prepared statement when its search_path's schema or a table it read is replaced
     # (a rebuild's swap renames schemas, or moves tables), so a prepared read follows the swap. Writers
     # (the projection runner) prepare nothing all the same.
     threshold = PREPARE_WHEN_ASKED if prepare else None
-    return {"options": f"-c search_path={check_schema(schema)}", "autocommit": False, "prepare_threshold": threshold}
+    options = f"-c search_path={check_schema(schema)}"
+    if statement_timeout_ms:
+        options += f" -c statement_timeout={int(statement_timeout_ms)}"
+    return {"options": options, "autocommit": False, "prepare_threshold": threshold}
 
 
 async def open_pool(
-    url: str, schema: str, min_size: int = 2, max_size: int = 10, prepare: bool = False
+    url: str,
+    schema: str,
+    min_size: int = 2,
+    max_size: int = 10,
+    prepare: bool = False,
+    statement_timeout_ms: int = 0,
+    timeout: float = 30.0,
 ) -> AsyncConnectionPool:
-    """An opened async pool whose connections use ``schema`` (``prepare``: see connection_kwargs)."""
-    kwargs = connection_kwargs(schema, prepare)
-    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=False)
+    """An opened async pool whose connections use ``schema`` (``prepare``, ``statement_timeout_ms``: see
+    connection_kwargs); ``timeout``: how long ``connection()`` waits for one before PoolTimeout."""
+    kwargs = connection_kwargs(schema, prepare, statement_timeout_ms)
+    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=False, timeout=timeout)
     await pool.open(wait=True, timeout=30)
     return pool
 
