@@ -95,7 +95,7 @@ def http_reason(status: int) -> str:
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        return envelope(request, 400, "validation_error", "the request is not valid", validation_details(exc))
+        return envelope(request, 400, "validation_error", "the request is not valid", validation_details(request, exc))
     response = envelope(request, status, http_reason(status), exc.detail, exc.extra or None)
     if exc.headers:
         response.headers.update(exc.headers)
@@ -105,18 +105,29 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]{1,300})`")
 
 
-def validation_details(exc: ValidationException) -> dict[str, Any]:
+def validation_details(request: Request[Any, Any, Any], exc: ValidationException) -> dict[str, Any]:
     """litestar's parameter and body errors as the envelope's details: ``field`` names the first bad
-    one, as every other validation error does, and ``errors`` keeps each (message, key, source)."""
+    one, as every other validation error does, and ``errors`` keeps each (message, key, source), each
+    key the name the client sent (``query``, not the handler's ``search_query``)."""
     errors = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
     if not errors:
         return {"field": None, "errors": [{"message": str(exc.detail)}]}
+    for error in errors:
+        error["key"] = _public_name(request, error.get("key"))
     first = errors[0]
     field = first.get("key")
     unknown = _UNKNOWN_FIELD.search(str(first.get("message", "")))
     if unknown is not None:  # msgspec names the body ("data"), the message names the field
         field = unknown.group(1)
     return {"field": field, "source": first.get("source"), "errors": errors}
+
+
+def _public_name(request: Request[Any, Any, Any], key: Any) -> Any:
+    """The query parameter or header name a handler's argument ``key`` is bound to (else ``key``)."""
+    handler = request.scope.get("route_handler")
+    parameter = handler.parsed_fn_signature.parameters.get(key) if handler is not None and key else None
+    definition = getattr(parameter, "kwarg_definition", None)
+    return getattr(definition, "query", None) or getattr(definition, "header", None) or key
 
 
 def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[Any]:

@@ -35,6 +35,11 @@ def channel_for(schema: str) -> str:
     return f"pipeline_changes.{schema}"
 
 
+def feed_application_name(schema: str) -> str:
+    """How the LISTEN connection names itself to PostgreSQL (pg_stat_activity; at most 63 bytes)."""
+    return f"pipeline change feed {schema}"[:63]
+
+
 class ChangeFeed:
     """One LISTEN connection per process: read-model positions and a fan-out of changes."""
 
@@ -91,7 +96,9 @@ class ChangeFeed:
         delay = 0.2
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=feed_application_name(self.schema)
+                ) as conn:
                     await conn.execute(f'LISTEN "{channel_for(self.schema)}"')
                     await self._load_positions(conn)
                     self.connected, delay = True, 0.2

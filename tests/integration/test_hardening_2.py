@@ -19,7 +19,7 @@ import websockets
 
 from domain.inbox import inbox_id
 from infra.runtime.settings import Settings, load_settings
-from projections.changes import channel_for
+from projections.changes import feed_application_name
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
@@ -143,6 +143,7 @@ async def test_parameter_errors_name_the_field(system: RunningSystem) -> None:
     """Found: ``GET /api/v1/search?query=x&limit=abc`` answered details as a bare list, without ``field``."""
     cases = [
         ("/api/v1/search", {"query": "x", "limit": "abc"}, "limit"),
+        ("/api/v1/search", {"query": "a" * 600}, "query"),  # the parameter's name, not the handler's argument
         ("/api/v1/executions", {"status": "weird"}, "status"),
         ("/api/v1/notifications", {"limit": "-1"}, "limit"),
         ("/api/v1/events/stream", {"aggregate_id": "nope"}, "aggregate_id"),
@@ -264,8 +265,8 @@ async def test_live_clients_are_told_when_the_change_feed_reconnected(
                 """Terminate this system's LISTEN connection (its channel names the schema)."""
                 async with await psycopg.AsyncConnection.connect(settings.database.url, autocommit=True) as conn:
                     cur = await conn.execute(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = %s",
-                        (f'LISTEN "{channel_for(settings.database.schema)}"',),
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                        (feed_application_name(settings.database.schema),),
                     )
                     return await cur.fetchall()
 
