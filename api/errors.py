@@ -127,7 +127,10 @@ def _public_name(request: Request[Any, Any, Any], key: Any) -> Any:
     handler = request.scope.get("route_handler")
     parameter = handler.parsed_fn_signature.parameters.get(key) if handler is not None and key else None
     definition = getattr(parameter, "kwarg_definition", None)
-    return getattr(definition, "query", None) or getattr(definition, "header", None) or key
+    for attribute in ("name", "query", "header"):  # QueryParameter(name=...) sets name
+        if isinstance(public := getattr(definition, attribute, None), str):
+            return public
+    return key
 
 
 def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[Any]:
