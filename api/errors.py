@@ -78,6 +78,7 @@ def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
 
 
 HTTP_REASONS = {
+    400: "validation_error",  # litestar's own 400s: an undecodable body (e.g. an integer beyond 64 bits)
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
@@ -102,7 +103,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return response
 
 
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]{1,300})`")
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]{1,300})`")
 
 
 def validation_details(request: Request[Any, Any, Any], exc: ValidationException) -> dict[str, Any]:
@@ -116,9 +117,9 @@ def validation_details(request: Request[Any, Any, Any], exc: ValidationException
         error["key"] = _public_name(request, error.get("key"))
     first = errors[0]
     field = first.get("key")
-    unknown = _UNKNOWN_FIELD.search(str(first.get("message", "")))
-    if unknown is not None:  # msgspec names the body ("data"), the message names the field
-        field = unknown.group(1)
+    named = _NAMED_FIELD.search(str(first.get("message", "")))
+    if named is not None:  # msgspec names the body ("data"), the message names the field
+        field = named.group(1)
     return {"field": field, "source": first.get("source"), "errors": errors}
 
 

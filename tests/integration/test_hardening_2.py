@@ -287,3 +287,36 @@ async def test_live_clients_are_told_when_the_change_feed_reconnected(
             while (change := json.loads(await ws.recv())).get("object_id") != object_id:
                 pass
         assert change["type"] == "data_change"
+
+
+# --- numbers the parsers choke on ------------------------------------------------------------------
+
+
+async def test_digits_that_int_refuses_are_4xx(system: RunningSystem) -> None:
+    """Found, each a 500: ``DELETE /api/v1/data/{id}`` with ``If-Match: ²`` (byte 0xB2, which
+    str.isdigit() admits and int() refuses); ``GET .../content`` with ``Range: bytes=<5000 digits>-``
+    (int() refuses over 4300 digits); ``POST /api/graphql`` with a 5000-digit integer in ``variables``."""
+    object_id, position = await ingest(system.admin, "digits")
+    url = f"/api/v1/data/{object_id}"
+    for value in (b"\xb2", b"1" * 19):
+        request = system.admin.build_request("DELETE", url, headers=[(b"If-Match", value)])
+        error = assert_envelope(await system.admin.send(request), 400)
+        assert error["reason"] == "invalid_header"
+    huge = "9" * 5000
+    token = {"X-Consistency-Token": position}
+    past = await system.admin.get(f"{url}/content", headers={**token, "Range": f"bytes={huge}-"})
+    assert_envelope(past, 416)
+    for whole in (f"bytes=0-{huge}", f"bytes=-{huge}"):
+        response = await system.admin.get(f"{url}/content", headers={**token, "Range": whole})
+        assert response.status_code == 206 and response.content == b"digits", response.text
+    mutation = 'mutation($m: JSON) { ingestData(content: "x", contentType: "text/plain", metadata: $m) { objectId } }'
+    body = '{"query": ' + json.dumps(mutation) + ', "variables": {"m": {"a": ' + huge + "}}}"
+    graphql = await system.admin.post(GQL, content=body, headers={"Content-Type": "application/json"})
+    assert_envelope(graphql, 400)
+    rest = await system.admin.post(
+        "/api/v1/ingest",
+        content='{"content": "x", "content_type": "text/plain", "metadata": {"a": ' + huge + "}}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert assert_envelope(rest, 400)["reason"] == "validation_error"
+    assert (await system.admin.get(url)).status_code == 200
