@@ -177,12 +177,16 @@ def graphql_controller(
                 return envelope(request, exc.status_code, reason, exc.reason)
 
         def decode_json(self, data: str | bytes) -> object:
-            """strawberry's, with any ValueError a 400: json.loads raises a plain ValueError (not a
-            JSONDecodeError, which strawberry answers) for an integer of more than 4300 digits."""
+            """strawberry's, but every undecodable document is a JSONDecodeError, which strawberry answers
+            (400 over HTTP, close 4400 over graphql-transport-ws): json.loads raises a plain ValueError for
+            an integer of more than 4300 digits, which was a 500 (HTTP) and a close with 4500 (WebSocket)."""
             try:
                 return json.loads(data)
+            except json.JSONDecodeError:
+                raise
             except ValueError as exc:
-                raise GraphQLRequestError(400, "Unable to parse request body as JSON") from exc
+                text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+                raise json.JSONDecodeError(str(exc), text, 0) from exc
 
     if ide == "apollo-sandbox":
         return Enveloped

@@ -319,4 +319,14 @@ async def test_digits_that_int_refuses_are_4xx(system: RunningSystem) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert assert_envelope(rest, 400)["reason"] == "validation_error"
+    # The same over graphql-transport-ws closes the connection as an invalid message (4400), not 4500.
+    async with websockets.connect(
+        f"{ws_base(system.admin)}{GQL}", subprotocols=[websockets.Subprotocol("graphql-transport-ws")]
+    ) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(system.admin)}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send('{"id": "1", "type": "subscribe", "payload": {"query": "{ __typename }", "x": ' + huge + "}}")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
     assert (await system.admin.get(url)).status_code == 200
