@@ -23,7 +23,7 @@ from projections.changes import feed_application_name
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user, token_of, ws_base
+from tests.integration.users import client_for, create_user, ingest_readable, token_of, ws_base
 
 GQL = "/api/graphql"
 STATEMENT_TIMEOUT_MS = 1500
@@ -79,15 +79,7 @@ def graphql_error(message: dict[str, Any]) -> dict[str, Any]:
 
 
 async def ingest(client: httpx.AsyncClient, content: str = "hardening") -> tuple[str, str]:
-    """(object id, position) once the read model has it."""
-    response = await client.post("/api/v1/ingest", json={"content": content, "content_type": "text/plain"})
-    assert response.status_code == 201, response.text
-    created = response.json()
-    read = await client.get(
-        f"/api/v1/data/{created['object_id']}", headers={"X-Consistency-Token": created["position"]}
-    )
-    assert read.status_code == 200, read.text
-    return created["object_id"], created["position"]
+    return await ingest_readable(client, content)
 
 
 def ws_url(client: httpx.AsyncClient, name: str = "hardening") -> str:
