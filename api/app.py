@@ -86,7 +86,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
         events = EventStreams(container.changes, container.pool, settings.event_stream)
-        app.state.hub = LiveHub(container.changes, container.pool, app.state.users, events, tracer=tracer)
+        revoked = app.state.revoked_tokens  # a live connection opened with a token revoked since is closed
+        app.state.hub = LiveHub(
+            container.changes, container.pool, app.state.users, events, tracer=tracer, revocations=revoked
+        )
         app.state.user_connections = UserConnections(settings.websocket.max_connections_per_user)
         app.state.ws_message_rule = Rule.parse(settings.websocket.message_limit)
         app.state.hub.start()

@@ -29,8 +29,9 @@ from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
 from api.event_streams import EventStreams
-from api.live_rights import POLICY_VIOLATION, changed_users, current_row
+from api.live_rights import POLICY_VIOLATION, changed_users, current_row, token_revoked
 from api.rbac import can_see
+from api.revocations import RevokedTokens
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from commands.tracing import parent_context
@@ -45,9 +46,10 @@ OWNER_CACHE_SIZE = 100_000
 class Subscriber:
     """One connection's subscriptions, who it is, and its bounded outbox."""
 
-    def __init__(self, queue_size: int, actor: Actor, token_generation: int = 0) -> None:
+    def __init__(self, queue_size: int, actor: Actor, token_generation: int = 0, token_id: str = "") -> None:
         self.actor = actor
         self.token_generation = token_generation  # of the token that opened it: a password change ends it
+        self.token_id = token_id  # the jti of that token: its revocation (logout) ends it
         self.topics: set[str] = set()
         self.owners: dict[str, str] = {}  # execution topic -> its submitter, checked on each delivery
         # A topic being joined holds its messages until the current state is sent (LiveHub.release);
@@ -155,8 +157,10 @@ class LiveHub:
         events: EventStreams,
         queue_size: int = 256,
         tracer: Tracer | None = None,
+        revocations: RevokedTokens | None = None,
     ) -> None:
         self.feed = feed
+        self.revocations = revocations  # logouts: a connection opened with a revoked token is closed
         self.events = events
         self.tracer = tracer  # None: tracing off (infra.runtime.tracing)
         self.pool = pool
@@ -178,9 +182,9 @@ class LiveHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def connect(self, actor: Actor, token_generation: int = 0) -> Subscriber:
+    def connect(self, actor: Actor, token_generation: int = 0, token_id: str = "") -> Subscriber:
         self.connections += 1
-        subscriber = Subscriber(self.queue_size, actor, token_generation)
+        subscriber = Subscriber(self.queue_size, actor, token_generation, token_id)
         self._subscribers.add(subscriber)
         return subscriber
 
@@ -263,8 +267,13 @@ class LiveHub:
                 log.exception("cannot re-check user %s; their connections skip this change", user_id)
                 continue
             for subscriber in subscribers:
-                if row is None or row.disabled or row.token_generation > subscriber.token_generation:
-                    subscriber.close(POLICY_VIOLATION, "the user is disabled or changed their password")
+                if (
+                    row is None
+                    or row.disabled
+                    or row.token_generation > subscriber.token_generation
+                    or (self.revocations is not None and token_revoked(self.revocations, subscriber.token_id))
+                ):
+                    subscriber.close(POLICY_VIOLATION, "the user is disabled, changed their password or logged out")
                     self.disconnect(subscriber)
                     continue
                 if row[1] != subscriber.actor.role:

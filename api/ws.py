@@ -219,7 +219,8 @@ async def websocket_endpoint(
         await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
         return
     await socket.accept()
-    subscriber = hub.connect(actor_of(socket), principal_of(socket).token_generation)
+    principal = principal_of(socket)
+    subscriber = hub.connect(actor_of(socket), principal.token_generation, principal.token_id)
     WEBSOCKET_CONNECTIONS.inc()
     # Either side may end the connection: the client (receive loop) or the hub (a disabled user).
     receiver = asyncio.create_task(_receive_loop(socket, container, hub, subscriber))

@@ -23,7 +23,7 @@ from projections.changes import feed_application_name
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user, ingest_readable, token_of, ws_base
+from tests.integration.users import PASSWORD, client_for, create_user, ingest_readable, token_of, ws_base
 
 GQL = "/api/graphql"
 STATEMENT_TIMEOUT_MS = 1500
@@ -322,3 +322,31 @@ async def test_digits_that_int_refuses_are_4xx(system: RunningSystem) -> None:
             await asyncio.wait_for(ws.recv(), 30)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 4400
     assert (await system.admin.get(url)).status_code == 200
+
+
+async def test_a_logout_ends_the_live_connections_its_token_opened(system: RunningSystem) -> None:
+    """Found: after ``POST /api/v1/auth/logout`` (which revokes the bearer access token) a ``/ws``
+    connection opened with that token went on answering (``ping`` -> ``pong``) and receiving changes."""
+    name = f"leaver-{uuid.uuid4().hex[:6]}"
+    await create_user(system.admin, name)
+    tokens = (await system.anonymous.post("/api/v1/auth/login", json={"username": name, "password": PASSWORD})).json()
+    headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+    url = f"{ws_base(system.admin)}/ws/leaver?access_token={tokens['access_token']}"
+    async with websockets.connect(url) as ws, websockets.connect(url) as quiet:
+        assert (await ws_ask(ws, {"type": "ping"}))["type"] == "pong"
+        assert (await ws_ask(quiet, {"type": "subscribe", "topic": "data_changes"}))["type"] == "subscribed"
+        logout = await system.anonymous.post(
+            "/api/v1/auth/logout", headers=headers, json={"refresh_token": tokens["refresh_token"]}
+        )
+        assert logout.status_code == 204, logout.text
+        await ws.send(json.dumps({"type": "ping"}))  # the next message is refused: closed with 1008
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 30)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        # The other connection, sending nothing, is closed at its next delivery.
+        await ingest(system.admin, "after the logout")
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(30):
+                while True:
+                    await quiet.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
