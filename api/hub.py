@@ -125,7 +125,8 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def resync_message(topics: set[str]) -> dict[str, Any]:
-    """Told to every connection when the change feed reconnected (projections/changes.py): changes and
+    """Told to every connection when the hub missed changes (projections/changes.py: the change feed
+    reconnected, or the hub fell more than a queue behind it): changes and
     notifications committed while it was down were not delivered, so the client re-reads what it shows.
     The connection's event stream is not affected (it reads the log by position: nothing is lost)."""
     return {
@@ -366,6 +367,6 @@ class LiveHub:
         for subscriber in allowed:  # every open connection of the user, no subscription needed
             for note in notes.get(subscriber.actor.user_id, ()):
                 subscriber.offer({"type": "notification", "data": note})
-        if batch.get("reconnected"):  # the feed was down: what committed meanwhile was announced to nobody
+        if batch.get("missed"):  # the feed was down or the hub behind: some changes were not announced
             for subscriber in allowed:
                 subscriber.offer(resync_message(subscriber.topics))

@@ -108,7 +108,7 @@ class ExecutionSubscription:
             while current.status not in FINISHED:
                 message = await queue.get()
                 # After a reconnection of the feed the change may have gone unannounced: read again.
-                changed = message.get("reconnected") or any(c["id"] == execution_id for c in message.get("changes", []))
+                changed = message.get("missed") or any(c["id"] == execution_id for c in message.get("changes", []))
                 if changed or mentions_user(message, user_id):
                     # As the caller is now: a disabled caller ends here, a demoted admin gets 404.
                     await live_caller(ctx.connection, message)

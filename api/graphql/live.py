@@ -80,10 +80,10 @@ _closing: set[asyncio.Future[None]] = set()
 
 
 def missed(message: dict[str, Any]) -> None:
-    """End a subscription that cannot tell what it missed: after the change feed reconnected
-    (projections/changes.py) the changes committed meanwhile were announced to nobody. The error
+    """End a subscription that cannot tell what it missed: after the change feed reconnected or its
+    queue overflowed (projections/changes.py), some committed changes were not announced to it. The error
     (503, ``resync``) tells the client to re-read and subscribe again, rather than go on with a gap."""
-    if message.get("reconnected"):
+    if message.get("missed"):
         raise GraphQLError(
             "the live feed was interrupted and changes may have been missed; re-read and subscribe again",
             extensions={"code": 503, "reason": "resync"},
