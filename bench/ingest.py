@@ -32,6 +32,7 @@ import psycopg
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import write_path  # noqa: E402
 from running import (  # noqa: E402
     add_system_arguments,
     cpu_seconds_by_tree,
@@ -145,14 +146,21 @@ def main() -> int:
     print(f"warming up for {args.warmup}s...", file=sys.stderr)
     run_ingest_wrk(runtime["api"], body.name, args.connections, args.warmup, args.threads, token)
     since = datetime.now(UTC)
+    since_ms = int(time.time() * 1000)
     print(f"measuring for {args.duration}s with {args.connections} connections...", file=sys.stderr)
     processes = {**runtime["pids"], **runtime.get("service_pids", {})}
+    metrics_before = write_path.ingest_metrics(runtime["api"])
     cpu_before = cpu_seconds_by_tree(processes)
     load = run_ingest_wrk(runtime["api"], body.name, args.connections, args.duration, args.threads, token)
     cpu_after = cpu_seconds_by_tree(processes)
+    until_ms = int(time.time() * 1000)
+    metric_means = write_path.metric_means(metrics_before, write_path.ingest_metrics(runtime["api"]))
     print("waiting for the projection to apply everything...", file=sys.stderr)
     lag = projection_lag(runtime["database_url"], runtime["schema"], since, int(load["requests"] - load["non2xx"]))
     Path(body.name).unlink()
+    stretches = write_path.breakdown(
+        runtime["kafka_bootstrap_servers"], runtime["topic_prefix"], since_ms, until_ms, metric_means
+    )
     print(f"ingest then read with the token, {args.read_rounds} times on one connection...", file=sys.stderr)
     consistent_read = (
         read_your_writes(runtime["api"], request_body(), token, args.read_rounds) if args.read_rounds else None
@@ -168,6 +176,7 @@ def main() -> int:
         "commands_per_s": round(load["requests"] / load["duration_s"], 1),
         "latency_ms": {k: load[f"{k}_ms"] for k in ("p50", "p95", "p99", "max")},
         "projection": lag,
+        "write_path": stretches,
         "read_your_writes_1_connection": consistent_read,
         "peak_rss_mb": {name: round(m["VmHWM"] / 1024, 1) for name, m in memory.items()},
         "rss_mb": {name: round(m["VmRSS"] / 1024, 1) for name, m in memory.items()},

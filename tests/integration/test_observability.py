@@ -147,6 +147,14 @@ async def test_metrics_count_a_known_workload_exactly(system: RunningSystem) -> 
     now = await eventually(workers_counted, timeout=30, what="the workers' counters to show the 5 ingests")
     assert delta(now, before, "pipeline_processor_batches_total") >= 1
     assert delta(now, before, "pipeline_processor_transaction_seconds_total") > 0
+    phases = {
+        phase: delta(now, before, "pipeline_processor_transaction_phase_seconds_total", phase=phase)
+        for phase in ("run", "results", "commit")
+    }
+    assert all(seconds > 0 for seconds in phases.values()), phases
+    assert sum(phases.values()) == pytest.approx(
+        delta(now, before, "pipeline_processor_transaction_seconds_total"), rel=1e-6
+    )
     for worker in ("processor", "projections", "executor"):
         assert value(now, "pipeline_worker_up", worker=worker) == 1
         assert value(now, "pipeline_worker_dead_letters_total", worker=worker) == 0

@@ -58,17 +58,7 @@ def assert_4xx_envelope(response: httpx.Response, status: int | None = None) -> 
 
 async def readable_on_every_partition(system: System, label: str) -> None:
     """Ingest until both partitions got an object; each is readable with its token within seconds."""
-    written: dict[int, tuple[str, str]] = {}
-    for i in range(40):
-        body = {"content": f"{label} {i}", "content_type": "text/plain"}
-        response = await system.http.post("/api/v1/ingest", json=body)
-        assert response.status_code == 201, response.text
-        created = response.json()
-        written.setdefault(int(created["position"].split(":")[0]), (created["object_id"], created["position"]))
-        if len(written) == system.settings.kafka.partitions:
-            break
-    assert len(written) == system.settings.kafka.partitions, written
-    for object_id, position in written.values():
+    for object_id, position in (await ingest_on_every_partition(system, label)).values():
         started = time.monotonic()
         read = await system.http.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": position})
         assert read.status_code == 200, read.text
@@ -271,6 +261,47 @@ async def test_poison_events_are_dead_lettered_and_the_projection_continues(syst
     assert dict(rows) == {str(i): 2 for i in bad_ids}
     health = (await system.http.get("/health")).json()
     assert health["dead_letters"]["projections"] >= len(poisoned), health
+
+
+async def ingest_on_every_partition(system: System, label: str) -> dict[int, tuple[str, str]]:
+    """partition -> (object id, position) of an ingest that landed there."""
+    written: dict[int, tuple[str, str]] = {}
+    for i in range(40):
+        body = {"content": f"{label} {i}", "content_type": "text/plain"}
+        response = await system.http.post("/api/v1/ingest", json=body)
+        assert response.status_code == 201, response.text
+        created = response.json()
+        written.setdefault(int(created["position"].split(":")[0]), (created["object_id"], created["position"]))
+        if len(written) == system.settings.kafka.partitions:
+            return written
+    raise AssertionError(f"not every partition got an ingest: {written}")
+
+
+async def test_outcomes_name_their_events_offset_after_another_writer(system: System) -> None:
+    # The processor names an event's offset before the broker acknowledges it (it is the events
+    # partition's only writer) and checks before the commit. A record someone else writes there
+    # in between must not make an outcome name the wrong offset.
+    await ingest_on_every_partition(system, "before the foreign record")
+    producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap)
+    await producer.start()
+    try:
+        for partition in range(system.settings.kafka.partitions):
+            await producer.send_and_wait(system.topics.events, b"\xff foreign", partition=partition)
+    finally:
+        await producer.stop()
+    written = await ingest_on_every_partition(system, "after the foreign record")
+    reader = AIOKafkaConsumer(bootstrap_servers=system.bootstrap, enable_auto_commit=False)
+    await reader.start()
+    try:
+        for object_id, position in written.values():
+            partition, offset = (int(part) for part in position.split(":"))
+            tp = TopicPartition(system.topics.events, partition)
+            reader.assign([tp])
+            reader.seek(tp, offset)
+            record = await asyncio.wait_for(reader.getone(tp), 10)
+            assert (record.offset, record.key) == (offset, object_id.encode()), position
+    finally:
+        await reader.stop()
 
 
 def command(aggregate_id: str, payload: dict[str, Any], command_type: str = "IngestData") -> tuple[str, bytes]:
