@@ -27,6 +27,7 @@ from api.graphql.context import context_getter
 from api.graphql.schema import build_schema
 from api.health import health_controller
 from api.hub import LiveHub
+from api.inputs import require_json_body
 from api.login_throttle import LoginThrottle
 from api.metrics import metrics_route, register_worker_collector
 from api.middleware import edge_middleware
@@ -85,7 +86,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.users = UserCache(container.changes, container.pool)
         app.state.users.start()
         events = EventStreams(container.changes, container.pool, settings.event_stream)
-        app.state.hub = LiveHub(container.changes, container.pool, app.state.users, events, tracer=tracer)
+        revoked = app.state.revoked_tokens  # a live connection opened with a token revoked since is closed
+        app.state.hub = LiveHub(
+            container.changes, container.pool, app.state.users, events, tracer=tracer, revocations=revoked
+        )
         app.state.user_connections = UserConnections(settings.websocket.max_connections_per_user)
         app.state.ws_message_rule = Rule.parse(settings.websocket.message_limit)
         app.state.hub.start()
@@ -141,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             websocket_endpoint,
             graphql,
         ],
+        before_request=require_json_body,  # 415 for a JSON route's body declared as another type
         middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
         before_send=[name_span_by_route] if provider is not None else [],  # Allow headers: api/middleware.py
         plugins=[tracing_plugin(provider, settings.monitoring)] if provider is not None else [],

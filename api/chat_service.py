@@ -53,7 +53,7 @@ async def chat_message(connection: Connection, container: ApiContainer, message:
         else derived_id(connection, "conversation") or str(uuid.uuid4())
     )
     message_id = derived_id(connection, f"chat:{conversation_id}") or str(uuid.uuid4())
-    posted = {"message_id": message_id, "content": message.content}
+    posted = {"message_id": message_id, "content": message.content, "new": message.conversation_id is None}
     await submit(connection, container, "PostMessage", conversation_id, posted)
     kind, content, sources, data = await _respond(connection, container, chat.parse(message.content))
     content = content[:MAX_RESPONSE_CHARS]

@@ -42,7 +42,9 @@ def expected_version(request: ASGIConnection[Any, Any, Any, Any]) -> int | None:
     if value is None:
         return None
     cleaned = value.strip().removeprefix("W/").strip('"')
-    if not cleaned.isdigit():
+    # ASCII digits only: str.isdigit() admits "²" (a latin-1 header byte), which int() refuses; and at
+    # most 18 of them, so the version fits the command's 64-bit field.
+    if not (cleaned.isascii() and cleaned.isdigit() and len(cleaned) <= 18):
         raise ApiError(400, "invalid_header", 'If-Match must be an aggregate version, e.g. If-Match: "3"')
     return int(cleaned)
 

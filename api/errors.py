@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from aiokafka.errors import KafkaError
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
@@ -75,7 +77,15 @@ def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:
     return response
 
 
-HTTP_REASONS = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+HTTP_REASONS = {
+    400: "validation_error",  # litestar's own 400s: an undecodable body (e.g. an integer beyond 64 bits)
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
 
 
 def http_reason(status: int) -> str:
@@ -86,11 +96,42 @@ def http_reason(status: int) -> str:
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Any]:
     status = exc.status_code
     if isinstance(exc, ValidationException):
-        return envelope(request, 400, "validation_error", "the request is not valid", exc.extra or exc.detail)
+        return envelope(request, 400, "validation_error", "the request is not valid", validation_details(request, exc))
     response = envelope(request, status, http_reason(status), exc.detail, exc.extra or None)
     if exc.headers:
         response.headers.update(exc.headers)
     return response
+
+
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]{1,300})`")
+
+
+def validation_details(request: Request[Any, Any, Any], exc: ValidationException) -> dict[str, Any]:
+    """litestar's parameter and body errors as the envelope's details: ``field`` names the first bad
+    one, as every other validation error does, and ``errors`` keeps each (message, key, source), each
+    key the name the client sent (``query``, not the handler's ``search_query``)."""
+    errors = [e for e in exc.extra if isinstance(e, dict)] if isinstance(exc.extra, list) else []
+    if not errors:
+        return {"field": None, "errors": [{"message": str(exc.detail)}]}
+    for error in errors:
+        error["key"] = _public_name(request, error.get("key"))
+    first = errors[0]
+    field = first.get("key")
+    named = _NAMED_FIELD.search(str(first.get("message", "")))
+    if named is not None:  # msgspec names the body ("data"), the message names the field
+        field = named.group(1)
+    return {"field": field, "source": first.get("source"), "errors": errors}
+
+
+def _public_name(request: Request[Any, Any, Any], key: Any) -> Any:
+    """The query parameter or header name a handler's argument ``key`` is bound to (else ``key``)."""
+    handler = request.scope.get("route_handler")
+    parameter = handler.parsed_fn_signature.parameters.get(key) if handler is not None and key else None
+    definition = getattr(parameter, "kwarg_definition", None)
+    for attribute in ("name", "query", "header"):  # QueryParameter(name=...) sets name
+        if isinstance(public := getattr(definition, attribute, None), str):
+            return public
+    return key
 
 
 def _timeout(request: Request[Any, Any, Any], exc: CommandTimeout) -> Response[Any]:
@@ -123,6 +164,13 @@ def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[An
     return envelope(request, 503, "unavailable", "a backing service is unavailable; retry shortly")
 
 
+def _query_timeout(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
+    log.warning("statement timeout on %s %s: %r", request.method, request.url.path, exc)
+    return envelope(
+        request, 503, "query_timeout", "the query took longer than database.statement_timeout_ms; retry shortly"
+    )
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return envelope(request, 500, "internal_error", "internal server error")
@@ -136,6 +184,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
     UnicodeDecodeError: _undecodable,
     RecursionError: _too_deep,
     KafkaError: _unavailable,
+    psycopg.errors.QueryCanceled: _query_timeout,  # before OperationalError, its base
     psycopg.OperationalError: _unavailable,
     PoolTimeout: _unavailable,
     Exception: _unexpected,

@@ -35,10 +35,13 @@ from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
+from api.audit_service import aggregate_owner
 from api.rbac import Role, can_see
 from commands.envelope import Actor
+from infra.runtime.bootstrap import ApiContainer
 from infra.runtime.metrics import EVENT_STREAM_OVERFLOWS
 from infra.runtime.settings import EventStreamSettings
+from projections.audit_log import creation_row
 from projections.changes import ChangeFeed
 from projections.event_stream import (
     StreamFilter,
@@ -102,6 +105,53 @@ async def refuse_unreachable(request: StreamRequest, events_end: Callable[[int],
             raise ValueError(f"not a position: the events topic has no partition {partition}")
         if offset >= end:
             raise ValueError(f"not a position: partition {partition} has no event at offset {offset} yet")
+
+
+class HiddenAggregate(LookupError):
+    """The stream names an aggregate the caller may not see (or none): 404, as reading it would be."""
+
+
+async def refuse_hidden(request: StreamRequest, actor: Actor, container: ApiContainer) -> None:
+    """HiddenAggregate when a non-admin filters the stream to an aggregate that is not theirs, as
+    ``GET /api/v1/audit/{id}`` decides it (its first event's owner): a stream of someone else's object
+    would otherwise answer an empty 200 where the object answers 404, telling that it exists.
+
+    An aggregate with no event in the read models yet (a write the projection has not applied) is
+    waited for, until the read models reach the log's current end (at most
+    ``consistency.wait_timeout_seconds``), so a client that subscribes right after its own write is
+    not refused.
+    """
+    aggregate_id = request.filter.aggregate_id
+    if aggregate_id is None or actor.role == Role.ADMIN:
+        return
+    creation = await _creation(container.pool, aggregate_id)
+    if creation is None:
+        await _catch_up(container, container.settings.consistency.wait_timeout_seconds)
+        creation = await _creation(container.pool, aggregate_id)
+    if creation is None or aggregate_owner(aggregate_id, creation) != actor.user_id:
+        raise HiddenAggregate(f"aggregate {aggregate_id} does not exist")
+
+
+async def _creation(pool: AsyncConnectionPool, aggregate_id: str) -> dict[str, Any] | None:
+    async with pool.connection() as conn:
+        return await creation_row(conn, aggregate_id)
+
+
+async def _catch_up(container: ApiContainer, seconds: float) -> None:
+    """Wait (bounded) until the read models have applied every event the log holds now."""
+    feed = container.changes
+    deadline = asyncio.get_running_loop().time() + seconds
+    for partition in sorted(set(feed.positions) | set(range(container.settings.kafka.partitions))):
+        try:
+            end = await container.bus.events_end(partition)
+        except Exception:  # broker unreachable: nothing to wait for
+            return
+        left = deadline - asyncio.get_running_loop().time()
+        # The processor writes events in transactions, so the log ends with a commit marker, which
+        # takes an offset the read models never record (their position is the last event's + 1):
+        # caught up is a position of end - 1 or more, i.e. the event at end - 2 applied.
+        if end and end > 1 and left > 0 and not await feed.wait_for(partition, end - 2, left):
+            return
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ change into messages on topics: ``data_changes`` for data objects, ``execution:{
 executions, and ``{"type": "notification", "data": ...}`` to every open connection of the user a
 notification is for (projections/notifications.py), without any subscription. Every connection
 has a bounded queue; when a slow client's queue is full its oldest message is dropped and it is
-told how many it lost (``{"type": "lagged", "dropped": n}``). The same batches advance the event
+told how many it lost (``{"type": "lagged", "dropped": n}``); when the change feed reconnects, every
+connection is told it may have missed changes (``{"type": "resync"}``). The same batches advance the event
 streams (api/event_streams.py): the hub reads each batch's new audit rows once for all of them.
 
 Rights are re-checked for every delivery (api/live_rights.py): before a batch goes out, each
@@ -28,8 +29,9 @@ from psycopg import Error as PostgresError
 from psycopg_pool import AsyncConnectionPool
 
 from api.event_streams import EventStreams
-from api.live_rights import POLICY_VIOLATION, changed_users, current_row
+from api.live_rights import POLICY_VIOLATION, changed_users, current_row, token_revoked
 from api.rbac import can_see
+from api.revocations import RevokedTokens
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from commands.tracing import parent_context
@@ -44,9 +46,10 @@ OWNER_CACHE_SIZE = 100_000
 class Subscriber:
     """One connection's subscriptions, who it is, and its bounded outbox."""
 
-    def __init__(self, queue_size: int, actor: Actor, token_generation: int = 0) -> None:
+    def __init__(self, queue_size: int, actor: Actor, token_generation: int = 0, token_id: str = "") -> None:
         self.actor = actor
         self.token_generation = token_generation  # of the token that opened it: a password change ends it
+        self.token_id = token_id  # the jti of that token: its revocation (logout) ends it
         self.topics: set[str] = set()
         self.owners: dict[str, str] = {}  # execution topic -> its submitter, checked on each delivery
         # A topic being joined holds its messages until the current state is sent (LiveHub.release);
@@ -121,6 +124,19 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
+def resync_message(topics: set[str]) -> dict[str, Any]:
+    """Told to every connection when the hub missed changes (projections/changes.py: the change feed
+    reconnected, or the hub fell more than a queue behind it): changes and
+    notifications committed while it was down were not delivered, so the client re-reads what it shows.
+    The connection's event stream is not affected (it reads the log by position: nothing is lost)."""
+    return {
+        "type": "resync",
+        "topics": sorted(topics),
+        "message": "the live feed was interrupted; changes and notifications since your last message may have"
+        " been missed: re-read the objects and executions you follow and GET /api/v1/notifications",
+    }
+
+
 def notification_message(row: dict[str, Any]) -> dict[str, Any]:
     """A notification row as JSON for a live message (the REST list's shape)."""
     return {
@@ -142,8 +158,10 @@ class LiveHub:
         events: EventStreams,
         queue_size: int = 256,
         tracer: Tracer | None = None,
+        revocations: RevokedTokens | None = None,
     ) -> None:
         self.feed = feed
+        self.revocations = revocations  # logouts: a connection opened with a revoked token is closed
         self.events = events
         self.tracer = tracer  # None: tracing off (infra.runtime.tracing)
         self.pool = pool
@@ -165,9 +183,9 @@ class LiveHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def connect(self, actor: Actor, token_generation: int = 0) -> Subscriber:
+    def connect(self, actor: Actor, token_generation: int = 0, token_id: str = "") -> Subscriber:
         self.connections += 1
-        subscriber = Subscriber(self.queue_size, actor, token_generation)
+        subscriber = Subscriber(self.queue_size, actor, token_generation, token_id)
         self._subscribers.add(subscriber)
         return subscriber
 
@@ -250,8 +268,13 @@ class LiveHub:
                 log.exception("cannot re-check user %s; their connections skip this change", user_id)
                 continue
             for subscriber in subscribers:
-                if row is None or row.disabled or row.token_generation > subscriber.token_generation:
-                    subscriber.close(POLICY_VIOLATION, "the user is disabled or changed their password")
+                if (
+                    row is None
+                    or row.disabled
+                    or row.token_generation > subscriber.token_generation
+                    or (self.revocations is not None and token_revoked(self.revocations, subscriber.token_id))
+                ):
+                    subscriber.close(POLICY_VIOLATION, "the user is disabled, changed their password or logged out")
                     self.disconnect(subscriber)
                     continue
                 if row[1] != subscriber.actor.role:
@@ -344,3 +367,6 @@ class LiveHub:
         for subscriber in allowed:  # every open connection of the user, no subscription needed
             for note in notes.get(subscriber.actor.user_id, ()):
                 subscriber.offer({"type": "notification", "data": note})
+        if batch.get("missed"):  # the feed was down or the hub behind: some changes were not announced
+            for subscriber in allowed:
+                subscriber.offer(resync_message(subscriber.topics))

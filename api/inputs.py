@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import msgspec
+from litestar import Request
+from litestar.enums import RequestEncodingType
 
 from api.errors import ApiError
 from commands.conversation import MessageText
@@ -117,3 +119,31 @@ def _field_of(message: str) -> str | None:
     # msgspec ends its messages with "- at `$.field`"
     _, _, where = message.rpartition("- at `$.")
     return where.rstrip("`") or None
+
+
+_JSON_MEDIA = "application/json"
+
+
+def json_media_type(content_type: str) -> bool:
+    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), parameters ignored."""
+    media = content_type.partition(";")[0].strip().lower()
+    return media == _JSON_MEDIA or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """The app's before_request hook: a route whose body is JSON refuses a body declared as anything
+    else (``text/plain``, a form) with 415, before the body is read. Without a Content-Type the body
+    is taken as JSON, as the spec's FastAPI does; multipart routes (upload) declare no JSON body."""
+    field = request.route_handler.parsed_fn_signature.parameters.get("data")
+    if field is None or getattr(field.kwarg_definition, "media_type", RequestEncodingType.JSON) != (
+        RequestEncodingType.JSON
+    ):
+        return
+    declared = request.headers.get("content-type")
+    if declared is not None and not json_media_type(declared):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be {_JSON_MEDIA}, not {declared[:100]!r}",
+            {"field": "Content-Type", "expected": _JSON_MEDIA},
+        )

@@ -4,7 +4,8 @@ A WebSocket or a GraphQL subscription is authenticated once, at its handshake, b
 for hours. Before delivering a change it asks the user cache again for the caller's current role,
 disabled flag and token generation: a role change applies to the very next delivery
 (``scope["user"]`` is updated, so every visibility check downstream sees it); a disabled or deleted
-user's connection is closed, as is one opened with a token from before a password change. Cached
+user's connection is closed, as is one opened with a token from before a password change or with a
+token revoked since (logout). Cached
 answers are cheap (a dict lookup); a change to the caller themselves (a ``User.*`` change in the
 same feed message) or a truncated message forces a fresh read, so the disable that caused the
 message is never judged by a row cached before it.
@@ -18,6 +19,7 @@ from typing import Any
 from litestar.connection import ASGIConnection
 
 from api.auth import Principal, principal_of
+from api.revocations import RevokedTokens
 from api.user_cache import UserCache, UserRow
 
 POLICY_VIOLATION = 1008  # RFC 6455: the /ws close code for "you may no longer have this"
@@ -47,6 +49,12 @@ async def current_row(users: UserCache, user_id: str, fresh: bool) -> UserRow | 
     return await users.get(user_id)
 
 
+def token_revoked(revocations: RevokedTokens, token_id: str) -> bool:
+    """Was the connection's access token revoked (a logout)? From the process's mirror of the
+    revocations only (no Redis round trip per delivery): a process that cannot tell says no."""
+    return bool(token_id) and revocations.known(token_id) is True
+
+
 async def recheck(connection: ASGIConnection[Any, Any, Any, Any], fresh: bool) -> Principal:
     """The connection's caller as they are now (``scope["user"]`` updated); AccessEnded if disabled."""
     principal = principal_of(connection)
@@ -56,6 +64,8 @@ async def recheck(connection: ASGIConnection[Any, Any, Any, Any], fresh: bool) -
         raise AccessEnded(f"user {principal.user_id} is disabled or no longer exists")
     if row.token_generation > principal.token_generation:
         raise AccessEnded(f"the password of user {principal.user_id} changed since this connection began")
+    if token_revoked(connection.app.state.revoked_tokens, principal.token_id):
+        raise AccessEnded("the token this connection was opened with was revoked (logout)")
     if row[1] != principal.role:
         principal = dataclasses.replace(principal, role=row[1])
         connection.scope["user"] = principal

@@ -10,7 +10,10 @@ request id in the error envelope:
   set; requests no route matches count as ``unmatched``) and status, with its latency;
 - headers an inner layer puts in ``scope["state"][RESPONSE_HEADERS]`` (the RateLimit-* headers of
   api/auth.py) go on the response, without a send wrapper of their own;
-- an OPTIONS answer's Allow header is completed (api/allow.py).
+- an OPTIONS answer's Allow header is completed (api/allow.py);
+- HEAD is answered wherever GET is (RFC 9110 9.3.2): the request goes to the GET handler, whose
+  status and headers are sent and whose body is not (a stream, e.g. the SSE route, ends with the
+  headers: the server then reports the client gone).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import Any
+from typing import Any, cast
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client.metrics import Counter, Histogram
@@ -38,6 +41,10 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
             return
         started = time.perf_counter()
         method = str(scope.get("method", ""))
+        head = method == "HEAD"
+        if head:  # a copy: the server keeps its own scope, so it still knows to send no body
+            scope = cast("Scope", {**scope, "method": "GET"})
+        body_sent = False
         # latin-1 decodes any bytes: a non-UTF-8 id is merely not sane, and replaced like any other.
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = incoming if SANE_ID.match(incoming) else os.urandom(16).hex()  # as random as uuid4().hex, cheaper
@@ -48,7 +55,12 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         status = 500  # unless a response starts
 
         async def send_wrapped(message: Message) -> None:
-            nonlocal status
+            nonlocal status, body_sent
+            if head and message["type"] == "http.response.body":
+                if body_sent:
+                    return
+                body_sent = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))

@@ -97,7 +97,11 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
     limits = container.settings.storage
     boundary = boundary_of(request)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limits.max_upload_request_bytes + FRAMING_ALLOWANCE:
+    if (
+        declared.isascii()
+        and declared.isdigit()
+        and int(declared) > limits.max_upload_request_bytes + FRAMING_ALLOWANCE
+    ):
         raise ApiError(413, "too_large", f"the upload is larger than {limits.max_upload_request_bytes} bytes")
     received = Received()
     total = 0

@@ -40,7 +40,7 @@ from psycopg import Error as PostgresError
 from api.auth import actor_of, principal_of
 from api.chat_service import chat_message
 from api.errors import ApiError
-from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
+from api.event_streams import HiddenAggregate, Lagged, follow, refuse_hidden, refuse_unreachable, stream_request
 from api.execution_service import read_execution, read_fresh_execution
 from api.graphql.masking import classify
 from api.hub import CLOSE, LiveHub, Subscriber
@@ -126,6 +126,10 @@ async def subscribe_events(
         await refuse_unreachable(request, container.bus.events_end)
     except ValueError as exc:
         return error("invalid_message", str(exc))
+    try:
+        await refuse_hidden(request, sub.actor, container)
+    except HiddenAggregate as exc:
+        return error("not_found", str(exc))
     stop_events(sub)
     sub.stream_task = asyncio.create_task(_stream_events(socket, hub, sub, request))
     return None
@@ -215,7 +219,8 @@ async def websocket_endpoint(
         await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
         return
     await socket.accept()
-    subscriber = hub.connect(actor_of(socket), principal_of(socket).token_generation)
+    principal = principal_of(socket)
+    subscriber = hub.connect(actor_of(socket), principal.token_generation, principal.token_id)
     WEBSOCKET_CONNECTIONS.inc()
     # Either side may end the connection: the client (receive loop) or the hub (a disabled user).
     receiver = asyncio.create_task(_receive_loop(socket, container, hub, subscriber))

@@ -32,6 +32,10 @@ class Source(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class PostMessage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message_id: MessageId
     content: MessageText
+    # True when the API chose the conversation's id (a chat without one): only then may the message
+    # start a conversation. A client's id must name an existing conversation of theirs, or any id
+    # (another user's inbox, a username's future user id) could be taken by a conversation first.
+    new: bool = False
 
 
 class GiveResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,7 +59,7 @@ def post_message(aggregate: Conversation | None, command: PostMessage, envelope:
     actor = envelope.actor
     if actor.role not in ROLES:
         raise Forbidden(f"the {actor.role} role may not chat", {"role": actor.role})
-    if aggregate is None:
+    if aggregate is None and command.new:
         conversation = Conversation(id=UUID(envelope.aggregate_id), owner=actor.user_id)
     else:
         conversation = _usable(aggregate, envelope)

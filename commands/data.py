@@ -98,6 +98,12 @@ def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: Com
     return obj
 
 
+def may_change(aggregate: DataObject | None, envelope: CommandEnvelope) -> None:
+    """Run before the expected-version check (commands/registry.py): a caller who may not change the
+    object learns nothing of it, its version included (a 409 with the current version would tell)."""
+    _owned(_existing(aggregate, envelope), envelope)
+
+
 def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envelope: CommandEnvelope) -> DataObject:
     obj = _owned(_existing(aggregate, envelope), envelope)
     obj.annotate(
@@ -124,12 +130,11 @@ def _existing(aggregate: DataObject | None, envelope: CommandEnvelope) -> DataOb
 
 
 def _owned(obj: DataObject, envelope: CommandEnvelope) -> DataObject:
-    """Only the owner or an admin may change an object (see README "Authentication": visibility)."""
+    """Only the owner or an admin may change an object (see README "Authentication": visibility); to
+    anyone else it does not exist (404, as reading it), so ids cannot be probed by writing to them."""
     _require_writer(envelope)
     if envelope.actor.role != "admin" and envelope.actor.user_id != obj.owner:
-        raise Forbidden(
-            "only the owner of a data object or an admin may change it", {"object_id": envelope.aggregate_id}
-        )
+        raise ObjectNotFound(f"data object {envelope.aggregate_id} does not exist")
     return obj
 
 

@@ -37,7 +37,7 @@ class Position(msgspec.Struct, frozen=True):
     def parse(cls, token: str) -> Position:
         """Parse ``"<partition>:<offset>"``; ValueError on anything else."""
         partition, _, offset = token.strip().partition(":")
-        if not partition.isdigit() or not offset.isdigit():
+        if not (partition + offset).isascii() or not partition.isdigit() or not offset.isdigit():
             raise ValueError(f"not a position token: {token!r}")
         return cls(int(partition), int(offset))
 

@@ -19,12 +19,15 @@ class CommandSpec:
     payload: type[msgspec.Struct]
     handler: Callable[[Any, Any, CommandEnvelope], Aggregate]
     creates: bool = False  # the command makes a new aggregate (expected_version must be empty)
+    # Checked before the expected version: raises when the actor may not act on this aggregate at all,
+    # so a conflict (409 with the current version) is never what tells them it exists.
+    authorize: Callable[[Any, CommandEnvelope], None] | None = None
 
 
 COMMANDS: dict[str, CommandSpec] = {
     "IngestData": CommandSpec(data.IngestData, data.ingest_data, creates=True),
-    "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object),
-    "DeleteObject": CommandSpec(data.DeleteObject, data.delete_object),
+    "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object, authorize=data.may_change),
+    "DeleteObject": CommandSpec(data.DeleteObject, data.delete_object, authorize=data.may_change),
     "ExecuteGraph": CommandSpec(execution.ExecuteGraph, execution.execute_graph, creates=True),
     "StartNode": CommandSpec(execution.StartNode, execution.start_node),
     "CompleteNode": CommandSpec(execution.CompleteNode, execution.complete_node),
@@ -53,11 +56,14 @@ class VersionConflict(DomainError):
 
 
 def execute(envelope: CommandEnvelope, aggregate: Aggregate | None) -> Aggregate:
-    """Check the expected version, decode the payload, run the handler; return the changed aggregate."""
+    """Check the expected version (after ``authorize``), decode the payload, run the handler; return the
+    changed aggregate."""
     spec = COMMANDS.get(envelope.type)
     if spec is None:
         raise InvalidCommand(f"unknown command type {envelope.type!r}")
     if envelope.expected_version is not None:
+        if spec.authorize is not None:
+            spec.authorize(aggregate, envelope)
         current = aggregate.version if aggregate is not None else 0
         if current != envelope.expected_version:
             raise VersionConflict(

@@ -3,7 +3,8 @@
 The runner calls ``pg_notify`` inside its transaction, so PostgreSQL delivers the message exactly
 when the batch is visible. Each API process keeps one listening connection (``ChangeFeed``): it
 tracks how far the read models have got, for read-your-writes waits, and fans changes out to
-in-process subscribers (bounded queues; a slow subscriber loses its oldest messages and is told).
+in-process subscribers (bounded queues; a slow subscriber loses what is queued and is told, by a
+``missed`` message, as after a reconnection).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ def change_payload(projection: str, partition: int, next_offset: int, changes: l
 def channel_for(schema: str) -> str:
     """One channel per schema, so deployments and tests sharing a database do not hear each other."""
     return f"pipeline_changes.{schema}"
+
+
+def feed_application_name(schema: str) -> str:
+    """How the LISTEN connection names itself to PostgreSQL (pg_stat_activity; at most 63 bytes)."""
+    return f"pipeline change feed {schema}"[:63]
 
 
 class ChangeFeed:
@@ -91,12 +97,16 @@ class ChangeFeed:
         delay = 0.2
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=feed_application_name(self.schema)
+                ) as conn:
                     await conn.execute(f'LISTEN "{channel_for(self.schema)}"')
                     await self._load_positions(conn)
                     self.connected, delay = True, 0.2
                     self.generation += 1  # listeners holding derived state know to drop it
                     self._ready.set()
+                    if self.generation > 1:  # NOTIFYs sent while it was down are gone: say so
+                        self._fan_out(self.missed_message("the change feed reconnected"))
                     async for notify in conn.notifies():
                         await self._on_message(orjson.loads(notify.payload))
             except asyncio.CancelledError:
@@ -125,8 +135,20 @@ class ChangeFeed:
             partition = message["partition"]
             self.positions[partition] = max(self.positions.get(partition, 0), message["next_offset"])
             self._advanced.notify_all()
+        self._fan_out(message)
+
+    def missed_message(self, why: str) -> dict[str, Any]:
+        """What a subscriber gets where changes went by unseen: after a reconnection (the changes
+        committed while the feed was down were announced to nobody) or when its queue overflowed.
+        ``truncated`` (like a batch too large to list) tells it to drop what it derived from changes;
+        the hub tells live clients to re-read (``resync``); read positions are reloaded on reconnection,
+        so waits for a token and event streams (which read the log by position) lose nothing."""
+        return {"projection": self.projection, "missed": why, "truncated": True, "changes": []}
+
+    def _fan_out(self, message: dict[str, Any]) -> None:
         for queue in list(self._subscribers):
-            if queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
+            if queue.full():  # a subscriber this far behind: what it lost is replaced by one marker
+                while not queue.empty():
                     queue.get_nowait()
+                queue.put_nowait(self.missed_message("a subscriber fell behind the change feed"))
             queue.put_nowait(message)

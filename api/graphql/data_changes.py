@@ -24,7 +24,7 @@ from strawberry.scalars import JSON
 
 from api.auth import actor_of
 from api.graphql.errors import require
-from api.graphql.live import live_caller
+from api.graphql.live import live_caller, missed
 from api.graphql.objects import ChangeType, DataObject, GqlInfo, to_object
 from api.inputs import checked_json
 from api.live_rights import mentions_user
@@ -99,6 +99,7 @@ class DataChangeSubscription:
         try:
             while True:
                 message = await queue.get()
+                missed(message)
                 changes = [c for c in message.get("changes", []) if c["type"].startswith("DataObject.")]
                 if not changes and not mentions_user(message, actor.user_id):
                     continue

@@ -16,7 +16,7 @@ from psycopg import Error as PostgresError
 from strawberry.scalars import JSON
 
 from api.auth import actor_of
-from api.event_streams import Lagged, follow, refuse_unreachable, stream_request
+from api.event_streams import HiddenAggregate, Lagged, follow, refuse_hidden, refuse_unreachable, stream_request
 from api.graphql.errors import require
 from api.graphql.live import live_actor
 from api.graphql.objects import GqlInfo
@@ -80,6 +80,10 @@ class EventSubscription:
             await refuse_unreachable(request, container.bus.events_end)
         except ValueError as exc:
             raise GraphQLError(str(exc), extensions={"code": 400, "reason": "validation_error"}) from exc
+        try:
+            await refuse_hidden(request, actor_of(connection), container)
+        except HiddenAggregate as exc:
+            raise GraphQLError(str(exc), extensions={"code": 404, "reason": "not_found"}) from exc
 
         async def check(fresh: bool) -> Actor:
             return await live_actor(connection, fresh)

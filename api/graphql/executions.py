@@ -107,7 +107,8 @@ class ExecutionSubscription:
             user_id = actor_of(ctx.connection).user_id
             while current.status not in FINISHED:
                 message = await queue.get()
-                changed = any(c["id"] == execution_id for c in message.get("changes", []))
+                # After a reconnection of the feed the change may have gone unannounced: read again.
+                changed = message.get("missed") or any(c["id"] == execution_id for c in message.get("changes", []))
                 if changed or mentions_user(message, user_id):
                     # As the caller is now: a disabled caller ends here, a demoted admin gets 404.
                     await live_caller(ctx.connection, message)

@@ -77,3 +77,14 @@ def _close_when_done(connection: ASGIConnection[Any, Any, Any, Any]) -> None:
 
 
 _closing: set[asyncio.Future[None]] = set()
+
+
+def missed(message: dict[str, Any]) -> None:
+    """End a subscription that cannot tell what it missed: after the change feed reconnected or its
+    queue overflowed (projections/changes.py), some committed changes were not announced to it. The error
+    (503, ``resync``) tells the client to re-read and subscribe again, rather than go on with a gap."""
+    if message.get("missed"):
+        raise GraphQLError(
+            "the live feed was interrupted and changes may have been missed; re-read and subscribe again",
+            extensions={"code": 503, "reason": "resync"},
+        )

@@ -11,7 +11,7 @@ from strawberry.scalars import JSON
 
 from api.auth import actor_of
 from api.graphql.errors import check_page, require
-from api.graphql.live import live_caller
+from api.graphql.live import live_caller, missed
 from api.graphql.objects import GqlInfo
 from api.live_rights import mentions_user
 from api.rbac import Permission
@@ -56,6 +56,7 @@ class NotificationSubscription:
         try:
             while True:
                 message = await queue.get()
+                missed(message)
                 causes = [(c["id"], c["version"]) for c in message.get("changes", []) if c["type"] in NOTIFYING]
                 if not causes and not mentions_user(message, user_id):
                     continue

@@ -27,6 +27,12 @@ def content_url(object_id: str) -> str:
     return f"/api/v1/data/{object_id}/content"
 
 
+def _position(digits: str) -> int:
+    """A byte position of a Range header; one beyond any size when it has more digits than a size can
+    (int() of thousands of digits raises, and nothing is that large)."""
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     """The inclusive (start, end) a ``Range`` header asks for; None for the whole body.
 
@@ -42,9 +48,9 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        start, end = max(size - int(last), 0), size - 1
+        start, end = max(size - _position(last), 0), size - 1
     else:
-        start, end = int(first), min(int(last), size - 1) if last else size - 1
+        start, end = _position(first), min(_position(last), size - 1) if last else size - 1
     if start >= size or start > end:
         raise ApiError(
             416,

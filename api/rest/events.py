@@ -26,9 +26,11 @@ from api.errors import ApiError
 from api.event_streams import (
     MAX_POSITION_CHARS,
     Check,
+    HiddenAggregate,
     Lagged,
     StreamRequest,
     follow,
+    refuse_hidden,
     refuse_unreachable,
     stream_request,
 )
@@ -95,7 +97,11 @@ class EventsController(Controller):
             parsed = stream_request(position, wanted, aggregate_id, container.settings.event_stream)
             await refuse_unreachable(parsed, container.bus.events_end)
         except ValueError as exc:
-            raise ApiError(400, "validation_error", str(exc)) from exc
+            raise ApiError(400, "validation_error", str(exc), {"field": _field_named(str(exc))}) from exc
+        try:
+            await refuse_hidden(parsed, actor_of(request), container)
+        except HiddenAggregate as exc:
+            raise ApiError(404, "not_found", str(exc), {"field": "aggregate_id"}) from exc
 
         async def check(fresh: bool) -> Actor:
             principal = await recheck(request, fresh)
@@ -106,6 +112,14 @@ class EventsController(Controller):
         messages = _messages(request, parsed, check)
         keepalive = container.settings.event_stream.keepalive_seconds
         return ServerSentEvent(_with_keepalive(messages, keepalive) if keepalive > 0 else messages)
+
+
+def _field_named(message: str) -> str:
+    """The parameter a stream_request error names ('after', 'types', 'aggregate_id'); 'after' for a position."""
+    for name in ("types", "aggregate_id"):
+        if f"'{name}'" in message:
+            return name
+    return "after"
 
 
 async def _with_keepalive(

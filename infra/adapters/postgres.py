@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -19,27 +23,74 @@ def check_schema(schema: str) -> str:
     return schema
 
 
+# Beyond its statement timeout, how long a BoundedPool connection may still be held (PostgreSQL's own
+# cancellation of a slow statement must win: it answers 503 query_timeout on a server that answers).
+HOLD_MARGIN_S = 5.0
+
 # psycopg prepares a statement after this many executions; this many never comes, so only the statements
 # whose execute() asks (prepare=True) are prepared: the reads by id that every client repeats.
 PREPARE_WHEN_ASKED = 2**62
 
 
-def connection_kwargs(schema: str, prepare: bool = False) -> dict[str, object]:
+def connection_kwargs(schema: str, prepare: bool = False, statement_timeout_ms: int = 0) -> dict[str, object]:
     """Connection options that put every statement in ``schema``; ``prepare``: allow prepared statements
-    where a statement asks for one (else none at all)."""
+    where a statement asks for one (else none at all); ``statement_timeout_ms``: cancel a statement
+    that runs longer (0: never)."""
     # PostgreSQL re-plans a prepared statement when its search_path's schema or a table it read is replaced
     # (a rebuild's swap renames schemas, or moves tables), so a prepared read follows the swap. Writers
     # (the projection runner) prepare nothing all the same.
     threshold = PREPARE_WHEN_ASKED if prepare else None
-    return {"options": f"-c search_path={check_schema(schema)}", "autocommit": False, "prepare_threshold": threshold}
+    options = f"-c search_path={check_schema(schema)}"
+    if statement_timeout_ms:
+        options += f" -c statement_timeout={int(statement_timeout_ms)}"
+    return {"options": options, "autocommit": False, "prepare_threshold": threshold}
+
+
+class BoundedPool(AsyncConnectionPool):
+    """A pool whose ``connection()`` may be held at most ``hold_seconds``; then the work in it is
+    cancelled and psycopg.OperationalError raised (answered 503 like PostgreSQL being down).
+
+    statement_timeout is PostgreSQL's own: a server that does not answer at all (stopped, hung, a
+    network that drops packets) never sends it, and the request would wait on its socket forever.
+    psycopg cancels the query when the waiting task is cancelled, and the pool discards a connection
+    returned mid-query.
+    """
+
+    def __init__(self, *args: Any, hold_seconds: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hold_seconds = hold_seconds
+
+    @asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        bound = asyncio.timeout(self.hold_seconds)
+        try:
+            async with bound, super().connection(timeout) as conn:
+                yield conn
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise
+            raise psycopg.OperationalError(f"PostgreSQL did not answer within {self.hold_seconds:g} s") from exc
 
 
 async def open_pool(
-    url: str, schema: str, min_size: int = 2, max_size: int = 10, prepare: bool = False
+    url: str,
+    schema: str,
+    min_size: int = 2,
+    max_size: int = 10,
+    prepare: bool = False,
+    statement_timeout_ms: int = 0,
+    timeout: float = 30.0,
 ) -> AsyncConnectionPool:
-    """An opened async pool whose connections use ``schema`` (``prepare``: see connection_kwargs)."""
-    kwargs = connection_kwargs(schema, prepare)
-    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, kwargs=kwargs, open=False)
+    """An opened async pool whose connections use ``schema`` (``prepare``, ``statement_timeout_ms``: see
+    connection_kwargs); ``timeout``: how long ``connection()`` waits for one before PoolTimeout. With a
+    statement timeout, a connection is held at most that long plus HOLD_MARGIN_S (BoundedPool)."""
+    kwargs = connection_kwargs(schema, prepare, statement_timeout_ms)
+    options: dict[str, Any] = {"min_size": min_size, "max_size": max_size, "kwargs": kwargs, "timeout": timeout}
+    if statement_timeout_ms:
+        hold = statement_timeout_ms / 1000 + HOLD_MARGIN_S
+        pool: AsyncConnectionPool = BoundedPool(url, open=False, hold_seconds=hold, **options)
+    else:
+        pool = AsyncConnectionPool(url, open=False, **options)
     await pool.open(wait=True, timeout=30)
     return pool
 

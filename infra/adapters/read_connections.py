@@ -11,6 +11,9 @@ one or waits, in order of arrival, for the next one given back (at most ``timeou
 ``PoolTimeout``, as the pool's checkout would). A connection given back broken or not idle (e.g. its
 query was cancelled) goes back to the pool, which replaces it, and its place is taken from the pool
 again. Closing gives the idle connections back; those in use go back when they are returned.
+A read holds its connection at most ``hold_seconds`` (the pool's, a BoundedPool's: a PostgreSQL that
+does not answer at all never sends its statement timeout), then its work is cancelled and
+psycopg.OperationalError raised, as the pool's own connections do.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections import deque
 from types import TracebackType
 from typing import Any
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -32,6 +36,7 @@ class ReadConnections:
 
     def __init__(self, pool: AsyncConnectionPool, size: int, timeout: float) -> None:
         self._pool = pool
+        self.hold_seconds: float | None = getattr(pool, "hold_seconds", None)
         self._size = max(1, size)
         self._timeout = timeout
         self._idle: list[Connection] = []
@@ -129,19 +134,43 @@ def _expire(future: asyncio.Future[Connection | None], timeout: float) -> None:
 class Lease:
     """One read's connection: taken on entry, given back on exit."""
 
-    __slots__ = ("_connection", "_reads")
+    __slots__ = ("_bound", "_connection", "_reads")
 
     def __init__(self, reads: ReadConnections) -> None:
         self._reads = reads
         self._connection: Connection | None = None
+        self._bound: asyncio.Timeout | None = None
 
     async def __aenter__(self) -> Connection:
-        self._connection = await self._reads.take()
+        if self._reads.hold_seconds is not None:
+            self._bound = asyncio.timeout(self._reads.hold_seconds)
+            await self._bound.__aenter__()
+        try:
+            self._connection = await self._reads.take()
+        except BaseException as exc:
+            await self._end_bound(type(exc), exc, exc.__traceback__)
+            raise
         return self._connection
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        if self._connection is not None:
-            connection, self._connection = self._connection, None
-            await self._reads.give(connection)
+        try:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await self._reads.give(connection)  # one cancelled mid-query goes back to the pool: replaced
+        finally:
+            await self._end_bound(kind, error, trace)
+
+    async def _end_bound(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        bound, self._bound = self._bound, None
+        if bound is None:
+            return
+        try:
+            await bound.__aexit__(kind, error, trace)
+        except TimeoutError as exc:
+            if not bound.expired():
+                raise
+            raise psycopg.OperationalError(f"PostgreSQL did not answer within {self._reads.hold_seconds:g} s") from exc

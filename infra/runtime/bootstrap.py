@@ -112,6 +112,8 @@ async def build_api(settings: Settings, tracer: Tracer | None = None) -> ApiCont
         settings.database.pool_min,
         settings.database.pool_max,
         prepare=True,
+        statement_timeout_ms=settings.database.statement_timeout_ms,
+        timeout=settings.database.pool_timeout_seconds,
     )
     bus = KafkaCommandBus.from_settings(settings.kafka, topics, tracer)
     changes = ChangeFeed(settings.database.url, settings.database.schema, settings.kafka.projection_name, topics.events)

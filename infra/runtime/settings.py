@@ -153,6 +153,18 @@ class DatabaseSettings:
     pool_max: int = 10
     # Of the API's pool, kept out for one-statement reads (infra/adapters/read_connections.py); at most pool_max - 2.
     read_connections: int = 6
+    # The API's statements are cancelled after this long (PostgreSQL's statement_timeout; 0: never), so a
+    # slow query answers 503 `query_timeout` instead of holding a pooled connection. The workers' own
+    # connections (projections, rebuild, executor) have none: their batches may rightly take longer.
+    statement_timeout_ms: int = 30000
+    # How long an API request waits for a pooled connection (all busy, or PostgreSQL down) before 503.
+    pool_timeout_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.statement_timeout_ms < 0:
+            raise SettingsError("database.statement_timeout_ms must be 0 (off) or more")
+        if self.pool_timeout_seconds <= 0:
+            raise SettingsError("database.pool_timeout_seconds must be more than 0")
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
 from tests.integration.harness import ws_ask
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user
+from tests.integration.users import client_for, create_user, ingest_readable
 
 GQL = "/api/graphql"
 GRAPH = {
@@ -54,14 +54,7 @@ async def user(system: RunningSystem, role: str = "user") -> httpx.AsyncClient:
 
 
 async def ingest(client: httpx.AsyncClient, content: str) -> str:
-    response = await client.post("/api/v1/ingest", json={"content": content, "content_type": "text/plain"})
-    assert response.status_code == 201, response.text
-    created = response.json()
-    read = await client.get(
-        f"/api/v1/data/{created['object_id']}", headers={"X-Consistency-Token": created["position"]}
-    )
-    assert read.status_code == 200, read.text
-    return str(created["object_id"])
+    return (await ingest_readable(client, content))[0]
 
 
 def ws_url(client: httpx.AsyncClient, client_id: str) -> str:

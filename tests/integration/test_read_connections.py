@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
@@ -87,3 +88,20 @@ async def test_a_read_cancelled_mid_query_leaves_a_working_connection(pool: Asyn
     assert await asyncio.wait_for(queued, 10) > 0  # closed and replaced (or, cancelled cleanly, handed on)
     assert await backend_of(reads) > 0
     await reads.close()
+
+
+async def test_a_read_holds_its_connection_at_most_the_pools_bound(services: dict[str, str]) -> None:
+    # With a statement timeout the pool bounds how long a connection is held (BoundedPool): a
+    # PostgreSQL that does not answer at all never sends its timeout. The read connections keep it.
+    opened = await open_pool(services["DATABASE_URL"], "public", min_size=1, max_size=4, statement_timeout_ms=60_000)
+    opened.hold_seconds = 0.5  # type: ignore[attr-defined]
+    reads = ReadConnections(opened, 1, timeout=10)
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(psycopg.OperationalError, match="did not answer"):
+            await backend_of(reads, sleep=30)
+        assert asyncio.get_running_loop().time() - started < 5
+        assert await backend_of(reads) > 0  # its place is taken again: the next read is served
+    finally:
+        await reads.close()
+        await opened.close()

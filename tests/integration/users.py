@@ -31,3 +31,14 @@ def token_of(client: httpx.AsyncClient) -> str:
 def ws_base(client: httpx.AsyncClient) -> str:
     """The client's base URL for WebSockets (ws://...)."""
     return str(client.base_url).replace("http://", "ws://").rstrip("/")
+
+
+async def ingest_readable(client: httpx.AsyncClient, content: str) -> tuple[str, str]:
+    """Ingest text as this client; (object id, position) once the read model has it."""
+    response = await client.post("/api/v1/ingest", json={"content": content, "content_type": "text/plain"})
+    assert response.status_code == 201, response.text
+    created = response.json()
+    token = {"X-Consistency-Token": created["position"]}
+    read = await client.get(f"/api/v1/data/{created['object_id']}", headers=token)
+    assert read.status_code == 200, read.text
+    return str(created["object_id"]), str(created["position"])

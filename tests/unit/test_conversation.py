@@ -25,7 +25,7 @@ def envelope(command: str, conversation_id: UUID, payload: dict, actor: Actor = 
 
 
 def post(conversation_id: UUID, aggregate: Any, message_id: str, actor: Actor = ALICE) -> Conversation:
-    payload = {"message_id": message_id, "content": "what does kafka keep?"}
+    payload = {"message_id": message_id, "content": "what does kafka keep?", "new": aggregate is None}
     return execute(envelope("PostMessage", conversation_id, payload, actor), aggregate)  # type: ignore[return-value]
 
 
@@ -45,6 +45,16 @@ def test_the_first_message_starts_the_conversation_owned_by_its_author() -> None
     events: Sequence[Any] = post(conversation_id, None, "1").collect_events()
     assert [type(e).__name__ for e in events] == ["Started", "MessagePosted"]
     assert events[0].owner == "alice" and events[1].content == "what does kafka keep?" and events[1].author == "alice"
+
+
+def test_a_message_to_an_id_no_conversation_has_starts_none() -> None:
+    """Only an id the API chose starts a conversation: a client's id must name one of theirs, or it
+    could take any aggregate id first (another user's inbox, a username's future user id)."""
+    for taken in (inbox_id("bob"), uuid4()):
+        payload = {"message_id": "1", "content": "hi"}
+        with pytest.raises(DomainError) as refused:
+            execute(envelope("PostMessage", taken, payload), None)
+        assert refused.value.code == "not_found"
 
 
 def test_a_response_answers_a_posted_message_once() -> None:
@@ -97,7 +107,7 @@ def test_too_many_unanswered_messages_are_refused() -> None:
 def test_content_with_nul_or_too_long_is_an_invalid_command() -> None:
     for content in ("a\x00b", "x" * 4001, ""):
         with pytest.raises(DomainError) as refused:
-            execute(envelope("PostMessage", uuid4(), {"message_id": "1", "content": content}), None)
+            execute(envelope("PostMessage", uuid4(), {"message_id": "1", "content": content, "new": True}), None)
         assert refused.value.code == "invalid"
 
 
