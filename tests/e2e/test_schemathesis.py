@@ -22,6 +22,7 @@ ST = Path(sys.executable).with_name("st")
 # Bounded: ~20 operations x a few phases; measured ~60-90 s on 2 busy cores.
 MAX_EXAMPLES = "8"
 SEED = "20261201"
+INTERPRETER_BUG = "SystemError: AST constructor recursion depth mismatch"
 CONFIG = Path(__file__).with_name("schemathesis.toml")  # a fixed seed: a failure reproduces with the same cases
 
 
@@ -62,7 +63,12 @@ def schemathesis(base_url: str, token: str, report_dir: Path, *selection: str) -
     ]
     report_dir.mkdir(parents=True, exist_ok=True)
     # Run in the report directory: schemathesis keeps a cache of crashes in its working directory.
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=report_dir)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=report_dir)
+    if run.returncode != 0 and INTERPRETER_BUG in run.stdout:
+        # CPython 3.11.7's ast module now and then raises this inside schemathesis's coverage phase
+        # (gh-106905, fixed in 3.11.8): schemathesis's own crash, not an answer of ours. Once more.
+        run = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, cwd=report_dir)
+    return run
 
 
 async def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
