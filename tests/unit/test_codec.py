@@ -81,7 +81,7 @@ def test_the_runners_decoder_reads_what_eventsourcings_mapper_reads(topic: str, 
     """The projection runner decodes a Kafka record with decode_event (no StoredEvent, no eventsourcing
     to_domain_event): the same event, upcast by the same class methods, as eventsourcing's own Mapper."""
     stored = StoredEvent(golden.ID, version, topic, state.encode())
-    stock = Mapper(transcoder=OrjsonTranscoder()).to_domain_event(stored)
+    stock: Any = Mapper(transcoder=OrjsonTranscoder()).to_domain_event(stored)
 
     class Record:  # what aiokafka hands the runner, with the processor's headers
         partition, offset, value = 0, 7, state.encode()
