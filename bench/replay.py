@@ -10,6 +10,10 @@
    (not timed), then `COPY ... FROM STDIN (FORMAT binary)` into another fresh schema with the same
    tables and indexes, in one transaction; figures: seconds, rows, and events/s (events of the log
    per second of COPY) to compare with the rebuild's (goal: rebuild >= 0.5x).
+   Beside both: the PostgreSQL server's CPU seconds over each (when it runs on this machine: its
+   postmaster's and backends' /proc times, found through ``data_directory``; the server's other work,
+   e.g. autovacuum, counts too), so rebuild and COPY compare per CPU second of everything they cost
+   (``rebuild_vs_copy_per_cpu``), steadier than wall time on a shared machine.
 4. Verify: `pipeline audit verify --json` over the same topic as a child process, cross-checking the
    rebuilt schema's audit_log; its JSON (plus wall time and peak RSS), or {"error": ...} when it fails.
 
@@ -132,8 +136,39 @@ def run_child(args: list[str], env: dict[str, str]) -> tuple[int, str, float, in
     return child.returncode, out, time.perf_counter() - started, round(usage.ru_maxrss / 1024), cpu
 
 
+def postgres_pids(url: str) -> list[int] | None:
+    """The local PostgreSQL server's postmaster and its children, or None when it is not readable here."""
+    try:
+        with psycopg.connect(url) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+        postmaster = int((Path(row[0] if row else "") / "postmaster.pid").read_text().split()[0])
+        children = [int(p) for p in Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()]
+    except (OSError, ValueError, psycopg.Error):
+        return None
+    return [postmaster, *children]
+
+
+def postgres_cpu(url: str) -> float | None:
+    """CPU seconds the local PostgreSQL server has used so far (its postmaster with the backends it reaped,
+    and the live children), or None when it cannot be read."""
+    pids = postgres_pids(url)
+    if pids is None:
+        return None
+    ticks = 0
+    for n, pid in enumerate(pids):
+        try:  # the fields after "(comm)" start at field 3 of proc(5)'s stat
+            fields = [int(f) for f in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11:15]]
+        except (OSError, ValueError):  # a backend that ended meanwhile: its time is in its postmaster's
+            continue
+        # utime and stime (fields 14, 15); for the postmaster also its reaped children's (16, 17)
+        ticks += sum(fields) if n == 0 else fields[0] + fields[1]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rebuild(env: dict[str, str], schema: str, events: int) -> dict[str, Any]:
+    pg_before = postgres_cpu(env["DATABASE_URL"])
     code, out, seconds, rss, cpu = run_child(["projections", "rebuild", "--into", schema], env)
+    pg_after = postgres_cpu(env["DATABASE_URL"])
     applied = re.search(r"applied (\d+) events in ([\d.]+)s", out)
     if code != 0 or applied is None:
         return {"error": f"`pipeline projections rebuild` exited {code}: {out[-500:]!r}"}
@@ -149,7 +184,16 @@ def rebuild(env: dict[str, str], schema: str, events: int) -> dict[str, Any]:
         "peak_rss_mb": rss,  # of its largest process (wait4 folds in the worker processes it waited for)
         "workers": int(workers.group(1)) if workers else 1,
         "events_applied": int(applied.group(1)),
+        **cpu_with_postgres(events, cpu, pg_before, pg_after),
     }
+
+
+def cpu_with_postgres(events: int, own: float, before: float | None, after: float | None) -> dict[str, Any]:
+    """PostgreSQL's CPU seconds over a step and events per CPU second of it with ``own`` (the client's)."""
+    if before is None or after is None:
+        return {}
+    total = own + after - before
+    return {"postgres_cpu_seconds": round(after - before, 2), "events_per_cpu_s_with_postgres": round(events / total)}
 
 
 async def copy_rows(settings: Settings, source: str, target: str, events: int, work: Path) -> dict[str, Any]:
@@ -167,7 +211,9 @@ async def copy_rows(settings: Settings, source: str, target: str, events: int, w
             cur = await conn.execute(f'SELECT count(*) FROM "{source}"."{table}"')
             counted = await cur.fetchone()
             rows += int(counted[0]) if counted else 0
+        pg_before = postgres_cpu(settings.database.url)
         started = time.perf_counter()
+        client = time.process_time()
         async with conn.transaction():
             for table in COPIED:
                 async with conn.cursor().copy(f'COPY "{target}"."{table}" FROM STDIN (FORMAT binary)') as copy:
@@ -175,6 +221,8 @@ async def copy_rows(settings: Settings, source: str, target: str, events: int, w
                         while chunk := data.read(1 << 20):
                             await copy.write(chunk)
         seconds = time.perf_counter() - started
+        client = time.process_time() - client
+    pg_after = postgres_cpu(settings.database.url)
     size = sum(f.stat().st_size for f in files.values())
     return {
         "seconds": round(seconds, 2),
@@ -182,6 +230,8 @@ async def copy_rows(settings: Settings, source: str, target: str, events: int, w
         "bytes": size,
         "rows_per_s": round(rows / seconds),
         "events_per_s": round(events / seconds),
+        "client_cpu_seconds": round(client, 2),
+        **cpu_with_postgres(events, client, pg_before, pg_after),
     }
 
 
@@ -228,6 +278,9 @@ async def run(args: argparse.Namespace, env: dict[str, str], data_dir: str) -> d
             figures["copy"] = await copy_rows(settings, schemas[1], schemas[2], events, Path(work))
         if "events_per_s" in figures["rebuild"]:
             figures["rebuild_vs_copy"] = round(figures["rebuild"]["events_per_s"] / figures["copy"]["events_per_s"], 3)
+        per_cpu = "events_per_cpu_s_with_postgres"
+        if per_cpu in figures["rebuild"] and per_cpu in figures["copy"]:
+            figures["rebuild_vs_copy_per_cpu"] = round(figures["rebuild"][per_cpu] / figures["copy"][per_cpu], 3)
         # Against the rebuilt schema: its audit_log is what verify cross-checks with the log.
         figures["verify"] = verify({**env, "PIPELINE_DATABASE_SCHEMA": schemas[1]}, events)
     finally:

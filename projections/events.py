@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
-from eventsourcing.persistence import Mapper, StoredEvent
+import msgspec
 
 
-@dataclass(frozen=True)
-class EventRecord:
+class EventDecoder(Protocol):
+    """What turns a stored event into its domain event (infra.adapters.codec.EventMapper): upcast to the
+    class's current version."""
+
+    def decode_event(self, topic: str, originator_id: UUID, version: int, state: bytes) -> Any: ...
+
+
+class EventRecord(msgspec.Struct, frozen=True):
+    """A msgspec struct rather than a frozen dataclass: made once per event of a rebuild, and its
+    constructor is C (a frozen dataclass sets each field through object.__setattr__)."""
+
     partition: int
     offset: int
     aggregate_id: str
@@ -24,15 +32,12 @@ class EventRecord:
     type: str
 
     @classmethod
-    def from_kafka(cls, record: Any, mapper: Mapper[UUID]) -> EventRecord:
+    def from_kafka(cls, record: Any, decoder: EventDecoder) -> EventRecord:
         """Decode one events-topic record; ValueError/KeyError if it is not one of ours."""
         headers = {key: value.decode() for key, value in record.headers}
         aggregate_id = headers["aggregate_id"]
         version = int(headers["aggregate_version"])
         topic = headers["event_type"]
-        stored = StoredEvent(
-            originator_id=UUID(aggregate_id), originator_version=version, topic=topic, state=record.value
-        )
         return cls(
             partition=record.partition,
             offset=record.offset,
@@ -41,6 +46,6 @@ class EventRecord:
             topic=topic,
             headers=headers,
             state=record.value,
-            event=mapper.to_domain_event(stored),
+            event=decoder.decode_event(topic, UUID(aggregate_id), version, record.value),
             type=topic.rsplit(":", 1)[-1],
         )

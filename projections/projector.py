@@ -49,8 +49,13 @@ class Projector:
 async def apply_runs(
     cur: AsyncCursor[Any], records: Sequence[EventRecord], batched: dict[str, BatchHandler], single: dict[str, Handler]
 ) -> None:
-    """Apply events in runs (see ``_runs``): a batched type's run in one call, other events one by one."""
-    for event_type, run in _runs(records, batched):
+    """Apply events in runs (see ``_runs``): a batched type's run in one call, other events one by one.
+
+    Events of types this projector has no handler for are dropped first (one set lookup each): most
+    projectors know few of a batch's types, and leaving those out keeps each aggregate's order.
+    """
+    known = batched.keys() | single.keys()
+    for event_type, run in _runs([r for r in records if r.type in known], batched):
         if event_type in batched:
             await batched[event_type](cur, run)
         elif (handler := single.get(event_type)) is not None:

@@ -40,7 +40,6 @@ from uuid import UUID
 
 import psycopg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from eventsourcing.persistence import Mapper
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -48,7 +47,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from commands.consumers import assigned_consumer, group_consumer
 from commands.tracing import header_value, parent_context, traceparent
 from projections.changes import change_payload
-from projections.events import EventRecord
+from projections.events import EventDecoder, EventRecord
 from projections.projector import Projector, columns
 
 log = logging.getLogger("pipeline.projections")
@@ -87,7 +86,7 @@ class ProjectionRunner:
         self,
         config: RunnerConfig,
         pool: AsyncConnectionPool,
-        mapper: Mapper[UUID],
+        mapper: EventDecoder,
         projectors: Sequence[Projector],
         tracer: Tracer | None = None,
     ) -> None:

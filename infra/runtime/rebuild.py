@@ -23,11 +23,13 @@ same catch-up to the live positions), and the rest of the rebuilt schema is drop
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
@@ -43,6 +45,26 @@ from projections.runner import ProjectionRunner
 
 log = logging.getLogger("pipeline.rebuild")
 POLL_S = 0.2  # how often the rebuild's position is read (a cheap query) for the progress bar
+# Allocations (less deallocations) of container objects between the cyclic collector's young collections
+# in a rebuild's processes; Python's default is 700. A batch of 5,000 events makes tens of thousands of
+# dicts and records that live until the batch commits, and young collections every 700 of them walked
+# them again and again and promoted them into ever larger older-generation collections (A/B on 200,000
+# events: 25% of the rebuild's own CPU). Events hold no reference cycles: refcounting frees them.
+REBUILD_GC_THRESHOLD = 50_000
+
+
+@contextlib.contextmanager
+def _collecting_less() -> Iterator[None]:
+    """This process's cyclic collector set for a rebuild, and back as it was after: what is loaded already
+    is frozen (not walked again), and young collections come every REBUILD_GC_THRESHOLD allocations."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(REBUILD_GC_THRESHOLD, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 async def event_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -61,13 +83,22 @@ async def rebuild_read_models(
     """Build the read models (all, or those named in ``only``) from offset 0 into ``into``; with ``swap``,
     make them the live ones. Progress goes to ``progress`` (stderr by default)."""
     require_services(settings)
+    with _collecting_less():
+        return await _rebuild(settings, into, swap, only, progress)
+
+
+async def _rebuild(
+    settings: Settings, into: str | None, swap: bool, only: Sequence[str], progress: TextIO | None
+) -> str:
     live = check_schema(settings.database.schema)
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
     group_suffix = f".rebuild.{time.time_ns()}"
     runner = await build_runner(
         settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
     )
+    paused: list[str] = []
     try:
+        paused = await _pause_autovacuum(runner, target)
         ends = await event_end_offsets(settings, runner.config.events_topic)
         total = sum(ends.values())
         models = ", ".join(p.name for p in runner.projectors)
@@ -100,6 +131,8 @@ async def rebuild_read_models(
                 worker.join()
         applied = sum(c.value for c in counts)
         bar.finish(total, applied)  # caught up: the offsets left are transaction markers
+        await _resume_autovacuum(runner, target, paused, analyze=True)  # in the rebuild's time: it is its cost
+        paused = []
         seconds = time.monotonic() - bar.started
         print(f"applied {applied} events in {seconds:.2f}s ({applied / seconds:.0f} events/s)", flush=True)
         if swap:
@@ -109,7 +142,36 @@ async def rebuild_read_models(
             print(f"rebuilt into schema {target}", flush=True)
         return target
     finally:
+        if paused:  # it failed: the schema stays as it is, with autovacuum as it was
+            with contextlib.suppress(psycopg.Error):
+                await _resume_autovacuum(runner, target, paused, analyze=False)
         await runner.pool.close()
+
+
+async def _pause_autovacuum(runner: ProjectionRunner, schema: str) -> list[str]:
+    """Turn autovacuum off for the tables of ``schema`` (the rebuild's own) while it fills them; their names.
+
+    Autovacuum would vacuum and analyze each growing table again and again meanwhile (nothing in them
+    is dead, and nobody reads them yet); one ANALYZE at the end (``_resume_autovacuum``) gives the
+    planner its statistics. A/B at 1,000,000 events: PostgreSQL's CPU over the rebuild 67.1 s against
+    79.9 s, the final ANALYZE (2.3 s) included.
+    """
+    async with runner.pool.connection() as conn:
+        cur = await conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s ORDER BY tablename", (schema,))
+        tables = [str(name) for (name,) in await cur.fetchall()]
+        for table in tables:
+            await conn.execute(f'ALTER TABLE "{schema}"."{table}" SET (autovacuum_enabled = false)')
+    return tables
+
+
+async def _resume_autovacuum(runner: ProjectionRunner, schema: str, tables: Sequence[str], analyze: bool) -> None:
+    """Autovacuum back on for ``tables`` of ``schema`` (the migrations set no storage options of their
+    own), each ANALYZEd first when ``analyze``."""
+    async with runner.pool.connection() as conn:  # one transaction, committed at the end of the block
+        for table in tables:
+            if analyze:
+                await conn.execute(f'ANALYZE "{schema}"."{table}"')
+            await conn.execute(f'ALTER TABLE "{schema}"."{table}" RESET (autovacuum_enabled)')
 
 
 def partition_shares(partitions: Sequence[int], workers: int) -> list[list[int]]:
@@ -153,7 +215,8 @@ def _worker(
         finally:
             await runner.pool.close()
 
-    asyncio.run(work())
+    with _collecting_less():
+        asyncio.run(work())
 
 
 def _check(own: asyncio.Task[None], workers: Sequence[BaseProcess]) -> None:

@@ -40,6 +40,14 @@ async def test_rebuild_from_offset_zero_equals_the_live_read_models(
     live, rebuilt = await snapshot_read_models(settings), await snapshot_read_models(settings, schema=target)
     assert live == rebuilt
     assert len(live["data_objects"]) == 9 and len(live["annotations"]) == 9 + 6 - 3 - 3 + 3
+    # Autovacuum, off while the rebuild filled its tables, is back on, and each table was analyzed.
+    tables = await query(
+        settings,
+        "SELECT c.relname, c.reloptions, s.last_analyze IS NOT NULL FROM pg_class c"
+        " JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE s.schemaname = %s",
+        (target,),
+    )
+    assert len(tables) > 10 and all(options is None and analyzed for _, options, analyzed in tables), tables
 
 
 async def test_rebuild_with_swap_replaces_the_live_schema_and_the_api_keeps_serving(
