@@ -16,7 +16,9 @@ with the defaults, 70-230 young collections per 10 s (pauses up to 13-37 ms) and
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 YOUNG_THRESHOLD = 10_000  # objects allocated (net) between young collections; CPython's default is 700
 
@@ -27,3 +29,17 @@ def settle() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+
+
+@contextlib.contextmanager
+def collecting_less(young_threshold: int) -> Iterator[None]:
+    """For a stretch of work (a rebuild): what is loaded already frozen and young collections every
+    ``young_threshold`` allocations; afterwards the collector as it was."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(young_threshold, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import multiprocessing
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
@@ -38,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.adapters.kafka import end_offsets
 from infra.adapters.postgres import check_schema, connection_kwargs
+from infra.runtime import heap
 from infra.runtime.bootstrap import build_runner, require_services
 from infra.runtime.progress import Progress
 from infra.runtime.settings import Settings
@@ -51,20 +51,6 @@ POLL_S = 0.2  # how often the rebuild's position is read (a cheap query) for the
 # them again and again and promoted them into ever larger older-generation collections (A/B on 200,000
 # events: 25% of the rebuild's own CPU). Events hold no reference cycles: refcounting frees them.
 REBUILD_GC_THRESHOLD = 50_000
-
-
-@contextlib.contextmanager
-def _collecting_less() -> Iterator[None]:
-    """This process's cyclic collector set for a rebuild, and back as it was after: what is loaded already
-    is frozen (not walked again), and young collections come every REBUILD_GC_THRESHOLD allocations."""
-    threshold = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(REBUILD_GC_THRESHOLD, *threshold[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*threshold)
-        gc.unfreeze()
 
 
 async def event_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -83,7 +69,7 @@ async def rebuild_read_models(
     """Build the read models (all, or those named in ``only``) from offset 0 into ``into``; with ``swap``,
     make them the live ones. Progress goes to ``progress`` (stderr by default)."""
     require_services(settings)
-    with _collecting_less():
+    with heap.collecting_less(REBUILD_GC_THRESHOLD):
         return await _rebuild(settings, into, swap, only, progress)
 
 
@@ -215,7 +201,7 @@ def _worker(
         finally:
             await runner.pool.close()
 
-    with _collecting_less():
+    with heap.collecting_less(REBUILD_GC_THRESHOLD):
         asyncio.run(work())
 
 
