@@ -170,8 +170,7 @@ async def visible_row(
     except ApiError as exc:  # like REST's path converter: a malformed id names nothing
         raise ApiError(404, "not_found", f"{what} does not exist") from exc
     actor = actor_of(connection)
-    async with container.reads.connection() as conn:
-        row = await load(conn, row_id)
+    row = await container.reads.read(load, row_id)
     if row is None or not can_see(actor.role, actor.user_id, row["owner"]):
         raise ApiError(404, "not_found", f"{what} {row_id} does not exist")
     return row

@@ -86,8 +86,7 @@ async def read_execution(
         uuid.UUID(execution_id)
     except ValueError as exc:
         raise ApiError(404, "not_found", f"execution {execution_id} does not exist") from exc
-    async with container.reads.connection() as conn:
-        row = await get_execution(conn, execution_id)
+    row = await container.reads.read(get_execution, execution_id)
     actor = actor_of(connection)
     if row is None or (row["submitter"] != actor.user_id and actor.role != "admin"):
         raise ApiError(404, "not_found", f"execution {execution_id} does not exist")

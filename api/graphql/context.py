@@ -39,8 +39,7 @@ async def context_getter(state: State, response: Response) -> GraphQLContext:
     container: ApiContainer = state.container
 
     async def load_annotations(object_ids: list[str]) -> list[list[dict[str, Any]]]:
-        async with container.reads.connection() as conn:
-            found = await annotations_of_many(conn, object_ids)
+        found = await container.reads.read(annotations_of_many, object_ids)
         return [found.get(object_id, []) for object_id in object_ids]
 
     return GraphQLContext(container=container, annotations=DataLoader(load_fn=load_annotations))

@@ -51,7 +51,7 @@ Cursor = Annotated[
 Limit = Annotated[
     int | None, QueryParameter(name="limit", required=False, ge=1, le=500, description="Events per page, 1..500 (100)")
 ]
-Word = r"^[A-Za-z0-9_.]{1,200}$"
+Word = audit_service.TYPE_WORD
 
 
 def _time(name: str, description: str) -> Any:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
@@ -29,6 +30,7 @@ from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 Connection = AsyncConnection[Any]
+Row = TypeVar("Row")
 
 
 class ReadConnections:
@@ -44,6 +46,26 @@ class ReadConnections:
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._taken = 0  # connections (or places being filled) held out of the pool
         self._closed = False
+
+    async def read(self, query: Callable[..., Awaitable[Row]], *args: Any) -> Row:
+        """``query(connection, *args)`` on one of the connections. A connection found broken (PostgreSQL
+        restarted: the idle ones went with it, unnoticed until used) is replaced, the pool's idle
+        connections checked, and the read runs once more: reads are one statement, safe to repeat."""
+        for attempt in (1, 2):
+            async with self.connection() as conn:
+                try:
+                    return await query(conn, *args)
+                except psycopg.OperationalError:
+                    if attempt == 2 or not conn.broken:
+                        raise
+            await self._after_broken()
+        raise AssertionError("unreachable: the second attempt returns or raises")
+
+    async def _after_broken(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            await self._discard(connection)
+        await self._pool.check()  # the pool's own idle connections: broken ones replaced
 
     def connection(self) -> Lease:
         """``async with reads.connection() as conn``: one connection in autocommit for one statement."""

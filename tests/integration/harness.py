@@ -147,10 +147,13 @@ def raw_event_record(
     return state, headers
 
 
+UNASKED = ("notification", "resync")  # /ws messages that come without a request
+
+
 async def ws_ask(ws: Any, message: dict[str, Any]) -> dict[str, Any]:
-    """Send one /ws message; its reply (notifications, which come unasked, are skipped)."""
+    """Send one /ws message; its reply (notifications and resyncs, which come unasked, are skipped)."""
     await ws.send(json.dumps(message))
     while True:
         reply: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 60))
-        if reply["type"] != "notification":
+        if reply["type"] not in UNASKED:
             return reply

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -105,3 +106,20 @@ async def test_a_read_holds_its_connection_at_most_the_pools_bound(services: dic
     finally:
         await reads.close()
         await opened.close()
+
+
+async def test_a_read_on_connections_the_server_dropped_runs_again(pool: AsyncConnectionPool) -> None:
+    # PostgreSQL restarted: every idle connection is dead, unnoticed until used. The read is repeated
+    # once on a working connection instead of answering 503.
+    reads = ReadConnections(pool, 3, timeout=10)
+    held = await asyncio.gather(*(backend_of(reads, 0.05) for _ in range(6)))
+    async with pool.connection() as admin:
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (list(set(held)),))
+
+    async def backend(conn: Any) -> int:
+        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+        return int(row[0])
+
+    assert await reads.read(backend) not in held
+    assert await reads.read(backend) not in held
+    await reads.close()
