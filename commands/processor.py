@@ -27,7 +27,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,8 +71,6 @@ MAX_RECORD_BYTES = 1_000_000
 # doubled per consecutive failure: a broker outage costs one log line per step, not a busy loop.
 RETRY_BACKOFF_S = 0.1
 RETRY_BACKOFF_MAX_S = 30.0
-YIELD_EVERY_COMMANDS = 4  # while the transaction's first broker requests are under way (_run_commands)
-IDLE_WAIT_S = 0.05  # between looks at the assignment while no partition is owned yet
 MAX_ERROR_CHARS = 2000  # of an error kept in a rejection or a dead letter
 MAX_ID_CHARS = 256  # command ids, types, actors: the API's are UUIDs and words
 
@@ -117,10 +115,6 @@ class _Step:
 
 class _TooLarge(Exception):
     """A record this command would produce exceeds MAX_RECORD_BYTES."""
-
-
-class _Mispredicted(Exception):
-    """An event did not land at the offset its outcome names: abort, and run the batch again."""
 
 
 class _RecordFault(Exception):
@@ -171,7 +165,6 @@ class CommandProcessor:
         self._producers: dict[int, AIOKafkaProducer] = {}
         self._stores: dict[int, PartitionStore] = {}
         self._lock = asyncio.Lock()
-        self._running: dict[int, asyncio.Task[None]] = {}  # partition -> its batch's transaction
         self._consumer: AIOKafkaConsumer | None = None
         self._epoch = 0  # bumped on every assignment change: a linger stops at one
         # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was processed.
@@ -186,8 +179,6 @@ class CommandProcessor:
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}
         self._failures: dict[int, int] = {}  # partition -> consecutive failed batches
-        # partition -> the offset the next event will take in the events partition, when known (see _send_results)
-        self._next_event: dict[int, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -203,52 +194,24 @@ class CommandProcessor:
         try:
             while not stop.is_set():
                 self.last_loop = time.time()
-                self._reap()
-                # Only partitions whose producer is ready (an assignment may still be catching up
-                # its states) and with no transaction running: others' records stay buffered.
-                idle = [
-                    tp
-                    for tp in consumer.assignment()
-                    if tp.partition in self._producers and tp.partition not in self._running
-                ]
-                if not idle:
-                    if self._running:
-                        await asyncio.wait(self._running.values(), timeout=0.2, return_when=asyncio.FIRST_COMPLETED)
-                    else:
-                        await asyncio.sleep(IDLE_WAIT_S)
-                    continue
-                batches = await self._gather(consumer, idle)
-                for tp, records in batches.items():
-                    if records and tp.partition in self._producers:  # not revoked meanwhile
-                        self._start_batch(consumer, tp, records)
+                batches = await self._gather(consumer)
+                async with self._lock:
+                    # Partitions are independent (own producer, own transaction, own state): a
+                    # transaction costs several broker round trips, so they run side by side.
+                    await asyncio.gather(
+                        *(
+                            self._process_partition(consumer, tp, records)
+                            for tp, records in batches.items()
+                            if tp.partition in self._producers
+                        )
+                    )
         finally:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
-            self._running.clear()
             await consumer.stop()
             async with self._lock:
                 for partition in list(self._producers):
                     await self._release(partition)
 
-    def _start_batch(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
-        """Run one partition's batch while the loop goes on polling the others.
-
-        Partitions are independent (own producer, own transaction, own state) and a transaction is
-        a chain of broker round trips: a partition that has committed polls its next batch at once
-        instead of waiting for the other partitions' transactions to end as well.
-        """
-        self._running[tp.partition] = asyncio.create_task(self._process_partition(consumer, tp, records))
-
-    def _reap(self) -> None:
-        """Forget finished batches; one that raised (a bug: broker errors are handled inside) ends the loop,
-        and with it the worker, which the supervisor restarts."""
-        for partition, task in list(self._running.items()):
-            if task.done():
-                del self._running[partition]
-                task.result()
-
-    async def _gather(
-        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-    ) -> dict[TopicPartition, list[Any]]:
+    async def _gather(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         """Group commit: once commands arrive, keep collecting for ``linger_ms`` (or a full batch).
 
         A transaction costs the same few broker round trips (and marker writes) whatever it holds,
@@ -256,52 +219,25 @@ class CommandProcessor:
         ../shared/probes/kafka_txn_cost.py: 1.27 ms of broker time per record at 4 records per
         transaction, 0.065 ms at 64). Like PostgreSQL's commit_delay with commit_siblings, the wait
         is only worth it when commands arrive together: a poll that brings fewer than
-        ``linger_min_records`` is processed at once, so a lone writer pays no linger. The linger
-        counts from when the oldest command was sent (its record's timestamp, as a producer's
-        ``linger.ms`` counts from a batch's first record): commands that queued up while the
-        partition's previous transaction ran have gathered already and do not wait again. Only
-        ``partitions`` (those with no transaction running) are polled: another's records wait in
-        the consumer's buffer for its transaction to end.
+        ``linger_min_records`` is processed at once, so a lone writer pays no linger.
         """
-        batches = await self._first_records(consumer, partitions)
+        batches = await consumer.getmany(timeout_ms=200, max_records=self.config.batch_size)
         count = sum(len(records) for records in batches.values())
         if self.config.linger_ms <= 0 or count < max(1, self.config.linger_min_records):
             return batches
-        oldest = min(record.timestamp for records in batches.values() for record in records) / 1000
-        # A clock that differs from the API's only shortens or caps the wait, never lengthens it.
-        linger = min(self.config.linger_ms / 1000, self.config.linger_ms / 1000 - (time.time() - oldest))
-        deadline = asyncio.get_running_loop().time() + linger
+        deadline = asyncio.get_running_loop().time() + self.config.linger_ms / 1000
         epoch = self._epoch
         while count < self.config.batch_size and epoch == self._epoch:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 break
             more = await consumer.getmany(
-                *partitions, timeout_ms=max(1, int(remaining * 1000)), max_records=self.config.batch_size - count
+                timeout_ms=max(1, int(remaining * 1000)), max_records=self.config.batch_size - count
             )
             for tp, records in more.items():
                 batches.setdefault(tp, []).extend(records)
                 count += len(records)
         return batches
-
-    async def _first_records(
-        self, consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
-    ) -> dict[TopicPartition, list[Any]]:
-        """Records of ``partitions``, or nothing as soon as a running batch ends (so that the loop
-        polls its partition too, rather than after the poll's timeout). A poll is only cancelled
-        while it waits: records it has taken from the consumer are never dropped."""
-        poll = asyncio.ensure_future(consumer.getmany(*partitions, timeout_ms=200, max_records=self.config.batch_size))
-        if not self._running:
-            return await poll
-        try:
-            await asyncio.wait({poll, *self._running.values()}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:  # the worker stops: leave no poll pending behind it
-            poll.cancel()
-            raise
-        if not poll.done():
-            poll.cancel()
-            await asyncio.wait({poll})
-        return {} if poll.cancelled() else poll.result()
 
     @property
     def consumer(self) -> AIOKafkaConsumer | None:
@@ -358,10 +294,6 @@ class CommandProcessor:
     async def revoke(self, partitions: set[TopicPartition]) -> None:
         """Give ownership up between batches, never in the middle of one."""
         self._epoch += 1
-        revoked = {tp.partition for tp in partitions}
-        running = [task for partition, task in self._running.items() if partition in revoked]
-        if running:
-            await asyncio.wait(running)
         async with self._lock:
             for tp in partitions:
                 await self._release(tp.partition)
@@ -409,33 +341,21 @@ class CommandProcessor:
         touched: dict[str, AggregateState] = {}
         started = time.monotonic()
         steps: list[_Step] = []
-        first_event = self._next_event.pop(tp.partition, None)
         try:
             self._batch_dead_letters[tp.partition] = 0
             # Each command's span ends when the transaction does (outermost, so after the commit).
             with _ending_spans(steps) if self.tracer is not None else contextlib.nullcontext():
-                async with producer.transaction(), self._offsets_alongside(producer, tp, records) as offsets_sent:
-                    await self._run_commands(producer, store, tp.partition, records, touched, steps, offsets_sent)
+                async with producer.transaction():
+                    await self._run_commands(producer, store, tp.partition, records, touched, steps)
                     ran = time.monotonic()
-                    values, state_sent, predicted = await self._send_results(
-                        producer, tp.partition, steps, touched, first_event
-                    )
-                    await offsets_sent
-                    await _confirm(predicted)
+                    values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
+                    await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
                     sent = time.monotonic()
-                next_state_offset = await _next_offset(state_sent)
         except ProducerFenced:
             # A newer owner of this partition exists (we were presumed dead): stop writing for it.
             log.warning("partition %s: fenced by a newer owner; giving it up", tp.partition)
             store.forget(touched)
             await self._release(tp.partition)
-            return
-        except _Mispredicted as exc:
-            # Someone else wrote to the events partition (or an offset was missed): nothing of the
-            # batch is visible; it runs again at once, its outcomes waiting for the events' offsets.
-            log.warning("partition %s: %s; running the batch again", tp.partition, exc)
-            store.forget(touched)
-            await self._rewind(consumer, tp, records)
             return
         except _RecordFault as fault:
             # Nothing of the batch is visible; run it again at once, this command rejected.
@@ -464,7 +384,6 @@ class CommandProcessor:
             for offset in [o for o in faults if o <= records[-1].offset]:
                 del faults[offset]
         store.commit(values, touched, next_state_offset)
-        self._remember_next_event(tp.partition, steps, first_event)
         self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
         self.last_progress = time.time()
         self._count("pipeline_processor_batches", 1)
@@ -472,50 +391,9 @@ class CommandProcessor:
         ended = time.monotonic()
         self._count("pipeline_processor_transaction_seconds", ended - started)
         # Where a transaction's time goes: running the commands (their events sent as they go), the
-        # events acknowledged and the outcomes and states sent, and the commit.
+        # outcomes and states sent once the events' offsets are known, with the consumed offsets, and the commit.
         for phase, seconds in (("run", ran - started), ("results", sent - ran), ("commit", ended - sent)):
             self._count("pipeline_processor_transaction_phase_seconds", seconds, (("phase", phase),))
-
-    @contextlib.asynccontextmanager
-    async def _offsets_alongside(
-        self, producer: AIOKafkaProducer, tp: TopicPartition, records: list[Any]
-    ) -> AsyncIterator[asyncio.Future[None]]:
-        """Start the transaction's broker work that does not depend on the batch's results.
-
-        A transaction is a chain of broker round trips, and its length is the partition's write
-        latency. The partitions the batch writes to are known before it runs, and so are the
-        consumed offsets: adding all three partitions in one AddPartitionsToTxn and sending the
-        offsets (AddOffsetsToTxn, TxnOffsetCommit, on the coordinator's connection) while the events
-        are produced leaves AddPartitions -> produce events -> produce outcomes and states -> EndTxn
-        on the critical path, instead of seven requests one after the other. aiokafka adds a
-        partition at its first send; its transaction manager is told of all three at once here
-        (the same call ``send`` makes). Yields the offsets' future, to await before the commit.
-        """
-        manager = producer._txn_manager
-        if manager is not None:
-            for topic in (self.config.events_topic, self.config.outcomes_topic, self.config.state_topic):
-                manager.maybe_add_partition_to_txn(TopicPartition(topic, tp.partition))
-        sent = asyncio.ensure_future(
-            producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
-        )
-        try:
-            yield sent
-        finally:
-            if not sent.done():
-                sent.cancel()
-            # Its failure fails the transaction; retrieved here so an aborted batch does not log it twice.
-            with contextlib.suppress(BaseException):
-                await sent
-
-    def _remember_next_event(self, partition: int, steps: list[_Step], first_event: int | None) -> None:
-        """Where a committed batch leaves the events partition: after its events and the commit marker
-        its transaction wrote there (every transaction adds the events partition, so every commit
-        writes one marker, which takes one offset)."""
-        events = [future for step in steps for future in step.event_futures]
-        if first_event is not None:
-            self._next_event[partition] = first_event + len(events) + 1
-        elif events:
-            self._next_event[partition] = events[-1].result().offset + 2
 
     def _count(self, name: str, value: float, labels: tuple[tuple[str, str], ...] = ()) -> None:
         key = (name, labels)
@@ -557,20 +435,11 @@ class CommandProcessor:
         records: list[Any],
         touched: dict[str, AggregateState],
         steps: list[_Step],
-        offsets_sent: asyncio.Future[None],
     ) -> None:
-        """Run the batch's commands, appending a step per decodable command to ``steps``.
-
-        Running commands never waits on anything, so the producer's sender would not run until they
-        all have: every few commands the loop gets a turn while the transaction's first broker
-        requests (AddPartitionsToTxn, then the offsets' AddOffsetsToTxn and TxnOffsetCommit, one
-        after the other) are under way, so that they overlap the commands' work instead of
-        following it."""
+        """Run the batch's commands, appending a step per decodable command to ``steps``."""
         in_batch: dict[str, _Step] = {}
         faults = self._faults.get(partition, {})
-        for index, record in enumerate(records):
-            if index % YIELD_EVERY_COMMANDS == 0 and not offsets_sent.done():
-                await asyncio.sleep(0)
+        for record in records:
             try:
                 envelope = ENVELOPE_DECODER.decode(record.value)
                 UUID(envelope.aggregate_id)
@@ -677,20 +546,9 @@ class CommandProcessor:
         partition: int,
         steps: list[_Step],
         touched: dict[str, AggregateState],
-        first_event: int | None,
-    ) -> tuple[dict[str, bytes], list[asyncio.Future[Any]], list[tuple[asyncio.Future[Any], int]]]:
-        """Produce outcomes and new aggregate states; return the states, their sends' futures, and the
-        offsets the outcomes name for the events (to confirm before the commit).
-
-        An outcome names its last event's offset (the consistency token). The processor is the only
-        writer of its events partition, so after its previous commit it knows where the next event
-        lands (``first_event``): the outcomes are then produced with the events, in the same produce
-        request, instead of after a round trip that waits for the events' offsets. Before the commit
-        those offsets are confirmed (``_confirm``); when unknown (the first batch, after an abort)
-        the outcomes wait for them. The state futures are not awaited here: the commit flushes them."""
+    ) -> tuple[dict[str, bytes], int]:
+        """Produce outcomes and new aggregate states; return the states and the next state-topic offset."""
         outcomes: dict[str, bytes] = {}
-        next_event = first_event
-        predicted: list[tuple[asyncio.Future[Any], int]] = []
         for step in steps:
             envelope = step.envelope
             if step.duplicate_of is not None:
@@ -709,12 +567,8 @@ class CommandProcessor:
             else:
                 position = None
                 for future in step.event_futures:
-                    if next_event is None:
-                        position = Position(partition, (await future).offset).token()
-                    else:
-                        predicted.append((future, next_event))
-                        position = Position(partition, next_event).token()
-                        next_event += 1
+                    metadata = await future
+                    position = Position(metadata.partition, metadata.offset).token()
                 outcome = Outcome(
                     command_id=envelope.command_id,
                     aggregate_id=envelope.aggregate_id,
@@ -748,11 +602,14 @@ class CommandProcessor:
                     last_change[aggregate_id].offset,
                     _unprocessable("too_large", f"the aggregate's state would be {len(value)} bytes"),
                 )
-        sent = [
+        last_offset = -1
+        futures = [
             await producer.send(self.config.state_topic, value, key=aggregate_id.encode(), partition=partition)
             for aggregate_id, value in values.items()
         ]
-        return values, sent, predicted
+        for future in futures:
+            last_offset = max(last_offset, (await future).offset)
+        return values, last_offset + 1 if last_offset >= 0 else 0
 
 
 @contextlib.contextmanager
@@ -816,22 +673,6 @@ def event_records(
         produced.append((stored, domain_event, headers, event_hash))
         last_hash = event_hash
     return produced
-
-
-async def _confirm(predicted: list[tuple[asyncio.Future[Any], int]]) -> None:
-    """Raise _Mispredicted unless every event landed at the offset its outcome names."""
-    for future, offset in predicted:
-        landed = (await future).offset
-        if landed != offset:
-            raise _Mispredicted(f"an event landed at offset {landed}, not {offset}")
-
-
-async def _next_offset(sent: list[asyncio.Future[Any]]) -> int:
-    """The state topic's offset after the states a committed batch wrote (0: it wrote none)."""
-    last_offset = -1
-    for future in sent:
-        last_offset = max(last_offset, (await future).offset)
-    return last_offset + 1 if last_offset >= 0 else 0
 
 
 def _bounded(outcome: Outcome) -> bytes:

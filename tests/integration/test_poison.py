@@ -278,9 +278,8 @@ async def ingest_on_every_partition(system: System, label: str) -> dict[int, tup
 
 
 async def test_outcomes_name_their_events_offset_after_another_writer(system: System) -> None:
-    # The processor names an event's offset before the broker acknowledges it (it is the events
-    # partition's only writer) and checks before the commit. A record someone else writes there
-    # in between must not make an outcome name the wrong offset.
+    # An outcome names its event's offset (the consistency token). A record someone else writes to
+    # the events partition between batches must not make an outcome name the wrong offset.
     await ingest_on_every_partition(system, "before the foreign record")
     producer = AIOKafkaProducer(bootstrap_servers=system.bootstrap)
     await producer.start()
