@@ -62,14 +62,25 @@ class BoundedPool(AsyncConnectionPool):
 
     @asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        bound = asyncio.timeout(self.hold_seconds)
-        try:
-            async with bound, super().connection(timeout) as conn:
-                yield conn
-        except TimeoutError as exc:
-            if not bound.expired():
-                raise
-            raise psycopg.OperationalError(f"PostgreSQL did not answer within {self.hold_seconds:g} s") from exc
+        async with answered_within(self.hold_seconds), super().connection(timeout) as conn:
+            yield conn
+
+
+@asynccontextmanager
+async def answered_within(seconds: float | None) -> AsyncIterator[None]:
+    """The block's work with a connection, cancelled after ``seconds`` (None: unbounded) and then
+    psycopg.OperationalError raised, as for PostgreSQL being down (BoundedPool, the read connections)."""
+    if seconds is None:
+        yield
+        return
+    bound = asyncio.timeout(seconds)
+    try:
+        async with bound:
+            yield
+    except TimeoutError as exc:
+        if not bound.expired():
+            raise
+        raise psycopg.OperationalError(f"PostgreSQL did not answer within {seconds:g} s") from exc
 
 
 async def open_pool(

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
-from types import TracebackType
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
+
+from infra.adapters.postgres import answered_within
 
 Connection = AsyncConnection[Any]
 Row = TypeVar("Row")
@@ -67,9 +69,16 @@ class ReadConnections:
             await self._discard(connection)
         await self._pool.check()  # the pool's own idle connections: broken ones replaced
 
-    def connection(self) -> Lease:
-        """``async with reads.connection() as conn``: one connection in autocommit for one statement."""
-        return Lease(self)
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """``async with reads.connection() as conn``: one connection in autocommit for one statement,
+        held at most ``hold_seconds``."""
+        async with answered_within(self.hold_seconds):
+            connection = await self.take()
+            try:
+                yield connection
+            finally:
+                await self.give(connection)  # one cancelled mid-query goes back to the pool: replaced
 
     async def take(self) -> Connection:
         if self._closed:
@@ -151,48 +160,3 @@ class ReadConnections:
 def _expire(future: asyncio.Future[Connection | None], timeout: float) -> None:
     if not future.done():
         future.set_exception(PoolTimeout(f"no read connection free within {timeout:g} s"))
-
-
-class Lease:
-    """One read's connection: taken on entry, given back on exit."""
-
-    __slots__ = ("_bound", "_connection", "_reads")
-
-    def __init__(self, reads: ReadConnections) -> None:
-        self._reads = reads
-        self._connection: Connection | None = None
-        self._bound: asyncio.Timeout | None = None
-
-    async def __aenter__(self) -> Connection:
-        if self._reads.hold_seconds is not None:
-            self._bound = asyncio.timeout(self._reads.hold_seconds)
-            await self._bound.__aenter__()
-        try:
-            self._connection = await self._reads.take()
-        except BaseException as exc:
-            await self._end_bound(type(exc), exc, exc.__traceback__)
-            raise
-        return self._connection
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        try:
-            if self._connection is not None:
-                connection, self._connection = self._connection, None
-                await self._reads.give(connection)  # one cancelled mid-query goes back to the pool: replaced
-        finally:
-            await self._end_bound(kind, error, trace)
-
-    async def _end_bound(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        bound, self._bound = self._bound, None
-        if bound is None:
-            return
-        try:
-            await bound.__aexit__(kind, error, trace)
-        except TimeoutError as exc:
-            if not bound.expired():
-                raise
-            raise psycopg.OperationalError(f"PostgreSQL did not answer within {self._reads.hold_seconds:g} s") from exc
