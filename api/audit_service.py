@@ -31,6 +31,7 @@ from api.auth import actor_of
 from api.data_service import wait_for_token
 from api.errors import ApiError
 from api.rbac import Role
+from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
 from projections.audit_log import AuditFilters, aggregate_type, creation_row, event_view, history_rows, search_rows
 
@@ -58,6 +59,14 @@ def aggregate_owner(aggregate_id: str, creation: dict[str, Any]) -> str | None:
     field = OWNER_FIELDS.get(kind)
     owner = creation["payload"].get(field) if field else None
     return owner if isinstance(owner, str) else None
+
+
+def may_read(actor: Actor, aggregate_id: str, creation: dict[str, Any] | None) -> bool:
+    """Whether ``actor`` may read the aggregate whose first event is ``creation`` (None: there is none):
+    admins any, others their own. History and event streams answer 404 otherwise."""
+    return creation is not None and (
+        actor.role == Role.ADMIN or aggregate_owner(aggregate_id, creation) == actor.user_id
+    )
 
 
 def cursor(value: str | None, name: str = "after") -> int:
@@ -144,10 +153,7 @@ async def history(
         raise ApiError(404, "not_found", "aggregate does not exist") from exc
     actor = actor_of(connection)
     async with container.pool.connection() as conn:
-        creation = await creation_row(conn, aggregate_id)
-        if creation is None or not (
-            actor.role == Role.ADMIN or aggregate_owner(aggregate_id, creation) == actor.user_id
-        ):
+        if not may_read(actor, aggregate_id, await creation_row(conn, aggregate_id)):
             raise ApiError(404, "not_found", f"aggregate {aggregate_id} does not exist")
         rows = await history_rows(conn, aggregate_id, min(after_version, 2**31 - 1), size + 1)
     events = [event_view(row) for row in rows[:size]]

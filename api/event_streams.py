@@ -35,7 +35,7 @@ from uuid import UUID
 
 from psycopg_pool import AsyncConnectionPool
 
-from api.audit_service import aggregate_owner
+from api.audit_service import may_read
 from api.rbac import Role, can_see
 from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
@@ -128,7 +128,7 @@ async def refuse_hidden(request: StreamRequest, actor: Actor, container: ApiCont
     if creation is None:
         await _catch_up(container, container.settings.consistency.wait_timeout_seconds)
         creation = await _creation(container.pool, aggregate_id)
-    if creation is None or aggregate_owner(aggregate_id, creation) != actor.user_id:
+    if not may_read(actor, aggregate_id, creation):
         raise HiddenAggregate(f"aggregate {aggregate_id} does not exist")
 
 
