@@ -21,14 +21,22 @@ DATA_EVENTS = "starts_with(event_type, 'DataObject.')"
 async def ingest_many(
     client: httpx.AsyncClient, count: int, prefix: str, concurrency: int = 16
 ) -> list[dict[str, Any]]:
-    """Ingest ``count`` objects, each with its own Idempotency-Key; retry timeouts with the same key."""
+    """Ingest ``count`` objects, each with its own Idempotency-Key; retry timeouts with the same key.
+
+    A connection the server closes as the client reuses it (its keep-alive ran out while the pool
+    held it) is a transport error with no answer: retried with the same key too, as a client should."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> dict[str, Any]:
         body = {"content": f"document {prefix} {i}", "content_type": "text/plain", "metadata": {"i": i}}
         async with gate:
             for _ in range(10):
-                response = await client.post("/api/v1/ingest", json=body, headers={"Idempotency-Key": f"{prefix}-{i}"})
+                try:
+                    response = await client.post(
+                        "/api/v1/ingest", json=body, headers={"Idempotency-Key": f"{prefix}-{i}"}
+                    )
+                except httpx.TransportError:
+                    continue
                 if response.status_code == 201:
                     return dict(response.json())
                 assert response.status_code in (503, 504), response.text
