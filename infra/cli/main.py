@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "api":
         return _run_api(settings)
     if args.command == "worker":
+        from infra.runtime import event_loop
         from infra.runtime.workers import WORKERS
 
-        asyncio.run(WORKERS[args.name](settings))
+        event_loop.run(WORKERS[args.name](settings))
         return 0
     try:
         return _operate(settings, args)

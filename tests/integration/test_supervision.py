@@ -241,6 +241,13 @@ async def restarted(system: System, name: str, old_pid: int) -> bool:
         return False
 
 
+async def test_the_api_and_every_worker_run_on_uvloop(system: System, client: httpx.AsyncClient) -> None:
+    assert (await client.get("/ready")).status_code == 200
+    for name in ("api", "processor", "projections", "executor"):
+        maps = Path(f"/proc/{system.pid(name)}/maps").read_text()
+        assert "/uvloop/loop." in maps, f"{name} has not loaded uvloop"
+
+
 async def test_a_frozen_worker_is_replaced_by_the_watchdog(system: System, client: httpx.AsyncClient) -> None:
     frozen = system.pid("projections")
     os.kill(frozen, signal.SIGSTOP)
