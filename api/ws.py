@@ -204,6 +204,8 @@ async def handle(
     if kind == "execution_status":
         return await execution_status(socket, container, message)
     if kind == "chat_message":
+        if not has_permission(principal.role, Permission.WRITE):  # a chat message appends events
+            return error("forbidden", f"the {principal.role} role lacks the write permission")
         return await chat(socket, container, message)
     return error("unsupported", f"message type {kind!r} is not supported")
 

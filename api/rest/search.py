@@ -62,8 +62,11 @@ def parse_filters(raw: str | None) -> dict[str, Any]:
         return {}
     try:
         filters = msgspec.json.decode(raw)
+    except msgspec.ValidationError as exc:  # well-formed, but a value no codec here takes (1e400)
+        message = f"filters: {exc} (numbers are 64-bit integers or finite floats)"
+        raise ApiError(400, "validation_error", message, {"field": "filters"}) from exc
     except msgspec.DecodeError as exc:
-        raise ApiError(400, "validation_error", "filters must be a JSON object", {"field": "filters"}) from exc
+        raise ApiError(400, "validation_error", f"filters are not valid JSON: {exc}", {"field": "filters"}) from exc
     return check_filters(filters)
 
 

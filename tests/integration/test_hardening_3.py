@@ -1,0 +1,166 @@
+"""The third hardening sweep: what an independent tester's clients found, one test each.
+
+One system (workers, API) serves the whole module. Each test names the request that showed the defect.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import websockets
+
+from infra.runtime.settings import load_settings
+from tests.conftest import environment_for
+from tests.integration.harness import ws_ask
+from tests.integration.system import RunningSystem, running_system
+from tests.integration.users import client_for, create_user, token_of, ws_base
+
+GQL = "/api/graphql"
+
+
+@pytest.fixture(scope="module")
+async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
+    tmp = tmp_path_factory.mktemp("hardening-3")
+    env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
+    async with running_system(env, tmp) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """alice (a user) and vera (a viewer), each a client with their token."""
+    suffix = uuid.uuid4().hex[:6]
+    clients: dict[str, httpx.AsyncClient] = {}
+    for name, role in (("alice", "user"), ("vera", "viewer")):
+        await create_user(system.admin, f"{name}-{suffix}", role)
+        clients[name] = await client_for(system.anonymous, f"{name}-{suffix}")
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text[:500]
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == status and error["request_id"] == response.headers["x-request-id"]
+    assert {"reason", "message", "details"} <= set(error)
+    return error
+
+
+async def short_lived_token(system: RunningSystem, client: httpx.AsyncClient, seconds: float) -> str:
+    """A valid access token of ``client``'s user that expires in ``seconds`` (signed as the API signs them)."""
+    me = (await client.get("/api/v1/auth/me")).json()
+    settings = load_settings(environ=system.env)
+    now = int(time.time())
+    claims = {"sub": me["user_id"], "role": me["role"], "iat": now, "exp": now + seconds, "jti": uuid.uuid4().hex}
+    return jwt.encode({**claims, "gen": 0}, settings.authentication.secret_key, algorithm="HS256")
+
+
+# --- live connections and their tokens -------------------------------------------------------------
+
+
+async def test_a_websocket_closes_when_its_token_expires(
+    system: RunningSystem, users: dict[str, httpx.AsyncClient]
+) -> None:
+    """Found: a ``/ws`` (or GraphQL) connection opened with a token stayed open and kept delivering after
+    the token expired; only a logout, a password change or disabling the user ended it."""
+    alice = users["alice"]
+    token = await short_lived_token(system, alice, 3)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with websockets.connect(f"{ws_base(alice)}/ws/expiring", additional_headers=headers) as ws:
+        assert (await ws_ask(ws, {"type": "subscribe", "topic": "data_changes"}))["type"] == "subscribed"
+        started = time.monotonic()
+        told: list[dict[str, Any]] = []
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:  # idle: no message of the client's makes the server look at the token
+                told.append(json.loads(await ws.recv()))
+        assert 1 < time.monotonic() - started < 15
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008, closed.value
+    assert "expired" in closed.value.rcvd.reason
+    assert told[-1]["type"] == "error" and told[-1]["code"] == "token_expired", told
+
+    token = await short_lived_token(system, alice, 3)
+    url = f"{ws_base(alice)}{GQL}"
+    async with websockets.connect(url, subprotocols=["graphql-transport-ws"]) as gql_ws:  # type: ignore[list-item]
+        await gql_ws.send(json.dumps({"type": "connection_init", "payload": {"Authorization": f"Bearer {token}"}}))
+        assert json.loads(await gql_ws.recv())["type"] == "connection_ack"
+        query = "subscription { dataChanges { objectId } }"
+        await gql_ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {"query": query}}))
+        with pytest.raises(websockets.ConnectionClosed) as gql_closed:
+            while True:
+                await gql_ws.recv()
+    assert gql_closed.value.rcvd is not None and gql_closed.value.rcvd.code == 4401, gql_closed.value
+    # A fresh token works as before.
+    async with websockets.connect(f"{ws_base(alice)}/ws/fresh?access_token={token_of(alice)}") as ws:
+        assert (await ws_ask(ws, {"type": "ping"}))["type"] == "pong"
+
+
+# --- limits on what an answer lists -----------------------------------------------------------------
+
+
+async def test_a_graph_of_thousands_of_invalid_nodes_lists_a_bounded_number_of_problems(
+    users: dict[str, httpx.AsyncClient],
+) -> None:
+    """Found: ``POST /api/v1/execute`` of 5,000 nodes of an unknown type answered a 422 listing 5,001 problems."""
+    graph = {"nodes": [{"id": f"n{i}", "type": "teleport"} for i in range(5000)], "edges": []}
+    response = await users["alice"].post("/api/v1/execute", json={"graph": graph, "inputs": {}})
+    error = assert_envelope(response, 422)
+    details = error["details"]
+    assert len(details["problems"]) == 100, len(details["problems"])
+    assert details["total_problems"] == 5001 and details["more_problems"] == 4901
+    assert "5001 problems" in error["message"] and "first 100" in error["message"]
+    # GraphQL's executeGraph is capped the same way.
+    mutation = "mutation($g: JSON!) { executeGraph(graph: $g) { executionId } }"
+    answered = await users["alice"].post(GQL, json={"query": mutation, "variables": {"g": graph}})
+    extensions = answered.json()["errors"][0]["extensions"]
+    assert extensions["code"] == 422 and len(extensions["details"]["problems"]) == 100, str(extensions)[:300]
+
+
+# --- messages that say what is wrong ----------------------------------------------------------------
+
+
+async def test_a_search_filter_with_an_out_of_range_number_says_so(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``GET /api/v1/search?filters={"metadata": {"a": 1e400}}`` said "filters must be a JSON object"."""
+    alice = users["alice"]
+    for filters in ('{"metadata": {"a": 1e400}}', "1e400"):
+        response = await alice.get("/api/v1/search", params={"query": "x", "filters": filters})
+        error = assert_envelope(response, 400)
+        assert "out of range" in error["message"] and error["details"]["field"] == "filters", error
+    malformed = await alice.get("/api/v1/search", params={"query": "x", "filters": '{"a": '})
+    error = assert_envelope(malformed, 400)
+    assert "not valid JSON" in error["message"], error
+    not_object = await alice.get("/api/v1/search", params={"query": "x", "filters": "[1]"})
+    assert "must be a JSON object" in assert_envelope(not_object, 400)["message"]
+
+
+# --- roles ------------------------------------------------------------------------------------------
+
+
+async def test_a_viewer_cannot_chat_on_any_path(system: RunningSystem, users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: a viewer's GraphQL ``chat`` and ``/ws`` ``chat_message`` were answered, appending a conversation's
+    events: a write, which the spec's RBAC (viewer: READ only) does not grant."""
+    vera = users["vera"]
+    mutation = "mutation($c: String!) { chat(content: $c) { conversationId } }"
+    answered = await vera.post(GQL, json={"query": mutation, "variables": {"c": "what is a quokka?"}})
+    body = answered.json()
+    assert body["data"] is None and body["errors"][0]["extensions"]["code"] == 403, body
+    async with websockets.connect(f"{ws_base(vera)}/ws/viewer-chat?access_token={token_of(vera)}") as ws:
+        reply = await ws_ask(ws, {"type": "chat_message", "content": "what is a quokka?"})
+        assert reply["type"] == "error" and reply["code"] == "forbidden", reply
+        assert (await ws_ask(ws, {"type": "ping"}))["type"] == "pong"  # the connection stays open
+    me = (await vera.get("/api/v1/auth/me")).json()
+    events = await system.admin.get("/api/v1/audit", params={"actor": me["user_id"], "aggregate_type": "Conversation"})
+    assert events.status_code == 200 and events.json()["events"] == [], events.text[:300]
+    # Users still chat.
+    async with websockets.connect(f"{ws_base(users['alice'])}/ws/user-chat?access_token={token_of(users['alice'])}") as ws:
+        reply = await ws_ask(ws, {"type": "chat_message", "content": "/help"})
+        assert reply["type"] == "chat_response", reply
