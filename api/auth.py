@@ -34,8 +34,8 @@ from api.rbac import PERMISSION, check_permission
 from api.revocations import RevokedTokens
 from api.tokens import InvalidToken, decode_access_token
 from api.user_cache import UserCache
-from api.ws_expiry import expiring_receive
 from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
+from api.ws_expiry import expiring_receive
 from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
