@@ -47,8 +47,8 @@ def expiring_receive(scope: Scope, receive: Receive, send: Send) -> Receive:
 
 async def _close(scope: Scope, send: Send) -> ReceiveMessage:
     if scope.get("path", "").startswith("/ws/"):
-        error = {"type": "error", "code": "token_expired", "message": MESSAGE}
-        await send({"type": "websocket.send", "text": orjson.dumps(error).decode()})
+        error = orjson.dumps({"type": "error", "code": "token_expired", "message": MESSAGE}).decode()
+        await send({"type": "websocket.send", "text": error, "bytes": None})
         code = WS_POLICY_VIOLATION
     else:
         code = GRAPHQL_UNAUTHORIZED

@@ -147,7 +147,7 @@ async def test_a_search_filter_with_an_out_of_range_number_says_so(users: dict[s
         assert "out of range" in error["message"] and error["details"]["field"] == "filters", error
     malformed = await alice.get("/api/v1/search", params={"query": "x", "filters": '{"a": '})
     error = assert_envelope(malformed, 400)
-    assert "not valid JSON" in error["message"], error
+    assert "filters is not valid JSON" in error["message"], error
     not_object = await alice.get("/api/v1/search", params={"query": "x", "filters": "[1]"})
     assert "must be a JSON object" in assert_envelope(not_object, 400)["message"]
 
@@ -176,3 +176,37 @@ async def test_a_viewer_cannot_chat_on_any_path(system: RunningSystem, users: di
     ) as ws:
         reply = await ws_ask(ws, {"type": "chat_message", "content": "/help"})
         assert reply["type"] == "chat_response", reply
+
+
+async def test_an_upload_metadata_part_says_what_is_wrong(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/v1/upload`` with a ``metadata`` part of ``1e400``, ``{`` or ``[[[...`` said only
+    "metadata must be a JSON object"; the one nested thousands deep kept its spooled file."""
+    cases = {
+        '{"a": 1e400}': "out of range",
+        "{": "metadata is not valid JSON",
+        "[" * 5000 + "]" * 5000: "nested too deeply",
+        "[1]": "must be a JSON object",
+    }
+    for metadata, says in cases.items():
+        files = [("files", ("a.txt", b"hello", "text/plain"))]
+        response = await users["alice"].post("/api/v1/upload", files=files, data={"metadata": metadata})
+        error = assert_envelope(response, 400)
+        assert says in error["message"] and error["details"]["field"] == "metadata", (metadata[:20], error)
+
+
+async def test_a_request_the_http_parser_refuses_gets_the_error_envelope(system: RunningSystem) -> None:
+    """Found: a header with a control character (``X-Request-ID: \\x7f``) was answered by uvicorn's plain
+    text "Invalid HTTP request received.", not the error envelope."""
+    url = httpx.URL(str(system.anonymous.base_url))
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Request-ID: a\x7fb\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)  # the server closes the connection after answering
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), raw[:200]
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["code"] == 400 and error["reason"] == "invalid_request", error
