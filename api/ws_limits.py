@@ -1,4 +1,5 @@
-"""WebSocket connections counted per user, so one user cannot hold the process's every slot.
+"""Live connections (WebSockets, SSE event streams) counted per user, so one user cannot hold the
+process's every slot, nor a live buffer per stream without bound.
 
 Counted in this API process (a connection lives in one process); ``websocket.max_connections``
 still bounds the process as a whole.

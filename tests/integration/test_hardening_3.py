@@ -20,7 +20,7 @@ import websockets
 from api.ws_expiry import MESSAGE
 from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
-from tests.integration.harness import ws_ask
+from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
 from tests.integration.users import client_for, create_user, token_of, ws_base
 
@@ -180,7 +180,7 @@ async def test_a_viewer_cannot_chat_on_any_path(system: RunningSystem, users: di
 
 async def test_an_upload_metadata_part_says_what_is_wrong(users: dict[str, httpx.AsyncClient]) -> None:
     """Found: ``POST /api/v1/upload`` with a ``metadata`` part of ``1e400``, ``{`` or ``[[[...`` said only
-    "metadata must be a JSON object"; the one nested thousands deep kept its spooled file."""
+    "metadata must be a JSON object"."""
     cases = {
         '{"a": 1e400}': "out of range",
         "{": "metadata is not valid JSON",
@@ -210,3 +210,52 @@ async def test_a_request_the_http_parser_refuses_gets_the_error_envelope(system:
     assert b"content-type: application/json" in head.lower()
     error = json.loads(body)["error"]
     assert error["code"] == 400 and error["reason"] == "invalid_request", error
+
+
+async def test_event_streams_count_against_the_per_user_connection_cap(
+    system: RunningSystem, users: dict[str, httpx.AsyncClient]
+) -> None:
+    """Found: one user opened 40 ``GET /api/v1/events/stream`` at once (each with its own live buffer of up to
+    ``event_stream.buffer_bytes``), twice ``websocket.max_connections_per_user``; WebSockets stop at 20."""
+    limit = load_settings(environ=system.env).websocket.max_connections_per_user
+    alice = users["alice"]
+    streams: list[httpx.Response] = []
+    try:
+        for _ in range(limit):
+            request = alice.build_request("GET", "/api/v1/events/stream", params={"after": "now"})
+            streams.append(await alice.send(request, stream=True))
+        assert [s.status_code for s in streams] == [200] * limit
+        refused = await alice.get("/api/v1/events/stream", params={"after": "now"})
+        assert assert_envelope(refused, 429)["reason"] == "too_many_connections"
+        # and the cap is shared with WebSockets: the next one is refused too
+        with pytest.raises((websockets.InvalidStatus, websockets.ConnectionClosed)):
+            async with websockets.connect(f"{ws_base(alice)}/ws/over-cap?access_token={token_of(alice)}") as ws:
+                await ws.recv()
+    finally:
+        for stream in streams:
+            await stream.aclose()
+    # Closed streams give their slots back, and a HEAD (which never starts its stream) holds none after it.
+    await eventually(lambda: _stream_opens(alice), timeout=30, what="a slot given back")
+    for _ in range(limit):
+        assert (await alice.head("/api/v1/events/stream", params={"after": "now"})).status_code == 200
+    assert await _stream_opens(alice)
+
+
+async def _stream_opens(client: httpx.AsyncClient) -> bool:
+    """Does a new event stream open (200) now? It is closed at once."""
+    request = client.build_request("GET", "/api/v1/events/stream", params={"after": "now"})
+    response = await client.send(request, stream=True)
+    await response.aclose()
+    return response.status_code == 200
+
+
+async def test_a_head_of_the_event_stream_frees_its_connection_at_once(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: after ``HEAD /api/v1/events/stream`` the stream went on (unseen) until its first keep-alive,
+    so the next request on the same kept-alive connection waited ``event_stream.keepalive_seconds`` (15 s)."""
+    alice = users["alice"]
+    started = time.monotonic()
+    for _ in range(3):  # one client: the requests share its kept-alive connection
+        head = await alice.head("/api/v1/events/stream", params={"after": "now"})
+        assert head.status_code == 200 and head.content == b""
+    assert (await alice.get("/api/v1/auth/me")).status_code == 200
+    assert time.monotonic() - started < 10
