@@ -24,6 +24,10 @@ class UserConnections:
         self._open[user_id] += 1
         return True
 
+    def refusal(self) -> str:
+        """What a caller over the cap is told."""
+        return f"at most {self.limit} live connections per user (WebSockets, event streams): close one"
+
     def release(self, user_id: str) -> None:
         """Give back a slot taken by ``acquire``."""
         self._open[user_id] -= 1

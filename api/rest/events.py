@@ -116,8 +116,7 @@ class EventsController(Controller):
         slots: UserConnections = request.app.state.user_connections
         user_id = actor_of(request).user_id
         if not slots.acquire(user_id):  # each stream holds a live buffer: as many as WebSockets, not unbounded
-            message = f"at most {slots.limit} live connections per user (/ws, GraphQL, event streams): close one"
-            raise ApiError(429, "too_many_connections", message, {"limit": slots.limit})
+            raise ApiError(429, "too_many_connections", slots.refusal(), {"limit": slots.limit})
         messages = _messages(request, parsed, check)
         keepalive = container.settings.event_stream.keepalive_seconds
         slot = _Slot(slots, user_id)

@@ -22,7 +22,7 @@ from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user, token_of, ws_base
+from tests.integration.users import client_for, create_user, ingest_readable, token_of, ws_base
 
 GQL = "/api/graphql"
 
@@ -259,3 +259,31 @@ async def test_a_head_of_the_event_stream_frees_its_connection_at_once(users: di
         assert head.status_code == 200 and head.content == b""
     assert (await alice.get("/api/v1/auth/me")).status_code == 200
     assert time.monotonic() - started < 10
+
+
+async def test_graphql_event_subscriptions_count_against_the_per_user_connection_cap(system: RunningSystem) -> None:
+    """Found: one graphql-transport-ws connection ran 100 ``events`` subscriptions (strawberry's cap per
+    connection), each with a live buffer of up to ``event_stream.buffer_bytes`` (8 MiB), 20 such connections
+    per user: the per-user cap bounded connections, not the streams in them."""
+    limit = load_settings(environ=system.env).websocket.max_connections_per_user
+    name = f"gina-{uuid.uuid4().hex[:6]}"
+    await create_user(system.admin, name)
+    async with await client_for(system.anonymous, name) as gina:
+        async with websockets.connect(f"{ws_base(gina)}{GQL}", subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(gina)}}))
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            query = 'subscription { events(afterPosition: "now") { __typename } }'
+            for index in range(limit):  # the connection holds one slot: limit - 1 streams fit beside it
+                await ws.send(json.dumps({"id": str(index), "type": "subscribe", "payload": {"query": query}}))
+            message = json.loads(await asyncio.wait_for(ws.recv(), 30))  # one of them (they start concurrently)
+            error = message["payload"][0] if message["type"] == "error" else message["payload"]["errors"][0]
+            assert error["extensions"]["code"] == 429 and error["extensions"]["reason"] == "too_many_connections"
+            running = "1" if message["id"] == "0" else "0"
+            await ws.send(json.dumps({"id": running, "type": "complete"}))  # ending one gives its slot back
+            await ws.send(json.dumps({"id": "again", "type": "subscribe", "payload": {"query": query}}))
+            await ingest_readable(gina, "an event for every stream of gina's")
+            while True:  # the new subscription delivers it, as the others do
+                reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+                assert reply["type"] == "next" and "errors" not in reply["payload"], reply
+                if reply["id"] == "again":
+                    break
