@@ -22,7 +22,15 @@ from infra.runtime.settings import load_settings
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import client_for, create_user, ingest_readable, token_of, ws_base
+from tests.integration.users import (
+    assert_envelope,
+    client_for,
+    clients_with_roles,
+    create_user,
+    ingest_readable,
+    token_of,
+    ws_base,
+)
 
 GQL = "/api/graphql"
 
@@ -38,24 +46,8 @@ async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFact
 @pytest.fixture(scope="module")
 async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
     """alice (a user) and vera (a viewer), each a client with their token."""
-    suffix = uuid.uuid4().hex[:6]
-    clients: dict[str, httpx.AsyncClient] = {}
-    for name, role in (("alice", "user"), ("vera", "viewer")):
-        await create_user(system.admin, f"{name}-{suffix}", role)
-        clients[name] = await client_for(system.anonymous, f"{name}-{suffix}")
-    try:
+    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
         yield clients
-    finally:
-        for client in clients.values():
-            await client.aclose()
-
-
-def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text[:500]
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == status and error["request_id"] == response.headers["x-request-id"]
-    assert {"reason", "message", "details"} <= set(error)
-    return error
 
 
 async def short_lived_token(system: RunningSystem, client: httpx.AsyncClient, seconds: float) -> str:
