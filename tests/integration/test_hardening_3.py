@@ -296,3 +296,11 @@ async def _subscribe_when_a_slot_is_free(ws: Any, query: str) -> str:
             return operation
         await ws.recv()  # its complete
     raise AssertionError("no slot was given back")
+
+
+async def test_an_unknown_ws_message_type_is_not_echoed_whole(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``{"type": "xxxx..."}`` (up to ``websocket.max_message_size``, 1 MiB) came back whole in the error."""
+    alice = users["alice"]
+    async with websockets.connect(f"{ws_base(alice)}/ws/long-type?access_token={token_of(alice)}") as ws:
+        reply = await ws_ask(ws, {"type": "x" * 100_000})
+        assert reply["code"] == "unsupported" and len(reply["message"]) < 200, len(reply["message"])
