@@ -15,6 +15,7 @@ limiting is off; skipped while Redis is down).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -34,6 +35,7 @@ from api.revocations import RevokedTokens
 from api.tokens import InvalidToken, decode_access_token
 from api.user_cache import UserCache
 from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
+from api.ws_expiry import expiring_receive
 from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
@@ -55,6 +57,7 @@ class Principal:
     role: str
     token_id: str
     token_generation: int = 0  # live connections end when the user's generation passes it
+    expires_at: float = math.inf  # the token's ``exp``: a WebSocket opened with it ends then (api/ws_expiry.py)
 
 
 def principal_of(request: ASGIConnection[Any, Any, Any, Any]) -> Principal:
@@ -101,7 +104,8 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
             try:
                 if not ws_token and defers_to_connection_init(scope):
                     verify = _init_verifier(ws_state.container, ws_state.revoked_tokens, ws_state.users)
-                    await app(scope, init_authenticating_receive(scope, receive, send, verify, admit), send)
+                    authenticating = init_authenticating_receive(scope, receive, send, verify, admit)
+                    await app(scope, expiring_receive(scope, authenticating, send), send)
                     return
                 ws_principal = await _authenticate(
                     scope, send, ws_state.container, ws_state.revoked_tokens, ws_state.users, ws_token
@@ -114,7 +118,7 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
                     return
                 scope["user"] = ws_principal
                 actor_var.set(f"{ws_principal.username}({ws_principal.role})")
-                await app(scope, receive, send)
+                await app(scope, expiring_receive(scope, receive, send), send)
             finally:
                 for user_id in taken:
                     slots.release(user_id)
@@ -236,7 +240,7 @@ async def verify_token(
         raise Refused(401, "the user is unknown or disabled")
     if claims["gen"] < row.token_generation:
         raise Refused(401, "the password changed since this token was issued")
-    return Principal(user_id, row.username, row.role, str(claims["jti"]), claims["gen"])
+    return Principal(user_id, row.username, row.role, str(claims["jti"]), claims["gen"], float(claims["exp"]))
 
 
 def _init_verifier(container: ApiContainer, revocations: RevokedTokens | None, users: UserCache) -> Verify:

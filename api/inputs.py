@@ -107,6 +107,23 @@ def checked_json(value: Any, field: str) -> Any:
     return value
 
 
+def json_object_text(raw: str | bytes, field: str) -> dict[str, Any]:
+    """A JSON object sent as text (the ``filters`` parameter, an upload's ``metadata`` part); else a 400
+    naming ``field`` and saying what is wrong: not JSON, a number no codec here takes, too deep, not an object."""
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.ValidationError as exc:  # well-formed JSON, but a value out of range (1e400)
+        message = f"{field}: {exc} (numbers are 64-bit integers or finite floats)"
+        raise ApiError(400, "validation_error", message, {"field": field}) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "validation_error", f"{field} is not valid JSON: {exc}", {"field": field}) from exc
+    except RecursionError as exc:  # nested thousands deep
+        raise ApiError(400, "validation_error", f"{field} is nested too deeply", {"field": field}) from exc
+    if not isinstance(value, dict):
+        raise ApiError(400, "validation_error", f"{field} must be a JSON object", {"field": field})
+    return value
+
+
 def object_id(value: Any, field: str = "object_id") -> str:
     """A UUID id, checked before any command is sent or any query runs (400 otherwise)."""
     try:

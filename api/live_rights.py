@@ -4,8 +4,9 @@ A WebSocket or a GraphQL subscription is authenticated once, at its handshake, b
 for hours. Before delivering a change it asks the user cache again for the caller's current role,
 disabled flag and token generation: a role change applies to the very next delivery
 (``scope["user"]`` is updated, so every visibility check downstream sees it); a disabled or deleted
-user's connection is closed, as is one opened with a token from before a password change or with a
-token revoked since (logout). Cached
+user's connection is closed, as is one opened with a token from before a password change, with a
+token revoked since (logout) or with a token that has expired since (api/ws_expiry.py closes a
+WebSocket at that moment; this catches streams that are not WebSockets, such as SSE). Cached
 answers are cheap (a dict lookup); a change to the caller themselves (a ``User.*`` change in the
 same feed message) or a truncated message forces a fresh read, so the disable that caused the
 message is never judged by a row cached before it.
@@ -14,6 +15,7 @@ message is never judged by a row cached before it.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from litestar.connection import ASGIConnection
@@ -66,6 +68,8 @@ async def recheck(connection: ASGIConnection[Any, Any, Any, Any], fresh: bool) -
         raise AccessEnded(f"the password of user {principal.user_id} changed since this connection began")
     if token_revoked(connection.app.state.revoked_tokens, principal.token_id):
         raise AccessEnded("the token this connection was opened with was revoked (logout)")
+    if principal.expires_at <= time.time():
+        raise AccessEnded("the token this connection was opened with expired")
     if row[1] != principal.role:
         principal = dataclasses.replace(principal, role=row[1])
         connection.scope["user"] = principal

@@ -12,12 +12,15 @@ request id in the error envelope:
   api/auth.py) go on the response, without a send wrapper of their own;
 - an OPTIONS answer's Allow header is completed (api/allow.py);
 - HEAD is answered wherever GET is (RFC 9110 9.3.2): the request goes to the GET handler, whose
-  status and headers are sent and whose body is not (a stream, e.g. the SSE route, ends with the
-  headers: the server then reports the client gone).
+  status and headers are sent and whose body is not: the response ends with its headers, and the
+  handler then hears the client gone (``http.disconnect``), so a stream (the SSE route) stops at once.
+  Before, the response ended only with the handler's first body message, which a stream sends with its
+  first event or keep-alive (15 s): the connection's next request waited that long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -44,7 +47,7 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         head = method == "HEAD"
         if head:  # a copy: the server keeps its own scope, so it still knows to send no body
             scope = cast("Scope", {**scope, "method": "GET"})
-        body_sent = False
+        head_sent = asyncio.Event() if head else None  # set once a HEAD's empty body went out
         # latin-1 decodes any bytes: a non-UTF-8 id is merely not sane, and replaced like any other.
         incoming = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
         request_id = incoming if SANE_ID.match(incoming) else os.urandom(16).hex()  # as random as uuid4().hex, cheaper
@@ -55,12 +58,9 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
         status = 500  # unless a response starts
 
         async def send_wrapped(message: Message) -> None:
-            nonlocal status, body_sent
+            nonlocal status
             if head and message["type"] == "http.response.body":
-                if body_sent:
-                    return
-                body_sent = True
-                message = {"type": "http.response.body", "body": b"", "more_body": False}
+                return  # the response ended with its headers (below)
             if message["type"] == "http.response.start":
                 status = message["status"]
                 headers = list(message.get("headers", []))
@@ -70,15 +70,39 @@ def edge_middleware(app: ASGIApp) -> ASGIApp:
                 if method == "OPTIONS":
                     await correct_allow_header(message, scope)
             await send(message)
+            if head_sent is not None and message["type"] == "http.response.start":
+                # A HEAD ends with its headers, without waiting for the handler's first body message
+                # (a stream's may come only with its first event or keep-alive).
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                head_sent.set()
 
         try:
-            await app(scope, receive, send_wrapped)
+            await app(scope, receive if head_sent is None else _ends_after_body(receive, head_sent), send_wrapped)
         finally:
             counter, latency = _series(method, str(scope.get("path_template") or "unmatched"), status)
             counter.inc()
             latency.observe(time.perf_counter() - started)
 
     return middleware
+
+
+def _ends_after_body(receive: Receive, body_sent: asyncio.Event) -> Receive:
+    """A HEAD request's ``receive``: ``http.disconnect`` as soon as its (empty) body has been sent, so a
+    streaming handler, which listens for the disconnect, stops instead of writing on unseen."""
+
+    async def receive_until_body_sent() -> Message:
+        if body_sent.is_set():
+            return {"type": "http.disconnect"}
+        received = asyncio.ensure_future(receive())
+        sent = asyncio.ensure_future(body_sent.wait())
+        await asyncio.wait({received, sent}, return_when=asyncio.FIRST_COMPLETED)
+        sent.cancel()
+        if received.done():
+            return cast("Message", received.result())
+        received.cancel()
+        return {"type": "http.disconnect"}
+
+    return cast("Receive", receive_until_body_sent)
 
 
 def _series(method: str, route: str, status: int) -> tuple[Counter, Histogram]:

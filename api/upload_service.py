@@ -18,14 +18,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 from litestar import Request
 from multipart import MultipartSegment, ParserError, ParserLimitReached, PushMultipartParser
 
 from api.auth import actor_of
 from api.commands import derived_id, submit
 from api.errors import ApiError
-from api.inputs import checked_json
+from api.inputs import checked_json, json_object_text
 from commands.envelope import Outcome
 from domain.content_types import ContentTypeMismatch, decide
 from domain.data_object import CONTENT_TYPE_PATTERN
@@ -185,15 +184,7 @@ def _take(part: Part | None, segment: MultipartSegment | None, data: bytes, meta
 
 def _metadata(received: Received, raw: bytes) -> dict[str, Any]:
     try:
-        value = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        received.discard()
-        raise ApiError(400, "validation_error", "metadata must be a JSON object", {"field": "metadata"}) from exc
-    if not isinstance(value, dict):
-        received.discard()
-        raise ApiError(400, "validation_error", "metadata must be a JSON object", {"field": "metadata"})
-    try:
-        checked: dict[str, Any] = checked_json(value, "metadata")
+        checked: dict[str, Any] = checked_json(json_object_text(raw, "metadata"), "metadata")
     except ApiError:
         received.discard()
         raise

@@ -204,8 +204,11 @@ async def handle(
     if kind == "execution_status":
         return await execution_status(socket, container, message)
     if kind == "chat_message":
+        if not has_permission(principal.role, Permission.WRITE):  # a chat message appends events
+            return error("forbidden", f"the {principal.role} role lacks the write permission")
         return await chat(socket, container, message)
-    return error("unsupported", f"message type {kind!r} is not supported")
+    shown = kind if len(kind) <= 64 else f"{kind[:64]}..."  # not a megabyte of it echoed back
+    return error("unsupported", f"message type {shown!r} is not supported")
 
 
 @websocket("/ws/{client_id:str}")

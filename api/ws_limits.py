@@ -1,4 +1,5 @@
-"""WebSocket connections counted per user, so one user cannot hold the process's every slot.
+"""Live connections (WebSockets, SSE event streams) counted per user, so one user cannot hold the
+process's every slot, nor a live buffer per stream without bound.
 
 Counted in this API process (a connection lives in one process); ``websocket.max_connections``
 still bounds the process as a whole.
@@ -22,6 +23,10 @@ class UserConnections:
             return False
         self._open[user_id] += 1
         return True
+
+    def refusal(self) -> str:
+        """What a caller over the cap is told."""
+        return f"at most {self.limit} live connections per user (WebSockets, event streams): close one"
 
     def release(self, user_id: str) -> None:
         """Give back a slot taken by ``acquire``."""

@@ -15,7 +15,9 @@ from domain.errors import DomainError
 MAX_MESSAGE_CHARS = 4000  # a chat message, as the edge takes it (api/inputs.ChatMessage)
 MAX_RESPONSE_CHARS = 8000
 MAX_SOURCES = 10
-ROLES = ("admin", "user", "viewer")  # chatting reads the caller's own data: every role may
+# A chat message is a write (the conversation's events), so it needs the spec's write permission
+# (RBACService: viewer -> [READ] only); reading one's conversations is open to every role.
+ROLES = ("admin", "user")
 
 MessageText = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MESSAGE_CHARS, pattern=NO_NUL)]
 ResponseText = Annotated[str, msgspec.Meta(max_length=MAX_RESPONSE_CHARS, pattern=NO_NUL)]

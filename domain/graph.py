@@ -67,11 +67,22 @@ def problem(node: str | None, port: str | None, message: str) -> dict[str, Any]:
     return {"node_id": node, "port": port, "message": message}
 
 
+# An answer lists at most this many problems (the first found) and says how many more there are: a
+# graph of 5,000 broken nodes listed 5,001, an answer (and a rejected outcome record) of ~500 kB.
+MAX_LISTED_PROBLEMS = 100
+
+
 def parse_graph(raw: Any) -> Graph:
-    """A validated graph; InvalidGraph with ``details["problems"]`` listing every problem."""
+    """A validated graph; InvalidGraph with ``details["problems"]`` listing the first problems found
+    (at most MAX_LISTED_PROBLEMS), ``total_problems`` and ``more_problems`` (how many are not listed)."""
     graph, problems = check_graph(raw)
     if problems or graph is None:
-        raise InvalidGraph(f"the graph is not valid ({len(problems)} problems)", {"problems": problems})
+        listed = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(listed)
+        message = f"the graph is not valid ({len(problems)} problems"
+        message += f"; the first {len(listed)} are listed)" if more else ")"
+        details = {"problems": listed, "total_problems": len(problems), "more_problems": more}
+        raise InvalidGraph(message, details)
     return graph
 
 

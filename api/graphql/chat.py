@@ -101,7 +101,7 @@ class ChatMutation:
         " conversationId a new conversation starts. The answer quotes your own objects, listed as sources."
     )
     async def chat(self, info: GqlInfo, content: str, conversation_id: str | None = None) -> ChatResponse:
-        require(info.context.connection, Permission.READ)
+        require(info.context.connection, Permission.WRITE)  # a chat message appends events
         message = parsed(ChatMessage, content=content, conversation_id=conversation_id)
         ctx = info.context
         reply = await answer(chat_message(ctx.connection, ctx.container, message))

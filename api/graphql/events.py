@@ -21,6 +21,7 @@ from api.graphql.errors import require
 from api.graphql.live import live_actor
 from api.graphql.objects import GqlInfo
 from api.rbac import Permission
+from api.ws_limits import UserConnections
 from commands.envelope import Actor
 
 
@@ -88,6 +89,12 @@ class EventSubscription:
         async def check(fresh: bool) -> Actor:
             return await live_actor(connection, fresh)
 
+        # Each stream holds a live buffer (event_stream.buffer_bytes): it takes one of the user's live
+        # connection slots, as an SSE stream does, or one connection's 100 subscriptions could hold 100.
+        slots: UserConnections = connection.app.state.user_connections
+        user_id = actor_of(connection).user_id
+        if not slots.acquire(user_id):
+            raise GraphQLError(slots.refusal(), extensions={"code": 429, "reason": "too_many_connections"})
         try:
             async for item in follow(connection.app.state.hub.events, request, actor_of(connection), check):
                 if isinstance(item, Lagged):
@@ -97,3 +104,5 @@ class EventSubscription:
         except PostgresError as exc:
             unavailable = {"code": 503, "reason": "unavailable"}
             raise GraphQLError("the event stream failed; subscribe again", extensions=unavailable) from exc
+        finally:
+            slots.release(user_id)

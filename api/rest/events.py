@@ -5,13 +5,16 @@
 ``event: lagged`` (its ``id:`` the position to resume from) and the stream ends. ``Last-Event-ID``
 (what ``EventSource`` sends when it reconnects) wins over ``after``, so a reconnect resumes exactly.
 A stream with nothing to send writes a ``: keep-alive`` comment every ``event_stream.keepalive_seconds``.
+Open streams count against the user's ``websocket.max_connections_per_user`` with their WebSockets
+(api/ws_limits.py): the next is 429 ``too_many_connections``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import weakref
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 import orjson
@@ -36,6 +39,7 @@ from api.event_streams import (
 )
 from api.live_rights import AccessEnded, recheck
 from api.rbac import Permission, has_permission, requires
+from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
 
@@ -109,9 +113,18 @@ class EventsController(Controller):
                 raise AccessEnded(f"the {principal.role} role lacks the read permission")
             return actor_of(request)
 
+        slots: UserConnections = request.app.state.user_connections
+        user_id = actor_of(request).user_id
+        if not slots.acquire(user_id):  # each stream holds a live buffer: as many as WebSockets, not unbounded
+            raise ApiError(429, "too_many_connections", slots.refusal(), {"limit": slots.limit})
         messages = _messages(request, parsed, check)
         keepalive = container.settings.event_stream.keepalive_seconds
-        return ServerSentEvent(_with_keepalive(messages, keepalive) if keepalive > 0 else messages)
+        slot = _Slot(slots, user_id)
+        stream = _holding(_with_keepalive(messages, keepalive) if keepalive > 0 else messages, slot)
+        # A generator that never started (HEAD ends with the headers) runs no ``finally``: its slot is
+        # given back when it is dropped.
+        weakref.finalize(stream, slot.release)
+        return ServerSentEvent(stream)
 
 
 def _field_named(message: str) -> str:
@@ -122,9 +135,33 @@ def _field_named(message: str) -> str:
     return "after"
 
 
+class _Slot:
+    """One stream's place in its user's live connections, given back once."""
+
+    def __init__(self, slots: UserConnections, user_id: str) -> None:
+        self.slots, self.user_id, self.held = slots, user_id, True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.slots.release(self.user_id)
+
+
+async def _holding(
+    messages: AsyncGenerator[ServerSentEventMessage, None], slot: _Slot
+) -> AsyncGenerator[ServerSentEventMessage, None]:
+    """``messages``, giving the stream's slot back as soon as it ends (finished, failed or disconnected)."""
+    try:
+        async for message in messages:
+            yield message
+    finally:
+        slot.release()
+        await messages.aclose()  # closed already unless this generator was closed from outside
+
+
 async def _with_keepalive(
     messages: AsyncGenerator[ServerSentEventMessage, None], seconds: float
-) -> AsyncIterator[ServerSentEventMessage]:
+) -> AsyncGenerator[ServerSentEventMessage, None]:
     """``messages``, and a keep-alive comment whenever ``seconds`` pass without one.
 
     The next message is awaited in a task that a quiet interval does not cancel (cancelling would

@@ -13,7 +13,7 @@ from litestar.params import QueryParameter
 
 from api.auth import actor_of
 from api.errors import ApiError
-from api.inputs import checked_json
+from api.inputs import checked_json, json_object_text
 from api.rbac import Permission, requires
 from api.rest.data import DataObject
 from commands.envelope import Actor
@@ -60,11 +60,7 @@ def parse_filters(raw: str | None) -> dict[str, Any]:
     """The spec's ``filters`` query parameter: a JSON object over known keys."""
     if not raw:
         return {}
-    try:
-        filters = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "validation_error", "filters must be a JSON object", {"field": "filters"}) from exc
-    return check_filters(filters)
+    return check_filters(json_object_text(raw, "filters"))
 
 
 def check_filters(filters: Any) -> dict[str, Any]:

@@ -8,6 +8,9 @@ request) or of the request's first byte (later requests); otherwise the server a
 error envelope and closes the connection. The request body has its own per-read bound
 (api/body_timeout.py), and WebSocket connections, once upgraded, are no longer this protocol's.
 
+A request the parser refuses (uvicorn's plain-text "Invalid HTTP request received.") gets the error
+envelope too (``send_400_response``).
+
 It also sends a response's head and body in one write (``PairedWrites``): uvicorn writes the status
 line and headers, then the body, two system calls and two TCP segments per response, each of which
 the client reads separately (strace on reads by id: two writes per response before, one writev now).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -32,16 +36,25 @@ log = logging.getLogger("pipeline.http")
 HELD_WRITE_MAX_BYTES = 16 * 1024  # a response head, or a small body chunk; larger writes go out at once
 
 
-def timeout_response(message: str) -> bytes:
-    """A complete HTTP/1.1 408 response carrying the error envelope (no request id: no request was read)."""
+def error_response(status: int, reason: str, message: str) -> bytes:
+    """A complete HTTP/1.1 response closing the connection, carrying the error envelope (no request id:
+    no request was read)."""
     body = orjson.dumps(
-        {"error": {"code": 408, "reason": "request_timeout", "message": message, "details": None, "request_id": None}}
+        {"error": {"code": status, "reason": reason, "message": message, "details": None, "request_id": None}}
     )
     head = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-        b"content-length: " + str(len(body)).encode() + b"\r\n\r\n"
+        f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+        + b"content-type: application/json\r\nconnection: close\r\n"
+        + b"content-length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
     )
     return head + body
+
+
+def timeout_response(message: str) -> bytes:
+    """A 408 with the error envelope: the request's headers did not arrive in time."""
+    return error_response(408, "request_timeout", message)
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
@@ -82,6 +95,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         # The request's cycle was just made (its task runs from the next loop turn): its writes are paired.
         if self.cycle is not None:
             self.cycle.transport = self._writes
+
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refuses (a control character in a header, a malformed request line)
+        is answered with the error envelope too, not uvicorn's plain-text "Invalid HTTP request received."."""
+        message = "malformed HTTP request: the request line or a header is not valid HTTP/1.1"
+        self._writes.write(error_response(400, "invalid_request", message))  # after a held write, if any
+        self._writes.close()
 
     def _arm(self, delay: float) -> None:
         if self.header_timeout > 0:

@@ -175,9 +175,8 @@ async def test_slash_commands_act_with_the_callers_rights(system: RunningSystem)
             read.status_code == 200 and read.json()["owner"] == (await alice.get("/api/v1/auth/me")).json()["user_id"]
         )
 
-        denied = (await gql(viewer, CHAT, content="/ingest not allowed"))["data"]["chat"]
-        assert denied["kind"] == "error" and denied["data"]["code"] == "forbidden"
-        assert (await gql(viewer, CHAT, content=f"/search numbat{tag}"))["data"]["chat"]["sources"] == []
+        denied = await gql(viewer, CHAT, content="/ingest not allowed")  # a viewer may not chat at all
+        assert denied["errors"][0]["extensions"]["code"] == 403, denied
 
         submitted = await alice.post("/api/v1/execute", json={"graph": GRAPH, "inputs": {"text": "a b c"}})
         assert submitted.status_code == 202, submitted.text

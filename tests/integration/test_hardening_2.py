@@ -23,7 +23,15 @@ from projections.changes import feed_application_name
 from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import PASSWORD, client_for, create_user, ingest_readable, token_of, ws_base
+from tests.integration.users import (
+    PASSWORD,
+    assert_envelope,
+    clients_with_roles,
+    create_user,
+    ingest_readable,
+    token_of,
+    ws_base,
+)
 
 GQL = "/api/graphql"
 STATEMENT_TIMEOUT_MS = 1500
@@ -49,24 +57,10 @@ def settings(system: RunningSystem) -> Settings:
 @pytest.fixture(scope="module")
 async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
     """alice and bob (users) and vera (a viewer), each a client with their token."""
-    suffix = uuid.uuid4().hex[:6]
-    clients: dict[str, httpx.AsyncClient] = {}
-    for name, role in (("alice", "user"), ("bob", "user"), ("vera", "viewer")):
-        await create_user(system.admin, f"{name}-{suffix}", role)
-        clients[name] = await client_for(system.anonymous, f"{name}-{suffix}")
-    try:
+    async with clients_with_roles(
+        system.admin, system.anonymous, {"alice": "user", "bob": "user", "vera": "viewer"}
+    ) as clients:
         yield clients
-    finally:
-        for client in clients.values():
-            await client.aclose()
-
-
-def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text[:500]
-    error: dict[str, Any] = response.json()["error"]
-    assert error["code"] == status and error["request_id"] == response.headers["x-request-id"]
-    assert {"reason", "message", "details"} <= set(error)
-    return error
 
 
 def graphql_error(message: dict[str, Any]) -> dict[str, Any]:

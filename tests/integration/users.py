@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import httpx
 
 from tests.integration.conftest import login
@@ -42,3 +47,29 @@ async def ingest_readable(client: httpx.AsyncClient, content: str) -> tuple[str,
     read = await client.get(f"/api/v1/data/{created['object_id']}", headers=token)
     assert read.status_code == 200, read.text
     return str(created["object_id"]), str(created["position"])
+
+
+@asynccontextmanager
+async def clients_with_roles(
+    admin: httpx.AsyncClient, anonymous: httpx.AsyncClient, roles: dict[str, str]
+) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """A new user per name of ``roles`` (name -> role, with a random suffix), each a client with their token."""
+    suffix = uuid.uuid4().hex[:6]
+    clients: dict[str, httpx.AsyncClient] = {}
+    try:
+        for name, role in roles.items():
+            await create_user(admin, f"{name}-{suffix}", role)
+            clients[name] = await client_for(anonymous, f"{name}-{suffix}")
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.aclose()
+
+
+def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The error envelope of a response that must have ``status``."""
+    assert response.status_code == status, response.text[:500]
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == status and error["request_id"] == response.headers["x-request-id"]
+    assert {"reason", "message", "details"} <= set(error)
+    return error

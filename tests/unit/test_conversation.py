@@ -81,8 +81,10 @@ def test_another_users_conversation_does_not_exist_for_them_but_does_for_admins(
     ]
 
 
-def test_a_viewer_may_chat() -> None:
-    assert post(uuid4(), None, "1", VIEWER).owner == "v"
+def test_a_viewer_may_not_chat() -> None:
+    with pytest.raises(DomainError) as refused:
+        post(uuid4(), None, "1", VIEWER)
+    assert refused.value.code == "forbidden"
 
 
 def test_a_conversation_id_naming_another_kind_of_aggregate_is_not_found() -> None:
