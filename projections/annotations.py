@@ -15,6 +15,7 @@ from projections.projector import BatchHandler, Handler, Projector, columns
 class AnnotationsProjector(Projector):
     name = "annotations"
     tables = ("annotations",)
+    fill_indexes = ("annotations_object",)  # on_deleted deletes by object_id
 
     def handlers(self) -> dict[str, Handler]:
         return {"DataObject.Deleted": self.on_deleted}

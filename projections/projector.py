@@ -30,6 +30,10 @@ class Projector:
 
     name = "projector"
     tables: tuple[str, ...] = ()  # the tables of this read model (a scoped rebuild replaces exactly these)
+    # Non-unique indexes of those tables that this projector's own writes look rows up by (e.g. a DELETE by
+    # a column that is not the key): a rebuild keeps them while it fills the tables; it builds the others
+    # after the fill (infra.runtime.rebuild), far cheaper than maintaining them row by row.
+    fill_indexes: tuple[str, ...] = ()
 
     def handlers(self) -> dict[str, Handler]:
         return {}
