@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
-from projections.projector import BatchHandler, Handler, Projector, columns
+from projections.projector import BatchHandler, Handler, Projector, columns, copy_rows
 
 
 class AnnotationsProjector(Projector):
@@ -24,6 +26,9 @@ class AnnotationsProjector(Projector):
         return {"DataObject.Annotated": self.on_annotated}
 
     async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
+        if self.bulk:
+            await copy_rows(cur, "annotations", _NAMES, _TYPES, (_copy_row(r) for r in records))
+            return
         rows = (
             (
                 r.event.annotation_id,
@@ -46,6 +51,35 @@ class AnnotationsProjector(Projector):
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         await cur.execute("DELETE FROM annotations WHERE object_id = %s", (record.aggregate_id,))
+
+
+_NAMES = (
+    "annotation_id",
+    "object_id",
+    "annotator_id",
+    "annotation_type",
+    "content",
+    "confidence",
+    "source",
+    "created_at",
+)
+_TYPES = ("text", "uuid", "text", "text", "jsonb", "float8", "text", "timestamptz")
+
+
+def _copy_row(r: EventRecord) -> tuple[Any, ...]:
+    """One annotation as ``copy_rows`` takes it (the INSERT's row, with a UUID and a Jsonb)."""
+    e = r.event
+    content = Jsonb(e.content, dumps=orjson.dumps)
+    return (
+        e.annotation_id,
+        UUID(r.aggregate_id),
+        e.annotator,
+        e.annotation_type,
+        content,
+        e.confidence,
+        e.source,
+        e.timestamp,
+    )
 
 
 async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

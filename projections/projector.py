@@ -34,6 +34,10 @@ class Projector:
     # a column that is not the key): a rebuild keeps them while it fills the tables; it builds the others
     # after the fill (infra.runtime.rebuild), far cheaper than maintaining them row by row.
     fill_indexes: tuple[str, ...] = ()
+    # A rebuild's fill (``ProjectionRunner(bulk=True)`` sets it): rows of tables that only grow go in by
+    # ``copy_rows``, which PostgreSQL stores in bulk (many rows per heap page write and WAL record; an
+    # INSERT ... SELECT FROM unnest writes one of each per row). The live runner keeps its statements.
+    bulk = False
 
     def handlers(self) -> dict[str, Handler]:
         return {}
@@ -95,3 +99,17 @@ def columns(rows: Iterable[Sequence[Any]], width: int) -> list[list[Any]]:
     if len(rows[0]) != width:
         raise ValueError(f"rows of {len(rows[0])} values, not {width}")
     return [list(column) for column in zip(*rows, strict=True)]  # transposed in C, not value by value
+
+
+async def copy_rows(
+    cur: AsyncCursor[Any], table: str, names: Sequence[str], types: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """``rows`` into ``table``'s columns ``names`` (of PostgreSQL types ``types``) with one binary COPY.
+
+    Binary values as psycopg dumps them for those types: a uuid column takes a UUID, a jsonb column a
+    ``Jsonb`` (whose ``dumps`` may hand over JSON already encoded). Not in pipeline mode (COPY has none).
+    """
+    async with cur.copy(f"COPY {table} ({', '.join(names)}) FROM STDIN (FORMAT binary)") as copy:
+        copy.set_types(list(types))
+        for row in rows:
+            await copy.write_row(row)

@@ -83,7 +83,12 @@ async def _rebuild(
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
     group_suffix = f".rebuild.{time.time_ns()}"
     runner = await build_runner(
-        settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
+        settings,
+        schema=target,
+        group_suffix=group_suffix,
+        only=only,
+        batch_size=settings.kafka.rebuild_batch_size,
+        bulk=True,
     )
     paused: list[str] = []
     deferred: list[str] = []
@@ -245,7 +250,12 @@ def _worker(
 
     async def work() -> None:
         runner = await build_runner(
-            settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
+            settings,
+            schema=target,
+            group_suffix=group_suffix,
+            only=only,
+            batch_size=settings.kafka.rebuild_batch_size,
+            bulk=True,
         )
         try:
             await _apply_share(runner, partitions, ends, count)
