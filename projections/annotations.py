@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
 from projections.projector import BatchHandler, Handler, Projector, columns, copy_rows
@@ -26,9 +24,6 @@ class AnnotationsProjector(Projector):
         return {"DataObject.Annotated": self.on_annotated}
 
     async def on_annotated(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
-        if self.bulk:
-            await copy_rows(cur, "annotations", _NAMES, _TYPES, (_copy_row(r) for r in records))
-            return
         rows = (
             (
                 r.event.annotation_id,
@@ -42,6 +37,9 @@ class AnnotationsProjector(Projector):
             )
             for r in records
         )
+        if self.bulk:
+            await copy_rows(cur, "annotations", _COPIED, rows)
+            return
         await cur.execute(
             "INSERT INTO annotations (annotation_id, object_id, annotator_id, annotation_type, content, confidence,"
             " source, created_at) SELECT * FROM unnest(%b::text[], %b::uuid[], %b::text[], %b::text[], %b::jsonb[],"
@@ -53,33 +51,17 @@ class AnnotationsProjector(Projector):
         await cur.execute("DELETE FROM annotations WHERE object_id = %s", (record.aggregate_id,))
 
 
-_NAMES = (
-    "annotation_id",
-    "object_id",
-    "annotator_id",
-    "annotation_type",
-    "content",
-    "confidence",
-    "source",
-    "created_at",
+# The columns and types of on_annotated's rows, for copy_rows.
+_COPIED = (
+    ("annotation_id", "text"),
+    ("object_id", "uuid"),
+    ("annotator_id", "text"),
+    ("annotation_type", "text"),
+    ("content", "jsonb"),
+    ("confidence", "float8"),
+    ("source", "text"),
+    ("created_at", "timestamptz"),
 )
-_TYPES = ("text", "uuid", "text", "text", "jsonb", "float8", "text", "timestamptz")
-
-
-def _copy_row(r: EventRecord) -> tuple[Any, ...]:
-    """One annotation as ``copy_rows`` takes it (the INSERT's row, with a UUID and a Jsonb)."""
-    e = r.event
-    content = Jsonb(e.content, dumps=orjson.dumps)
-    return (
-        e.annotation_id,
-        UUID(r.aggregate_id),
-        e.annotator,
-        e.annotation_type,
-        content,
-        e.confidence,
-        e.source,
-        e.timestamp,
-    )
 
 
 async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -6,12 +6,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 import orjson
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from projections.events import EventRecord
 from projections.projector import Projector, columns, copy_rows
@@ -33,9 +31,9 @@ class AuditLogProjector(Projector):
         transaction): a row becomes visible only after every row numbered before it.
         """
         await cur.execute(SEQUENCE_LOCK)
-        if self.bulk:  # COPY numbers the rows (seq's default) in the order given, as ORDER BY n does
+        if self.bulk:  # COPY numbers the rows (seq's default) in the order given, as ORDER BY n does below
             at = datetime.now(UTC)  # the time of applying, as clock_timestamp() gives it below
-            await copy_rows(cur, "audit_log", _NAMES, _TYPES, (_copy_row(record, at) for record in records))
+            await copy_rows(cur, "audit_log", _COPIED, ((*_row(record), at) for record in records))
             return
         await cur.execute(
             "INSERT INTO audit_log (event_id, aggregate_id, aggregate_version, event_type, schema_version,"
@@ -78,25 +76,26 @@ def _row(record: EventRecord) -> tuple[Any, ...]:
     )
 
 
-_NAMES = (
-    "event_id", "aggregate_id", "aggregate_version", "event_type", "schema_version", "command_id", "correlation_id",
-    "causation_id", "actor", "actor_role", "occurred_at", "prev_hash", "hash", "topic_partition", "topic_offset",
-    "payload", "recorded_at",
-)  # fmt: skip
-_TYPES = (
-    "text", "uuid", "int4", "text", "int4", "text", "text", "text", "text", "text", "timestamptz", "text", "text",
-    "int4", "int8", "jsonb", "timestamptz",
-)  # fmt: skip
-
-
-def _copy_row(record: EventRecord, recorded_at: datetime) -> tuple[Any, ...]:
-    """One audit row as ``copy_rows`` takes it: ``_row``'s, with a UUID, the stored JSON as it is, and the time."""
-    row = _row(record)
-    return (row[0], UUID(record.aggregate_id), *row[2:15], Jsonb(record.state, dumps=_as_is), recorded_at)
-
-
-def _as_is(stored: bytes) -> bytes:
-    return stored
+# The columns and types of ``_row``'s values and the time of applying, for copy_rows.
+_COPIED = (
+    ("event_id", "text"),
+    ("aggregate_id", "uuid"),
+    ("aggregate_version", "int4"),
+    ("event_type", "text"),
+    ("schema_version", "int4"),
+    ("command_id", "text"),
+    ("correlation_id", "text"),
+    ("causation_id", "text"),
+    ("actor", "text"),
+    ("actor_role", "text"),
+    ("occurred_at", "timestamptz"),
+    ("prev_hash", "text"),
+    ("hash", "text"),
+    ("topic_partition", "int4"),
+    ("topic_offset", "int8"),
+    ("payload", "jsonb"),
+    ("recorded_at", "timestamptz"),
+)
 
 
 # Columns of one audit event as the history API, GraphQL and `pipeline audit export` show it.
