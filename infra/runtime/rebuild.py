@@ -82,14 +82,7 @@ async def _rebuild(
     live = check_schema(settings.database.schema)
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
     group_suffix = f".rebuild.{time.time_ns()}"
-    runner = await build_runner(
-        settings,
-        schema=target,
-        group_suffix=group_suffix,
-        only=only,
-        batch_size=settings.kafka.rebuild_batch_size,
-        bulk=True,
-    )
+    runner = await _rebuild_runner(settings, target, group_suffix, only)
     paused: list[str] = []
     deferred: list[str] = []
     try:
@@ -150,6 +143,18 @@ async def _rebuild(
             with contextlib.suppress(psycopg.Error):
                 await _resume_autovacuum(runner, target, paused, analyze=False)
         await runner.pool.close()
+
+
+async def _rebuild_runner(settings: Settings, target: str, group_suffix: str, only: Sequence[str]) -> ProjectionRunner:
+    """A runner that fills ``target``: rebuild-sized batches, inserts by COPY where they can (``bulk``)."""
+    return await build_runner(
+        settings,
+        schema=target,
+        group_suffix=group_suffix,
+        only=only,
+        batch_size=settings.kafka.rebuild_batch_size,
+        bulk=True,
+    )
 
 
 async def _pause_autovacuum(runner: ProjectionRunner, schema: str) -> list[str]:
@@ -249,14 +254,7 @@ def _worker(
     """A spawned worker process: its own runner into ``target`` for ``partitions``."""
 
     async def work() -> None:
-        runner = await build_runner(
-            settings,
-            schema=target,
-            group_suffix=group_suffix,
-            only=only,
-            batch_size=settings.kafka.rebuild_batch_size,
-            bulk=True,
-        )
+        runner = await _rebuild_runner(settings, target, group_suffix, only)
         try:
             await _apply_share(runner, partitions, ends, count)
         finally:
