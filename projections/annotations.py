@@ -9,12 +9,13 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
 
 from projections.events import EventRecord
-from projections.projector import BatchHandler, Handler, Projector, columns
+from projections.projector import BatchHandler, Handler, Projector, columns, copy_rows
 
 
 class AnnotationsProjector(Projector):
     name = "annotations"
     tables = ("annotations",)
+    fill_indexes = ("annotations_object",)  # on_deleted deletes by object_id
 
     def handlers(self) -> dict[str, Handler]:
         return {"DataObject.Deleted": self.on_deleted}
@@ -36,6 +37,9 @@ class AnnotationsProjector(Projector):
             )
             for r in records
         )
+        if self.bulk:
+            await copy_rows(cur, "annotations", _COPIED, rows)
+            return
         await cur.execute(
             "INSERT INTO annotations (annotation_id, object_id, annotator_id, annotation_type, content, confidence,"
             " source, created_at) SELECT * FROM unnest(%b::text[], %b::uuid[], %b::text[], %b::text[], %b::jsonb[],"
@@ -45,6 +49,19 @@ class AnnotationsProjector(Projector):
 
     async def on_deleted(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         await cur.execute("DELETE FROM annotations WHERE object_id = %s", (record.aggregate_id,))
+
+
+# The columns and types of on_annotated's rows, for copy_rows.
+_COPIED = (
+    ("annotation_id", "text"),
+    ("object_id", "uuid"),
+    ("annotator_id", "text"),
+    ("annotation_type", "text"),
+    ("content", "jsonb"),
+    ("confidence", "float8"),
+    ("source", "text"),
+    ("created_at", "timestamptz"),
+)
 
 
 async def annotations_of_many(conn: AsyncConnection[Any], object_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -89,8 +89,14 @@ class ProjectionRunner:
         mapper: EventDecoder,
         projectors: Sequence[Projector],
         tracer: Tracer | None = None,
+        bulk: bool = False,
     ) -> None:
+        """``bulk``: a rebuild's fill, which nobody reads meanwhile: the projectors write by COPY where they
+        can (``Projector.bulk``), so batches are applied outside pipeline mode (COPY has none)."""
         self.config = config
+        self.bulk = bulk
+        for projector in projectors:
+            projector.bulk = bulk
         self.tracer = tracer  # None: tracing off, no span and no header (infra.runtime.tracing)
         self.pool = pool
         self.mapper = mapper
@@ -341,7 +347,7 @@ class ProjectionRunner:
         changes: list[dict[str, Any]] = []
         due: list[EventRecord] = []  # what the fast path applies, each projector in one go
         async with contextlib.AsyncExitStack() as stack:
-            if not one_by_one:
+            if not one_by_one and not self.bulk:
                 await stack.enter_async_context(conn.pipeline())
             cursor = await stack.enter_async_context(conn.cursor())
             for event in events:

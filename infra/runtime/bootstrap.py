@@ -188,10 +188,11 @@ async def build_runner(
     only: Sequence[str] = (),
     batch_size: int | None = None,
     tracer: Tracer | None = None,
+    bulk: bool = False,
 ) -> ProjectionRunner:
     """A projection runner for ``schema`` (the live one by default), with its schema migrated; ``only``
     limits it to the read models so named (ValueError for a name that is not one); ``tracer``: the live
-    runner's (a rebuild replays old events and is not traced)."""
+    runner's (a rebuild replays old events and is not traced); ``bulk``: a rebuild's fill (see ProjectionRunner)."""
     require_services(settings)
     projectors = read_model_projectors(LocalBlobStore(settings.storage.blob_path), settings.search.language)
     unknown = set(only) - {p.name for p in projectors}
@@ -209,4 +210,5 @@ async def build_runner(
         make_mapper(),
         projectors,
         tracer,
+        bulk,
     )

@@ -51,6 +51,9 @@ POLL_S = 0.2  # how often the rebuild's position is read (a cheap query) for the
 # them again and again and promoted them into ever larger older-generation collections (A/B on 200,000
 # events: 25% of the rebuild's own CPU). Events hold no reference cycles: refcounting frees them.
 REBUILD_GC_THRESHOLD = 50_000
+# PostgreSQL's memory for each index a rebuild builds after its fill (its default, 64MB, spills a large
+# sort or GIN build to disk); up to the pool's size of them run at once.
+INDEX_BUILD_MEMORY = "256MB"
 
 
 async def event_end_offsets(settings: Settings, topic: str) -> dict[int, int]:
@@ -79,12 +82,12 @@ async def _rebuild(
     live = check_schema(settings.database.schema)
     target = check_schema(into or f"{live}_rebuild_{int(time.time())}")
     group_suffix = f".rebuild.{time.time_ns()}"
-    runner = await build_runner(
-        settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
-    )
+    runner = await _rebuild_runner(settings, target, group_suffix, only)
     paused: list[str] = []
+    deferred: list[str] = []
     try:
         paused = await _pause_autovacuum(runner, target)
+        deferred = await _defer_indexes(runner, target)
         ends = await event_end_offsets(settings, runner.config.events_topic)
         total = sum(ends.values())
         models = ", ".join(p.name for p in runner.projectors)
@@ -117,6 +120,11 @@ async def _rebuild(
                 worker.join()
         applied = sum(c.value for c in counts)
         bar.finish(total, applied)  # caught up: the offsets left are transaction markers
+        building = time.monotonic()
+        await _build_indexes(runner, deferred)  # in the rebuild's time too, before ANALYZE reads them
+        if deferred:
+            print(f"built {len(deferred)} index(es) after the fill in {time.monotonic() - building:.2f}s", flush=True)
+        deferred = []
         await _resume_autovacuum(runner, target, paused, analyze=True)  # in the rebuild's time: it is its cost
         paused = []
         seconds = time.monotonic() - bar.started
@@ -128,10 +136,25 @@ async def _rebuild(
             print(f"rebuilt into schema {target}", flush=True)
         return target
     finally:
+        if deferred:  # it failed: the schema keeps its indexes all the same (a later rebuild into it needs them)
+            with contextlib.suppress(psycopg.Error):
+                await _build_indexes(runner, deferred)
         if paused:  # it failed: the schema stays as it is, with autovacuum as it was
             with contextlib.suppress(psycopg.Error):
                 await _resume_autovacuum(runner, target, paused, analyze=False)
         await runner.pool.close()
+
+
+async def _rebuild_runner(settings: Settings, target: str, group_suffix: str, only: Sequence[str]) -> ProjectionRunner:
+    """A runner that fills ``target``: rebuild-sized batches, inserts by COPY where they can (``bulk``)."""
+    return await build_runner(
+        settings,
+        schema=target,
+        group_suffix=group_suffix,
+        only=only,
+        batch_size=settings.kafka.rebuild_batch_size,
+        bulk=True,
+    )
 
 
 async def _pause_autovacuum(runner: ProjectionRunner, schema: str) -> list[str]:
@@ -158,6 +181,44 @@ async def _resume_autovacuum(runner: ProjectionRunner, schema: str, tables: Sequ
             if analyze:
                 await conn.execute(f'ANALYZE "{schema}"."{table}"')
             await conn.execute(f'ALTER TABLE "{schema}"."{table}" RESET (autovacuum_enabled)')
+
+
+async def _defer_indexes(runner: ProjectionRunner, schema: str) -> list[str]:
+    """Drop the secondary indexes of the rebuilt read models' tables in ``schema`` before the fill; their
+    definitions, for ``_build_indexes`` after it.
+
+    Building an index over the filled table (one sort, or one bulk GIN build) costs far less than
+    inserting into it row by row, batch after batch (A/B in README.md). Kept: every unique index and every
+    index behind a constraint (the fill relies on them: ON CONFLICT, and a duplicate is an event's error,
+    dead-lettered, not a failed index build at the end), and the indexes a projector's own writes look up
+    by (``Projector.fill_indexes``). Nobody reads the new schema before it is built.
+    """
+    tables = [table for projector in runner.projectors for table in projector.tables]
+    kept = [index for projector in runner.projectors for index in projector.fill_indexes]
+    async with runner.pool.connection() as conn:  # one transaction: dropped together, or not at all
+        cur = await conn.execute(
+            "SELECT index.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i"
+            " JOIN pg_class index ON index.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid"
+            " JOIN pg_namespace n ON n.oid = t.relnamespace"
+            " WHERE n.nspname = %s AND t.relname = ANY(%s) AND NOT index.relname = ANY(%s) AND NOT i.indisunique"
+            " AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid) ORDER BY index.relname",
+            (schema, tables, kept),
+        )
+        indexes = [(str(name), str(definition)) for name, definition in await cur.fetchall()]
+        for name, _definition in indexes:
+            await conn.execute(f'DROP INDEX "{schema}"."{name}"')
+    return [definition for _name, definition in indexes]
+
+
+async def _build_indexes(runner: ProjectionRunner, definitions: Sequence[str]) -> None:
+    """Create the indexes ``_defer_indexes`` dropped, side by side on the pool's connections."""
+
+    async def build(definition: str) -> None:
+        async with runner.pool.connection() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
+            await conn.execute(definition)
+
+    await asyncio.gather(*(build(definition) for definition in definitions))
 
 
 def partition_shares(partitions: Sequence[int], workers: int) -> list[list[int]]:
@@ -193,9 +254,7 @@ def _worker(
     """A spawned worker process: its own runner into ``target`` for ``partitions``."""
 
     async def work() -> None:
-        runner = await build_runner(
-            settings, schema=target, group_suffix=group_suffix, only=only, batch_size=settings.kafka.rebuild_batch_size
-        )
+        runner = await _rebuild_runner(settings, target, group_suffix, only)
         try:
             await _apply_share(runner, partitions, ends, count)
         finally:

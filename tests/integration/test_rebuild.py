@@ -48,6 +48,14 @@ async def test_rebuild_from_offset_zero_equals_the_live_read_models(
         (target,),
     )
     assert len(tables) > 10 and all(options is None and analyzed for _, options, analyzed in tables), tables
+    # The secondary indexes it built after the fill (and those it kept) are the live schema's, one for one.
+    indexes = (
+        "SELECT indexname, replace(indexdef, schemaname || '.', '') FROM pg_indexes WHERE schemaname = %s"
+        " AND tablename IN (SELECT tablename FROM pg_tables WHERE schemaname = %s) ORDER BY indexname"
+    )
+    built = await query(settings, indexes, (target, target))
+    assert len(built) > 20 and ("data_objects_search",) in {(name,) for name, _ in built}
+    assert built == await query(settings, indexes, (settings.database.schema, target))
 
 
 async def test_rebuild_with_swap_replaces_the_live_schema_and_the_api_keeps_serving(
