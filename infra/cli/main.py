@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import signal
 import sys
@@ -122,7 +121,9 @@ def _operate(settings: Settings, args: argparse.Namespace) -> int:
         if unknown:
             print(f"error: no read model named {', '.join(sorted(unknown))}", file=sys.stderr)
             return 2
-        asyncio.run(rebuild_read_models(settings, args.into, swap=args.swap, only=args.only or ()))
+        from infra.runtime import event_loop
+
+        event_loop.run(rebuild_read_models(settings, args.into, swap=args.swap, only=args.only or ()))
         return 0
     if args.command == "dlq":
         from infra.cli.dlq import run as run_dlq_command

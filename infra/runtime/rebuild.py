@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from infra.adapters.kafka import end_offsets
 from infra.adapters.postgres import check_schema, connection_kwargs
-from infra.runtime import heap
+from infra.runtime import event_loop, heap
 from infra.runtime.bootstrap import build_runner, require_services
 from infra.runtime.progress import Progress
 from infra.runtime.settings import Settings
@@ -261,7 +261,7 @@ def _worker(
             await runner.pool.close()
 
     with heap.collecting_less(REBUILD_GC_THRESHOLD):
-        asyncio.run(work())
+        event_loop.run(work())
 
 
 def _check(own: asyncio.Task[None], workers: Sequence[BaseProcess]) -> None:
