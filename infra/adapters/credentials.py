@@ -9,6 +9,7 @@ Hashing costs tens of milliseconds of CPU, so it runs in a thread, off the event
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from typing import Any
 
@@ -21,8 +22,6 @@ from infra.adapters.postgres import check_schema
 
 _HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
 _LOCK = 7_294_114  # advisory lock id: one process creates the schema at a time
-# Verified when the user does not exist, so a wrong username costs as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash(uuid.uuid4().hex)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -76,8 +75,18 @@ class CredentialStore:
         return await asyncio.to_thread(_check, digest, password)
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the user does not exist, so a wrong username costs as long as a wrong password.
+
+    Made on first use, not at import: every worker imports this module and none verifies a password,
+    and an argon2 hash costs each process start tens of milliseconds of CPU (over a second when the
+    machine is busy)."""
+    return _HASHER.hash(uuid.uuid4().hex)
+
+
 def _check(digest: str | None, password: str) -> bool:
     try:
-        return _HASHER.verify(digest or _DUMMY_HASH, password) and digest is not None
+        return _HASHER.verify(digest or _dummy_hash(), password) and digest is not None
     except (VerificationError, InvalidHashError):
         return False

@@ -1,10 +1,12 @@
-"""Per-test systems, or one per module.
+"""A system per test, or one shared by many.
 
 A test that asks for ``client``, ``anonymous``, ``workers`` or ``settings`` gets a system of its own
-(workers and API started for it: ~10-20 s on CI's two cores). A module marked
-``pytestmark = pytest.mark.shared_system`` gets them from one system started for the whole module
-(the ``system`` fixture; a module may define its own ``system`` with other settings): its tests then
-must not depend on each other's data (own usernames, objects, keys) or on an otherwise empty system.
+(workers and API started for it: 10-40 s on CI's two cores). In a module marked
+``pytestmark = pytest.mark.shared_system`` they come from the ``system`` fixture instead: the module's
+own when it defines one (other settings, one system for the module), else the one below, shared by
+all such modules for the whole session. Tests there must not depend on other tests' data (their own
+usernames, words, idempotency keys) or on an otherwise empty system, and must leave it usable (a
+worker a test kills, it starts again).
 """
 
 from __future__ import annotations
@@ -36,14 +38,13 @@ def shared_system(request: pytest.FixtureRequest) -> RunningSystem | None:
     return system
 
 
-@pytest.fixture(scope="module")
-async def system(
-    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
-) -> AsyncIterator[RunningSystem]:
-    """One running system for the module, with the tests' default settings."""
+@pytest.fixture(scope="session")
+async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
+    """One running system with the tests' default settings, for every module marked shared_system that
+    does not define a ``system`` of its own: started when the first of them needs it."""
     from tests.integration.system import running_system  # it imports this module
 
-    tmp_path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    tmp_path = tmp_path_factory.mktemp("shared-system")
     async with running_system(environment_for(services, tmp_path), tmp_path) as running:
         yield running
 
