@@ -31,10 +31,14 @@ SHARED_SYSTEM = "shared_system"  # the marker
 
 
 def shared_system(request: pytest.FixtureRequest) -> RunningSystem | None:
-    """The module's system when the test is marked shared_system, else None."""
-    if request.node.get_closest_marker(SHARED_SYSTEM) is None:
+    """The system a test marked shared_system uses (``system``, or with scope="module" ``module_system``);
+    None for a test not so marked."""
+    marker = request.node.get_closest_marker(SHARED_SYSTEM)
+    if marker is None:
         return None
-    system: RunningSystem = request.getfixturevalue("system")
+    system: RunningSystem = request.getfixturevalue(
+        "module_system" if marker.kwargs.get("scope") == "module" else "system"
+    )
     return system
 
 
@@ -42,9 +46,25 @@ def shared_system(request: pytest.FixtureRequest) -> RunningSystem | None:
 async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
     """One running system with the tests' default settings, for every module marked shared_system that
     does not define a ``system`` of its own: started when the first of them needs it."""
+    async with _default_system(services, tmp_path_factory.mktemp("shared-system")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def module_system(
+    services: dict[str, str], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> AsyncIterator[RunningSystem]:
+    """The same for one module only (``pytest.mark.shared_system(scope="module")``), for tests that change
+    the system beyond their own data (swap its read models, say)."""
+    tmp_path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    async with _default_system(services, tmp_path) as running:
+        yield running
+
+
+@asynccontextmanager
+async def _default_system(services: dict[str, str], tmp_path: Path) -> AsyncIterator[RunningSystem]:
     from tests.integration.system import running_system  # it imports this module
 
-    tmp_path = tmp_path_factory.mktemp("shared-system")
     async with running_system(environment_for(services, tmp_path), tmp_path) as running:
         yield running
 
