@@ -71,6 +71,11 @@ def environment_for(services: dict[str, str], tmp_path: Path) -> dict[str, str]:
         # Load tests ingest hundreds of objects as the admin; the rate-limit tests set their own limits.
         "PIPELINE_RATE_LIMITING_ADMIN_LIMIT": "1000000 per hour",
         "PIPELINE_RATE_LIMITING_BURST_LIMIT": "100000 per minute",
+        # Argon2id at its cheapest: the suite logs in and sets passwords hundreds of times, at ~0.4 s of
+        # CPU each with the default cost; the same code hashes and verifies either way.
+        "PIPELINE_AUTHENTICATION_PASSWORD_HASH_TIME_COST": "1",
+        "PIPELINE_AUTHENTICATION_PASSWORD_HASH_MEMORY_KIB": "1024",
+        "PIPELINE_AUTHENTICATION_PASSWORD_HASH_PARALLELISM": "1",
     }
 
 

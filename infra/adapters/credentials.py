@@ -18,11 +18,9 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg_pool import AsyncConnectionPool
 
 from infra.adapters.postgres import check_schema
+from infra.runtime.settings import AuthenticationSettings
 
-_HASHER = PasswordHasher()  # argon2id with the library's current recommended parameters
 _LOCK = 7_294_114  # advisory lock id: one process creates the schema at a time
-# Verified when the user does not exist, so a wrong username costs as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash(uuid.uuid4().hex)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 
@@ -44,16 +42,27 @@ async def ensure_credentials_table(url: str, schema: str) -> None:
         )
 
 
+def password_hasher(settings: AuthenticationSettings) -> PasswordHasher:
+    """argon2id at the cost the settings give (authentication.password_hash_*)."""
+    return PasswordHasher(
+        time_cost=settings.password_hash_time_cost,
+        memory_cost=settings.password_hash_memory_kib,
+        parallelism=settings.password_hash_parallelism,
+    )
+
+
 class CredentialStore:
     """Create and verify credentials; the pool may use any search_path (names are qualified)."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], schema: str) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], schema: str, hasher: PasswordHasher | None = None) -> None:
         self.pool = pool
         self.table = f'"{auth_schema(schema)}".credentials'
+        self._hasher = hasher or PasswordHasher()
+        self._dummy: str | None = None
 
     async def create(self, user_id: str, password: str) -> str:
         """Hash ``password`` and store it for ``user_id``; return the new credential id."""
-        digest = await asyncio.to_thread(_HASHER.hash, password)
+        digest = await asyncio.to_thread(self._hasher.hash, password)
         credential_id = str(uuid.uuid4())
         async with self.pool.connection() as conn:
             await conn.execute(
@@ -73,11 +82,15 @@ class CredentialStore:
                 )
                 row = await cur.fetchone()
                 digest = row[0] if row else None
-        return await asyncio.to_thread(_check, digest, password)
+        return await asyncio.to_thread(self._check, digest, password)
 
-
-def _check(digest: str | None, password: str) -> bool:
-    try:
-        return _HASHER.verify(digest or _DUMMY_HASH, password) and digest is not None
-    except (VerificationError, InvalidHashError):
-        return False
+    def _check(self, digest: str | None, password: str) -> bool:
+        if self._dummy is None:
+            # Verified when the user does not exist, so a wrong username costs as long as a wrong
+            # password. Made on first use, not at start: it costs a hash of CPU, and most processes
+            # that build a store never verify a password.
+            self._dummy = self._hasher.hash(uuid.uuid4().hex)
+        try:
+            return self._hasher.verify(digest or self._dummy, password) and digest is not None
+        except (VerificationError, InvalidHashError):
+            return False

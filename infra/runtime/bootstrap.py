@@ -17,7 +17,7 @@ from domain.content_types import is_textual
 from infra.adapters.blobstore import LocalBlobStore
 from infra.adapters.codec import make_mapper
 from infra.adapters.command_bus import KafkaCommandBus
-from infra.adapters.credentials import CredentialStore, ensure_credentials_table
+from infra.adapters.credentials import CredentialStore, ensure_credentials_table, password_hasher
 from infra.adapters.kafka import Topics, ensure_topics
 from infra.adapters.postgres import migrate, open_pool
 from infra.adapters.read_connections import ReadConnections
@@ -127,7 +127,7 @@ async def build_api(settings: Settings, tracer: Tracer | None = None) -> ApiCont
         raise
     # Short timeouts: a Redis outage must degrade requests (rate-limit fallback), not hang them.
     redis = aioredis.from_url(settings.redis.url, socket_connect_timeout=0.5, socket_timeout=0.5)
-    credentials = CredentialStore(pool, settings.database.schema)
+    credentials = CredentialStore(pool, settings.database.schema, password_hasher(settings.authentication))
     blobs = LocalBlobStore(settings.storage.blob_path)
     # At least two of the pool's connections stay for everything else (users, live queries, credentials).
     reads = ReadConnections(pool, min(settings.database.read_connections, settings.database.pool_max - 2), pool.timeout)

@@ -63,6 +63,18 @@ class AuthenticationSettings:
     login_failure_window_seconds: int = 900
     login_backoff_seconds: float = 1.0
     login_backoff_max_seconds: float = 900.0
+    # The argon2id cost of new password hashes (infra/adapters/credentials.py); argon2-cffi's defaults,
+    # RFC 9106's low-memory profile. A hash keeps the cost it was made with, so a change applies to
+    # passwords set from then on. Tune to the hardware: each login costs one such hash of CPU.
+    password_hash_time_cost: int = 3
+    password_hash_memory_kib: int = 65536
+    password_hash_parallelism: int = 4
+
+    def __post_init__(self) -> None:
+        if self.password_hash_time_cost < 1 or self.password_hash_parallelism < 1:
+            raise SettingsError("authentication.password_hash_time_cost and _parallelism must be 1 or more")
+        if self.password_hash_memory_kib < 8 * self.password_hash_parallelism:
+            raise SettingsError("authentication.password_hash_memory_kib must be at least 8 x the parallelism")
 
 
 @dataclass(frozen=True)

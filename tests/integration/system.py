@@ -20,19 +20,20 @@ class RunningSystem:
     anonymous: httpx.AsyncClient  # no token
     admin: httpx.AsyncClient  # the first-start admin's bearer token
     logs: Path  # each process's log: api.log, processor.log, ...
+    workers: dict[str, Worker]  # processor, projections, executor (a test may kill and start one again)
 
 
 @asynccontextmanager
 async def running_system(env: dict[str, str], tmp_path: Path) -> AsyncIterator[RunningSystem]:
     """Start the processor, projections, executor and the API; yield once the admin can log in."""
-    workers = [Worker(name, env, tmp_path / "logs").start() for name in ("processor", "projections", "executor")]
+    workers = {name: Worker(name, env, tmp_path / "logs").start() for name in ("processor", "projections", "executor")}
     try:
         async with _api_client(env, tmp_path) as anonymous:
-            await until_admin_can_log_in(anonymous, workers)
+            await until_admin_can_log_in(anonymous, workers.values())
             tokens = await login(anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
             headers = {"Authorization": f"Bearer {tokens['access_token']}"}
             async with httpx.AsyncClient(base_url=anonymous.base_url, timeout=60, headers=headers) as admin:
-                yield RunningSystem(env, anonymous, admin, tmp_path / "logs")
+                yield RunningSystem(env, anonymous, admin, tmp_path / "logs", workers)
     finally:
-        for worker in workers:
+        for worker in workers.values():
             worker.stop()

@@ -23,6 +23,8 @@ from tests.integration.conftest import login
 from tests.integration.harness import ROOT, eventually, query
 from tests.integration.users import PASSWORD, client_for, create_user
 
+pytestmark = pytest.mark.shared_system  # one system for the module's tests
+
 
 def assert_401(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text

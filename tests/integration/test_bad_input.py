@@ -9,6 +9,8 @@ from httpx import AsyncClient as AsyncTestClient
 
 from infra.runtime.settings import Settings
 
+pytestmark = pytest.mark.shared_system  # one system for the module's tests
+
 
 def assert_envelope(response, status: int) -> dict:
     assert response.status_code == status, response.text

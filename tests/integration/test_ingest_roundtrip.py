@@ -7,10 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from httpx import AsyncClient as AsyncTestClient
 
 from infra.runtime.settings import Settings
 from tests.integration.harness import query
+
+pytestmark = pytest.mark.shared_system  # one system for the module's tests
 
 BODY: dict[str, Any] = {
     "content": "The quick brown fox jumps over the lazy dog.",

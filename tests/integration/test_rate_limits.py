@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -11,20 +12,34 @@ import redis.asyncio as aioredis
 
 from api.ratelimit import RateLimiter
 from infra.runtime.settings import RateLimitingSettings
+from tests.conftest import environment_for
 from tests.integration.conftest import _api_client
+from tests.integration.system import RunningSystem, running_system
 from tests.integration.users import client_for, create_user
 
 BODY = {"content": "limited", "content_type": "text/plain"}
 
 
+LIMITS = {
+    "PIPELINE_RATE_LIMITING_VIEWER_LIMIT": "5 per hour",
+    "PIPELINE_RATE_LIMITING_BURST_LIMIT": "3 per minute",
+    "PIPELINE_RATE_LIMITING_DEFAULT_LIMIT": "500 per hour",
+}
+# The tests so marked share one system (their own users); the one that spends the client IP's
+# unauthenticated quota has its own, since every later login from that IP would be refused.
+shared = pytest.mark.shared_system
+
+
 @pytest.fixture
 def isolated_env(isolated_env: dict[str, str]) -> dict[str, str]:
-    return {
-        **isolated_env,
-        "PIPELINE_RATE_LIMITING_VIEWER_LIMIT": "5 per hour",
-        "PIPELINE_RATE_LIMITING_BURST_LIMIT": "3 per minute",
-        "PIPELINE_RATE_LIMITING_DEFAULT_LIMIT": "500 per hour",
-    }
+    return {**isolated_env, **LIMITS}
+
+
+@pytest.fixture(scope="module")
+async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
+    tmp_path = tmp_path_factory.mktemp("rate-limits")
+    async with running_system({**environment_for(services, tmp_path), **LIMITS}, tmp_path) as running:
+        yield running
 
 
 def assert_limited(response: httpx.Response, limit: int) -> None:
@@ -36,6 +51,7 @@ def assert_limited(response: httpx.Response, limit: int) -> None:
     assert 0 < int(response.headers["ratelimit-reset"]) <= 3600
 
 
+@shared
 async def test_a_role_limit_is_reached_exactly_at_its_number(
     client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
@@ -50,6 +66,7 @@ async def test_a_role_limit_is_reached_exactly_at_its_number(
         assert_limited(await viewer.get("/api/v1/auth/me"), 5)
 
 
+@shared
 async def test_ingest_has_its_own_per_minute_burst_limit(
     client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
@@ -72,6 +89,7 @@ async def test_unauthenticated_requests_are_limited_per_client_ip(anonymous: htt
     assert_limited(await anonymous.post("/api/v1/auth/login", json={"username": "a", "password": "b"}), 500)
 
 
+@shared
 async def test_two_api_processes_share_one_limit(
     client: httpx.AsyncClient, anonymous: httpx.AsyncClient, isolated_env: dict[str, str], tmp_path: Path
 ) -> None:

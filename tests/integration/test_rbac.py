@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.integration.users import client_for, create_user
+
+pytestmark = pytest.mark.shared_system  # one system for the module's tests
 
 BODY = {"content": "owned content", "content_type": "text/plain"}
 NOTE = {"annotation_type": "comment", "content": "hi"}

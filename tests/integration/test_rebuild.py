@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from infra.runtime.rebuild import rebuild_read_models
 from infra.runtime.settings import Settings
 from tests.integration.harness import query, snapshot_read_models
+
+# One system for the module (not the session's: a swap replaces its read models).
+pytestmark = pytest.mark.shared_system(scope="module")
 
 
 async def write_some_history(client: httpx.AsyncClient) -> str:
@@ -33,13 +37,15 @@ async def write_some_history(client: httpx.AsyncClient) -> str:
 async def test_rebuild_from_offset_zero_equals_the_live_read_models(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
+    earlier = await snapshot_read_models(settings)  # the module's tests share one system
     last = await write_some_history(client)
     response = await client.get(f"/api/v1/data/{last}")
     assert response.status_code == 200
     target = await rebuild_read_models(settings, into=f"{settings.database.schema}_rb")
     live, rebuilt = await snapshot_read_models(settings), await snapshot_read_models(settings, schema=target)
     assert live == rebuilt
-    assert len(live["data_objects"]) == 9 and len(live["annotations"]) == 9 + 6 - 3 - 3 + 3
+    assert len(live["data_objects"]) - len(earlier["data_objects"]) == 9
+    assert len(live["annotations"]) - len(earlier["annotations"]) == 9 + 6 - 3 - 3 + 3
     # Autovacuum, off while the rebuild filled its tables, is back on, and each table was analyzed.
     tables = await query(
         settings,
@@ -61,6 +67,7 @@ async def test_rebuild_from_offset_zero_equals_the_live_read_models(
 async def test_rebuild_with_swap_replaces_the_live_schema_and_the_api_keeps_serving(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
+    earlier = await query(settings, "SELECT count(*) FROM data_objects")  # the module's tests share one system
     await write_some_history(client)
     before = await snapshot_read_models(settings)
     await rebuild_read_models(settings, swap=True)
@@ -74,4 +81,4 @@ async def test_rebuild_with_swap_replaces_the_live_schema_and_the_api_keeps_serv
     )
     assert read.status_code == 200, read.text
     rows = await query(settings, "SELECT count(*) FROM data_objects")
-    assert rows == [(10,)]
+    assert rows == [(earlier[0][0] + 10,)]

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import httpx
+import pytest
 
 from tests.integration.conftest import login
 from tests.integration.harness import ROOT
+
+pytestmark = pytest.mark.shared_system  # the session's system (its user is its own)
 
 
 async def pipeline(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

@@ -66,3 +66,32 @@ def test_every_setting_has_a_long_environment_name() -> None:
     names = [env_name(section, key) for section, key, _ in iter_settings()]
     assert "PIPELINE_KAFKA_TOPIC_PREFIX" in names
     assert len(names) == len(set(names))
+
+
+def test_the_password_hash_cost_comes_from_the_settings_and_is_checked() -> None:
+    from argon2 import PasswordHasher
+
+    from infra.adapters.credentials import password_hasher
+
+    default = password_hasher(load_settings(environ={}).authentication)
+    library = PasswordHasher()
+    assert (default.time_cost, default.memory_cost, default.parallelism) == (
+        library.time_cost,
+        library.memory_cost,
+        library.parallelism,
+    )
+    cheap = {
+        "PIPELINE_AUTHENTICATION_PASSWORD_HASH_TIME_COST": "1",
+        "PIPELINE_AUTHENTICATION_PASSWORD_HASH_MEMORY_KIB": "1024",
+        "PIPELINE_AUTHENTICATION_PASSWORD_HASH_PARALLELISM": "1",
+    }
+    hasher = password_hasher(load_settings(environ=cheap).authentication)
+    digest = hasher.hash("a long enough password")
+    assert digest.startswith("$argon2id$") and "m=1024,t=1,p=1" in digest
+    assert library.verify(digest, "a long enough password")  # a hash carries its cost: any hasher verifies it
+    for bad in (
+        {"PIPELINE_AUTHENTICATION_PASSWORD_HASH_TIME_COST": "0"},
+        {**cheap, "PIPELINE_AUTHENTICATION_PASSWORD_HASH_MEMORY_KIB": "7"},
+    ):
+        with pytest.raises(SettingsError, match="password_hash"):
+            load_settings(environ=bad)
