@@ -32,18 +32,10 @@ HOLD_MARGIN_S = 5.0
 PREPARE_WHEN_ASKED = 2**62
 
 
-def connection_kwargs(
-    schema: str, prepare: bool = False, statement_timeout_ms: int = 0, derived: bool = False
-) -> dict[str, object]:
+def connection_kwargs(schema: str, prepare: bool = False, statement_timeout_ms: int = 0) -> dict[str, object]:
     """Connection options that put every statement in ``schema``; ``prepare``: allow prepared statements
     where a statement asks for one (else none at all); ``statement_timeout_ms``: cancel a statement
-    that runs longer (0: never); ``derived``: the connection writes only what is rebuilt from the log.
-
-    A derived writer (the projection runner, live or rebuilding) commits without waiting for its WAL
-    flush (synchronous_commit off: ~1.4 ms of fdatasync per commit on this machine's disk, on the path
-    of every read-your-writes read). A PostgreSQL crash can lose its last commits, but never a part of
-    one: the rows and the consumed position go back together, and the runner applies those events
-    again from Kafka, which holds them. Everything the API itself writes stays synchronous."""
+    that runs longer (0: never)."""
     # PostgreSQL re-plans a prepared statement when its search_path's schema or a table it read is replaced
     # (a rebuild's swap renames schemas, or moves tables), so a prepared read follows the swap. Writers
     # (the projection runner) prepare nothing all the same.
@@ -51,8 +43,6 @@ def connection_kwargs(
     options = f"-c search_path={check_schema(schema)}"
     if statement_timeout_ms:
         options += f" -c statement_timeout={int(statement_timeout_ms)}"
-    if derived:
-        options += " -c synchronous_commit=off"
     return {"options": options, "autocommit": False, "prepare_threshold": threshold}
 
 
@@ -101,13 +91,11 @@ async def open_pool(
     prepare: bool = False,
     statement_timeout_ms: int = 0,
     timeout: float = 30.0,
-    derived: bool = False,
 ) -> AsyncConnectionPool:
     """An opened async pool whose connections use ``schema`` (``prepare``, ``statement_timeout_ms``: see
     connection_kwargs); ``timeout``: how long ``connection()`` waits for one before PoolTimeout. With a
-    statement timeout, a connection is held at most that long plus HOLD_MARGIN_S (BoundedPool); ``derived``:
-    see connection_kwargs."""
-    kwargs = connection_kwargs(schema, prepare, statement_timeout_ms, derived)
+    statement timeout, a connection is held at most that long plus HOLD_MARGIN_S (BoundedPool)."""
+    kwargs = connection_kwargs(schema, prepare, statement_timeout_ms)
     options: dict[str, Any] = {"min_size": min_size, "max_size": max_size, "kwargs": kwargs, "timeout": timeout}
     if statement_timeout_ms:
         hold = statement_timeout_ms / 1000 + HOLD_MARGIN_S

@@ -203,7 +203,7 @@ async def build_runner(
     schema = schema or settings.database.schema
     topics = await ensure_topics(settings.kafka)
     await migrate(settings.database.url, schema)
-    pool = await open_pool(settings.database.url, schema, 1, 4, derived=True)
+    pool = await open_pool(settings.database.url, schema, 1, 4)
     return ProjectionRunner(
         runner_config(settings, topics, schema, group_suffix, batch_size),
         pool,

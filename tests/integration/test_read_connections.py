@@ -123,17 +123,3 @@ async def test_a_read_on_connections_the_server_dropped_runs_again(pool: AsyncCo
     assert await reads.read(backend) not in held
     assert await reads.read(backend) not in held
     await reads.close()
-
-
-async def test_only_a_derived_writer_commits_without_waiting_for_the_wal_flush(
-    pool: AsyncConnectionPool, services: dict[str, str]
-) -> None:
-    """The projection runner's pool (derived=True) has synchronous_commit off; every other pool keeps it on."""
-    derived = await open_pool(services["DATABASE_URL"], "public", min_size=1, max_size=1, derived=True)
-    try:
-        for opened, expected in ((derived, "off"), (pool, "on")):
-            async with opened.connection() as conn:
-                cur = await conn.execute("SHOW synchronous_commit")
-                assert await cur.fetchone() == (expected,)
-    finally:
-        await derived.close()
