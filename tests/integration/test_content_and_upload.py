@@ -352,7 +352,7 @@ async def test_a_50_mib_file_round_trips_with_the_api_memory_bounded(system: Run
             chunk = rng.randbytes(MIB)
             digest.update(chunk)
             f.write(chunk)
-    api = _api_pid()
+    api = _api_pid(system)
     peak_before = _peak_rss(api)
     with source.open("rb") as f:
         response = await upload(client, [("large.bin", f, "application/octet-stream")])
@@ -412,9 +412,11 @@ def _objects_and_blobs(system: RunningSystem) -> tuple[list[Path], list[Path]]:
     return files, _incoming(system)
 
 
-def _api_pid() -> int:
-    """The API process this test session started (a child of this process running `infra.cli api`)."""
+def _api_pid(system: RunningSystem) -> int:
+    """The API process serving ``system`` (a child of this process running `infra.cli api` on its port:
+    the session may run other systems beside the module's)."""
     me = os.getpid()
+    port = f"PIPELINE_PORT={system.admin.base_url.port}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -422,10 +424,11 @@ def _api_pid() -> int:
         try:
             stat = (entry / "stat").read_text()
             cmdline = (entry / "cmdline").read_bytes().split(b"\x00")
+            environ = (entry / "environ").read_bytes().split(b"\x00")
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == me and cmdline[-2:] == [b"api", b""]:
+        if parent == me and cmdline[-2:] == [b"api", b""] and port in environ:
             found.append(int(entry.name))
     assert len(found) == 1, found
     return found[0]
