@@ -38,6 +38,7 @@ REJECTION_STATUS = {
     "conflict": 409,
     "gone": 410,
     "invalid": 422,
+    "invalid_graph": 400,  # the spec: HTTPException(400, detail=validation.errors)
     "idempotency_mismatch": 422,
     "forbidden": 403,
     "too_large": 413,

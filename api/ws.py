@@ -8,9 +8,9 @@ Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution
 ``execution_status``, ``chat_response``, ``event``, ``lagged``, ``pong`` and ``error``
 (``{"type": "error", "code", "message"}``).
 Topics: ``data_changes``, ``execution:{id}``, ``events``. Joining ``execution:{id}`` answers ``subscribed`` and then an
-``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry
-``data: {event, version}`` for each newer event, so a client that subscribes right after submitting
-misses nothing.
+``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry the
+status too (api/hub.py), with ``event`` and ``version`` of each newer event, so a client that subscribes
+right after submitting misses nothing.
 
 ``events`` is the event stream from a position (api/event_streams.py): ``{"type": "subscribe", "topic":
 "events", "after"?: position or "now", "types"?: [...], "aggregate_id"?: ID}`` answers ``subscribed``

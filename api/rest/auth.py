@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from api.auth import principal_of, rate_limit_of
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
+from api.inputs import parse
 from api.login_throttle import LoginThrottle
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
 from commands.limits import NO_CONTROL
@@ -78,11 +79,17 @@ class AuthController(Controller):
     async def login(
         self,
         request: Request[Any, Any, Any],
-        data: JSONBody[LoginRequest],
         container: NamedDependency[ApiContainer],
         state: State,
+        data: JSONBody[LoginRequest | None] = None,
     ) -> TokenResponse:
-        """Failed logins are throttled per username and per client IP (429 with Retry-After)."""
+        """Failed logins are throttled per username and per client IP (429 with Retry-After).
+
+        The credentials are the JSON body, or (the spec's ``login(username, password)``, which FastAPI
+        reads from the query string) ``?username=&password=`` when there is no body.
+        """
+        if data is None:
+            data = parse(LoginRequest, dict(request.query_params))
         throttle: LoginThrottle = state.login_throttle
         ip = request.client.host if request.client else "unknown"
         try:
