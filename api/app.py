@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Request, Response, get
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.background_tasks import BackgroundTasks
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
@@ -216,15 +217,18 @@ OPENAPI_TAGS = [
 @get("/openapi.json", include_in_schema=False, sync_to_thread=False, opt={"open": True})
 def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
     """The OpenAPI document also at FastAPI's default address (the spec's app keeps ``openapi_url``), no token."""
-    return Response(request.app.openapi_schema.to_schema(), media_type=OpenAPIMediaType.OPENAPI_JSON)
+    served = request.app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # the dict /api/docs serves
+    return Response(served, media_type=OpenAPIMediaType.OPENAPI_JSON)
 
 
 @get("/api/redoc", include_in_schema=False, sync_to_thread=False)
 def redoc(request: Request[Any, Any, Any]) -> Response[bytes]:
     """ReDoc at the spec's address (``redoc_url``), served there (200, not a redirect to litestar's
     /api/docs/redoc, which a client that does not follow redirects would take for a missing page)."""
-    plugin = next(p for p in request.app.openapi_config.render_plugins if isinstance(p, LocalRedoc))
-    page = plugin.render(request, request.app.openapi_schema.to_schema())
+    config = request.app.openapi_config
+    assert config is not None  # create_app sets it
+    plugin = next(p for p in config.render_plugins if isinstance(p, LocalRedoc))
+    page = plugin.render(request, request.app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
     return Response(page, media_type=MediaType.HTML)
 
 

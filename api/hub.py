@@ -127,6 +127,21 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return []
 
 
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+def status_at(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """An ``execution_update``'s data: the execution's status read now (``state``) with the update's event
+    name and version. Read after later events, it may be ahead of the update, except that it is never
+    finished before the last event: a finishing event is an execution's last, so an update older than the
+    status says ``running`` (or ``submitted``), and a client that stops at a finished status has had
+    every update."""
+    data = {**state, **update}
+    if update["version"] < state["version"] and state["status"] in FINISHED:
+        data.update(status="running" if state["started_at"] else "submitted", completed_at=None)
+    return data
+
+
 def resync_message(topics: set[str]) -> dict[str, Any]:
     """Told to every connection when the hub missed changes (projections/changes.py: the change feed
     reconnected, or the hub fell more than a queue behind it): changes and
@@ -381,8 +396,8 @@ class LiveHub:
         states = await self._execution_states(outgoing)
         for _, message, _ in outgoing:
             state = states.get(message.get("execution_id", ""))
-            if state is not None:  # the event's own version and name win over the row's
-                message["data"] = {**state, **message["data"]}
+            if state is not None:
+                message["data"] = status_at(state, message["data"])
         notes = await self._notifications(batch.get("changes", []))
         fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
         await self.events.advance(changed_users(batch), bool(batch.get("truncated")))
