@@ -138,6 +138,7 @@ def document_errors(app: Litestar) -> None:
                     _document_binary_content(operation)
     _request_bodies_as_msgspec_validates_them(app)
     _json_query_parameters(app)
+    _body_or_query(app)
     _multipart_bodies(app)
 
 
@@ -178,6 +179,37 @@ def _json_query_parameters(app: Litestar) -> None:
                         if parameter["name"] == name and parameter["in"] == "query":
                             parameter.pop("schema", None)
                             parameter["content"] = {"application/json": {"schema": schema}}
+
+
+def _body_or_query(app: Litestar) -> None:
+    """A JSON body whose fields may come as query parameters instead (route ``opt={"body_or_query": Struct}``:
+    the login, which the spec's FastAPI ``login(username, password)`` reads from the query): the body is
+    documented as the struct and optional, each of its fields as an optional query parameter."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    for route in app.routes:
+        for handler in getattr(route, "route_handlers", []):
+            struct = handler.opt.get("body_or_query")
+            if struct is None:
+                continue
+            (schema,), components = msgspec.json.schema_components([struct], ref_template="#/components/schemas/{name}")
+            served["components"]["schemas"].update(components)
+            fields = components[struct.__name__]["properties"]
+            for method in handler.http_methods:
+                operation = served["paths"][route.path_format][method.lower()]
+                operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
+                operation["parameters"] = [
+                    *operation.get("parameters", []),
+                    *(
+                        {
+                            "name": name,
+                            "in": "query",
+                            "required": False,
+                            "schema": field,
+                            "description": "without a body",
+                        }
+                        for name, field in fields.items()
+                    ),
+                ]
 
 
 def _document_health(operation: Operation) -> None:

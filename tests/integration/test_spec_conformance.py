@@ -78,8 +78,8 @@ async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    """alice, a user, with her token."""
-    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user"}) as clients:
+    """alice (a user) and vera (a viewer), each a client with their token."""
+    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
         yield clients
 
 
@@ -148,9 +148,20 @@ async def test_login_takes_username_and_password_from_the_query_as_the_spec_sign
     me = await system.anonymous.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {body['access_token']}"})
     assert me.status_code == 200 and me.json()["username"] == ADMIN_USERNAME
     wrong = await system.anonymous.post("/api/v1/auth/login", params={**params, "password": "not the password"})
-    assert assert_envelope(wrong, 401)["message"] == "incorrect username or password"
+    assert assert_envelope(wrong, 401)["message"] == "Incorrect username or password"
     missing = await system.anonymous.post("/api/v1/auth/login", params={"username": ADMIN_USERNAME})
     assert assert_envelope(missing, 400)["details"]["field"] == "password"
+
+
+async def test_refusals_carry_the_spec_messages(system: RunningSystem, users: dict[str, httpx.AsyncClient]) -> None:
+    """get_current_user's "Could not validate credentials", require_permission's "Insufficient permissions"."""
+    forged = await system.anonymous.get("/api/v1/auth/me", headers={"Authorization": "Bearer not.a.token"})
+    error = assert_envelope(forged, 401)
+    assert error["message"] == "Could not validate credentials" and error["details"]["cause"], error
+    viewer = await users["vera"].post("/api/v1/ingest", json={"content": "x", "content_type": "text/plain"})
+    error = assert_envelope(viewer, 403)
+    assert error["message"] == "Insufficient permissions", error
+    assert error["details"]["cause"] == "the viewer role lacks the write permission", error
 
 
 # --- API Documentation -------------------------------------------------------------------------------
@@ -175,10 +186,12 @@ async def test_the_openapi_document_is_at_fastapis_address_with_the_specs_scheme
     assert schema == (await system.anonymous.get("/api/docs/openapi.json")).json()
 
 
-async def test_redoc_is_served_at_the_specs_address(system: RunningSystem) -> None:
-    response = await system.anonymous.get("/api/redoc")  # no redirect to follow
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/html") and "redoc" in response.text.lower()
+async def test_swagger_ui_and_redoc_are_served_at_the_specs_addresses(system: RunningSystem) -> None:
+    """``docs_url="/api/docs"``, ``redoc_url="/api/redoc"``: ReDoc was a redirect to /api/docs/redoc."""
+    for path, name in (("/api/docs", "swagger"), ("/api/redoc", "redoc")):
+        response = await system.anonymous.get(path)  # no redirect to follow
+        assert response.status_code == 200, (path, response.text)
+        assert response.headers["content-type"].startswith("text/html") and name in response.text.lower()
 
 
 async def test_health_has_the_spec_health_check_keys(system: RunningSystem) -> None:
