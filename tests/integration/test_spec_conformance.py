@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,10 @@ async def test_swagger_ui_and_redoc_are_served_at_the_specs_addresses(system: Ru
 
 
 async def test_health_has_the_spec_health_check_keys(system: RunningSystem) -> None:
-    body = (await system.anonymous.get("/health")).json()
+    response = await system.anonymous.get("/health")
+    body = response.json()
+    generated = uuid.UUID(response.headers["X-Request-ID"])  # the spec's add_request_id: str(uuid.uuid4())
+    assert str(generated) == response.headers["X-Request-ID"] and generated.version == 4
     assert body["status"] == "healthy", body
     assert body["database"] is True and body["storage"] is True and body["cache"] is True
 
