@@ -56,7 +56,9 @@ from infra.runtime.metrics import WEBSOCKET_CONNECTIONS
 from projections.event_stream import format_position
 
 TOPIC = re.compile(r"^(data_changes|events|execution:[0-9a-fA-F-]{36})$")
-CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The spec takes any client id (a user id, an email, a UUID); it names nothing here, so only control
+# characters and lengths past 128 are refused.
+CLIENT_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 CLOSE_TIMEOUT_S = 5.0
 log = logging.getLogger("pipeline.ws")
 
@@ -218,8 +220,8 @@ async def websocket_endpoint(
     """One client's live connection."""
     hub: LiveHub = socket.app.state.hub
     limits = container.settings.websocket
-    if not CLIENT_ID.match(client_id) or hub.connections >= limits.max_connections:
-        await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
+    if not CLIENT_ID.fullmatch(client_id) or hub.connections >= limits.max_connections:
+        await socket.close(code=1008 if not CLIENT_ID.fullmatch(client_id) else 1013)
         return
     await socket.accept()
     principal = principal_of(socket)
