@@ -234,8 +234,9 @@ async def test_the_spec_rest_routes_answer_the_spec_fields(users: dict[str, http
     assert ingested.is_success, ingested.text
     body = ingested.json()
     assert body["status"] == "success" and {"object_id", "created_at", "processing_time_ms"} <= body.keys()
-    token = {"X-Consistency-Token": body["position"]}
-    found = await alice.get("/api/v1/search", params={"query": "quokkas", "limit": 10, "offset": 0}, headers=token)
+    token = {"X-Consistency-Token": body["position"]}  # search reads what the read model has: wait for it
+    assert (await alice.get(f"/api/v1/data/{body['object_id']}", headers=token)).status_code == 200
+    found = await alice.get("/api/v1/search", params={"query": "quokkas", "limit": 10, "offset": 0})
     assert found.status_code == 200, found.text
     page = found.json()
     assert page["query"] == "quokkas" and page["filters"] == {} and page["total"] == 1
