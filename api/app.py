@@ -8,14 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from litestar import Litestar, Response, get
+from litestar import Litestar, Request, Response, get
+from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.background_tasks import BackgroundTasks
 from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.di import Provide
+from litestar.enums import MediaType, OpenAPIMediaType
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.spec import Components, SecurityScheme
-from litestar.response import Redirect
+from litestar.openapi.spec import Components, SecurityScheme, Tag
 from litestar.types import ASGIApp
 
 from api.auth import auth_middleware
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[
             *monitoring,
             redoc,
+            openapi_json,
             assets_router(assets),
             DataController,
             ContentController,
@@ -174,9 +176,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             path="/api/docs",
             render_plugins=[LocalSwagger(assets, path="/"), LocalRedoc(assets, path="/redoc")],
             components=Components(
-                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+                security_schemes={"Bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
-            security=[{"BearerToken": []}],
+            security=[{"Bearer": []}],
+            tags=OPENAPI_TAGS,
         ),
         logging_config=None,
         debug=False,
@@ -196,10 +199,37 @@ def _graphql_response(root_value: None) -> Response[Any]:
     return Response({}, background=BackgroundTasks([]))
 
 
+# The spec's custom_openapi tags (its four first, with its descriptions), then the others the routes use.
+OPENAPI_TAGS = [
+    Tag(name="data", description="Data management operations"),
+    Tag(name="execution", description="Graph execution operations"),
+    Tag(name="search", description="Search operations"),
+    Tag(name="auth", description="Authentication operations"),
+    Tag(name="events", description="The event stream (Server-Sent Events)"),
+    Tag(name="notifications", description="Your notifications"),
+    Tag(name="chat", description="Chat conversations"),
+    Tag(name="users", description="User administration (admins)"),
+    Tag(name="audit", description="Event history and audit"),
+    Tag(name="health", description="Health and readiness"),
+]
+
+
+@get("/openapi.json", include_in_schema=False, sync_to_thread=False, opt={"open": True})
+def openapi_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    """The OpenAPI document also at FastAPI's default address (the spec's app keeps ``openapi_url``), no token."""
+    served = request.app.plugins.get(OpenAPIPlugin).provide_openapi_schema()  # the dict /api/docs serves
+    return Response(served, media_type=OpenAPIMediaType.OPENAPI_JSON)
+
+
 @get("/api/redoc", include_in_schema=False, sync_to_thread=False)
-def redoc() -> Redirect:
-    """ReDoc at the spec's address; litestar serves it beside Swagger UI under the OpenAPI path."""
-    return Redirect("/api/docs/redoc")
+def redoc(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """ReDoc at the spec's address (``redoc_url``), served there (200, not a redirect to litestar's
+    /api/docs/redoc, which a client that does not follow redirects would take for a missing page)."""
+    config = request.app.openapi_config
+    assert config is not None  # create_app sets it
+    plugin = next(p for p in config.render_plugins if isinstance(p, LocalRedoc))
+    page = plugin.render(request, request.app.plugins.get(OpenAPIPlugin).provide_openapi_schema())
+    return Response(page, media_type=MediaType.HTML)
 
 
 async def _ensure_admin(container: ApiContainer) -> None:

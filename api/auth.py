@@ -267,19 +267,35 @@ async def _authenticate(
         return None
 
 
-async def _unauthorized(scope: Scope, send: Send, message: str, params: str) -> None:
+async def _unauthorized(scope: Scope, send: Send, cause: str, params: str) -> None:
+    """401 with a challenge; a token that was sent and refused (``params`` set) answers the spec's
+    ``get_current_user`` message, "Could not validate credentials", with the cause in ``details``."""
     challenge = f"Bearer {params}".strip()
-    await _error(scope, send, 401, "unauthorized", message, {"WWW-Authenticate": challenge})
+    message, details = (SPEC_REFUSAL, {"cause": cause}) if params else (cause, None)
+    await _error(scope, send, 401, "unauthorized", message, {"WWW-Authenticate": challenge}, details, cause)
 
 
-async def _error(scope: Scope, send: Send, status: int, reason: str, message: str, headers: dict[str, str]) -> None:
+SPEC_REFUSAL = "Could not validate credentials"
+
+
+async def _error(
+    scope: Scope,
+    send: Send,
+    status: int,
+    reason: str,
+    message: str,
+    headers: dict[str, str],
+    details: Any = None,
+    close_reason: str | None = None,
+) -> None:
     """The spec's error envelope, written straight to ASGI (the route never ran)."""
     if scope["type"] == "websocket":  # before the handshake is accepted: close it with an app code
-        await send({"type": "websocket.close", "code": 4000 + status if status < 500 else 1011, "reason": message})
+        code = 4000 + status if status < 500 else 1011
+        await send({"type": "websocket.close", "code": code, "reason": close_reason or message})
         return
     request_id = scope.get("state", {}).get("request_id")
     body = orjson.dumps(
-        {"error": {"code": status, "reason": reason, "message": message, "details": None, "request_id": request_id}}
+        {"error": {"code": status, "reason": reason, "message": message, "details": details, "request_id": request_id}}
     )
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in headers.items()]

@@ -38,6 +38,7 @@ REJECTION_STATUS = {
     "conflict": 409,
     "gone": 410,
     "invalid": 422,
+    "invalid_graph": 400,  # the spec: HTTPException(400, detail=validation.errors)
     "idempotency_mismatch": 422,
     "forbidden": 403,
     "too_large": 413,
@@ -173,7 +174,7 @@ def _query_timeout(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return envelope(request, 500, "internal_error", "internal server error")
+    return envelope(request, 500, "internal_error", "Internal server error")  # the spec's words
 
 
 EXCEPTION_HANDLERS: dict[Any, Any] = {

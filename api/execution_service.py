@@ -25,7 +25,7 @@ SUBMITTED_TTL_S = 60  # how long a submit's position is kept for subscribers tha
 async def execute_graph(
     connection: Connection, container: ApiContainer, request: ExecutionRequest
 ) -> tuple[str, Outcome, float]:
-    """Submit ExecuteGraph (422 lists every problem); returns (execution id, outcome, estimated seconds)."""
+    """Submit ExecuteGraph (400 invalid_graph lists its problems); returns (execution id, outcome, estimate)."""
     execution_id = derived_id(connection, "execute") or str(uuid.uuid4())
     payload = {name: checked_json(getattr(request, name), name) for name in ("graph", "inputs", "options")}
     outcome = await submit(connection, container, "ExecuteGraph", execution_id, payload)

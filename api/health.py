@@ -72,6 +72,10 @@ async def _health(container: ApiContainer, state: State) -> Response[dict[str, A
     status = "healthy" if serving and all_ok else "degraded" if serving else "unhealthy"
     body = {
         "status": status,
+        # The spec's DataService.health_check keys: whether its database, storage and cache answer.
+        "database": checks["postgres"] == "ok",
+        "storage": checks["blob_store"] == "ok",
+        "cache": checks["redis"] == "ok",
         "checks": checks,
         "workers": workers,
         # Set aside by policy so that their partitions move on (README "Dead letters"): unresolved

@@ -23,6 +23,7 @@ import logging
 from collections import OrderedDict, defaultdict
 from typing import Any
 
+import msgspec
 import orjson
 from opentelemetry.trace import Tracer
 from psycopg import Error as PostgresError
@@ -31,12 +32,14 @@ from psycopg_pool import AsyncConnectionPool
 from api.event_streams import EventStreams
 from api.live_rights import POLICY_VIOLATION, changed_users, current_row, token_revoked
 from api.rbac import can_see
+from api.rest.executions import to_status
 from api.revocations import RevokedTokens
 from api.user_cache import UserCache
 from commands.envelope import Actor
 from commands.tracing import parent_context
 from infra.runtime.metrics import WEBSOCKET_DROPPED
 from projections.changes import ChangeFeed
+from projections.executions import get_executions
 from projections.notifications import NOTIFYING, notifications_caused_by
 
 log = logging.getLogger("pipeline.hub")
@@ -122,6 +125,21 @@ def messages_for(change: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         data = {"event": kind, "version": change["version"]}
         return [(f"execution:{change['id']}", {"type": "execution_update", "execution_id": change["id"], "data": data})]
     return []
+
+
+FINISHED = frozenset({"completed", "failed", "cancelled"})
+
+
+def status_at(state: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """An ``execution_update``'s data: the execution's status read now (``state``) with the update's event
+    name and version. Read after later events, it may be ahead of the update, except that it is never
+    finished before the last event: a finishing event is an execution's last, so an update older than the
+    status says ``running`` (or ``submitted``), and a client that stops at a finished status has had
+    every update."""
+    data = {**state, **update}
+    if update["version"] < state["version"] and state["status"] in FINISHED:
+        data.update(status="running" if state["started_at"] else "submitted", completed_at=None)
+    return data
 
 
 def resync_message(topics: set[str]) -> dict[str, Any]:
@@ -301,6 +319,28 @@ class LiveHub:
         while len(self._owners) > OWNER_CACHE_SIZE:
             self._owners.popitem(last=False)
 
+    async def _execution_states(self, outgoing: list[tuple[str, dict[str, Any], Any]]) -> dict[str, dict[str, Any]]:
+        """execution id -> its current status, for the executions of this batch someone follows.
+
+        The spec's ``execution_update`` carries the execution's status as its ``data`` (what
+        ``execution_status`` answers); read once per batch, and only for followed executions. The status
+        is as of now, so at least as new as the event it comes with (``version``, ``event``).
+        """
+        ids = {
+            message["execution_id"]
+            for topic, message, _ in outgoing
+            if message["type"] == "execution_update" and self._by_topic.get(topic)
+        }
+        if not ids:
+            return {}
+        try:
+            async with self.pool.connection() as conn:
+                rows = await get_executions(conn, sorted(ids))
+        except PostgresError:
+            log.exception("execution status lookup failed; those updates carry only their event and version")
+            return {}
+        return {row["execution_id"]: msgspec.to_builtins(to_status(row)) for row in rows}
+
     async def _notifications(self, changes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """user id -> the notifications this batch produced for connected users (one query, only if any)."""
         causes = [(c["id"], c["version"]) for c in changes if c["type"] in NOTIFYING]
@@ -353,6 +393,11 @@ class LiveHub:
             for change in batch.get("changes", [])
             for topic, message in messages_for({**change, "owner": self._owners.get(change["id"])})
         ]
+        states = await self._execution_states(outgoing)
+        for _, message, _ in outgoing:
+            state = states.get(message.get("execution_id", ""))
+            if state is not None:
+                message["data"] = status_at(state, message["data"])
         notes = await self._notifications(batch.get("changes", []))
         fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
         await self.events.advance(changed_users(batch), bool(batch.get("truncated")))

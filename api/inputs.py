@@ -133,9 +133,11 @@ def object_id(value: Any, field: str = "object_id") -> str:
 
 
 def _field_of(message: str) -> str | None:
-    # msgspec ends its messages with "- at `$.field`"
-    _, _, where = message.rpartition("- at `$.")
-    return where.rstrip("`") or None
+    # msgspec ends its messages with "- at `$.field`", except a top-level "Object missing required field `x`"
+    _, found, where = message.rpartition("- at `$.")
+    if not found:
+        _, found, where = message.rpartition("missing required field `")
+    return where.rstrip("`") if found and where else None
 
 
 _JSON_MEDIA = "application/json"

@@ -10,6 +10,7 @@ result against the running API.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -138,6 +139,7 @@ def document_errors(app: Litestar) -> None:
                     _document_binary_content(operation)
     _request_bodies_as_msgspec_validates_them(app)
     _json_query_parameters(app)
+    _body_or_query(app)
     _multipart_bodies(app)
 
 
@@ -178,6 +180,40 @@ def _json_query_parameters(app: Litestar) -> None:
                         if parameter["name"] == name and parameter["in"] == "query":
                             parameter.pop("schema", None)
                             parameter["content"] = {"application/json": {"schema": schema}}
+
+
+def _body_or_query(app: Litestar) -> None:
+    """A JSON body whose fields may come as query parameters instead (route ``opt={"body_or_query": Struct}``:
+    the login, which the spec's FastAPI ``login(username, password)`` reads from the query): the body is
+    documented as the struct and optional, each of its fields as an optional query parameter."""
+    served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
+    for route, handler, struct in _handlers_with(app, "body_or_query"):
+        schema, components = _component(served, struct)
+        fields = components[struct.__name__]["properties"]
+        parameters = [
+            {"name": name, "in": "query", "required": False, "schema": field, "description": "without a body"}
+            for name, field in fields.items()
+        ]
+        for method in handler.http_methods:
+            operation = served["paths"][route.path_format][method.lower()]
+            operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": schema}}}
+            operation["parameters"] = [*operation.get("parameters", []), *parameters]
+
+
+def _handlers_with(app: Litestar, key: str) -> Iterator[tuple[HTTPRoute, Any, Any]]:
+    """(route, handler, value) for each route handler whose ``opt`` has ``key``."""
+    for route in app.routes:
+        if isinstance(route, HTTPRoute):
+            for handler in route.route_handlers:
+                if (value := handler.opt.get(key)) is not None:
+                    yield route, handler, value
+
+
+def _component(served: dict[str, Any], struct: type[msgspec.Struct]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The struct's schema (a reference) and its components, which are added to the served document."""
+    (schema,), components = msgspec.json.schema_components([struct], ref_template="#/components/schemas/{name}")
+    served["components"]["schemas"].update(components)
+    return schema, components
 
 
 def _document_health(operation: Operation) -> None:
@@ -249,29 +285,24 @@ def _multipart_bodies(app: Litestar) -> None:
     documented from a msgspec Struct (route ``opt={"multipart": Struct}``): ``bytes`` fields are file
     parts (``format: binary``), other fields JSON parts (``encoding: application/json``)."""
     served = app.plugins.get(OpenAPIPlugin).provide_openapi_schema()
-    for route in app.routes:
-        for handler in getattr(route, "route_handlers", []):
-            form = handler.opt.get("multipart")
-            if form is None:
-                continue
-            _, components = msgspec.json.schema_components([form], ref_template="#/components/schemas/{name}")
-            served["components"]["schemas"].update(components)
-            body = served["components"]["schemas"].pop(form.__name__)
-            encoding = {}
-            for name, field in body["properties"].items():
-                target = field.get("items", field)
-                if target.get("contentEncoding") == "base64":
-                    target.pop("contentEncoding")
-                    target["format"] = "binary"
-                    encoding[name] = {"contentType": "application/octet-stream"}
-                else:
-                    encoding[name] = {"contentType": "application/json"}
-            for method in handler.http_methods:
-                operation = served["paths"][route.path_format][method.lower()]
-                operation["requestBody"] = {
-                    "required": True,
-                    "content": {"multipart/form-data": {"schema": body, "encoding": encoding}},
-                }
+    for route, handler, form in _handlers_with(app, "multipart"):
+        _component(served, form)
+        body = served["components"]["schemas"].pop(form.__name__)
+        encoding = {}
+        for name, field in body["properties"].items():
+            target = field.get("items", field)
+            if target.get("contentEncoding") == "base64":
+                target.pop("contentEncoding")
+                target["format"] = "binary"
+                encoding[name] = {"contentType": "application/octet-stream"}
+            else:
+                encoding[name] = {"contentType": "application/json"}
+        for method in handler.http_methods:
+            operation = served["paths"][route.path_format][method.lower()]
+            operation["requestBody"] = {
+                "required": True,
+                "content": {"multipart/form-data": {"schema": body, "encoding": encoding}},
+            }
 
 
 def document_upload_limit(app: Litestar, max_files: int) -> None:

@@ -65,5 +65,6 @@ def check_permission(role: str | None, permission: Permission | None) -> None:
         return
     if role is None:
         raise NotAuthorizedException("authentication required", headers={"WWW-Authenticate": "Bearer"})
-    if not has_permission(role, permission):
-        raise PermissionDeniedException(f"the {role} role lacks the {permission} permission")
+    if not has_permission(role, permission):  # the spec's require_permission message, the cause in details
+        cause = f"the {role} role lacks the {permission} permission"
+        raise PermissionDeniedException("Insufficient permissions", extra={"cause": cause})

@@ -8,9 +8,9 @@ Server -> client: ``subscribed``, ``unsubscribed``, ``data_change``, ``execution
 ``execution_status``, ``chat_response``, ``event``, ``lagged``, ``pong`` and ``error``
 (``{"type": "error", "code", "message"}``).
 Topics: ``data_changes``, ``execution:{id}``, ``events``. Joining ``execution:{id}`` answers ``subscribed`` and then an
-``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry
-``data: {event, version}`` for each newer event, so a client that subscribes right after submitting
-misses nothing.
+``execution_update`` whose ``data`` is the current status (with ``version``); later updates carry the
+status too (api/hub.py), with ``event`` and ``version`` of each newer event, so a client that subscribes
+right after submitting misses nothing.
 
 ``events`` is the event stream from a position (api/event_streams.py): ``{"type": "subscribe", "topic":
 "events", "after"?: position or "now", "types"?: [...], "aggregate_id"?: ID}`` answers ``subscribed``
@@ -56,7 +56,9 @@ from infra.runtime.metrics import WEBSOCKET_CONNECTIONS
 from projections.event_stream import format_position
 
 TOPIC = re.compile(r"^(data_changes|events|execution:[0-9a-fA-F-]{36})$")
-CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The spec takes any client id (a user id, an email, a UUID); it names nothing here, so only control
+# characters and lengths past 128 are refused.
+CLIENT_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 CLOSE_TIMEOUT_S = 5.0
 log = logging.getLogger("pipeline.ws")
 
@@ -218,8 +220,8 @@ async def websocket_endpoint(
     """One client's live connection."""
     hub: LiveHub = socket.app.state.hub
     limits = container.settings.websocket
-    if not CLIENT_ID.match(client_id) or hub.connections >= limits.max_connections:
-        await socket.close(code=1008 if not CLIENT_ID.match(client_id) else 1013)
+    if not CLIENT_ID.fullmatch(client_id) or hub.connections >= limits.max_connections:
+        await socket.close(code=1008 if not CLIENT_ID.fullmatch(client_id) else 1013)
         return
     await socket.accept()
     principal = principal_of(socket)

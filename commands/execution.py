@@ -97,7 +97,7 @@ def execute_graph(aggregate: Execution | None, command: ExecuteGraph, envelope: 
     ]
     if problems:
         raise InvalidExecution("the options are not valid", {"problems": problems})
-    graph = parse_graph(command.graph)  # InvalidGraph (code "invalid") lists every problem
+    graph = parse_graph(command.graph)  # InvalidGraph (code "invalid_graph") lists the problems
     return Execution(
         id=UUID(envelope.aggregate_id),
         graph=command.graph,

@@ -60,7 +60,7 @@ class Graph:
 
 
 class InvalidGraph(DomainError):
-    code = "invalid"
+    code = "invalid_graph"  # 400, as the spec's execute_graph answers a graph that fails validation
 
 
 def problem(node: str | None, port: str | None, message: str) -> dict[str, Any]:

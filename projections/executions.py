@@ -127,6 +127,13 @@ async def get_execution(conn: AsyncConnection[Any], execution_id: str) -> dict[s
         return await cur.fetchone()
 
 
+async def get_executions(conn: AsyncConnection[Any], execution_ids: list[str]) -> list[dict[str, Any]]:
+    """The rows of those executions that exist."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_COLUMNS} FROM executions WHERE execution_id = ANY(%s::uuid[])", (execution_ids,))
+        return await cur.fetchall()
+
+
 async def list_executions(
     conn: AsyncConnection[Any], submitter: str | None, status: str | None, limit: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:

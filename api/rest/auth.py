@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -16,7 +17,9 @@ from redis.exceptions import RedisError
 from api.auth import principal_of, rate_limit_of
 from api.commands import submit, wait_for_position
 from api.errors import ApiError
+from api.inputs import parse
 from api.login_throttle import LoginThrottle
+from api.middleware import LOGIN_QUERY
 from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
 from commands.limits import NO_CONTROL
 from infra.adapters.credentials import MAX_PASSWORD, MIN_PASSWORD
@@ -62,7 +65,7 @@ class Me(msgspec.Struct):
 
 
 def _bad_credentials() -> ApiError:
-    return ApiError(401, "unauthorized", "incorrect username or password")
+    return ApiError(401, "unauthorized", "Incorrect username or password")  # the spec's words
 
 
 def _token_store_down(exc: Exception) -> ApiError:
@@ -74,15 +77,28 @@ class AuthController(Controller):
     path = "/api/v1/auth"
     tags = ["auth"]
 
-    @post("/login", operation_id="login", status_code=200, opt=PUBLIC, summary="Log in with username and password")
+    @post(
+        "/login",
+        operation_id="login",
+        status_code=200,
+        opt={**PUBLIC, "body_or_query": LoginRequest},  # api/openapi.py documents both forms
+        summary="Log in with username and password",
+    )
     async def login(
         self,
         request: Request[Any, Any, Any],
-        data: JSONBody[LoginRequest],
         container: NamedDependency[ApiContainer],
         state: State,
+        data: JSONBody[LoginRequest | None] = None,
     ) -> TokenResponse:
-        """Failed logins are throttled per username and per client IP (429 with Retry-After)."""
+        """Failed logins are throttled per username and per client IP (429 with Retry-After).
+
+        The credentials are the JSON body, or (the spec's ``login(username, password)``, which FastAPI
+        reads from the query string) ``?username=&password=`` when there is no body.
+        """
+        if data is None:  # the query string was set aside by api.middleware.edge_middleware
+            query = request.scope.get("state", {}).get(LOGIN_QUERY, b"").decode("latin-1")
+            data = parse(LoginRequest, dict(parse_qsl(query, keep_blank_values=True, encoding="utf-8")))
         throttle: LoginThrottle = state.login_throttle
         ip = request.client.host if request.client else "unknown"
         try:

@@ -91,7 +91,7 @@ def to_status(row: dict[str, Any]) -> ExecutionStatus:
 
 class ExecutionsController(Controller):
     path = "/api/v1"
-    tags = ["executions"]
+    tags = ["execution"]  # the spec's tag name
 
     @post(
         "/execute",
@@ -106,7 +106,7 @@ class ExecutionsController(Controller):
         data: JSONBody[ExecutionRequest],
         container: NamedDependency[ApiContainer],
     ) -> Response[ExecutionSubmitted]:
-        """Validate and record the graph (422 lists every problem); the executor runs it."""
+        """Validate and record the graph (400 lists its problems); the executor runs it."""
         execution_id, outcome, estimate = await execute_graph(request, container, data)
         body = ExecutionSubmitted(
             execution_id=execution_id,

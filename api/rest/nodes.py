@@ -13,7 +13,7 @@ from domain.nodes import available_nodes
 
 class NodesController(Controller):
     path = "/api/v1/nodes"
-    tags = ["executions"]
+    tags = ["execution"]  # the spec's tag name
 
     @get("/", operation_id="listNodes", summary="List the available node types", opt=requires(Permission.READ))
     async def list_nodes(

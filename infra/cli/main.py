@@ -175,7 +175,9 @@ def _run_api(settings: Settings) -> int:
         factory=True,
         host=settings.server.host,
         port=settings.server.port,
-        workers=settings.server.workers if settings.server.workers > 1 else None,
+        workers=settings.server.workers if settings.server.workers > 1 and not settings.server.reload else None,
+        reload=settings.server.reload,
+        reload_dirs=[str(Path(__file__).resolve().parents[2])] if settings.server.reload else None,
         log_level="info",
         log_config=None,  # uvicorn's loggers go to the root handler (monitoring.log_format, infra.runtime.logs)
         access_log=False,

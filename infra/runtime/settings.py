@@ -31,6 +31,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # The spec's server.reload: uvicorn restarts the API when a source file changes (development only;
+    # one process, so server.workers is ignored while it is on).
+    reload: bool = False
     environment: str = "development"  # "production" refuses unsafe defaults
     # Slow clients (infra/runtime/http_protocol.py, api/body_timeout.py): idle time between requests on a
     # kept-alive connection, time to send a request's headers, and the longest wait for each read
@@ -42,7 +45,7 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class CorsSettings:
-    origins: tuple[str, ...] = ("http://localhost:3000",)
+    origins: tuple[str, ...] = ("http://localhost:3000", "https://app.example.com")  # the spec's api_gateway.yaml
     credentials: bool = True
     methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
     headers: tuple[str, ...] = ("*",)

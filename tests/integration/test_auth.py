@@ -245,7 +245,7 @@ async def test_changing_ones_password_replaces_the_old_one(
 async def test_docs_need_no_token(anonymous: httpx.AsyncClient) -> None:
     schema = await anonymous.get("/api/docs/openapi.json")
     assert schema.status_code == 200
-    assert "BearerToken" in schema.json()["components"]["securitySchemes"]
+    assert "Bearer" in schema.json()["components"]["securitySchemes"]
 
 
 @pytest.mark.parametrize("secret", ["", "only-31-bytes-long-secret-key!!"])

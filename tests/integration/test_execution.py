@@ -112,7 +112,7 @@ async def test_object_chunk_keywords_annotate_puts_the_keywords_on_the_object(cl
     assert {n["annotation_type"] for n in notes} == {"keyword"}
 
 
-async def test_invalid_graph_is_422_with_every_problem_and_records_nothing(
+async def test_invalid_graph_is_400_with_every_problem_and_records_nothing(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
     graph = {
@@ -126,9 +126,9 @@ async def test_invalid_graph_is_422_with_every_problem_and_records_nothing(
     executions = "SELECT count(*) FROM audit_log WHERE event_type LIKE 'Execution.%%'"
     before = await query(settings, executions)  # the module's earlier tests ran theirs to the end
     response = await client.post("/api/v1/execute", json={"graph": graph})
-    assert response.status_code == 422, response.text
+    assert response.status_code == 400, response.text
     error = response.json()["error"]
-    assert error["reason"] == "invalid"
+    assert error["reason"] == "invalid_graph"
     problems = {(p["node_id"], p["port"]) for p in error["details"]["problems"]}
     assert {("b", None), ("c", None), ("c", "nope"), ("c", "text")} <= problems
     assert await query(settings, executions) == before

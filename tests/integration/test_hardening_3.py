@@ -112,10 +112,10 @@ async def test_a_websocket_closes_when_its_token_expires(
 async def test_a_graph_of_thousands_of_invalid_nodes_lists_a_bounded_number_of_problems(
     users: dict[str, httpx.AsyncClient],
 ) -> None:
-    """Found: ``POST /api/v1/execute`` of 5,000 nodes of an unknown type answered a 422 listing 5,001 problems."""
+    """Found: ``POST /api/v1/execute`` of 5,000 nodes of an unknown type answered listing 5,001 problems."""
     graph = {"nodes": [{"id": f"n{i}", "type": "teleport"} for i in range(5000)], "edges": []}
     response = await users["alice"].post("/api/v1/execute", json={"graph": graph, "inputs": {}})
-    error = assert_envelope(response, 422)
+    error = assert_envelope(response, 400)
     details = error["details"]
     assert len(details["problems"]) == 100, len(details["problems"])
     assert details["total_problems"] == 5001 and details["more_problems"] == 4901
@@ -124,7 +124,7 @@ async def test_a_graph_of_thousands_of_invalid_nodes_lists_a_bounded_number_of_p
     mutation = "mutation($g: JSON!) { executeGraph(graph: $g) { executionId } }"
     answered = await users["alice"].post(GQL, json={"query": mutation, "variables": {"g": graph}})
     extensions = answered.json()["errors"][0]["extensions"]
-    assert extensions["code"] == 422 and len(extensions["details"]["problems"]) == 100, str(extensions)[:300]
+    assert extensions["code"] == 400 and len(extensions["details"]["problems"]) == 100, str(extensions)[:300]
 
 
 # --- messages that say what is wrong ----------------------------------------------------------------

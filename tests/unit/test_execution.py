@@ -63,7 +63,7 @@ def test_only_users_and_admins_may_submit_a_graph(role: str) -> None:
 def test_invalid_graph_is_refused_with_every_problem_and_no_event() -> None:
     graph = {"nodes": [{"id": "a", "type": "nope"}, {"id": "b", "type": "word_count"}], "edges": []}
     error = refusal(None, "ExecuteGraph", {"graph": graph})
-    assert error.code == "invalid"
+    assert error.code == "invalid_graph"
     found: Any = error.details["problems"]
     assert [(p["node_id"], p["port"]) for p in found] == [("a", None), ("b", "text")]
 

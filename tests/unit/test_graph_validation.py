@@ -135,7 +135,7 @@ def test_size_limits() -> None:
 def test_parse_graph_raises_with_every_problem() -> None:
     with pytest.raises(InvalidGraph) as caught:
         parse_graph({"nodes": [node("a", "teleport"), node("b", "word_count")]})
-    assert caught.value.code == "invalid"
+    assert caught.value.code == "invalid_graph"
     assert len(caught.value.details["problems"]) == 2  # type: ignore[arg-type]
 
 
