@@ -27,6 +27,7 @@ from strawberry.litestar.controller import GraphQLController
 from strawberry.schema.base import BaseSchema
 
 from api.errors import envelope, http_reason
+from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import SettingsError
 
@@ -165,6 +166,10 @@ def graphql_controller(
     base = make_graphql_controller(schema, path=path, graphql_ide=chosen, **kwargs)
 
     class Enveloped(base):  # type: ignore[misc,valid-type]
+        # A malformed WebSocket message closes with 4400, not 4500 (api/graphql/protocols.py).
+        graphql_transport_ws_handler_class = CheckedTransportWS
+        graphql_ws_handler_class = CheckedLegacyWS
+
         async def execute_request(
             self, request: Request[Any, Any, Any], context: Any, root_value: Any
         ) -> Response[Any]:

@@ -35,6 +35,8 @@ MAX_FILENAME = 255
 FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries and part headers on top of the files' bytes
 FILES_FIELD = "files"
 METADATA_FIELD = "metadata"
+# What each file's metadata gets from the server; a request's metadata part may not name them.
+SERVER_METADATA = ("filename", "size", "sha256", "owner")
 
 
 @dataclass
@@ -185,6 +187,11 @@ def _take(part: Part | None, segment: MultipartSegment | None, data: bytes, meta
 def _metadata(received: Received, raw: bytes) -> dict[str, Any]:
     try:
         checked: dict[str, Any] = checked_json(json_object_text(raw, "metadata"), "metadata")
+        taken = [key for key in SERVER_METADATA if key in checked]
+        if taken:  # they would be overwritten without a word: refused instead
+            field = f"metadata.{taken[0]}"
+            message = f"{field} is set by the server for each file ({', '.join(SERVER_METADATA)}); use another key"
+            raise ApiError(400, "validation_error", message, {"field": field, "reserved": list(SERVER_METADATA)})
     except ApiError:
         received.discard()
         raise
