@@ -1,0 +1,165 @@
+"""The fourth hardening sweep: what an independent tester's clients found, one test each.
+
+One system (workers, API) serves the whole module. Each test names the request that showed the defect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.conftest import environment_for
+from tests.integration.system import RunningSystem, running_system
+from tests.integration.test_hardening_3 import short_lived_token, until_closed
+from tests.integration.users import assert_envelope, clients_with_roles, ingest_readable, token_of, ws_base
+
+GQL = "/api/graphql"
+
+
+@pytest.fixture(scope="module")
+async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
+    tmp = tmp_path_factory.mktemp("hardening-4")
+    env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
+    async with running_system(env, tmp) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+    """alice (a user) and vera (a viewer), each a client with their token."""
+    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
+        yield clients
+
+
+# --- request bodies ---------------------------------------------------------------------------------
+
+
+async def test_a_json_body_is_decoded_strictly(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/v1/data/{id}/annotations`` with ``"confidence": "0.5"`` (a string; the spec says a
+    number) was accepted (201): litestar converted a body's values as it converts query strings."""
+    alice = users["alice"]
+    object_id, _ = await ingest_readable(alice, "strict bodies")
+    url = f"/api/v1/data/{object_id}/annotations"
+    refused = await alice.post(url, json={"annotation_type": "label", "content": "x", "confidence": "0.5"})
+    error = assert_envelope(refused, 400)
+    assert error["reason"] == "validation_error" and error["details"]["field"] == "confidence", error
+    assert error["details"]["errors"][0]["message"] == "Expected `float`, got `str`", error
+    # Numbers still pass, an integer as a float too, and the other bodies' errors keep their shape.
+    for confidence in (0.5, 1):
+        ok = await alice.post(url, json={"annotation_type": "label", "content": "x", "confidence": confidence})
+        assert ok.status_code == 201, ok.text
+    missing = assert_envelope(await alice.post(url, json={"annotation_type": "label"}), 400)
+    assert missing["details"]["field"] == "content", missing
+    unknown = assert_envelope(await alice.post(url, json={"annotation_type": "l", "content": 1, "zz": 1}), 400)
+    assert unknown["details"]["field"] == "zz", unknown
+    ingest = await alice.post("/api/v1/ingest", json={"content": 5, "content_type": "text/plain"})
+    assert assert_envelope(ingest, 400)["details"]["field"] == "content"
+    read = await alice.post("/api/v1/notifications/read", json={"ids": "abc"})
+    assert assert_envelope(read, 400)["details"]["field"] == "ids"
+
+
+async def test_a_body_that_is_not_a_json_object_says_so_and_names_the_body(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: an empty body said ``'data'`` (a KeyError's text, naming the handler's argument), ``null``
+    named the field ``data``, a malformed body or one nested 3,000 deep answered ``details: null``."""
+    alice = users["alice"]
+    cases = {
+        b"": "empty",
+        b"   ": "empty",
+        b"null": "Expected `object`, got `null`",
+        b'{"content": "x", ': "not valid JSON",
+        b'{"content":"x","content_type":"text/plain","metadata":' + b'{"a":' * 3000 + b"1" + b"}" * 3001: "deeply",
+    }
+    for body, says in cases.items():
+        response = await alice.post("/api/v1/ingest", content=body, headers={"Content-Type": "application/json"})
+        error = assert_envelope(response, 400)
+        assert error["details"]["field"] == "body", (body[:30], error)
+        assert says in json.dumps(error), (body[:30], error)
+    # Without a Content-Type too (taken as JSON).
+    bare = await alice.post("/api/v1/notifications/read", content=b"")
+    assert assert_envelope(bare, 400)["details"]["field"] == "body"
+
+
+async def test_upload_metadata_cannot_name_what_the_server_sets(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/v1/upload`` with the metadata part ``{"owner": "someone", "filename": "x"}`` was
+    accepted and both keys silently replaced by the server's values."""
+    alice = users["alice"]
+    for key in ("owner", "filename", "size", "sha256"):
+        files = [("files", ("a.txt", b"hello", "text/plain"))]
+        response = await alice.post("/api/v1/upload", files=files, data={"metadata": json.dumps({key: "mine"})})
+        error = assert_envelope(response, 400)
+        assert error["details"]["field"] == f"metadata.{key}" and "set by the server" in error["message"], error
+    files = [("files", ("a.txt", b"hello", "text/plain"))]
+    kept = await alice.post("/api/v1/upload", files=files, data={"metadata": '{"project": "x"}'})
+    assert kept.status_code == 201, kept.text
+    uploaded = kept.json()["uploaded"][0]
+    read = await alice.get(
+        f"/api/v1/data/{uploaded['object_id']}", headers={"X-Consistency-Token": uploaded["position"]}
+    )
+    assert read.json()["metadata"]["project"] == "x" and read.json()["metadata"]["filename"] == "a.txt"
+
+
+# --- live connections -------------------------------------------------------------------------------
+
+
+async def test_a_quiet_event_stream_ends_when_its_token_expires(
+    system: RunningSystem, users: dict[str, httpx.AsyncClient]
+) -> None:
+    """Found: ``GET /api/v1/events/stream?after=now`` opened with a token that expired went on sending
+    keep-alives; it ended only at its next delivery, which on a quiet stream may never come."""
+    token = await short_lived_token(system, users["alice"], 3)
+    headers = {"Authorization": f"Bearer {token}"}
+    started = time.monotonic()
+    async with (
+        httpx.AsyncClient(base_url=system.anonymous.base_url, timeout=30) as client,
+        client.stream("GET", "/api/v1/events/stream", params={"after": "now"}, headers=headers) as stream,
+    ):
+        assert stream.status_code == 200
+        lines: list[str] = []
+        async with asyncio.timeout(20):
+            async for line in stream.aiter_lines():
+                lines.append(line)
+    elapsed = time.monotonic() - started
+    assert 1 < elapsed < 15, (elapsed, lines)
+    assert "event: error" in lines, lines
+    data = json.loads(next(line for line in lines if line.startswith("data:"))[5:])
+    assert data["reason"] == "token_expired", data
+
+
+async def test_a_graphql_websocket_message_of_the_wrong_shape_closes_4400_not_4500(
+    users: dict[str, httpx.AsyncClient],
+) -> None:
+    """Found: ``{"id": "1", "type": "subscribe", "payload": 5}`` on graphql-transport-ws (and an object as
+    ``id``, a JSON array, ``variables: [1]``) closed the connection with 4500 Internal Server Error; the
+    legacy graphql-ws ``{"type": "start", "payload": 5}`` too."""
+    alice = users["alice"]
+    query = {"query": "{ __typename }"}
+    malformed = [
+        {"id": "1", "type": "subscribe", "payload": 5},
+        {"id": {"a": 1}, "type": "subscribe", "payload": query},
+        [1, 2],
+        {"id": "1", "type": "subscribe", "payload": {"query": 5}},
+        {"id": "1", "type": "subscribe", "payload": {"query": "{ __typename }", "variables": [1]}},
+        {"id": 7, "type": "complete"},
+    ]
+    for protocol, start in (("graphql-transport-ws", "subscribe"), ("graphql-ws", "start")):
+        for message in malformed:
+            if isinstance(message, dict) and message["type"] == "subscribe":
+                message = {**message, "type": start}
+            async with websockets.connect(f"{ws_base(alice)}{GQL}", subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+                await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(alice)}}))
+                assert json.loads(await ws.recv())["type"] == "connection_ack"
+                await ws.send(json.dumps(message))
+                _, closed = await until_closed(ws, 10)
+            assert closed.rcvd is not None and closed.rcvd.code == 4400, (protocol, message, closed)
+    # A well-formed one still runs.
+    async with websockets.connect(f"{ws_base(alice)}{GQL}", subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(alice)}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
+        assert json.loads(await ws.recv())["payload"] == {"data": {"__typename": "Query"}}
