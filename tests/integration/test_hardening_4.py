@@ -163,3 +163,19 @@ async def test_a_graphql_websocket_message_of_the_wrong_shape_closes_4400_not_45
         assert json.loads(await ws.recv())["type"] == "connection_ack"
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": query}))
         assert json.loads(await ws.recv())["payload"] == {"data": {"__typename": "Query"}}
+
+
+async def test_a_bad_header_is_named_in_the_error(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``If-Match: abc``, ``Idempotency-Key: <5,000 characters>`` and ``X-Consistency-Token: abc``
+    answered 400 with ``details: null``: the README says a bad header is named in ``details.field``."""
+    alice = users["alice"]
+    object_id, _ = await ingest_readable(alice, "bad headers")
+    url = f"/api/v1/data/{object_id}/annotations"
+    body = {"annotation_type": "label", "content": "x"}
+    for header, value in (("If-Match", "abc"), ("Idempotency-Key", "k" * 5000)):
+        error = assert_envelope(await alice.post(url, json=body, headers={header: value}), 400)
+        assert error["reason"] == "invalid_header" and error["details"]["field"] == header, error
+    for token, reason in (("abc", "invalid_token"), ("0:999999999", "invalid_token")):
+        read = await alice.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": token})
+        error = assert_envelope(read, 400)
+        assert error["reason"] == reason and error["details"]["field"] == "X-Consistency-Token", error
