@@ -179,3 +179,20 @@ async def test_a_bad_header_is_named_in_the_error(users: dict[str, httpx.AsyncCl
         read = await alice.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": token})
         error = assert_envelope(read, 400)
         assert error["reason"] == reason and error["details"]["field"] == "X-Consistency-Token", error
+
+
+async def test_a_range_with_an_if_range_of_another_copy_gets_the_whole_body(
+    users: dict[str, httpx.AsyncClient],
+) -> None:
+    """Found: ``GET /api/v1/data/{id}/content`` with ``Range: bytes=0-1`` and ``If-Range: "<another etag>"``
+    answered 206 with two bytes: RFC 9110 (13.1.5) says the range applies only while the client's copy is
+    the current one (a strong match of its ETag); otherwise the answer is the whole body (200)."""
+    alice = users["alice"]
+    object_id, _ = await ingest_readable(alice, "if-range body")
+    url = f"/api/v1/data/{object_id}/content"
+    etag = (await alice.get(url)).headers["etag"]
+    for other in ('"not-this-one"', f"W/{etag}", "Wed, 21 Oct 2015 07:28:00 GMT"):
+        whole = await alice.get(url, headers={"Range": "bytes=0-1", "If-Range": other})
+        assert whole.status_code == 200 and whole.content == b"if-range body", (other, whole.status_code)
+    same = await alice.get(url, headers={"Range": "bytes=0-1", "If-Range": etag})
+    assert same.status_code == 206 and same.content == b"if", same.status_code
