@@ -15,8 +15,9 @@ Dead letters (``projection_dead_letters``): no event blocks a partition.
   projector at once, which writes runs of one event type with one statement each
   (``Projector.apply_many``), so a batch costs a few statements, not one per event. If that fails, the transaction is
   rolled back and the same batch is applied again one event at a time, each under a SAVEPOINT;
-  an event that fails there with a data error (``psycopg.DataError``/``IntegrityError``, or a
-  Python error on the event's content) is rolled back alone, recorded with the error, and the
+  an event that fails there with a data error (``psycopg.DataError``/``IntegrityError``/
+  ``ProgramLimitExceeded``, or a Python error on the event's content) is rolled back alone, recorded
+  with the error, and the
   batch goes on. Positions still commit in the batch's transaction.
 - A dead-lettered event still counts as applied for its aggregate's version (and an undecodable
   one too, when its headers name aggregate and version): the aggregate's later events apply, so
@@ -52,10 +53,13 @@ from projections.projector import Projector, columns
 
 log = logging.getLogger("pipeline.projections")
 
-# What one event's content can raise in a projector: it goes to the dead letters.
+# What one event's content can raise in a projector: it goes to the dead letters. A program limit
+# (SQLSTATE class 54: a value too long for a tsvector, a statement too complex) is an OperationalError
+# to psycopg, but the event's content causes it as surely as a data error: retried, it failed for ever.
 DATA_ERRORS: tuple[type[Exception], ...] = (
     psycopg.DataError,
     psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
     KeyError,
     ValueError,
     TypeError,
