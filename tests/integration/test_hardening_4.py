@@ -196,3 +196,49 @@ async def test_a_range_with_an_if_range_of_another_copy_gets_the_whole_body(
         assert whole.status_code == 200 and whole.content == b"if-range body", (other, whole.status_code)
     same = await alice.get(url, headers={"Range": "bytes=0-1", "If-Range": etag})
     assert same.status_code == 206 and same.content == b"if", same.status_code
+
+
+# --- poison that passes the API ---------------------------------------------------------------------
+
+
+def distinct_words(size: int) -> bytes:
+    """``size`` bytes of text, every word different (w0 w1 ... in base 36)."""
+    words, total, index = [], 0, 0
+    while total < size:
+        word = "w" + _base36(index)
+        words.append(word)
+        total += len(word) + 1
+        index += 1
+    return " ".join(words).encode()[:size]
+
+
+def _base36(number: int) -> str:
+    digits = ""
+    while True:
+        number, rest = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[rest] + digits
+        if number == 0:
+            return digits
+
+
+async def test_a_text_whose_search_vector_is_over_a_mib_does_not_stop_the_projection(
+    users: dict[str, httpx.AsyncClient],
+) -> None:
+    """Found: ``POST /api/v1/upload`` of a 1 MiB text file of distinct short words (accepted, 201) made a
+    1.7 MB tsvector; PostgreSQL refuses one over 1 MiB (ProgramLimitExceeded), which the projection runner
+    took for a connection failure and retried for ever: that partition applied nothing more, every later
+    write on it stayed unreadable (503 not_yet_consistent), and /health said the projection was ok."""
+    alice = users["alice"]
+    files = [("files", ("words.txt", distinct_words(1024 * 1024), "text/plain"))]
+    uploaded = await alice.post("/api/v1/upload", files=files)
+    assert uploaded.status_code == 201, uploaded.text
+    written = uploaded.json()["uploaded"][0]
+    token = {"X-Consistency-Token": written["position"]}
+    read = await alice.get(f"/api/v1/data/{written['object_id']}", headers=token)
+    assert read.status_code == 200, read.text[:300]
+    # Indexed as far as a vector holds: its first words are found.
+    found = await alice.get("/api/v1/search", params={"query": "w0 w1a"})
+    assert [r["object_id"] for r in found.json()["results"]] == [written["object_id"]], found.text[:300]
+    # And the partition goes on: a later write on it is readable.
+    object_id, _ = await ingest_readable(alice, "after the long text")
+    assert object_id
