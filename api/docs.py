@@ -26,7 +26,7 @@ from strawberry.litestar import make_graphql_controller
 from strawberry.litestar.controller import GraphQLController
 from strawberry.schema.base import BaseSchema
 
-from api.errors import envelope, http_reason
+from api.errors import ApiError, envelope, http_reason
 from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import SettingsError
@@ -55,7 +55,15 @@ def assets_router(root: Path) -> Router:
         include_in_schema=False,
         cache_control=CacheControlHeader(max_age=YEAR_S, public=True),  # a new version is a new path
         name="docs-assets",
+        before_request=_no_nul_in_path,
     )
+
+
+async def _no_nul_in_path(request: Request[Any, Any, Any]) -> None:
+    """A NUL (``/api/docs/assets/%00``) names no file; the file system refuses to look it up (ValueError:
+    embedded null byte), which was a 500."""
+    if "\x00" in request.scope["path"]:
+        raise ApiError(404, "not_found", "no such file", {"field": "path"})
 
 
 def _url(name: str, file: str) -> str:

@@ -242,3 +242,10 @@ async def test_a_text_whose_search_vector_is_over_a_mib_does_not_stop_the_projec
     # And the partition goes on: a later write on it is readable.
     object_id, _ = await ingest_readable(alice, "after the long text")
     assert object_id
+
+
+async def test_a_nul_in_a_docs_asset_path_is_404_not_500(system: RunningSystem) -> None:
+    """Found: ``GET /api/docs/assets/%00`` answered 500 (the file system's ValueError "embedded null byte")."""
+    for path in ("/api/docs/assets/%00", "/api/docs/assets/swagger%00.js", "/api/docs/assets/a/%00/b"):
+        error = assert_envelope(await system.anonymous.get(path), 404)
+        assert error["reason"] == "not_found", error
