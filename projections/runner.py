@@ -114,7 +114,7 @@ class ProjectionRunner:
         # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was applied.
         self.last_loop = 0.0
         self.last_progress = 0.0
-        self._failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
+        self.failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
         # For the metrics (infra.runtime.heartbeat writes them out): counters, and each partition's last
         # applied event's timestamp, from which the projection lag in seconds follows.
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -214,7 +214,7 @@ class ProjectionRunner:
                 )
                 applied = await self._apply_batch(consumer, tp, records, one_by_one=True)
         except TRANSIENT_ERRORS as exc:
-            failures = self._failures[tp.partition] = self._failures.get(tp.partition, 0) + 1
+            failures = self.failures[tp.partition] = self.failures.get(tp.partition, 0) + 1
             delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
             log.error(
                 "partition %s: batch not applied (%s; %s in a row); retrying in %.1fs",
@@ -226,7 +226,7 @@ class ProjectionRunner:
             consumer.seek(tp, records[0].offset)
             await asyncio.sleep(delay)
             return
-        self._failures.pop(tp.partition, None)
+        self.failures.pop(tp.partition, None)
         if applied:  # committed: count them (a failed transaction is applied again, and counted then)
             self._continues_from[tp.partition] = applied[-1].offset + 1
             key = ("pipeline_projection_events_applied", (("projection", self.config.projection),))
