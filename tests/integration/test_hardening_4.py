@@ -249,3 +249,33 @@ async def test_a_nul_in_a_docs_asset_path_is_404_not_500(system: RunningSystem) 
     for path in ("/api/docs/assets/%00", "/api/docs/assets/swagger%00.js", "/api/docs/assets/a/%00/b"):
         error = assert_envelope(await system.anonymous.get(path), 404)
         assert error["reason"] == "not_found", error
+
+
+def multipart(*parts: tuple[str, bytes, str | None]) -> bytes:
+    """A multipart/form-data body (boundary ``XyZ``) of (name, data, filename) parts, closed."""
+    body = b""
+    for name, data, filename in parts:
+        disposition = f'Content-Disposition: form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += b"--XyZ\r\n" + disposition.encode() + b"\r\n\r\n" + data + b"\r\n"
+    return body + b"--XyZ--\r\n"
+
+
+async def test_a_malformed_upload_names_what_is_wrong(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/v1/upload`` with two ``metadata`` parts said "metadata is not valid JSON: trailing
+    characters" (their bytes ran together); a malformed body, a part header over the parser's limit, a
+    ``files`` part without a filename or an unknown field answered ``details: null``."""
+    alice = users["alice"]
+    headers = {"Content-Type": "multipart/form-data; boundary=XyZ"}
+    file = ("files", b"hello", "a.txt")
+    cases = [
+        (multipart(("metadata", b'{"a": 1}', None), ("metadata", b'{"b": 2}', None), file), "metadata", "one"),
+        (multipart(("files", b"hello", None)), "files", "unexpected form field"),
+        (multipart(("zzz", b"hello", "a.txt")), "zzz", "unexpected form field"),
+        (multipart(("files", b"hello", "x" * 10_000)), "body", "parser limit"),
+        (multipart(file)[:-9], "body", "malformed multipart body"),
+    ]
+    for body, field, says in cases:
+        error = assert_envelope(await alice.post("/api/v1/upload", content=body, headers=headers), 400)
+        assert error["details"]["field"] == field and says in error["message"], (field, error)
