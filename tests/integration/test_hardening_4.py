@@ -165,9 +165,10 @@ async def test_a_graphql_websocket_message_of_the_wrong_shape_closes_4400_not_45
         assert json.loads(await ws.recv())["payload"] == {"data": {"__typename": "Query"}}
 
 
-async def test_a_bad_header_is_named_in_the_error(users: dict[str, httpx.AsyncClient]) -> None:
-    """Found: ``If-Match: abc``, ``Idempotency-Key: <5,000 characters>`` and ``X-Consistency-Token: abc``
-    answered 400 with ``details: null``: the README says a bad header is named in ``details.field``."""
+async def test_a_bad_header_or_filter_is_named_in_the_error(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``If-Match: abc``, ``Idempotency-Key: <5,000 characters>``, ``X-Consistency-Token: abc`` and
+    ``GET /api/v1/search?filters={"zzz": 1}`` answered 400 without ``details.field``: the README says a bad
+    header or parameter is named there."""
     alice = users["alice"]
     object_id, _ = await ingest_readable(alice, "bad headers")
     url = f"/api/v1/data/{object_id}/annotations"
@@ -179,6 +180,8 @@ async def test_a_bad_header_is_named_in_the_error(users: dict[str, httpx.AsyncCl
         read = await alice.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": token})
         error = assert_envelope(read, 400)
         assert error["reason"] == reason and error["details"]["field"] == "X-Consistency-Token", error
+    unknown = await alice.get("/api/v1/search", params={"query": "x", "filters": '{"zzz": 1}'})
+    assert assert_envelope(unknown, 400)["details"]["field"] == "filters"
 
 
 async def test_a_range_with_an_if_range_of_another_copy_gets_the_whole_body(
