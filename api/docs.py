@@ -164,6 +164,14 @@ def _script_json(value: Any) -> str:
     return json.dumps(value).replace("<", "\\u003c")
 
 
+# strawberry's refusals of a request as a whole -> the part of the request they are about.
+_REQUEST_FIELDS = {
+    "Unable to parse request body as JSON": "body",
+    "No GraphQL query found in the request": "query",
+    "Unsupported content type": "Content-Type",
+}
+
+
 def graphql_controller(
     schema: BaseSchema, path: str, ide: str, root: Path, **kwargs: Any
 ) -> type[GraphQLController[Any, Any]]:
@@ -187,7 +195,8 @@ def graphql_controller(
                 return await self.run(request, context=context, root_value=root_value)
             except GraphQLRequestError as exc:
                 reason = "validation_error" if exc.status_code == 400 else http_reason(exc.status_code)
-                return envelope(request, exc.status_code, reason, exc.reason)
+                field = _REQUEST_FIELDS.get(exc.reason)
+                return envelope(request, exc.status_code, reason, exc.reason, {"field": field} if field else None)
 
         def decode_json(self, data: str | bytes) -> object:
             """strawberry's, but every undecodable document is a JSONDecodeError, which strawberry answers

@@ -66,7 +66,8 @@ async def test_a_json_body_is_decoded_strictly(users: dict[str, httpx.AsyncClien
 
 async def test_a_body_that_is_not_a_json_object_says_so_and_names_the_body(users: dict[str, httpx.AsyncClient]) -> None:
     """Found: an empty body said ``'data'`` (a KeyError's text, naming the handler's argument), ``null``
-    named the field ``data``, a malformed body or one nested 3,000 deep answered ``details: null``."""
+    named the field ``data``, a malformed body or one nested 3,000 deep answered ``details: null``, as did
+    ``POST /api/graphql`` with a body that is not JSON or has no query."""
     alice = users["alice"]
     cases = {
         b"": "empty",
@@ -83,6 +84,11 @@ async def test_a_body_that_is_not_a_json_object_says_so_and_names_the_body(users
     # Without a Content-Type too (taken as JSON).
     bare = await alice.post("/api/v1/notifications/read", content=b"")
     assert assert_envelope(bare, 400)["details"]["field"] == "body"
+    # GraphQL's refusals of a whole request name what they are about too.
+    json_type = {"Content-Type": "application/json"}
+    for body, field in ((b'{"query": ', "body"), (b'{"variables": {}}', "query")):
+        refused = assert_envelope(await alice.post(GQL, content=body, headers=json_type), 400)
+        assert refused["details"]["field"] == field, refused
 
 
 async def test_upload_metadata_cannot_name_what_the_server_sets(users: dict[str, httpx.AsyncClient]) -> None:
