@@ -32,7 +32,8 @@ def idempotency_key(request: ASGIConnection[Any, Any, Any, Any]) -> str | None:
     if key is None:
         return None
     if not key or len(key) > MAX_KEY_LENGTH or not key.isprintable():
-        raise ApiError(400, "invalid_header", f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable characters")
+        message = f"Idempotency-Key must be 1..{MAX_KEY_LENGTH} printable characters"
+        raise ApiError(400, "invalid_header", message, {"field": "Idempotency-Key"})
     return key
 
 
@@ -45,7 +46,8 @@ def expected_version(request: ASGIConnection[Any, Any, Any, Any]) -> int | None:
     # ASCII digits only: str.isdigit() admits "²" (a latin-1 header byte), which int() refuses; and at
     # most 18 of them, so the version fits the command's 64-bit field.
     if not (cleaned.isascii() and cleaned.isdigit() and len(cleaned) <= 18):
-        raise ApiError(400, "invalid_header", 'If-Match must be an aggregate version, e.g. If-Match: "3"')
+        message = 'If-Match must be an aggregate version, e.g. If-Match: "3"'
+        raise ApiError(400, "invalid_header", message, {"field": "If-Match"})
     return int(cleaned)
 
 

@@ -91,6 +91,9 @@ async def delete(connection: Connection, container: ApiContainer, object_id: str
     return Written(object_id, await submit(connection, container, "DeleteObject", object_id, {}, expected))
 
 
+TOKEN_FIELD = "X-Consistency-Token"  # or ?consistency_token=, GraphQL's consistencyToken: the same token
+
+
 async def wait_for_token(container: ApiContainer, token: str | None) -> None:
     """Block (bounded) until the read models have applied the write that returned ``token``."""
     if not token:
@@ -98,7 +101,8 @@ async def wait_for_token(container: ApiContainer, token: str | None) -> None:
     try:
         position = Position.parse(token)
     except ValueError as exc:
-        raise ApiError(400, "invalid_token", "consistency token must look like '<partition>:<offset>'") from exc
+        message = "consistency token must look like '<partition>:<offset>'"
+        raise ApiError(400, "invalid_token", message, {"field": TOKEN_FIELD}) from exc
     if container.changes.reached(position.partition, position.offset):
         return
     await _refuse_unreachable(container, position, token)
@@ -127,7 +131,7 @@ async def _refuse_unreachable(container: ApiContainer, position: Position, token
             400,
             "invalid_token",
             f"consistency token {token} names no event in the log: no write returned it",
-            {"position": token},
+            {"field": TOKEN_FIELD, "position": token},
         )
 
 

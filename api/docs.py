@@ -26,7 +26,8 @@ from strawberry.litestar import make_graphql_controller
 from strawberry.litestar.controller import GraphQLController
 from strawberry.schema.base import BaseSchema
 
-from api.errors import envelope, http_reason
+from api.errors import ApiError, envelope, http_reason
+from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import SettingsError
 
@@ -54,7 +55,15 @@ def assets_router(root: Path) -> Router:
         include_in_schema=False,
         cache_control=CacheControlHeader(max_age=YEAR_S, public=True),  # a new version is a new path
         name="docs-assets",
+        before_request=_no_nul_in_path,
     )
+
+
+async def _no_nul_in_path(request: Request[Any, Any, Any]) -> None:
+    """A NUL (``/api/docs/assets/%00``) names no file; the file system refuses to look it up (ValueError:
+    embedded null byte), which was a 500."""
+    if "\x00" in request.scope["path"]:
+        raise ApiError(404, "not_found", "no such file", {"field": "path"})
 
 
 def _url(name: str, file: str) -> str:
@@ -155,6 +164,14 @@ def _script_json(value: Any) -> str:
     return json.dumps(value).replace("<", "\\u003c")
 
 
+# strawberry's refusals of a request as a whole -> the part of the request they are about.
+_REQUEST_FIELDS = {
+    "Unable to parse request body as JSON": "body",
+    "No GraphQL query found in the request": "query",
+    "Unsupported content type": "Content-Type",
+}
+
+
 def graphql_controller(
     schema: BaseSchema, path: str, ide: str, root: Path, **kwargs: Any
 ) -> type[GraphQLController[Any, Any]]:
@@ -165,6 +182,10 @@ def graphql_controller(
     base = make_graphql_controller(schema, path=path, graphql_ide=chosen, **kwargs)
 
     class Enveloped(base):  # type: ignore[misc,valid-type]
+        # A malformed WebSocket message closes with 4400, not 4500 (api/graphql/protocols.py).
+        graphql_transport_ws_handler_class = CheckedTransportWS
+        graphql_ws_handler_class = CheckedLegacyWS
+
         async def execute_request(
             self, request: Request[Any, Any, Any], context: Any, root_value: Any
         ) -> Response[Any]:
@@ -174,7 +195,8 @@ def graphql_controller(
                 return await self.run(request, context=context, root_value=root_value)
             except GraphQLRequestError as exc:
                 reason = "validation_error" if exc.status_code == 400 else http_reason(exc.status_code)
-                return envelope(request, exc.status_code, reason, exc.reason)
+                field = _REQUEST_FIELDS.get(exc.reason)
+                return envelope(request, exc.status_code, reason, exc.reason, {"field": field} if field else None)
 
         def decode_json(self, data: str | bytes) -> object:
             """strawberry's, but every undecodable document is a JSONDecodeError, which strawberry answers

@@ -157,7 +157,7 @@ def _undecodable(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Re
 def _too_deep(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Any]:
     # Decoding a body nested ~1000 levels deep exhausts the stack before any validator runs.
     log.warning("too deeply nested input on %s %s", request.method, request.url.path, exc_info=exc)
-    return envelope(request, 400, "validation_error", "the input is nested too deeply")
+    return envelope(request, 400, "validation_error", "the input is nested too deeply", {"field": "body"})
 
 
 def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:

@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from litestar import Request
 from litestar.enums import RequestEncodingType
+from litestar.exceptions import ValidationException
 
 from api.errors import ApiError
 from commands.conversation import MessageText
@@ -133,11 +134,12 @@ def object_id(value: Any, field: str = "object_id") -> str:
 
 
 def _field_of(message: str) -> str | None:
-    # msgspec ends its messages with "- at `$.field`", except a top-level "Object missing required field `x`"
+    # msgspec ends its messages with "- at `$.field`" (none: the value as a whole), except a top-level
+    # "Object missing required field `x`"
     _, found, where = message.rpartition("- at `$.")
     if not found:
         _, found, where = message.rpartition("missing required field `")
-    return where.rstrip("`") if found and where else None
+    return where.rstrip("`") or None if found else None
 
 
 _JSON_MEDIA = "application/json"
@@ -150,9 +152,16 @@ def json_media_type(content_type: str) -> bool:
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """The app's before_request hook: a route whose body is JSON refuses a body declared as anything
-    else (``text/plain``, a form) with 415, before the body is read. Without a Content-Type the body
-    is taken as JSON, as the spec's FastAPI does; multipart routes (upload) declare no JSON body."""
+    """The app's before_request hook for a route whose body is JSON.
+
+    A body declared as anything else (``text/plain``, a form) is refused with 415 before it is read.
+    Without a Content-Type the body is taken as JSON, as the spec's FastAPI does; multipart routes
+    (upload) declare no JSON body. The body is then decoded against the route's struct strictly:
+    litestar converts a body as it converts query strings (``"0.5"`` would pass as a confidence,
+    ``"5"`` as a number), which the spec's types do not allow. A missing, malformed or too deeply
+    nested body is a 400 naming ``body``; a value of the wrong type a 400 naming its field, with
+    litestar's own ``details`` (``field``, ``source``, ``errors``).
+    """
     field = request.route_handler.parsed_fn_signature.parameters.get("data")
     if field is None or getattr(field.kwarg_definition, "media_type", RequestEncodingType.JSON) != (
         RequestEncodingType.JSON
@@ -166,3 +175,25 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
             f"the body must be {_JSON_MEDIA}, not {declared[:100]!r}",
             {"field": "Content-Type", "expected": _JSON_MEDIA},
         )
+    strictly_decoded(await request.body(), field.annotation)
+
+
+BODY = "body"
+
+
+def strictly_decoded(body: bytes, struct: Any) -> Any:
+    """``body`` decoded as ``struct`` without lax conversions; the 400 a client can act on otherwise."""
+    if not body.strip():
+        raise ApiError(400, "validation_error", "the request body is empty: a JSON object is expected", {"field": BODY})
+    try:
+        return msgspec.json.decode(body, type=struct)
+    except msgspec.ValidationError as exc:
+        message, _, _ = str(exc).partition(" - at `$")
+        key = _field_of(str(exc)) or BODY  # the envelope's field: this, or the field the message names
+        raise ValidationException(
+            "the request is not valid", extra=[{"message": message, "key": key, "source": BODY}]
+        ) from exc
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "validation_error", f"the request body is not valid JSON ({exc})", {"field": BODY}) from exc
+    except RecursionError as exc:
+        raise ApiError(400, "validation_error", "the body is nested too deeply", {"field": BODY}) from exc

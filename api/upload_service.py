@@ -35,6 +35,9 @@ MAX_FILENAME = 255
 FRAMING_ALLOWANCE = 64 * 1024  # multipart boundaries and part headers on top of the files' bytes
 FILES_FIELD = "files"
 METADATA_FIELD = "metadata"
+BODY = {"field": "body"}  # what a malformed multipart body's 400 names
+# What each file's metadata gets from the server; a request's metadata part may not name them.
+SERVER_METADATA = ("filename", "size", "sha256", "owner")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Part:
 class Received:
     parts: list[Part] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    metadata_parts: int = 0
 
     def discard(self) -> None:
         for part in self.parts:
@@ -127,21 +131,22 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
                     else:
                         segment, current = None, None
             if not parser.closed:
-                raise ApiError(400, "validation_error", "the multipart body ended early")
+                raise ApiError(400, "validation_error", "the multipart body ended early", BODY)
     except ParserLimitReached as exc:
         received.discard()
         if "segment count" in str(exc):  # too many parts; any other limit (a part's headers) is malformed input
             message = f"the multipart body has too many parts; at most {limits.max_upload_files} files"
             raise ApiError(400, "too_many_files", message) from exc
-        raise ApiError(400, "validation_error", f"the multipart body breaks a parser limit ({exc})") from exc
+        raise ApiError(400, "validation_error", f"the multipart body breaks a parser limit ({exc})", BODY) from exc
     except ParserError as exc:
         received.discard()
-        raise ApiError(400, "validation_error", f"malformed multipart body: {exc}") from exc
+        raise ApiError(400, "validation_error", f"malformed multipart body: {exc}", BODY) from exc
     except BaseException:
         received.discard()
         raise
     if not received.parts:
-        raise ApiError(400, "validation_error", f"no files: send one or more '{FILES_FIELD}' parts")
+        message = f"no files: send one or more '{FILES_FIELD}' parts"
+        raise ApiError(400, "validation_error", message, {"field": FILES_FIELD})
     if len(received.parts) > limits.max_upload_files:
         received.discard()
         raise ApiError(400, "too_many_files", f"at most {limits.max_upload_files} files per upload")
@@ -152,6 +157,9 @@ async def receive(request: Request[Any, Any, Any], container: ApiContainer) -> R
 
 def _start(received: Received, segment: MultipartSegment, container: ApiContainer) -> Part | None:
     if segment.name == METADATA_FIELD and segment.filename is None:
+        received.metadata_parts += 1
+        if received.metadata_parts > 1:  # its bytes would run on into the first one's
+            raise ApiError(400, "validation_error", "at most one metadata part", {"field": METADATA_FIELD})
         return None
     if segment.name != FILES_FIELD or segment.filename is None:
         raise ApiError(
@@ -159,6 +167,7 @@ def _start(received: Received, segment: MultipartSegment, container: ApiContaine
             "validation_error",
             f"unexpected form field {segment.name!r}: send '{FILES_FIELD}' file parts and an optional"
             f" '{METADATA_FIELD}' JSON field",
+            {"field": segment.name[:100]},
         )
     index = len(received.parts)
     limit = container.settings.storage.max_upload_file_bytes
@@ -185,6 +194,11 @@ def _take(part: Part | None, segment: MultipartSegment | None, data: bytes, meta
 def _metadata(received: Received, raw: bytes) -> dict[str, Any]:
     try:
         checked: dict[str, Any] = checked_json(json_object_text(raw, "metadata"), "metadata")
+        taken = [key for key in SERVER_METADATA if key in checked]
+        if taken:  # they would be overwritten without a word: refused instead
+            field = f"metadata.{taken[0]}"
+            message = f"{field} is set by the server for each file ({', '.join(SERVER_METADATA)}); use another key"
+            raise ApiError(400, "validation_error", message, {"field": field, "reserved": list(SERVER_METADATA)})
     except ApiError:
         received.discard()
         raise

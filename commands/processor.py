@@ -178,7 +178,7 @@ class CommandProcessor:
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}
-        self._failures: dict[int, int] = {}  # partition -> consecutive failed batches
+        self.failures: dict[int, int] = {}  # partition -> consecutive failed batches
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -300,7 +300,7 @@ class CommandProcessor:
 
     async def _release(self, partition: int) -> None:
         self._faults.pop(partition, None)
-        self._failures.pop(partition, None)
+        self.failures.pop(partition, None)
         producer = self._producers.pop(partition, None)
         if producer is not None:
             await producer.stop()
@@ -368,7 +368,7 @@ class CommandProcessor:
             return
         except Exception as exc:
             # Nothing of the batch is visible: forget in-memory changes and consume it again later.
-            failures = self._failures[tp.partition] = self._failures.get(tp.partition, 0) + 1
+            failures = self.failures[tp.partition] = self.failures.get(tp.partition, 0) + 1
             delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
             log.exception(
                 "batch on partition %s aborted (%s in a row); retrying in %.1fs", tp.partition, failures, delay
@@ -380,7 +380,7 @@ class CommandProcessor:
             consumer.pause(tp)
             asyncio.get_running_loop().call_later(delay, self._resume, consumer, tp)
             return
-        self._failures.pop(tp.partition, None)
+        self.failures.pop(tp.partition, None)
         faults = self._faults.get(tp.partition)
         if faults:
             for offset in [o for o in faults if o <= records[-1].offset]:

@@ -44,6 +44,9 @@ def searchable_text(content_type: str, content: bytes | None, metadata: dict[str
 
 
 INGESTED = "DataObject.Ingested"
+# Texts longer than this get their search vector from bounded_tsvector (migration 0013): the vector of a
+# text this short stays well under PostgreSQL's 1 MiB whatever its words, and pays no exception block.
+BOUNDED_TSVECTOR_BYTES = 64 * 1024
 ANNOTATED = "DataObject.Annotated"
 
 
@@ -113,11 +116,13 @@ class DataObjectsProjector(Projector):
             "INSERT INTO data_objects (object_id, object_type, content_type, content_hash, storage_location, size,"
             " metadata, owner, version, created_at, updated_at, search, search_text, content)"
             " SELECT id, kind, type, hash, location, size, metadata, owner, version, at, updated,"
-            " to_tsvector(%s::regconfig, text), left(text, %s), content"
+            # A long text's vector may exceed PostgreSQL's 1 MiB: bounded_tsvector (migration 0013) shortens it.
+            " CASE WHEN octet_length(text) > %s THEN bounded_tsvector(%s::regconfig, text)"
+            " ELSE to_tsvector(%s::regconfig, text) END, left(text, %s), content"
             " FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::text[], %b::int8[], %b::jsonb[],"
             " %b::text[], %b::int4[], %b::timestamptz[], %b::timestamptz[], %b::text[], %b::text[])"
             " AS u(id, kind, type, hash, location, size, metadata, owner, version, at, updated, text, content)",
-            [self.language, SNIPPET_SOURCE_CHARS, *columns(rows, 13)],
+            [BOUNDED_TSVECTOR_BYTES, self.language, self.language, SNIPPET_SOURCE_CHARS, *columns(rows, 13)],
         )
 
     def _text(self, e: Any) -> str:

@@ -15,8 +15,9 @@ Dead letters (``projection_dead_letters``): no event blocks a partition.
   projector at once, which writes runs of one event type with one statement each
   (``Projector.apply_many``), so a batch costs a few statements, not one per event. If that fails, the transaction is
   rolled back and the same batch is applied again one event at a time, each under a SAVEPOINT;
-  an event that fails there with a data error (``psycopg.DataError``/``IntegrityError``, or a
-  Python error on the event's content) is rolled back alone, recorded with the error, and the
+  an event that fails there with a data error (``psycopg.DataError``/``IntegrityError``/
+  ``ProgramLimitExceeded``, or a Python error on the event's content) is rolled back alone, recorded
+  with the error, and the
   batch goes on. Positions still commit in the batch's transaction.
 - A dead-lettered event still counts as applied for its aggregate's version (and an undecodable
   one too, when its headers name aggregate and version): the aggregate's later events apply, so
@@ -52,10 +53,13 @@ from projections.projector import Projector, columns
 
 log = logging.getLogger("pipeline.projections")
 
-# What one event's content can raise in a projector: it goes to the dead letters.
+# What one event's content can raise in a projector: it goes to the dead letters. A program limit
+# (SQLSTATE class 54: a value too long for a tsvector, a statement too complex) is an OperationalError
+# to psycopg, but the event's content causes it as surely as a data error: retried, it failed for ever.
 DATA_ERRORS: tuple[type[Exception], ...] = (
     psycopg.DataError,
     psycopg.IntegrityError,
+    psycopg.errors.ProgramLimitExceeded,
     KeyError,
     ValueError,
     TypeError,
@@ -110,7 +114,7 @@ class ProjectionRunner:
         # Wall-clock times for the watchdog (infra.runtime.heartbeat): the loop turned / a batch was applied.
         self.last_loop = 0.0
         self.last_progress = 0.0
-        self._failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
+        self.failures: dict[int, int] = {}  # partition -> consecutive batches that failed to connect
         # For the metrics (infra.runtime.heartbeat writes them out): counters, and each partition's last
         # applied event's timestamp, from which the projection lag in seconds follows.
         self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
@@ -210,7 +214,7 @@ class ProjectionRunner:
                 )
                 applied = await self._apply_batch(consumer, tp, records, one_by_one=True)
         except TRANSIENT_ERRORS as exc:
-            failures = self._failures[tp.partition] = self._failures.get(tp.partition, 0) + 1
+            failures = self.failures[tp.partition] = self.failures.get(tp.partition, 0) + 1
             delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
             log.error(
                 "partition %s: batch not applied (%s; %s in a row); retrying in %.1fs",
@@ -222,7 +226,7 @@ class ProjectionRunner:
             consumer.seek(tp, records[0].offset)
             await asyncio.sleep(delay)
             return
-        self._failures.pop(tp.partition, None)
+        self.failures.pop(tp.partition, None)
         if applied:  # committed: count them (a failed transaction is applied again, and counted then)
             self._continues_from[tp.partition] = applied[-1].offset + 1
             key = ("pipeline_projection_events_applied", (("projection", self.config.projection),))

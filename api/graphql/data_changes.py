@@ -54,7 +54,7 @@ def parse_filters(filters: Any) -> tuple[ChangeFilters, set[ChangeType] | None]:
             kinds = {ChangeType(name.upper()) for name in names}
     except (msgspec.ValidationError, ValueError) as exc:
         allowed = sorted(ChangeFilters.__struct_fields__)
-        extensions = {"code": 400, "reason": "validation_error", "details": {"allowed": allowed}}
+        extensions = {"code": 400, "reason": "validation_error", "details": {"field": "filters", "allowed": allowed}}
         raise GraphQLError(f"filters: {exc}", extensions=extensions) from exc
     except Exception as exc:  # checked_json's ApiError: the same envelope
         raise GraphQLError(f"filters: {exc}", extensions={"code": 400, "reason": "validation_error"}) from exc

@@ -97,7 +97,10 @@ class ContentController(Controller):
         inline = row["content"]  # small content, carried in the log: the read model has the bytes
         if inline is None and not container.blobs.exists(content_hash):
             raise missing(str(object_id), content_hash)
-        wanted = byte_range(request.headers.get("range"), size) if size else None
+        # If-Range (RFC 9110 section 13.1.5): the range only if the client's copy is this one, else everything.
+        if_range = request.headers.get("if-range")
+        ranged = size and (if_range is None or if_range.strip() == etag)
+        wanted = byte_range(request.headers.get("range"), size) if ranged else None
         start, end = wanted or (0, size - 1)
         try:
             chunks = (

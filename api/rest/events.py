@@ -4,7 +4,8 @@
 ``id:`` its position, ``event: event`` and the event as JSON; a client that falls behind gets
 ``event: lagged`` (its ``id:`` the position to resume from) and the stream ends. ``Last-Event-ID``
 (what ``EventSource`` sends when it reconnects) wins over ``after``, so a reconnect resumes exactly.
-A stream with nothing to send writes a ``: keep-alive`` comment every ``event_stream.keepalive_seconds``.
+A stream with nothing to send writes a ``: keep-alive`` comment every ``event_stream.keepalive_seconds``,
+and ends with ``event: error`` (reason ``token_expired``) when the access token that opened it expires.
 Open streams count against the user's ``websocket.max_connections_per_user`` with their WebSockets
 (api/ws_limits.py): the next is 429 ``too_many_connections``.
 """
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 import weakref
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -24,7 +27,7 @@ from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from psycopg import Error as PostgresError
 
-from api.auth import actor_of
+from api.auth import actor_of, principal_of
 from api.errors import ApiError
 from api.event_streams import (
     MAX_POSITION_CHARS,
@@ -39,6 +42,7 @@ from api.event_streams import (
 )
 from api.live_rights import AccessEnded, recheck
 from api.rbac import Permission, has_permission, requires
+from api.ws_expiry import MESSAGE as TOKEN_EXPIRED
 from api.ws_limits import UserConnections
 from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
@@ -46,6 +50,9 @@ from infra.runtime.bootstrap import ApiContainer
 log = logging.getLogger("pipeline.events")
 MAX_TYPES_CHARS = 4000
 KEEPALIVE = ServerSentEventMessage(data=None, comment="keep-alive")  # no data line: no message event
+EXPIRED = ServerSentEventMessage(
+    event="error", data=orjson.dumps({"reason": "token_expired", "message": TOKEN_EXPIRED}).decode()
+)
 
 
 class EventsController(Controller):
@@ -120,7 +127,7 @@ class EventsController(Controller):
         messages = _messages(request, parsed, check)
         keepalive = container.settings.event_stream.keepalive_seconds
         slot = _Slot(slots, user_id)
-        stream = _holding(_with_keepalive(messages, keepalive) if keepalive > 0 else messages, slot)
+        stream = _holding(_paced(messages, keepalive, principal_of(request).expires_at), slot)
         # A generator that never started (HEAD ends with the headers) runs no ``finally``: its slot is
         # given back when it is dropped.
         weakref.finalize(stream, slot.release)
@@ -159,10 +166,12 @@ async def _holding(
         await messages.aclose()  # closed already unless this generator was closed from outside
 
 
-async def _with_keepalive(
-    messages: AsyncGenerator[ServerSentEventMessage, None], seconds: float
+async def _paced(
+    messages: AsyncGenerator[ServerSentEventMessage, None], keepalive: float, expires_at: float
 ) -> AsyncGenerator[ServerSentEventMessage, None]:
-    """``messages``, and a keep-alive comment whenever ``seconds`` pass without one.
+    """``messages``, with a keep-alive comment whenever ``keepalive`` seconds pass without one (0: never),
+    ending with ``event: error`` (reason ``token_expired``) when the access token that opened the stream
+    expires, as a WebSocket is closed then (api/ws_expiry.py), however quiet the stream is.
 
     The next message is awaited in a task that a quiet interval does not cancel (cancelling would
     end the stream's generator); only the end of the response cancels it.
@@ -170,9 +179,15 @@ async def _with_keepalive(
     pending: asyncio.Future[ServerSentEventMessage] = asyncio.ensure_future(anext(messages))
     try:
         while True:
-            done, _ = await asyncio.wait({pending}, timeout=seconds)
+            remaining = expires_at - time.time()
+            if remaining <= 0:
+                yield EXPIRED
+                return
+            wait = min(keepalive, remaining) if keepalive > 0 else remaining
+            done, _ = await asyncio.wait({pending}, timeout=None if math.isinf(wait) else wait)
             if not done:
-                yield KEEPALIVE
+                if keepalive > 0 and time.time() < expires_at:
+                    yield KEEPALIVE
                 continue
             try:
                 message = pending.result()

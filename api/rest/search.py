@@ -69,7 +69,12 @@ def check_filters(filters: Any) -> dict[str, Any]:
         raise ApiError(400, "validation_error", "filters must be a JSON object", {"field": "filters"})
     unknown = set(filters) - FILTER_KEYS
     if unknown:
-        raise ApiError(400, "validation_error", f"unknown filters {sorted(unknown)}", {"allowed": sorted(FILTER_KEYS)})
+        raise ApiError(
+            400,
+            "validation_error",
+            f"unknown filters {sorted(unknown)}",
+            {"field": "filters", "allowed": sorted(FILTER_KEYS)},
+        )
     try:
         checked = msgspec.convert(filters, SearchFilters)
     except msgspec.ValidationError as exc:

@@ -33,6 +33,8 @@ from aiokafka import AIOKafkaConsumer
 
 log = logging.getLogger("pipeline.heartbeat")
 INTERVAL = 1.0
+# Batches of one partition failing in a row (backing off 0.1 s, doubling) before /health says "retrying".
+FAILING_BATCHES = 5
 POSITION_TIMEOUT = 0.5  # a position still being reset (no committed offset yet) is skipped, not awaited
 
 
@@ -58,6 +60,8 @@ class Beat:
     partition_lag: dict[str, int] = field(default_factory=dict)
     partition_lag_seconds: dict[str, float] = field(default_factory=dict)
     counters: list[dict[str, Any]] = field(default_factory=list)
+    # partition -> batches in a row that failed and are being retried (the worker's ``failures``)
+    failing: dict[str, int] = field(default_factory=dict)
 
 
 def heartbeat_path(data_dir: str | Path, worker: str) -> Path:
@@ -126,6 +130,7 @@ async def beat(path: Path, worker: str, source: Progressing, interval: float = I
                 for p, n in by_partition.items()
             },
             counters=counter_samples(source),
+            failing={str(p): n for p, n in getattr(source, "failures", {}).items() if n},
         )
         tmp = path.with_suffix(".tmp")
         try:
@@ -157,19 +162,26 @@ def stall_reason(beat: Beat | None, pid: int, now: float, since: float, stall_se
 
 
 def describe(beat: Beat | None, now: float, stall_seconds: float) -> dict[str, Any]:
-    """A worker's state for /health: ok, stalled (work waiting, no progress) or down (no heartbeat)."""
+    """A worker's state for /health: ok, stalled (work waiting, no progress), retrying (a partition's
+    batches keep failing: ``failing_partitions`` counts them) or down (no heartbeat)."""
     if beat is None:
         return {"status": "unknown"}
     heartbeat_age = now - beat.written_at
     progress_age = now - beat.progress_at
+    # A partition whose batch keeps failing is stuck even while the others progress (and hide it from
+    # ``progress_at``): a projection retried one event for ever and /health said "ok".
+    failing = {p: n for p, n in beat.failing.items() if n >= FAILING_BATCHES}
     if heartbeat_age > max(5 * INTERVAL, 5.0):
         status = "down"
     elif beat.lag > 0 and progress_age > stall_seconds:
         status = "stalled"
+    elif failing:
+        status = "retrying"
     else:
         status = "ok"
     return {
         "status": status,
+        **({"failing_partitions": failing} if failing else {}),
         "lag": beat.lag,
         "last_progress_seconds_ago": round(max(0.0, progress_age), 1),
         "last_heartbeat_seconds_ago": round(max(0.0, heartbeat_age), 1),

@@ -47,3 +47,13 @@ def test_health_describes_stalled_down_and_unknown_workers() -> None:
 def test_backoff_doubles_up_to_its_limit() -> None:
     backoff = Backoff(first=1.0, limit=30.0)
     assert [backoff.delay(n) for n in range(7)] == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_health_says_retrying_while_a_partition_keeps_failing_though_others_progress() -> None:
+    # Found in the fourth hardening sweep: a projection partition retried one event for ever while the
+    # other partition progressed, and /health said "ok".
+    failing = Beat("projections", 7, NOW - 1, NOW - 1, NOW - 1, 2, failing={"1": 9, "0": 1})
+    described = describe(failing, NOW, STALL)
+    assert described["status"] == "retrying" and described["failing_partitions"] == {"1": 9}, described
+    briefly = Beat("projections", 7, NOW - 1, NOW - 1, NOW - 1, 2, failing={"1": 2})
+    assert describe(briefly, NOW, STALL)["status"] == "ok"  # a blip: backing off, not stuck
