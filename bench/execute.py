@@ -2,10 +2,11 @@
 
 Figures: executions/s (completed executions over the wall time) and time-to-completion percentiles
 (POST /api/v1/execute -> GET shows "completed", polled every 20 ms). Against a running system with
---url, or, without it, against one it starts itself (Kafka, PostgreSQL, Redis, the API and the
-processor, projections and executor workers) in a temporary directory.
+--url or --data-dir (its runtime.json; then also the CPU milliseconds each process spent per execution),
+or, without either, against one it starts itself (Kafka, PostgreSQL, Redis, the API and the processor,
+projections and executor workers) in a temporary directory.
 
-    python bench/execute.py --submitters 8 --executions 200 [--url http://127.0.0.1:8000]
+    python bench/execute.py --submitters 8 --executions 200 [--url http://127.0.0.1:8000 | --data-dir .data]
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from running import cpu_seconds_by_tree, machine_cpu, running_system  # noqa: E402
+
 BENCH_ADMIN = ("bench-admin", "bench-admin-password-1")
 TEXT = "Kafka keeps an ordered log. Consumers read it in order. The executor runs graphs of nodes over text. " * 5
 GRAPH: dict[str, list[dict[str, Any]]] = {
@@ -77,7 +82,10 @@ async def log_in(http: httpx.AsyncClient, username: str, password: str) -> None:
         await asyncio.sleep(0.5)
 
 
-async def drive(url: str, submitters: int, executions: int, username: str, password: str) -> dict[str, float]:
+async def drive(
+    url: str, submitters: int, executions: int, username: str, password: str, processes: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Run the executions; with ``processes`` (name -> pid), also each one's CPU per execution."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         await log_in(http, username, password)
         await one(http)  # warm-up: topics, consumer groups, connections
@@ -89,10 +97,14 @@ async def drive(url: str, submitters: int, executions: int, username: str, passw
                 queue.pop()
                 times.append(await one(http))
 
+        cpu_before = cpu_seconds_by_tree(processes or {})
+        busy_before = machine_cpu()
         started = time.perf_counter()
         await asyncio.gather(*(submitter() for _ in range(submitters)))
         wall = time.perf_counter() - started
-    return {
+        cpu_after = cpu_seconds_by_tree(processes or {})
+        busy_after = machine_cpu()
+    figures: dict[str, Any] = {
         "submitters": submitters,
         "executions": executions,
         "nodes_per_execution": len(GRAPH["nodes"]),
@@ -101,7 +113,15 @@ async def drive(url: str, submitters: int, executions: int, username: str, passw
         "ttc_p99_ms": round(percentile(times, 99) * 1000, 1),
         "ttc_max_ms": round(max(times) * 1000, 1),
         "cores": os.cpu_count() or 0,
+        # How busy the whole machine was meanwhile (every process, this system's or not): 1.0 = all cores.
+        "machine_busy": round((busy_after[0] - busy_before[0]) / max(1e-9, busy_after[1] - busy_before[1]), 2),
     }
+    if processes:
+        # CPU milliseconds each part spent per execution during the measured run: what limits throughput.
+        figures["cpu_ms_per_execution"] = {
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / executions, 2) for name in processes
+        }
+    return figures
 
 
 @contextlib.contextmanager
@@ -152,20 +172,31 @@ def own_system() -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running system's API (default: start one)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="a running system's data directory (its runtime.json names the API and the processes to measure)",
+    )
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--executions", type=int, default=200)
     parser.add_argument(
         "--username",
         default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
-        help="with --url: who submits (default: PIPELINE_ADMIN_USERNAME or admin)",
+        help="with --url or --data-dir: who submits (default: PIPELINE_ADMIN_USERNAME or admin)",
     )
     parser.add_argument(
         "--password",
         default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
-        help="with --url: their password (default: PIPELINE_ADMIN_PASSWORD)",
+        help="with --url or --data-dir: their password (default: PIPELINE_ADMIN_PASSWORD)",
     )
     args = parser.parse_args()
-    if args.url:
+    if args.data_dir:
+        runtime = running_system(args.data_dir)
+        processes = {**runtime["pids"], **runtime.get("service_pids", {})}
+        figures = asyncio.run(
+            drive(runtime["api"], args.submitters, args.executions, args.username, args.password, processes)
+        )
+    elif args.url:
         figures = asyncio.run(drive(args.url, args.submitters, args.executions, args.username, args.password))
     else:
         with own_system() as url:

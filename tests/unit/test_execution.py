@@ -95,6 +95,32 @@ def test_a_recorded_node_is_started_and_completed_by_one_command() -> None:
     assert refusal(execution, "RecordNode", {**record, "node_id": "b"}).code == "conflict"
 
 
+def test_recorded_nodes_are_started_and_completed_by_one_command_and_a_repeat_skips_them() -> None:
+    execution = given(uuid4())
+    a = {"node_id": "a", "summary": {}, "output": {"value": "x"}}
+    b = {"node_id": "b", "summary": {}, "output": {"count": 1}}
+    assert when(execution, "RecordNodes", {"nodes": [a]}) == ["Execution.NodeStarted", "Execution.NodeCompleted"]
+    # An executor that resumed groups the results otherwise: what is recorded already is skipped.
+    assert when(execution, "RecordNodes", {"nodes": [a, b], "finish": True}) == [
+        "Execution.NodeStarted",
+        "Execution.NodeCompleted",
+        "Execution.Completed",
+    ]
+    assert execution.status == "completed"
+    assert refusal(execution, "RecordNodes", {"nodes": [a, b]}).code == "conflict"
+
+
+def test_recording_nothing_new_is_a_conflict_naming_the_node_and_an_unknown_node_is_refused() -> None:
+    execution = given(uuid4())
+    a = {"node_id": "a", "summary": {}, "output": {"value": "x"}}
+    when(execution, "RecordNodes", {"nodes": [a]})
+    assert refusal(execution, "RecordNodes", {"nodes": [a]}).details == {"node_id": "a"}
+    unknown = refusal(execution, "RecordNodes", {"nodes": [{**a, "node_id": "zz"}]})
+    assert unknown.details == {"node_id": "zz"}
+    assert refusal(execution, "RecordNodes", {"nodes": []}).code == "invalid"
+    assert execution.nodes == {"a": "completed", "b": "pending"}
+
+
 def test_completed_node_is_not_started_again() -> None:
     execution = given(uuid4(), ("StartNode", {"node_id": "a"}), ("CompleteNode", {"node_id": "a", "summary": {}}))
     assert refusal(execution, "StartNode", {"node_id": "a"}).code == "conflict"
