@@ -22,10 +22,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -49,6 +51,50 @@ GRAPH: dict[str, list[dict[str, Any]]] = {
         {"from": "norm.text", "to": "count.text"},
     ],
 }
+
+
+# Where an execution's time goes, from the audit log (the processor's event times, the projection's apply
+# times) of the executions submitted since the bench started (its warm-up too): percentiles in ms, and the commands
+# that recorded events per execution (ExecuteGraph and the executor's).
+STAGES_SQL = """
+WITH runs AS (
+  SELECT
+    min(occurred_at) FILTER (WHERE event_type = 'Execution.Submitted') AS submitted,
+    min(occurred_at) FILTER (WHERE event_type = 'Execution.NodeStarted') AS first_node,
+    min(occurred_at) FILTER (WHERE event_type = 'Execution.Completed') AS completed,
+    min(recorded_at) FILTER (WHERE event_type = 'Execution.Completed') AS applied,
+    count(DISTINCT command_id) AS commands
+  FROM audit_log WHERE event_type LIKE 'Execution.%%' AND occurred_at >= %(since)s GROUP BY aggregate_id
+), stages AS (
+  SELECT extract(epoch FROM first_node - submitted) * 1000 AS submitted_to_first_node,
+         extract(epoch FROM completed - first_node) * 1000 AS first_node_to_completed,
+         extract(epoch FROM applied - completed) * 1000 AS completed_to_read_model,
+         commands
+  FROM runs WHERE submitted IS NOT NULL AND applied IS NOT NULL
+)
+SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY submitted_to_first_node),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY first_node_to_completed),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY completed_to_read_model),
+       avg(commands)
+FROM stages
+"""
+
+
+def stages(runtime: dict[str, Any], since: datetime) -> dict[str, Any]:
+    """Submitted -> first node event (the ExecuteGraph transaction, the executor's pick-up and nodes,
+    the wait for the transaction that records them) -> Completed -> applied by the projection."""
+    options = f"-c search_path={runtime['schema']}"
+    with psycopg.connect(runtime["database_url"], options=options) as conn:
+        row = conn.execute(STAGES_SQL, {"since": since}).fetchone()
+    assert row is not None
+    names = ("submitted_to_first_node", "first_node_to_completed", "completed_to_read_model")
+    figures: dict[str, Any] = {
+        f"{name}_ms": {"p50": round(pair[0], 1), "p99": round(pair[1], 1)}
+        for name, pair in zip(names, row[:3], strict=True)
+        if pair is not None
+    }
+    figures["commands_per_execution"] = round(float(row[3] or 0), 2)
+    return figures
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -193,9 +239,11 @@ def main() -> None:
     if args.data_dir:
         runtime = running_system(args.data_dir)
         processes = {**runtime["pids"], **runtime.get("service_pids", {})}
+        since = datetime.now(UTC)
         figures = asyncio.run(
             drive(runtime["api"], args.submitters, args.executions, args.username, args.password, processes)
         )
+        figures["stages"] = stages(runtime, since)
     elif args.url:
         figures = asyncio.run(drive(args.url, args.submitters, args.executions, args.username, args.password))
     else:
