@@ -35,10 +35,13 @@ class StartNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class CompleteNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A claimed (sink) node's result; ``finish`` completes the execution once every node has."""
+
     node_id: str
     summary: dict[str, Any]
     output: dict[str, Any] | None = None
     output_location: str | None = None
+    finish: bool = False
 
 
 class RecordNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -135,7 +138,7 @@ def start_node(aggregate: Execution | None, command: StartNode, envelope: Comman
 
 def complete_node(aggregate: Execution | None, command: CompleteNode, envelope: CommandEnvelope) -> Execution:
     execution = _existing(aggregate, envelope)
-    execution.complete_node(command.node_id, command.summary, command.output, command.output_location)
+    execution.complete_node(command.node_id, command.summary, command.output, command.output_location, command.finish)
     return execution
 
 

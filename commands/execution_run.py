@@ -263,10 +263,11 @@ class ExecutionRun:
                 produced.update(await self._apply(effect, node_id, index))
         except NodeError as exc:
             await self._fail(node_id, exc.message)
-        payload = await self._result_payload(node_id, produced)
-        done = await self.send(self.command("CompleteNode", payload, f"{node_id}:complete"))
-        if not done.accepted and done.rejection is not None:
-            raise StopRun(done.rejection.message)
+        # The result, like a pure node's, is not waited for: its effects are issued, and a refusal
+        # (the execution was cancelled meanwhile) stops the run at the next level (``_refused``).
+        payload = {**await self._result_payload(node_id, produced), "finish": self.finishing}
+        complete = self.command("CompleteNode", payload, f"{node_id}:complete")
+        self.recording.append(asyncio.create_task(self.send(complete)))
         return produced
 
     async def _run_pure_node(self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -92,12 +92,20 @@ class Execution(Aggregate):
         self.nodes[node_id] = "running"
 
     def complete_node(
-        self, node_id: str, summary: dict[str, Any], output: dict[str, Any] | None, output_location: str | None
+        self,
+        node_id: str,
+        summary: dict[str, Any],
+        output: dict[str, Any] | None,
+        output_location: str | None,
+        finish: bool = False,
     ) -> None:
+        """A claimed node's result; with ``finish`` the execution completes too once every node has."""
         self._require_running(node_id)
         if self.nodes[node_id] != "running":
             raise NodeNotRunning(f"node {node_id} is {self.nodes[node_id]}, not running", {"node_id": node_id})
         self._node_completed(node_id, summary, output, output_location)
+        if finish and all(state == "completed" for state in self.nodes.values()):
+            self._completed()
 
     def record_nodes(self, records: Sequence[NodeRecord], finish: bool = False) -> None:
         """Nodes without side effects, each started and completed in one decision (the same two events).

@@ -121,10 +121,10 @@ async def test_run_reports_each_node_then_completes_and_annotates() -> None:
     view = await world.given_submitted(GRAPH, {"text": TEXT})
     await ExecutionRun(view, world.deps()).run()
     # Side-effect-free nodes: start and result in one command for all that finished before the sink,
-    # not waited for. The sink claims its node first (StartNode), since its effects must not be issued twice.
-    assert kinds(world) == [
-        "RecordNodes", "StartNode", "AnnotateObject", "AnnotateObject", "CompleteNode", "CompleteExecution",
-    ]  # fmt: skip
+    # not waited for. The sink claims its node first (StartNode), since its effects must not be issued
+    # twice; its result (the last node's) completes the execution too.
+    assert kinds(world) == ["RecordNodes", "StartNode", "AnnotateObject", "AnnotateObject", "CompleteNode"]
+    assert world.commands[-1][1]["finish"] is True
     recorded = [[n["node_id"] for n in p["nodes"]] for kind, p in world.commands if kind == "RecordNodes"]
     assert recorded == [["src", "kw"]]
     assert view.status == "completed"
