@@ -80,6 +80,17 @@ def test_node_steps_record_progress_and_completion() -> None:
     assert execution.status == "completed"
 
 
+def test_a_claimed_nodes_result_with_finish_completes_the_execution_once_it_is_the_last() -> None:
+    execution = given(uuid4(), ("StartNode", {"node_id": "a"}), ("StartNode", {"node_id": "b"}))
+    finishing = {"summary": {}, "finish": True}
+    assert when(execution, "CompleteNode", {"node_id": "a", **finishing}) == ["Execution.NodeCompleted"]
+    assert execution.status == "running"
+    assert when(execution, "CompleteNode", {"node_id": "b", **finishing}) == [
+        "Execution.NodeCompleted",
+        "Execution.Completed",
+    ]
+
+
 def test_a_recorded_node_is_started_and_completed_by_one_command() -> None:
     execution = given(uuid4())
     record = {"node_id": "a", "summary": {}, "output": {"value": "x"}, "finish": True}
