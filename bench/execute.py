@@ -2,10 +2,11 @@
 
 Figures: executions/s (completed executions over the wall time) and time-to-completion percentiles
 (POST /api/v1/execute -> GET shows "completed", polled every 20 ms). Against a running system with
---url, or, without it, against one it starts itself (Kafka, PostgreSQL, Redis, the API and the
-processor, projections and executor workers) in a temporary directory.
+--url or --data-dir (its runtime.json; then also the CPU milliseconds each process spent per execution),
+or, without either, against one it starts itself (Kafka, PostgreSQL, Redis, the API and the processor,
+projections and executor workers) in a temporary directory.
 
-    python bench/execute.py --submitters 8 --executions 200 [--url http://127.0.0.1:8000]
+    python bench/execute.py --submitters 8 --executions 200 [--url http://127.0.0.1:8000 | --data-dir .data]
 """
 
 from __future__ import annotations
@@ -21,12 +22,18 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from running import cpu_seconds_by_tree, machine_cpu, running_system  # noqa: E402
+
 BENCH_ADMIN = ("bench-admin", "bench-admin-password-1")
 TEXT = "Kafka keeps an ordered log. Consumers read it in order. The executor runs graphs of nodes over text. " * 5
 GRAPH: dict[str, list[dict[str, Any]]] = {
@@ -44,6 +51,50 @@ GRAPH: dict[str, list[dict[str, Any]]] = {
         {"from": "norm.text", "to": "count.text"},
     ],
 }
+
+
+# Where an execution's time goes, from the audit log (the processor's event times, the projection's apply
+# times) of the executions submitted since the bench started (its warm-up too): percentiles in ms, and the commands
+# that recorded events per execution (ExecuteGraph and the executor's).
+STAGES_SQL = """
+WITH runs AS (
+  SELECT
+    min(occurred_at) FILTER (WHERE event_type = 'Execution.Submitted') AS submitted,
+    min(occurred_at) FILTER (WHERE event_type = 'Execution.NodeStarted') AS first_node,
+    min(occurred_at) FILTER (WHERE event_type = 'Execution.Completed') AS completed,
+    min(recorded_at) FILTER (WHERE event_type = 'Execution.Completed') AS applied,
+    count(DISTINCT command_id) AS commands
+  FROM audit_log WHERE event_type LIKE 'Execution.%%' AND occurred_at >= %(since)s GROUP BY aggregate_id
+), stages AS (
+  SELECT extract(epoch FROM first_node - submitted) * 1000 AS submitted_to_first_node,
+         extract(epoch FROM completed - first_node) * 1000 AS first_node_to_completed,
+         extract(epoch FROM applied - completed) * 1000 AS completed_to_read_model,
+         commands
+  FROM runs WHERE submitted IS NOT NULL AND applied IS NOT NULL
+)
+SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY submitted_to_first_node),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY first_node_to_completed),
+       percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY completed_to_read_model),
+       avg(commands)
+FROM stages
+"""
+
+
+def stages(runtime: dict[str, Any], since: datetime) -> dict[str, Any]:
+    """Submitted -> first node event (the ExecuteGraph transaction, the executor's pick-up and nodes,
+    the wait for the transaction that records them) -> Completed -> applied by the projection."""
+    options = f"-c search_path={runtime['schema']}"
+    with psycopg.connect(runtime["database_url"], options=options) as conn:
+        row = conn.execute(STAGES_SQL, {"since": since}).fetchone()
+    assert row is not None
+    names = ("submitted_to_first_node", "first_node_to_completed", "completed_to_read_model")
+    figures: dict[str, Any] = {
+        f"{name}_ms": {"p50": round(pair[0], 1), "p99": round(pair[1], 1)}
+        for name, pair in zip(names, row[:3], strict=True)
+        if pair is not None
+    }
+    figures["commands_per_execution"] = round(float(row[3] or 0), 2)
+    return figures
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -77,7 +128,10 @@ async def log_in(http: httpx.AsyncClient, username: str, password: str) -> None:
         await asyncio.sleep(0.5)
 
 
-async def drive(url: str, submitters: int, executions: int, username: str, password: str) -> dict[str, float]:
+async def drive(
+    url: str, submitters: int, executions: int, username: str, password: str, processes: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Run the executions; with ``processes`` (name -> pid), also each one's CPU per execution."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         await log_in(http, username, password)
         await one(http)  # warm-up: topics, consumer groups, connections
@@ -89,10 +143,14 @@ async def drive(url: str, submitters: int, executions: int, username: str, passw
                 queue.pop()
                 times.append(await one(http))
 
+        cpu_before = cpu_seconds_by_tree(processes or {})
+        busy_before = machine_cpu()
         started = time.perf_counter()
         await asyncio.gather(*(submitter() for _ in range(submitters)))
         wall = time.perf_counter() - started
-    return {
+        cpu_after = cpu_seconds_by_tree(processes or {})
+        busy_after = machine_cpu()
+    figures: dict[str, Any] = {
         "submitters": submitters,
         "executions": executions,
         "nodes_per_execution": len(GRAPH["nodes"]),
@@ -101,7 +159,15 @@ async def drive(url: str, submitters: int, executions: int, username: str, passw
         "ttc_p99_ms": round(percentile(times, 99) * 1000, 1),
         "ttc_max_ms": round(max(times) * 1000, 1),
         "cores": os.cpu_count() or 0,
+        # How busy the whole machine was meanwhile (every process, this system's or not): 1.0 = all cores.
+        "machine_busy": round((busy_after[0] - busy_before[0]) / max(1e-9, busy_after[1] - busy_before[1]), 2),
     }
+    if processes:
+        # CPU milliseconds each part spent per execution during the measured run: what limits throughput.
+        figures["cpu_ms_per_execution"] = {
+            name: round((cpu_after[name] - cpu_before[name]) * 1000 / executions, 2) for name in processes
+        }
+    return figures
 
 
 @contextlib.contextmanager
@@ -152,20 +218,33 @@ def own_system() -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running system's API (default: start one)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="a running system's data directory (its runtime.json names the API and the processes to measure)",
+    )
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--executions", type=int, default=200)
     parser.add_argument(
         "--username",
         default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
-        help="with --url: who submits (default: PIPELINE_ADMIN_USERNAME or admin)",
+        help="with --url or --data-dir: who submits (default: PIPELINE_ADMIN_USERNAME or admin)",
     )
     parser.add_argument(
         "--password",
         default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
-        help="with --url: their password (default: PIPELINE_ADMIN_PASSWORD)",
+        help="with --url or --data-dir: their password (default: PIPELINE_ADMIN_PASSWORD)",
     )
     args = parser.parse_args()
-    if args.url:
+    if args.data_dir:
+        runtime = running_system(args.data_dir)
+        processes = {**runtime["pids"], **runtime.get("service_pids", {})}
+        since = datetime.now(UTC)
+        figures = asyncio.run(
+            drive(runtime["api"], args.submitters, args.executions, args.username, args.password, processes)
+        )
+        figures["stages"] = stages(runtime, since)
+    elif args.url:
         figures = asyncio.run(drive(args.url, args.submitters, args.executions, args.username, args.password))
     else:
         with own_system() as url:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import msgspec
 
 from commands.envelope import CommandEnvelope
 from domain.errors import DomainError
-from domain.execution import Execution
-from domain.graph import parse_graph
+from domain.execution import Execution, NodeRecord
+from domain.graph import MAX_NODES, parse_graph
 from domain.nodes.catalog import encoded_size
 from domain.schema import validate
 
@@ -35,19 +35,39 @@ class StartNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class CompleteNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A claimed (sink) node's result; ``finish`` completes the execution once every node has."""
+
     node_id: str
     summary: dict[str, Any]
     output: dict[str, Any] | None = None
     output_location: str | None = None
+    finish: bool = False
 
 
 class RecordNode(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A side-effect-free node's start and result in one command; ``finish`` completes the execution."""
+    """A side-effect-free node's start and result in one command; ``finish`` completes the execution.
+
+    Executors since RecordNodes send that; this one stays for commands an older executor sent."""
 
     node_id: str
     summary: dict[str, Any]
     output: dict[str, Any] | None = None
     output_location: str | None = None
+    finish: bool = False
+
+
+class NodeResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    node_id: Annotated[str, NODE_ID]
+    summary: dict[str, Any]
+    output: dict[str, Any] | None = None
+    output_location: str | None = None
+
+
+class RecordNodes(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Side-effect-free nodes' starts and results in one command (those one executor finished within
+    ``execution.record_linger_ms`` of each other), in order; ``finish`` completes the execution."""
+
+    nodes: Annotated[list[NodeResult], msgspec.Meta(min_length=1, max_length=MAX_NODES)]
     finish: bool = False
 
 
@@ -118,13 +138,21 @@ def start_node(aggregate: Execution | None, command: StartNode, envelope: Comman
 
 def complete_node(aggregate: Execution | None, command: CompleteNode, envelope: CommandEnvelope) -> Execution:
     execution = _existing(aggregate, envelope)
-    execution.complete_node(command.node_id, command.summary, command.output, command.output_location)
+    execution.complete_node(command.node_id, command.summary, command.output, command.output_location, command.finish)
     return execution
 
 
 def record_node(aggregate: Execution | None, command: RecordNode, envelope: CommandEnvelope) -> Execution:
     execution = _existing(aggregate, envelope)
-    execution.record_node(command.node_id, command.summary, command.output, command.output_location, command.finish)
+    record = NodeRecord(command.node_id, command.summary, command.output, command.output_location)
+    execution.record_nodes([record], command.finish)
+    return execution
+
+
+def record_nodes(aggregate: Execution | None, command: RecordNodes, envelope: CommandEnvelope) -> Execution:
+    execution = _existing(aggregate, envelope)
+    records = [NodeRecord(n.node_id, n.summary, n.output, n.output_location) for n in command.nodes]
+    execution.record_nodes(records, command.finish)
     return execution
 
 

@@ -14,6 +14,7 @@ command handler refuses it when the submitter was demoted to viewer or disabled 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -39,6 +40,9 @@ DISABLED = "disabled"
 # Executions submitted before the role was recorded ran as "user"; they keep that ceiling.
 LEGACY_ROLE = "user"
 PREVIEW_CHARS = 300
+# A RecordNodes command carries at most this much (node outputs are inline up to
+# execution.inline_output_bytes each): the command, and its events, stay far below a Kafka record's limit.
+MAX_RECORDS_BYTES = 256 * 1024
 
 
 @dataclass
@@ -54,6 +58,9 @@ class RunDeps:
     lookup_user: Callable[[str], Coroutine[Any, Any, tuple[str, bool] | None]]
     node_timeout: float = 30.0
     inline_output_bytes: int = 16 * 1024
+    # Side-effect-free nodes finished within this long of each other are recorded by one command
+    # (RecordNodes); the last level's go at once, with the execution's completion.
+    record_linger: float = 0.05
     event_content_bytes: int = 0  # a stored object's content up to this travels in its event (inline_content)
     # Nodes run and their compute time by node type, for the metrics (the executor's heartbeat writes them).
     counters: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
@@ -123,6 +130,12 @@ class ExecutionRun:
         # Results of side-effect-free nodes on their way to the processor: the next level starts at
         # once instead of after a Kafka round trip (they reach the execution's partition in order).
         self.recording: list[asyncio.Task[Outcome]] = []
+        # Results not sent yet (with their encoded size): sent together after deps.record_linger, or
+        # before anything else about the execution is (a sink's claim, a failure, the completion).
+        self.unsent: list[tuple[dict[str, Any], int]] = []
+        self.linger: asyncio.TimerHandle | None = None
+        # Running the last level: every recording may complete the execution (once its last node is).
+        self.finishing = False
 
     def command(
         self, kind: str, payload: dict[str, Any], step: str, aggregate_id: str | None = None, actor: Actor | None = None
@@ -152,49 +165,59 @@ class ExecutionRun:
     async def send(self, envelope: CommandEnvelope) -> Outcome:
         return await self.deps.submit(envelope)
 
-    async def run(self) -> None:
+    async def run(self, slot: asyncio.Semaphore | None = None) -> None:
+        """Run the nodes not recorded yet, holding ``slot`` (the executor's bound on executions it
+        runs at once) while they run but not while their recordings are on their way."""
         try:
-            graph = parse_graph(self.view.graph)
-        except InvalidGraph as exc:  # valid when submitted; the catalog has changed since
-            await self.send(self.command("FailExecution", {"error": f"{exc.message}: {exc.details}"}, "invalid"))
-            return
-        outputs: dict[str, dict[str, Any]] = {}
-        levels = graph.levels()
-        try:
-            for index, level in enumerate(levels):  # independent branches of one level run side by side
-                if self.view.finished or self._refused():
-                    return
-                for node_id in level:
-                    if node_id in self.view.completed:
-                        outputs[node_id] = self._recorded_output(node_id)
-                todo = [node_id for node_id in level if node_id not in outputs]
-                last = index == len(levels) - 1
-                results = await asyncio.gather(
-                    *(self._run_node(graph, n, outputs, finish=last) for n in todo), return_exceptions=True
-                )
-                stopped = False
-                for node_id, result in zip(todo, results, strict=True):
-                    if isinstance(result, StopRun):
-                        log.info("execution %s stops: %s", self.view.execution_id, result)
-                        stopped = True
-                    elif isinstance(result, BaseException):
-                        raise result
-                    else:
-                        outputs[node_id] = result
-                if stopped:
-                    return
-            outcomes = await asyncio.gather(*self.recording)
+            async with slot or contextlib.nullcontext():
+                ran = await self._run_levels()
+            outcomes = await asyncio.gather(*self.recording) if ran else []
         except asyncio.CancelledError:  # e.g. the partition moved: stop waiting (ids make a resend a duplicate)
             for task in self.recording:
                 task.cancel()
             raise
         finally:
+            if self.linger is not None:
+                self.linger.cancel()
             # A run that stops early still lets its recordings finish: they are the record of the work.
             await asyncio.gather(*self.recording, return_exceptions=True)
-        if self._refused():
+        if not ran or self._refused():
             return
         if not self.view.finished and not any("Completed" in o.event_types for o in outcomes):
             await self.send(self.command("CompleteExecution", {}, "complete"))
+
+    async def _run_levels(self) -> bool:
+        """Every level's nodes (independent branches of one level side by side); False: the run stopped."""
+        try:
+            graph = parse_graph(self.view.graph)
+        except InvalidGraph as exc:  # valid when submitted; the catalog has changed since
+            await self.send(self.command("FailExecution", {"error": f"{exc.message}: {exc.details}"}, "invalid"))
+            return False
+        outputs: dict[str, dict[str, Any]] = {}
+        levels = graph.levels()
+        for index, level in enumerate(levels):
+            self.finishing = index == len(levels) - 1
+            if self.view.finished or self._refused():
+                return False
+            for node_id in level:
+                if node_id in self.view.completed:
+                    outputs[node_id] = self._recorded_output(node_id)
+            todo = [node_id for node_id in level if node_id not in outputs]
+            results = await asyncio.gather(*(self._run_node(graph, n, outputs) for n in todo), return_exceptions=True)
+            stopped = False
+            for node_id, result in zip(todo, results, strict=True):
+                if isinstance(result, StopRun):
+                    log.info("execution %s stops: %s", self.view.execution_id, result)
+                    stopped = True
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    outputs[node_id] = result
+            if stopped:
+                self._flush()
+                return False
+        self._flush()
+        return True
 
     def _refused(self) -> bool:
         """Did the processor refuse a recording (e.g. the execution was cancelled meanwhile)?"""
@@ -217,12 +240,11 @@ class ExecutionRun:
         loaded: dict[str, Any] = orjson.loads(self.deps.get_blob(location))
         return loaded
 
-    async def _run_node(
-        self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]], finish: bool = False
-    ) -> dict[str, Any]:
+    async def _run_node(self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         node = graph.nodes[node_id]
         if CATALOG[node.type].category != "sink":
-            return await self._run_pure_node(graph, node_id, outputs, finish)
+            return await self._run_pure_node(graph, node_id, outputs)
+        await self._flush_first()  # what its inputs recorded goes first
         started = await self.send(self.command("StartNode", {"node_id": node_id}, f"{node_id}:start"))
         if not started.accepted:
             assert started.rejection is not None
@@ -241,23 +263,57 @@ class ExecutionRun:
                 produced.update(await self._apply(effect, node_id, index))
         except NodeError as exc:
             await self._fail(node_id, exc.message)
-        payload = await self._result_payload(node_id, produced)
-        done = await self.send(self.command("CompleteNode", payload, f"{node_id}:complete"))
-        if not done.accepted and done.rejection is not None:
-            raise StopRun(done.rejection.message)
+        # The result, like a pure node's, is not waited for: its effects are issued, and a refusal
+        # (the execution was cancelled meanwhile) stops the run at the next level (``_refused``).
+        payload = {**await self._result_payload(node_id, produced), "finish": self.finishing}
+        complete = self.command("CompleteNode", payload, f"{node_id}:complete")
+        self.recording.append(asyncio.create_task(self.send(complete)))
         return produced
 
-    async def _run_pure_node(
-        self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]], finish: bool
-    ) -> dict[str, Any]:
-        """Run a node without effects, then record its start and result with one command, not awaited."""
+    async def _run_pure_node(self, graph: Graph, node_id: str, outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Run a node without effects; its start and result are recorded later, not awaited (``_record``)."""
         node = graph.nodes[node_id]
         inputs = _node_inputs(graph, node_id, outputs)
         result = await self._computed(node_id, node.type, inputs, node.params)
         produced = dict(result.outputs)
-        payload = {**await self._result_payload(node_id, produced), "finish": finish}
-        self.recording.append(asyncio.create_task(self.send(self.command("RecordNode", payload, f"{node_id}:record"))))
+        self._record(await self._result_payload(node_id, produced))
         return produced
+
+    def _record(self, payload: dict[str, Any]) -> None:
+        """Keep a node's result to send with the others that finish within ``deps.record_linger``."""
+        size = len(orjson.dumps(payload))
+        if self.unsent and sum(s for _, s in self.unsent) + size > MAX_RECORDS_BYTES:
+            self._flush()
+        self.unsent.append((payload, size))
+        if self.deps.record_linger <= 0:
+            self._flush()
+        elif self.linger is None:
+            self.linger = asyncio.get_running_loop().call_later(self.deps.record_linger, self._flush)
+
+    def _flush(self) -> None:
+        """Send the results kept so far as one RecordNodes command (not awaited: see ``recording``);
+        in the last level it completes the execution once every node is recorded.
+
+        Its id derives from the nodes it records: sent again, the same results are a duplicate; an
+        executor that resumes and groups them otherwise finds the ones recorded already skipped.
+        """
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
+        if not self.unsent:
+            return
+        nodes = [payload for payload, _ in self.unsent]
+        self.unsent = []
+        finish = self.finishing
+        step = "record:" + ",".join(node["node_id"] for node in nodes) + (":finish" if finish else "")
+        command = self.command("RecordNodes", {"nodes": nodes, "finish": finish}, step)
+        self.recording.append(asyncio.create_task(self.send(command)))
+
+    async def _flush_first(self) -> None:
+        """``_flush``, and let the recording reach the producer before the command that follows it
+        (a task runs from the loop's next turn; the bus hands a command over before its first wait)."""
+        self._flush()
+        await asyncio.sleep(0)
 
     async def _computed(
         self, node_id: str, node_type: str, inputs: dict[str, Any], params: dict[str, Any]
@@ -343,6 +399,7 @@ class ExecutionRun:
         return {"object_id": object_id}
 
     async def _fail(self, node_id: str, error: str) -> NoReturn:
+        await self._flush_first()  # the nodes that completed before this one failed
         await self.send(self.command("FailNode", {"node_id": node_id, "error": error}, f"{node_id}:fail"))
         raise StopRun(f"node {node_id} failed: {error}")
 

@@ -29,6 +29,8 @@ from commands.rebalance import Rebalance
 log = logging.getLogger("pipeline.executor")
 PREFIX = "domain.execution:Execution."
 _PREFIX_BYTES = PREFIX.encode()
+# The execution events whose content the executor reads (graph and inputs; a node's output).
+_DECODED = frozenset({"Submitted", "NodeCompleted"})
 COMMIT_INTERVAL = 1.0
 REVOKE_COMMIT_TIMEOUT = 10.0
 
@@ -103,16 +105,21 @@ class Executor:
         if not event_type.startswith(_PREFIX_BYTES):
             return
         headers = {key: value.decode() for key, value in record.headers}
-        topic = headers["event_type"]
+        kind = headers["event_type"].removeprefix(PREFIX)
         execution_id = headers.get("aggregate_id", "")
-        try:
-            stored = StoredEvent(UUID(execution_id), int(headers["aggregate_version"]), topic, record.value)
-            event: Any = self.mapper.to_domain_event(stored)
-        except (KeyError, ValueError, TypeError):
-            # A poison record must not stop every execution behind it; the projections dead-letter it.
-            log.exception("undecodable execution event at %s:%s skipped", partition, record.offset)
-            return
-        kind = topic.removeprefix(PREFIX)
+        if kind != "Submitted" and execution_id not in self.views:
+            return  # finished before this reader's start
+        event: Any = None
+        if kind in _DECODED:  # the others say all the executor needs in their type
+            try:
+                stored = StoredEvent(
+                    UUID(execution_id), int(headers["aggregate_version"]), headers["event_type"], record.value
+                )
+                event = self.mapper.to_domain_event(stored)
+            except (KeyError, ValueError, TypeError):
+                # A poison record must not stop every execution behind it; the projections dead-letter it.
+                log.exception("undecodable execution event at %s:%s skipped", partition, record.offset)
+                return
         if kind == "Submitted":
             self.views[execution_id] = ExecutionView(
                 execution_id,
@@ -125,9 +132,7 @@ class Executor:
                 event.submitter_role,
             )
             return
-        view = self.views.get(execution_id)
-        if view is None:
-            return  # finished before this reader's start
+        view = self.views[execution_id]
         if kind == "NodeCompleted":
             view.completed[event.node_id] = (event.output, event.output_location)
         elif kind in {"Completed", "Failed", "Cancelled"}:
@@ -148,8 +153,7 @@ class Executor:
 
     async def _run(self, view: ExecutionView) -> None:
         try:
-            async with self._slots:
-                await ExecutionRun(view, self.deps).run()
+            await ExecutionRun(view, self.deps).run(self._slots)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -32,6 +32,7 @@ COMMANDS: dict[str, CommandSpec] = {
     "StartNode": CommandSpec(execution.StartNode, execution.start_node),
     "CompleteNode": CommandSpec(execution.CompleteNode, execution.complete_node),
     "RecordNode": CommandSpec(execution.RecordNode, execution.record_node),
+    "RecordNodes": CommandSpec(execution.RecordNodes, execution.record_nodes),
     "FailNode": CommandSpec(execution.FailNode, execution.fail_node),
     "FailExecution": CommandSpec(execution.FailExecution, execution.fail_execution),
     "CompleteExecution": CommandSpec(execution.CompleteExecution, execution.complete_execution),

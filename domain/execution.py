@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -10,6 +12,16 @@ from eventsourcing.domain import Aggregate, event
 from domain.errors import DomainError
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    """A side-effect-free node's result: a summary, and its output inline or where it is stored."""
+
+    node_id: str
+    summary: dict[str, Any]
+    output: dict[str, Any] | None = None
+    output_location: str | None = None
 
 
 class Execution(Aggregate):
@@ -80,14 +92,6 @@ class Execution(Aggregate):
         self.nodes[node_id] = "running"
 
     def complete_node(
-        self, node_id: str, summary: dict[str, Any], output: dict[str, Any] | None, output_location: str | None
-    ) -> None:
-        self._require_running(node_id)
-        if self.nodes[node_id] != "running":
-            raise NodeNotRunning(f"node {node_id} is {self.nodes[node_id]}, not running", {"node_id": node_id})
-        self._node_completed(node_id, summary, output, output_location)
-
-    def record_node(
         self,
         node_id: str,
         summary: dict[str, Any],
@@ -95,17 +99,34 @@ class Execution(Aggregate):
         output_location: str | None,
         finish: bool = False,
     ) -> None:
-        """A node without side effects, started and completed in one decision (the same two events).
-
-        Running such a node twice changes nothing, so it needs no claim before it runs. With
-        ``finish`` the execution completes too once this was its last unfinished node.
-        """
+        """A claimed node's result; with ``finish`` the execution completes too once every node has."""
         self._require_running(node_id)
-        if self.nodes[node_id] == "completed":
-            raise NodeAlreadyCompleted(f"node {node_id} already completed", {"node_id": node_id})
-        self._node_started(node_id)
+        if self.nodes[node_id] != "running":
+            raise NodeNotRunning(f"node {node_id} is {self.nodes[node_id]}, not running", {"node_id": node_id})
         self._node_completed(node_id, summary, output, output_location)
         if finish and all(state == "completed" for state in self.nodes.values()):
+            self._completed()
+
+    def record_nodes(self, records: Sequence[NodeRecord], finish: bool = False) -> None:
+        """Nodes without side effects, each started and completed in one decision (the same two events).
+
+        Running such a node twice changes nothing, so it needs no claim before it runs, and a node
+        recorded already (by an earlier executor: the same output) is skipped. With ``finish`` the
+        execution completes too once every node is. Nothing left to record is a conflict.
+        """
+        for record in records:
+            self._require_running(record.node_id)
+        recorded = False
+        for record in records:
+            if self.nodes[record.node_id] != "completed":
+                self._node_started(record.node_id)
+                self._node_completed(record.node_id, record.summary, record.output, record.output_location)
+                recorded = True
+        completes = finish and all(state == "completed" for state in self.nodes.values())
+        if not recorded and not completes:
+            node_id = records[0].node_id if records else ""
+            raise NodeAlreadyCompleted(f"node {node_id} already completed", {"node_id": node_id})
+        if completes:
             self._completed()
 
     @event(NodeCompleted)

@@ -136,6 +136,7 @@ async def build_executor(settings: Settings) -> ExecutorService:
         lookup_user=lookup_user,
         node_timeout=s.node_timeout_seconds,
         inline_output_bytes=s.inline_output_bytes,
+        record_linger=s.record_linger_ms / 1000,
         event_content_bytes=settings.storage.event_content_bytes,
     )
     config = ExecutorConfig(

@@ -281,6 +281,9 @@ class ExecutionSettings:
     node_timeout_seconds: float = 30.0
     inline_output_bytes: int = 16 * 1024  # larger node outputs go to the blob store
     max_running: int = 16  # executions one executor runs at once
+    # Side-effect-free nodes that finish within this long of each other are recorded by one command
+    # (RecordNodes); 0: each at once, by itself. The last level's are never held back.
+    record_linger_ms: float = 50.0
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,17 @@ def test_node_steps_record_progress_and_completion() -> None:
     assert execution.status == "completed"
 
 
+def test_a_claimed_nodes_result_with_finish_completes_the_execution_once_it_is_the_last() -> None:
+    execution = given(uuid4(), ("StartNode", {"node_id": "a"}), ("StartNode", {"node_id": "b"}))
+    finishing = {"summary": {}, "finish": True}
+    assert when(execution, "CompleteNode", {"node_id": "a", **finishing}) == ["Execution.NodeCompleted"]
+    assert execution.status == "running"
+    assert when(execution, "CompleteNode", {"node_id": "b", **finishing}) == [
+        "Execution.NodeCompleted",
+        "Execution.Completed",
+    ]
+
+
 def test_a_recorded_node_is_started_and_completed_by_one_command() -> None:
     execution = given(uuid4())
     record = {"node_id": "a", "summary": {}, "output": {"value": "x"}, "finish": True}
@@ -93,6 +104,32 @@ def test_a_recorded_node_is_started_and_completed_by_one_command() -> None:
         "Execution.Completed",
     ]
     assert refusal(execution, "RecordNode", {**record, "node_id": "b"}).code == "conflict"
+
+
+def test_recorded_nodes_are_started_and_completed_by_one_command_and_a_repeat_skips_them() -> None:
+    execution = given(uuid4())
+    a = {"node_id": "a", "summary": {}, "output": {"value": "x"}}
+    b = {"node_id": "b", "summary": {}, "output": {"count": 1}}
+    assert when(execution, "RecordNodes", {"nodes": [a]}) == ["Execution.NodeStarted", "Execution.NodeCompleted"]
+    # An executor that resumed groups the results otherwise: what is recorded already is skipped.
+    assert when(execution, "RecordNodes", {"nodes": [a, b], "finish": True}) == [
+        "Execution.NodeStarted",
+        "Execution.NodeCompleted",
+        "Execution.Completed",
+    ]
+    assert execution.status == "completed"
+    assert refusal(execution, "RecordNodes", {"nodes": [a, b]}).code == "conflict"
+
+
+def test_recording_nothing_new_is_a_conflict_naming_the_node_and_an_unknown_node_is_refused() -> None:
+    execution = given(uuid4())
+    a = {"node_id": "a", "summary": {}, "output": {"value": "x"}}
+    when(execution, "RecordNodes", {"nodes": [a]})
+    assert refusal(execution, "RecordNodes", {"nodes": [a]}).details == {"node_id": "a"}
+    unknown = refusal(execution, "RecordNodes", {"nodes": [{**a, "node_id": "zz"}]})
+    assert unknown.details == {"node_id": "zz"}
+    assert refusal(execution, "RecordNodes", {"nodes": []}).code == "invalid"
+    assert execution.nodes == {"a": "completed", "b": "pending"}
 
 
 def test_completed_node_is_not_started_again() -> None:

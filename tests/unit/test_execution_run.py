@@ -96,6 +96,7 @@ class World:
             "load_object": load_object,
             "search": search,
             "lookup_user": lookup_user,
+            "record_linger": 60.0,  # results are sent together before a sink's claim or at the end
             **overrides,
         }
         return RunDeps(**fields)
@@ -119,14 +120,13 @@ async def test_run_reports_each_node_then_completes_and_annotates() -> None:
     world = World()
     view = await world.given_submitted(GRAPH, {"text": TEXT})
     await ExecutionRun(view, world.deps()).run()
-    # Side-effect-free nodes: start and result in one command, not waited for before the next level.
-    # The sink claims its node first (StartNode), since its effects must not be issued twice.
-    assert kinds(world) == [
-        "RecordNode", "RecordNode", "StartNode",
-        "AnnotateObject", "AnnotateObject", "CompleteNode", "CompleteExecution",
-    ]  # fmt: skip
-    recorded = [p["node_id"] for kind, p in world.commands if kind == "RecordNode"]
-    assert recorded == ["src", "kw"]
+    # Side-effect-free nodes: start and result in one command for all that finished before the sink,
+    # not waited for. The sink claims its node first (StartNode), since its effects must not be issued
+    # twice; its result (the last node's) completes the execution too.
+    assert kinds(world) == ["RecordNodes", "StartNode", "AnnotateObject", "AnnotateObject", "CompleteNode"]
+    assert world.commands[-1][1]["finish"] is True
+    recorded = [[n["node_id"] for n in p["nodes"]] for kind, p in world.commands if kind == "RecordNodes"]
+    assert recorded == [["src", "kw"]]
     assert view.status == "completed"
     notes = [p["content"]["term"] for kind, p in world.commands if kind == "AnnotateObject"]
     assert notes == ["carry", "rivers"]
@@ -139,11 +139,59 @@ async def test_a_second_run_resumes_without_repeating_completed_nodes() -> None:
     # An executor that recorded the first node, then died.
     first = ExecutionRun(view, world.deps())
     await first._run_node(parse_graph(GRAPH), "src", {})
+    first._flush()
     await asyncio.gather(*first.recording)
     world.commands.clear()
     await ExecutionRun(view, world.deps()).run()
-    ran = [p["node_id"] for kind, p in world.commands if kind in {"StartNode", "RecordNode"}]
+    ran = [n["node_id"] for kind, p in world.commands if kind == "RecordNodes" for n in p["nodes"]]
+    ran += [p["node_id"] for kind, p in world.commands if kind == "StartNode"]
     assert ran == ["kw", "note"]
+    assert view.status == "completed"
+
+
+PURE = {
+    "nodes": [
+        {"id": "src", "type": "input", "params": {"name": "text"}},
+        {"id": "kw", "type": "keywords", "params": {"top_k": 2}},
+        {"id": "count", "type": "word_count"},
+    ],
+    "edges": [{"from": "src.value", "to": "kw.text"}, {"from": "src.value", "to": "count.text"}],
+}
+
+
+async def test_side_effect_free_nodes_are_recorded_with_the_completion_by_one_command() -> None:
+    world = World()
+    view = await world.given_submitted(PURE, {"text": TEXT})
+    await ExecutionRun(view, world.deps()).run()
+    [(kind, payload)] = world.commands
+    assert kind == "RecordNodes" and payload["finish"] is True
+    assert [n["node_id"] for n in payload["nodes"]] == ["src", "kw", "count"]
+    assert view.status == "completed" and set(view.completed) == {"src", "kw", "count"}
+
+
+async def test_without_a_linger_each_node_is_recorded_by_itself_and_the_last_level_completes() -> None:
+    world = World()
+    view = await world.given_submitted(PURE, {"text": TEXT})
+    await ExecutionRun(view, world.deps(record_linger=0)).run()
+    recorded = [([n["node_id"] for n in p["nodes"]], p["finish"]) for _, p in world.commands]
+    assert kinds(world) == ["RecordNodes"] * 3  # no CompleteExecution
+    assert recorded[0] == (["src"], False)
+    assert sorted(recorded[1:]) == [(["count"], True), (["kw"], True)]
+    assert view.status == "completed"
+
+
+async def test_results_recorded_by_an_earlier_owner_in_another_grouping_are_skipped() -> None:
+    world = World()
+    view = await world.given_submitted(PURE, {"text": TEXT})
+    earlier = ExecutionRun(view, world.deps(record_linger=0))
+    await earlier._run_node(parse_graph(PURE), "src", {})
+    await asyncio.gather(*earlier.recording)
+    view.completed.clear()  # this owner read the log before that recording
+    world.commands.clear()
+    await ExecutionRun(view, world.deps()).run()
+    [(kind, payload)] = world.commands
+    assert kind == "RecordNodes"
+    assert [n["node_id"] for n in payload["nodes"]] == ["src", "kw", "count"]
     assert view.status == "completed"
 
 
@@ -226,7 +274,7 @@ async def test_a_sink_of_a_demoted_or_disabled_submitter_is_refused_and_fails_th
     view = await world.given_submitted(GRAPH, {"text": TEXT})
     world.users["alice"] = (role, disabled)  # demoted or disabled after submitting
     await ExecutionRun(view, world.deps()).run()
-    assert kinds(world) == ["RecordNode", "RecordNode", "StartNode", "AnnotateObject", "FailNode"]
+    assert kinds(world) == ["RecordNodes", "StartNode", "AnnotateObject", "FailNode"]
     annotate = world.commands[-2]
     assert annotate[0] == "AnnotateObject"
     error = world.commands[-1][1]["error"]
