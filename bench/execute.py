@@ -1,7 +1,10 @@
 """Execution benchmark: N concurrent submitters run a small graph to completion; prints JSON.
 
 Figures: executions/s (completed executions over the wall time) and time-to-completion percentiles
-(POST /api/v1/execute -> GET shows "completed", polled every 20 ms). Against a running system with
+(POST /api/v1/execute -> its "completed": with --wait ws, the default, the execution_update that says so
+on the submitter's /ws connection, subscribed to execution:{id} after the submit, as a client following
+its runs would; with --wait poll, GET /api/v1/executions/{id} every 20 ms, whose requests cost the API
+more CPU than the execution itself on a saturated machine). Against a running system with
 --url or --data-dir (its runtime.json; then also the CPU milliseconds each process spent per execution),
 or, without either, against one it starts itself (Kafka, PostgreSQL, Redis, the API and the processor,
 projections and executor workers) in a temporary directory.
@@ -28,6 +31,7 @@ from typing import Any
 
 import httpx
 import psycopg
+import websockets
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -115,6 +119,63 @@ async def one(http: httpx.AsyncClient) -> float:
         await asyncio.sleep(0.02)
 
 
+TERMINAL = {"completed", "failed", "cancelled"}
+FOLLOWER_CONNECTIONS = 8  # /ws connections shared by the submitters (the default per-user cap is 20)
+
+
+class Follower:
+    """One /ws connection following the executions of several submitters (a user may hold at most
+    websocket.max_connections_per_user WebSockets): each waits for the execution_update that says its
+    execution finished."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.waiting: dict[str, asyncio.Future[dict[str, Any]]] = {}
+
+    async def read(self) -> None:
+        async for raw in self.ws:
+            message = json.loads(raw)
+            if message.get("type") == "error":  # e.g. a limit: it names no execution, so every wait fails
+                for future in self.waiting.values():
+                    if not future.done():
+                        future.set_exception(RuntimeError(f"/ws refused: {message}"))
+            if message.get("type") != "execution_update":
+                continue  # subscribed, unsubscribed, notifications
+            waiting = self.waiting.get(message.get("execution_id", ""))
+            if waiting is not None and not waiting.done() and message["data"]["status"] in TERMINAL:
+                waiting.set_result(message)
+
+    async def finished(self, execution_id: str, position: str | None) -> dict[str, Any]:
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiting[execution_id] = future
+        topic = f"execution:{execution_id}"
+        subscribe = {"type": "subscribe", "topic": topic}
+        if position:
+            subscribe["after"] = position  # the submit's token: the first update already has it
+        await self.ws.send(json.dumps(subscribe))
+        try:
+            return await asyncio.wait_for(future, 60)
+        finally:
+            del self.waiting[execution_id]
+            await self.ws.send(json.dumps({"type": "unsubscribe", "topic": topic}))
+
+
+async def one_followed(http: httpx.AsyncClient, follower: Follower) -> float:
+    """Submit, then wait for the execution_update that says it finished."""
+    started = time.perf_counter()
+    response = await http.post("/api/v1/execute", json={"graph": GRAPH, "inputs": {"text": TEXT}})
+    response.raise_for_status()
+    submitted = response.json()
+    update = await follower.finished(submitted["execution_id"], submitted.get("position"))
+    assert update["data"]["status"] == "completed", update
+    return time.perf_counter() - started
+
+
+def ws_url(http: httpx.AsyncClient, client_id: str) -> str:
+    token = http.headers["Authorization"].removeprefix("Bearer ")
+    return str(http.base_url).replace("http://", "ws://").rstrip("/") + f"/ws/{client_id}?access_token={token}"
+
+
 async def log_in(http: httpx.AsyncClient, username: str, password: str) -> None:
     """Authenticate the client; the first-start admin may take a moment to exist."""
     deadline = time.monotonic() + 60
@@ -129,7 +190,13 @@ async def log_in(http: httpx.AsyncClient, username: str, password: str) -> None:
 
 
 async def drive(
-    url: str, submitters: int, executions: int, username: str, password: str, processes: dict[str, int] | None = None
+    url: str,
+    submitters: int,
+    executions: int,
+    username: str,
+    password: str,
+    processes: dict[str, int] | None = None,
+    wait: str = "ws",
 ) -> dict[str, Any]:
     """Run the executions; with ``processes`` (name -> pid), also each one's CPU per execution."""
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
@@ -138,22 +205,36 @@ async def drive(
         queue = list(range(executions))
         times: list[float] = []
 
-        async def submitter() -> None:
+        async def submitter(follower: Follower | None) -> None:
             while queue:
                 queue.pop()
-                times.append(await one(http))
+                times.append(await (one(http) if follower is None else one_followed(http, follower)))
 
-        cpu_before = cpu_seconds_by_tree(processes or {})
-        busy_before = machine_cpu()
-        started = time.perf_counter()
-        await asyncio.gather(*(submitter() for _ in range(submitters)))
-        wall = time.perf_counter() - started
-        cpu_after = cpu_seconds_by_tree(processes or {})
-        busy_after = machine_cpu()
+        async with contextlib.AsyncExitStack() as stack:
+            followers: list[Follower | None] = [None]
+            if wait == "ws":
+                followers = []
+                for number in range(min(submitters, FOLLOWER_CONNECTIONS)):
+                    ws = await stack.enter_async_context(
+                        websockets.connect(ws_url(http, f"bench-execute-{number}"), max_queue=None)
+                    )
+                    follower = Follower(ws)
+                    followers.append(follower)
+                    reader = asyncio.create_task(follower.read())
+                    stack.callback(reader.cancel)
+
+            cpu_before = cpu_seconds_by_tree(processes or {})
+            busy_before = machine_cpu()
+            started = time.perf_counter()
+            await asyncio.gather(*(submitter(followers[number % len(followers)]) for number in range(submitters)))
+            wall = time.perf_counter() - started
+            cpu_after = cpu_seconds_by_tree(processes or {})
+            busy_after = machine_cpu()
     figures: dict[str, Any] = {
         "submitters": submitters,
         "executions": executions,
         "nodes_per_execution": len(GRAPH["nodes"]),
+        "wait": wait,
         "executions_per_s": round(executions / wall, 2),
         "ttc_p50_ms": round(percentile(times, 50) * 1000, 1),
         "ttc_p99_ms": round(percentile(times, 99) * 1000, 1),
@@ -226,6 +307,12 @@ def main() -> None:
     parser.add_argument("--submitters", type=int, default=8)
     parser.add_argument("--executions", type=int, default=200)
     parser.add_argument(
+        "--wait",
+        choices=("ws", "poll"),
+        default="ws",
+        help="how a submitter learns its execution finished: /ws execution_update (default) or GET every 20 ms",
+    )
+    parser.add_argument(
         "--username",
         default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
         help="with --url or --data-dir: who submits (default: PIPELINE_ADMIN_USERNAME or admin)",
@@ -241,14 +328,16 @@ def main() -> None:
         processes = {**runtime["pids"], **runtime.get("service_pids", {})}
         since = datetime.now(UTC)
         figures = asyncio.run(
-            drive(runtime["api"], args.submitters, args.executions, args.username, args.password, processes)
+            drive(runtime["api"], args.submitters, args.executions, args.username, args.password, processes, args.wait)
         )
         figures["stages"] = stages(runtime, since)
     elif args.url:
-        figures = asyncio.run(drive(args.url, args.submitters, args.executions, args.username, args.password))
+        figures = asyncio.run(
+            drive(args.url, args.submitters, args.executions, args.username, args.password, wait=args.wait)
+        )
     else:
         with own_system() as url:
-            figures = asyncio.run(drive(url, args.submitters, args.executions, *BENCH_ADMIN))
+            figures = asyncio.run(drive(url, args.submitters, args.executions, *BENCH_ADMIN, wait=args.wait))
     print(json.dumps(figures))
 
 

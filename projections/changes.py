@@ -21,14 +21,39 @@ MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 log = logging.getLogger("pipeline.changes")
 
 
-def change_payload(projection: str, partition: int, next_offset: int, changes: list[dict[str, Any]]) -> str:
-    """The NOTIFY payload for one committed batch; the change list is cut to fit, and says so."""
-    body: dict[str, Any] = {"projection": projection, "partition": partition, "next_offset": next_offset}
-    encoded = orjson.dumps({**body, "changes": changes})
-    while len(encoded) > MAX_PAYLOAD and changes:
-        changes = changes[: len(changes) // 2]
-        encoded = orjson.dumps({**body, "changes": changes, "truncated": True})
-    return encoded.decode()
+def change_payloads(projection: str, partition: int, next_offset: int, changes: list[dict[str, Any]]) -> list[str]:
+    """The NOTIFY payloads for one committed batch: its changes in order, as many payloads as fit.
+
+    PostgreSQL delivers a transaction's notifications together once it commits; each part carries the
+    batch's position and stands alone (a receiver may take the parts as batches of their own). A batch of a few
+    hundred changes (a projection catching up, 32 executions finishing at once) does not fit in one: cut
+    to fit, the rest were lost to live clients (an execution followed on /ws never said "completed").
+    Only a single change too large for a payload on its own is still left out, and the part says so
+    (``truncated``).
+    """
+    head = orjson.dumps({"projection": projection, "partition": partition, "next_offset": next_offset})[:-1]
+    encoded = [orjson.dumps(change) for change in changes]
+    room = MAX_PAYLOAD - len(head) - len(b',"changes":[],"truncated":true}')
+    payloads: list[str] = []
+    part: list[bytes] = []
+    size, truncated = 0, False
+    for change in encoded:
+        if len(change) > room:
+            truncated = True
+            continue
+        if part and size + len(change) + 1 > room:
+            payloads.append(_payload(head, part, truncated))
+            part, size, truncated = [], 0, False
+        part.append(change)
+        size += len(change) + 1
+    if part or truncated or not payloads:
+        payloads.append(_payload(head, part, truncated))
+    return payloads
+
+
+def _payload(head: bytes, changes: list[bytes], truncated: bool) -> str:
+    tail = b',"truncated":true}' if truncated else b"}"
+    return (head + b',"changes":[' + b",".join(changes) + b"]" + tail).decode()
 
 
 def channel_for(schema: str) -> str:

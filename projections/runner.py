@@ -47,7 +47,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from commands.consumers import assigned_consumer, group_consumer
 from commands.tracing import header_value, parent_context, traceparent
-from projections.changes import change_payload
+from projections.changes import change_payloads
 from projections.events import EventDecoder, EventRecord
 from projections.projector import Projector, columns
 
@@ -286,14 +286,15 @@ class ProjectionRunner:
             " updated_at = now()",
             (self.config.projection, self.config.events_topic, tp.partition, next_offset),
         )
-        # Delivered by PostgreSQL only when this transaction commits.
-        await conn.execute(
-            "SELECT pg_notify(%s, %s)",
-            (
-                self.config.channel,
-                change_payload(self.config.projection, tp.partition, next_offset, changes),
-            ),
-        )
+        # Delivered by PostgreSQL only when this transaction commits (the parts in any order: each stands alone).
+        payloads = change_payloads(self.config.projection, tp.partition, next_offset, changes)
+        if len(payloads) == 1:
+            await conn.execute("SELECT pg_notify(%s, %s)", (self.config.channel, payloads[0]))
+        else:
+            await conn.execute(
+                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+                (self.config.channel, payloads),
+            )
         return fresh
 
     def _start_spans(self, records: list[Any], spans: dict[tuple[str, int], Span]) -> None:

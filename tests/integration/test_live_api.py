@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -386,3 +387,36 @@ async def ensure_graphql_listening(
         except AssertionError:
             continue
     raise AssertionError("the GraphQL notifications subscription never heard of an annotation")
+
+
+async def test_every_change_of_a_batch_too_large_for_one_notification_reaches_live_clients(
+    system: RunningSystem,
+) -> None:
+    """A projection catching up commits hundreds of changes at once; each is still announced (the batch's
+    NOTIFY goes in parts: cut to fit one, most changes went unannounced and followers waited for ever)."""
+    projections = system.workers["projections"].process
+    assert projections is not None
+    token = token_of(system.admin)
+    async with websockets.connect(f"{ws_base(system.admin)}/ws/catching-up?access_token={token}") as ws:
+        await ws.send(json.dumps({"type": "subscribe", "topic": "data_changes"}))
+        assert (await next_live(ws))["type"] == "subscribed"
+        gate = asyncio.Semaphore(16)
+
+        async def one(number: int) -> str:
+            async with gate:
+                return await ingest(system.admin, f"backlog {number}", {})
+
+        os.kill(projections.pid, signal.SIGSTOP)  # the ingests pile up unprojected
+        try:
+            ids = set(await asyncio.gather(*(one(number) for number in range(300))))
+        finally:
+            os.kill(projections.pid, signal.SIGCONT)
+        seen: set[str] = set()
+        deadline = time.monotonic() + 60
+        try:
+            while not ids <= seen:
+                message = json.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
+                if message["type"] == "data_change":
+                    seen.add(message["object_id"])
+        except TimeoutError:
+            pytest.fail(f"{len(ids - seen)} of {len(ids)} ingests never announced on data_changes")
