@@ -66,6 +66,17 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (psycopg.OperationalError, psyco
 RETRY_BACKOFF_S = 0.1
 RETRY_BACKOFF_MAX_S = 10.0
 MAX_REASON_CHARS = 2000
+# A rebuild's fill (``bulk``) commits each batch asynchronously: PostgreSQL acknowledges the commit before
+# its WAL is flushed, so a crash of PostgreSQL may lose the last batches acknowledged, rows and position
+# together (never one without the other: they are one transaction, and WAL is replayed in order). Safe
+# there and nowhere else: no reader waits on the new schema's positions (the API's change feed listens to
+# the live schema), and the runner reads its stored position again before every batch, so it re-applies
+# whatever was lost (a batch that starts past the stored position seeks back to it); the swap's catch-up
+# reads the rebuilt schema's positions inside its own transaction, which commits synchronously (as do the
+# rebuild's index builds and ANALYZE after the fill, whose commits flush the fill's WAL with theirs). The live
+# runner must commit synchronously: an API process may already have answered a read-your-writes wait
+# with a position the crash took back.
+FILL_COMMIT = "SET LOCAL synchronous_commit = off"
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,8 @@ class ProjectionRunner:
         bulk: bool = False,
     ) -> None:
         """``bulk``: a rebuild's fill, which nobody reads meanwhile: the projectors write by COPY where they
-        can (``Projector.bulk``), so batches are applied outside pipeline mode (COPY has none)."""
+        can (``Projector.bulk``), so batches are applied outside pipeline mode (COPY has none), and each
+        batch's transaction commits without waiting for its WAL to reach disk (``FILL_COMMIT``)."""
         self.config = config
         self.bulk = bulk
         for projector in projectors:
@@ -238,6 +250,8 @@ class ProjectionRunner:
         # Outermost, so each event's span ends after the commit (or as failed with the batch).
         with _ending_spans(spans) if self.tracer is not None else contextlib.nullcontext():
             async with self.pool.connection() as conn, conn.transaction():
+                if self.bulk:
+                    await conn.execute(FILL_COMMIT)
                 return await self._apply_in(conn, consumer, tp, records, one_by_one, spans)
 
     async def _apply_in(
