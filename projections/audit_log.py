@@ -19,6 +19,7 @@ from projections.stored_json import plain
 class AuditLogProjector(Projector):
     name = "audit_log"
     tables = ("audit_log",)
+    fill_deferred_constraints = ("audit_log_aggregate_id_aggregate_version_key",)  # an aggregate version: once
 
     async def apply_many(self, cur: AsyncCursor[Any], records: Sequence[EventRecord]) -> None:
         """Every event, in order (its global sequence follows the order of writing), in one statement.

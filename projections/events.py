@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 from uuid import UUID
 
 import msgspec
+
+# The aggregate ids of recent events as UUID objects: an aggregate's events come in runs (a rebuild meets
+# an object's ingest and annotations in one batch), and parsing the id's text into a UUID each time cost
+# ~3% of a rebuild's CPU; a cache hit costs a dict lookup in C.
+_aggregate_uuid = functools.lru_cache(maxsize=16_384)(UUID)
 
 
 class EventDecoder(Protocol):
@@ -46,6 +52,6 @@ class EventRecord(msgspec.Struct, frozen=True):
             topic=topic,
             headers=headers,
             state=record.value,
-            event=decoder.decode_event(topic, UUID(aggregate_id), version, record.value),
+            event=decoder.decode_event(topic, _aggregate_uuid(aggregate_id), version, record.value),
             type=topic.rsplit(":", 1)[-1],
         )

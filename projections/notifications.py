@@ -19,7 +19,7 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import dict_row
 
 from projections.events import EventRecord
-from projections.projector import BatchHandler, Handler, Projector, columns
+from projections.projector import BatchHandler, Handler, Projector, columns, copy_rows
 
 # A notification's read time as the reads see it: a kept mark that covers it (or the column, which
 # only databases from before the Inbox marks have filled). Written into the rows instead, a mark (the
@@ -70,6 +70,11 @@ class NotificationsProjector(Projector):
         owners = (
             (r.aggregate_id, getattr(r.event, "owner", None) or getattr(r.event, "submitter", "")) for r in records
         )
+        if self.bulk:
+            # A rebuild's fill: each aggregate is created once (its version 1, applied once), so nothing is
+            # there to conflict with; were something there, the event would be dead-lettered, not skipped.
+            await copy_rows(cur, "notification_subjects", _SUBJECTS, owners)
+            return
         await cur.execute(
             "INSERT INTO notification_subjects (aggregate_id, owner) SELECT * FROM unnest(%b::uuid[], %b::text[])"
             " ON CONFLICT DO NOTHING",
@@ -87,7 +92,7 @@ class NotificationsProjector(Projector):
         await _notify(cur, [(record, owner, f"execution_{finished}", f"Your execution {finished}", data)])
 
     async def on_object_changed(self, cur: AsyncCursor[Any], records: list[EventRecord]) -> None:
-        owners = await _owners(cur, [r.aggregate_id for r in records])
+        owners = await _owners(cur, list({r.aggregate_id for r in records}))  # each once: an object has many events
         notes: list[_Note] = []
         for record in records:
             owner = owners.get(record.aggregate_id)
@@ -129,6 +134,8 @@ class NotificationsProjector(Projector):
         )
 
 
+# The columns and types of on_owned's rows, for copy_rows.
+_SUBJECTS = (("aggregate_id", "uuid"), ("owner", "text"))
 # (causing event, user to tell, kind, message, data)
 _Note = tuple[EventRecord, str, str, str, dict[str, Any]]
 

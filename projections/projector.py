@@ -38,6 +38,11 @@ class Projector:
     # a column that is not the key): a rebuild keeps them while it fills the tables; it builds the others
     # after the fill (infra.runtime.rebuild), far cheaper than maintaining them row by row.
     fill_indexes: tuple[str, ...] = ()
+    # Unique constraints of those tables that the fill cannot violate, as the runner applies each aggregate
+    # version at most once per schema (``aggregate_versions``), and that no write of the fill looks rows up
+    # by: a rebuild drops them while it fills the tables and adds them back after, their indexes built by
+    # one sort each instead of row by row. (Others stay: a duplicate there is an event's error, dead-lettered.)
+    fill_deferred_constraints: tuple[str, ...] = ()
     # A rebuild's fill (``ProjectionRunner(bulk=True)`` sets it): rows of tables that only grow go in by
     # ``copy_rows``, which PostgreSQL stores in bulk (many rows per heap page write and WAL record; an
     # INSERT ... SELECT FROM unnest writes one of each per row). The live runner keeps its statements.

@@ -112,6 +112,7 @@ class LocalBlobStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._root_text = str(root)
 
     def put(self, data: bytes) -> StoredBlob:
         """Store ``data`` durably and return its address."""
@@ -143,8 +144,10 @@ class LocalBlobStore:
         """At most the first ``limit`` bytes of the blob, or None when absent."""
         if not is_hash(content_hash):
             return None
+        # The path as text (what ``path`` gives): pathlib's joins cost more than reading a small blob, and
+        # a rebuild reads one per object.
         try:
-            with self.path(content_hash).open("rb") as f:
+            with open(os.path.join(self._root_text, content_hash[:2], content_hash), "rb") as f:
                 return f.read(limit)
         except FileNotFoundError:
             return None

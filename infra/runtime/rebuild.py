@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any, TextIO
 
@@ -84,7 +85,7 @@ async def _rebuild(
     group_suffix = f".rebuild.{time.time_ns()}"
     runner = await _rebuild_runner(settings, target, group_suffix, only)
     paused: list[str] = []
-    deferred: list[str] = []
+    deferred = Deferred()
     try:
         paused = await _pause_autovacuum(runner, target)
         deferred = await _defer_indexes(runner, target)
@@ -123,8 +124,9 @@ async def _rebuild(
         building = time.monotonic()
         await _build_indexes(runner, deferred)  # in the rebuild's time too, before ANALYZE reads them
         if deferred:
-            print(f"built {len(deferred)} index(es) after the fill in {time.monotonic() - building:.2f}s", flush=True)
-        deferred = []
+            built = len(deferred.indexes)
+            print(f"built {built} index(es) after the fill in {time.monotonic() - building:.2f}s", flush=True)
+        deferred = Deferred()
         await _resume_autovacuum(runner, target, paused, analyze=True)  # in the rebuild's time: it is its cost
         paused = []
         seconds = time.monotonic() - bar.started
@@ -183,15 +185,29 @@ async def _resume_autovacuum(runner: ProjectionRunner, schema: str, tables: Sequ
             await conn.execute(f'ALTER TABLE "{schema}"."{table}" RESET (autovacuum_enabled)')
 
 
-async def _defer_indexes(runner: ProjectionRunner, schema: str) -> list[str]:
-    """Drop the secondary indexes of the rebuilt read models' tables in ``schema`` before the fill; their
-    definitions, for ``_build_indexes`` after it.
+@dataclass(frozen=True)
+class Deferred:
+    """What ``_defer_indexes`` dropped, as the statements that make it again."""
+
+    indexes: list[str] = field(default_factory=list)  # CREATE [UNIQUE] INDEX, built side by side
+    constraints: list[str] = field(default_factory=list)  # ALTER TABLE ... ADD CONSTRAINT ... USING INDEX, after
+
+    def __bool__(self) -> bool:
+        return bool(self.indexes or self.constraints)
+
+
+async def _defer_indexes(runner: ProjectionRunner, schema: str) -> Deferred:
+    """Drop the secondary indexes of the rebuilt read models' tables in ``schema`` before the fill, and the
+    unique constraints the fill cannot violate (``Projector.fill_deferred_constraints``); what makes them
+    again, for ``_build_indexes`` after it.
 
     Building an index over the filled table (one sort, or one bulk GIN build) costs far less than
     inserting into it row by row, batch after batch (A/B in README.md). Kept: every unique index and every
     index behind a constraint (the fill relies on them: ON CONFLICT, and a duplicate is an event's error,
     dead-lettered, not a failed index build at the end), and the indexes a projector's own writes look up
-    by (``Projector.fill_indexes``). Nobody reads the new schema before it is built.
+    by (``Projector.fill_indexes``); but for the deferred constraints, which no event of the fill can
+    violate (their indexes are built with the others, then attached to them under the same names). Nobody
+    reads the new schema before it is built.
     """
     tables = [table for projector in runner.projectors for table in projector.tables]
     kept = [index for projector in runner.projectors for index in projector.fill_indexes]
@@ -207,18 +223,35 @@ async def _defer_indexes(runner: ProjectionRunner, schema: str) -> list[str]:
         indexes = [(str(name), str(definition)) for name, definition in await cur.fetchall()]
         for name, _definition in indexes:
             await conn.execute(f'DROP INDEX "{schema}"."{name}"')
-    return [definition for _name, definition in indexes]
+        deferred = Deferred(indexes=[definition for _name, definition in indexes])
+        cur = await conn.execute(
+            "SELECT c.conname, t.relname, pg_get_indexdef(c.conindid) FROM pg_constraint c"
+            " JOIN pg_class t ON t.oid = c.conrelid JOIN pg_namespace n ON n.oid = c.connamespace"
+            " WHERE n.nspname = %s AND c.contype = 'u' AND c.conname = ANY(%s) ORDER BY c.conname",
+            (schema, [name for projector in runner.projectors for name in projector.fill_deferred_constraints]),
+        )
+        for name, table, definition in await cur.fetchall():
+            await conn.execute(f'ALTER TABLE "{schema}"."{table}" DROP CONSTRAINT "{name}"')
+            deferred.indexes.append(str(definition))  # the constraint's index, named as the constraint
+            deferred.constraints.append(
+                f'ALTER TABLE "{schema}"."{table}" ADD CONSTRAINT "{name}" UNIQUE USING INDEX "{name}"'
+            )
+    return deferred
 
 
-async def _build_indexes(runner: ProjectionRunner, definitions: Sequence[str]) -> None:
-    """Create the indexes ``_defer_indexes`` dropped, side by side on the pool's connections."""
+async def _build_indexes(runner: ProjectionRunner, deferred: Deferred) -> None:
+    """Create the indexes ``_defer_indexes`` dropped, side by side on the pool's connections; then attach
+    the constraints to theirs, one after the other (each locks its table, briefly: the index is built)."""
 
     async def build(definition: str) -> None:
         async with runner.pool.connection() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL maintenance_work_mem = '{INDEX_BUILD_MEMORY}'")
             await conn.execute(definition)
 
-    await asyncio.gather(*(build(definition) for definition in definitions))
+    await asyncio.gather(*(build(definition) for definition in deferred.indexes))
+    async with runner.pool.connection() as conn, conn.transaction():
+        for statement in deferred.constraints:
+            await conn.execute(statement)
 
 
 def partition_shares(partitions: Sequence[int], workers: int) -> list[list[int]]:

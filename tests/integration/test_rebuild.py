@@ -62,6 +62,18 @@ async def test_rebuild_from_offset_zero_equals_the_live_read_models(
     built = await query(settings, indexes, (target, target))
     assert len(built) > 20 and ("data_objects_search",) in {(name,) for name, _ in built}
     assert built == await query(settings, indexes, (settings.database.schema, target))
+    # And its constraints: the unique one it dropped for the fill (Projector.fill_deferred_constraints) is
+    # back, on its index of the same name.
+    constraints = (
+        "SELECT c.conname, replace(pg_get_constraintdef(c.oid), n.nspname || '.', ''), i.relname FROM pg_constraint c"
+        " JOIN pg_namespace n ON n.oid = c.connamespace JOIN pg_class t ON t.oid = c.conrelid"
+        " LEFT JOIN pg_class i ON i.oid = c.conindid WHERE n.nspname = %s"
+        " AND t.relname IN (SELECT tablename FROM pg_tables WHERE schemaname = %s) ORDER BY c.conname"
+    )
+    kept = await query(settings, constraints, (target, target))
+    deferred = "audit_log_aggregate_id_aggregate_version_key"
+    assert (deferred, "UNIQUE (aggregate_id, aggregate_version)", deferred) in kept
+    assert kept == await query(settings, constraints, (settings.database.schema, target))
 
 
 async def test_rebuild_with_swap_replaces_the_live_schema_and_the_api_keeps_serving(
