@@ -136,9 +136,11 @@ class Follower:
         async for raw in self.ws:
             message = json.loads(raw)
             if message.get("type") == "error":  # e.g. a limit: it names no execution, so every wait fails
+                hint = " (raise websocket.message_limit, PIPELINE_WEBSOCKET_MESSAGE_LIMIT, or --wait poll)"
+                limited = message.get("code") == "rate_limited"
                 for future in self.waiting.values():
                     if not future.done():
-                        future.set_exception(RuntimeError(f"/ws refused: {message}"))
+                        future.set_exception(RuntimeError(f"/ws refused: {message}{hint if limited else ''}"))
             if message.get("type") != "execution_update":
                 continue  # subscribed, unsubscribed, notifications
             waiting = self.waiting.get(message.get("execution_id", ""))
