@@ -324,22 +324,28 @@ class LiveHub:
 
         The spec's ``execution_update`` carries the execution's status as its ``data`` (what
         ``execution_status`` answers); read once per batch, and only for followed executions. The status
-        is as of now, so at least as new as the event it comes with (``version``, ``event``).
+        is as of now, so at least as new as the event it comes with (``version``, ``event``). Someone may
+        start following one of them while a lookup runs: they are looked up too, until none is left, and
+        the caller publishes without yielding in between, so no update goes out without its status.
         """
-        ids = {
-            message["execution_id"]
-            for topic, message, _ in outgoing
-            if message["type"] == "execution_update" and self._by_topic.get(topic)
-        }
-        if not ids:
-            return {}
-        try:
-            async with self.pool.connection() as conn:
-                rows = await get_executions(conn, sorted(ids))
-        except PostgresError:
-            log.exception("execution status lookup failed; those updates carry only their event and version")
-            return {}
-        return {row["execution_id"]: msgspec.to_builtins(to_status(row)) for row in rows}
+        states: dict[str, dict[str, Any]] = {}
+        looked_up: set[str] = set()
+        while True:
+            ids = {
+                message["execution_id"]
+                for topic, message, _ in outgoing
+                if message["type"] == "execution_update" and self._by_topic.get(topic)
+            } - looked_up
+            if not ids:
+                return states
+            looked_up |= ids
+            try:
+                async with self.pool.connection() as conn:
+                    rows = await get_executions(conn, sorted(ids))
+            except PostgresError:
+                log.exception("execution status lookup failed; those updates carry only their event and version")
+                return states
+            states.update({row["execution_id"]: msgspec.to_builtins(to_status(row)) for row in rows})
 
     async def _notifications(self, changes: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
         """user id -> the notifications this batch produced for connected users (one query, only if any)."""
@@ -393,17 +399,19 @@ class LiveHub:
             for change in batch.get("changes", [])
             for topic, message in messages_for({**change, "owner": self._owners.get(change["id"])})
         ]
-        states = await self._execution_states(outgoing)
-        for _, message, _ in outgoing:
-            state = states.get(message.get("execution_id", ""))
-            if state is not None:
-                message["data"] = status_at(state, message["data"])
         notes = await self._notifications(batch.get("changes", []))
         fresh = {s.actor.user_id for s in self._subscribers} if batch.get("truncated") else changed_users(batch)
         await self.events.advance(changed_users(batch), bool(batch.get("truncated")))
         candidates = {s for topic, _, _ in outgoing for s in self._by_topic.get(topic, ())}
         candidates |= {s for s in self._subscribers if s.actor.user_id in fresh or s.actor.user_id in notes}
         allowed = await self.recheck(candidates, fresh) if candidates else set()
+        # The last await before publishing: whoever follows an execution of the batch from here on was
+        # looked up (a subscriber joining later reads the execution after this batch's commit itself).
+        states = await self._execution_states(outgoing)
+        for _, message, _ in outgoing:
+            state = states.get(message.get("execution_id", ""))
+            if state is not None:
+                message["data"] = status_at(state, message["data"])
         for topic, message, change in outgoing:
             if self.tracer is not None and "traceparent" in change:
                 self._publish_traced(topic, message, allowed, change)

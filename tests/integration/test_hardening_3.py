@@ -9,7 +9,6 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,15 +18,14 @@ import websockets
 
 from api.ws_expiry import MESSAGE
 from infra.runtime.settings import load_settings
-from tests.conftest import environment_for
 from tests.integration.harness import eventually, ws_ask
-from tests.integration.system import RunningSystem, running_system
+from tests.integration.system import RunningSystem
 from tests.integration.users import (
     assert_envelope,
     client_for,
-    clients_with_roles,
     create_user,
     ingest_readable,
+    system_with_alice_and_vera,
     token_of,
     ws_base,
 )
@@ -35,19 +33,7 @@ from tests.integration.users import (
 GQL = "/api/graphql"
 
 
-@pytest.fixture(scope="module")
-async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
-    tmp = tmp_path_factory.mktemp("hardening-3")
-    env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
-    async with running_system(env, tmp) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    """alice (a user) and vera (a viewer), each a client with their token."""
-    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
-        yield clients
+system, users = system_with_alice_and_vera("hardening-3")
 
 
 async def short_lived_token(system: RunningSystem, client: httpx.AsyncClient, seconds: float) -> str:

@@ -8,33 +8,24 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 import websockets
 
-from tests.conftest import environment_for
-from tests.integration.system import RunningSystem, running_system
+from tests.integration.system import RunningSystem
 from tests.integration.test_hardening_3 import short_lived_token, until_closed
-from tests.integration.users import assert_envelope, clients_with_roles, ingest_readable, token_of, ws_base
+from tests.integration.users import (
+    assert_envelope,
+    ingest_readable,
+    system_with_alice_and_vera,
+    token_of,
+    ws_base,
+)
 
 GQL = "/api/graphql"
 
 
-@pytest.fixture(scope="module")
-async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
-    tmp = tmp_path_factory.mktemp("hardening-4")
-    env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
-    async with running_system(env, tmp) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    """alice (a user) and vera (a viewer), each a client with their token."""
-    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
-        yield clients
+system, users = system_with_alice_and_vera("hardening-4")
 
 
 # --- request bodies ---------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ import pytest
 import websockets
 
 from infra.runtime.settings import Settings, load_settings
-from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME, environment_for
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
 from tests.integration.harness import UNASKED, ws_ask
-from tests.integration.system import RunningSystem, running_system
-from tests.integration.users import assert_envelope, clients_with_roles, token_of, ws_base
+from tests.integration.system import RunningSystem
+from tests.integration.users import assert_envelope, system_with_alice_and_vera, token_of, ws_base
 
 GQL = "/api/graphql"
 GRAPH = {
@@ -69,19 +68,7 @@ monitoring:
 """
 
 
-@pytest.fixture(scope="module")
-async def system(services: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[RunningSystem]:
-    tmp = tmp_path_factory.mktemp("spec-conformance")
-    env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
-    async with running_system(env, tmp) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
-    """alice (a user) and vera (a viewer), each a client with their token."""
-    async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
-        yield clients
+system, users = system_with_alice_and_vera("spec-conformance")
 
 
 async def gql(client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
+import pytest
 
+from tests.conftest import environment_for
 from tests.integration.conftest import login
+from tests.integration.system import RunningSystem, running_system
 
 PASSWORD = "a long enough password"
 
@@ -73,3 +76,24 @@ def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
     assert error["code"] == status and error["request_id"] == response.headers["x-request-id"]
     assert {"reason", "message", "details"} <= set(error)
     return error
+
+
+def system_with_alice_and_vera(name: str) -> tuple[Any, Any]:
+    """A module's ``system`` (one running system, the rate limiter off) and ``users`` fixtures: alice (a
+    user) and vera (a viewer), each a client with their token. Assign them to those names in the module."""
+
+    @pytest.fixture(scope="module")
+    async def system(
+        services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    ) -> AsyncIterator[RunningSystem]:
+        tmp = tmp_path_factory.mktemp(name)
+        env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
+        async with running_system(env, tmp) as running:
+            yield running
+
+    @pytest.fixture(scope="module")
+    async def users(system: RunningSystem) -> AsyncIterator[dict[str, httpx.AsyncClient]]:
+        async with clients_with_roles(system.admin, system.anonymous, {"alice": "user", "vera": "viewer"}) as clients:
+            yield clients
+
+    return system, users
