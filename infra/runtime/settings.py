@@ -196,7 +196,7 @@ class KafkaSettings:
     processor_batch_size: int = 500
     # Group commit (commands/processor.py `_gather`): once a poll brings at least
     # processor_linger_min_records commands, gather for this long before the transaction.
-    processor_linger_ms: float = 20.0
+    processor_linger_ms: float = 10.0
     processor_linger_min_records: int = 2
     processor_cache_size: int = 10_000
     projection_batch_size: int = 500
