@@ -55,7 +55,7 @@ from infra.runtime.bootstrap import ApiContainer
 from infra.runtime.metrics import WEBSOCKET_CONNECTIONS
 from projections.event_stream import format_position
 
-TOPIC = re.compile(r"^(data_changes|events|execution:[0-9a-fA-F-]{36})$")
+TOPIC = re.compile(r"(data_changes|events|execution:[0-9a-fA-F-]{36})")  # whole topics only: fullmatch
 # The spec takes any client id (a user id, an email, a UUID); it names nothing here, so only control
 # characters and lengths past 128 are refused.
 CLIENT_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
@@ -187,7 +187,7 @@ async def handle(
         return error("forbidden", f"the {principal.role} role lacks the read permission")
     if kind in ("subscribe", "unsubscribe"):
         topic = message.get("topic")
-        if not isinstance(topic, str) or not TOPIC.match(topic):
+        if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
             return error("invalid_topic", "topics are 'data_changes', 'events' or 'execution:<id>'")
         if topic == "events":
             if kind == "subscribe":

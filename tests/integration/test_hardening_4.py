@@ -12,6 +12,7 @@ import time
 import httpx
 import websockets
 
+from tests.integration.harness import ws_ask
 from tests.integration.system import RunningSystem
 from tests.integration.test_hardening_3 import short_lived_token, until_closed
 from tests.integration.users import (
@@ -279,3 +280,13 @@ async def test_a_malformed_upload_names_what_is_wrong(users: dict[str, httpx.Asy
     for body, field, says in cases:
         error = assert_envelope(await alice.post("/api/v1/upload", content=body, headers=headers), 400)
         assert error["details"]["field"] == field and says in error["message"], (field, error)
+
+
+async def test_a_topic_with_a_trailing_newline_is_not_a_topic(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found (spec5): ``{"type": "subscribe", "topic": "data_changes\\n"}`` was answered ``subscribed`` (the
+    pattern's ``$`` matches before a final newline) to a topic that never carries a message."""
+    alice = users["alice"]
+    async with websockets.connect(f"{ws_base(alice)}/ws/newline?access_token={token_of(alice)}") as ws:
+        reply = await ws_ask(ws, {"type": "subscribe", "topic": "data_changes\n"})
+        assert reply["type"] == "error" and reply["code"] == "invalid_topic", reply
+        assert (await ws_ask(ws, {"type": "subscribe", "topic": "data_changes"}))["type"] == "subscribed"
