@@ -106,20 +106,29 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-async def one(http: httpx.AsyncClient) -> float:
-    started = time.perf_counter()
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+async def submit_graph(http: httpx.AsyncClient) -> dict[str, Any]:
+    """POST the bench's graph; the answer (execution id, position)."""
     response = await http.post("/api/v1/execute", json={"graph": GRAPH, "inputs": {"text": TEXT}})
     response.raise_for_status()
-    execution_id = response.json()["execution_id"]
+    submitted: dict[str, Any] = response.json()
+    return submitted
+
+
+async def one(http: httpx.AsyncClient) -> float:
+    """Submit, then GET its status every 20 ms until it finished."""
+    started = time.perf_counter()
+    execution_id = (await submit_graph(http))["execution_id"]
     while True:
         status = await http.get(f"/api/v1/executions/{execution_id}")
-        if status.status_code == 200 and status.json()["status"] in {"completed", "failed", "cancelled"}:
+        if status.status_code == 200 and status.json()["status"] in TERMINAL:
             assert status.json()["status"] == "completed", status.text
             return time.perf_counter() - started
         await asyncio.sleep(0.02)
 
 
-TERMINAL = {"completed", "failed", "cancelled"}
 FOLLOWER_CONNECTIONS = 8  # /ws connections shared by the submitters (the default per-user cap is 20)
 
 
@@ -165,9 +174,7 @@ class Follower:
 async def one_followed(http: httpx.AsyncClient, follower: Follower) -> float:
     """Submit, then wait for the execution_update that says it finished."""
     started = time.perf_counter()
-    response = await http.post("/api/v1/execute", json={"graph": GRAPH, "inputs": {"text": TEXT}})
-    response.raise_for_status()
-    submitted = response.json()
+    submitted = await submit_graph(http)
     update = await follower.finished(submitted["execution_id"], submitted.get("position"))
     assert update["data"]["status"] == "completed", update
     return time.perf_counter() - started

@@ -306,15 +306,12 @@ class ProjectionRunner:
             " updated_at = now()",
             (self.config.projection, self.config.events_topic, tp.partition, next_offset),
         )
-        # Delivered by PostgreSQL only when this transaction commits (the parts in any order: each stands alone).
-        payloads = change_payloads(self.config.projection, tp.partition, next_offset, changes)
-        if len(payloads) == 1:
-            await conn.execute("SELECT pg_notify(%s, %s)", (self.config.channel, payloads[0]))
-        else:
-            await conn.execute(
-                "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
-                (self.config.channel, payloads),
-            )
+        # Delivered by PostgreSQL only when this transaction commits (the parts in any order: each stands
+        # alone). One statement for one part or many, so the path a large batch takes is every commit's.
+        await conn.execute(
+            "SELECT pg_notify(%s, payload) FROM unnest(%s::text[]) AS payload",
+            (self.config.channel, change_payloads(self.config.projection, tp.partition, next_offset, changes)),
+        )
         return fresh
 
     def _start_spans(self, records: list[Any], spans: dict[tuple[str, int], Span]) -> None:
