@@ -3,9 +3,13 @@
 It is a consumer group on the commands topic. For each batch of one partition it runs the
 commands against their aggregates and, in ONE Kafka transaction, produces the new events (same
 key, same partition number), each aggregate's new state to the compacted state topic, the
-outcomes the API waits for, and the consumed command offsets (consume-transform-produce). Each
-partition has its own transactional id, so a new owner fences a zombie one. Nothing in RAM is
-needed to restart: states come back from the state topic (see ``state_store``).
+outcomes the API waits for, and the position after the consumed commands (consume-transform-
+produce; the position is a state-topic record, read back on assignment, rather than the group's
+transactional offsets, which cost two more round trips and a fourth partition per transaction).
+Each partition has its own transactional id, so a new owner fences a zombie one. Nothing in RAM
+is needed to restart: states and the position come back from the state topic (see ``state_store``).
+A transaction is three round trips: its partitions added, every record produced in one request
+(the outcomes name their events' offsets, predicted: ``_EventOffsets``), the commit.
 
 No record blocks a partition. A command that cannot be decoded goes to the dead-letter topic; one
 whose payload breaks ``commands.limits``, cannot be fingerprinted or encoded, or whose events,
@@ -37,7 +41,7 @@ import aiokafka.producer.sender as aiokafka_sender
 import msgspec
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, ProducerFenced
+from aiokafka.errors import MessageSizeTooLargeError, ProducerFenced
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import Mapper
 from opentelemetry.trace import Span, SpanKind, StatusCode, Tracer
@@ -47,7 +51,13 @@ from commands.envelope import ENVELOPE_DECODER, CommandEnvelope, Outcome, Positi
 from commands.limits import MAX_STORABLE_DEPTH, InvalidInput, check_json
 from commands.rebalance import Rebalance
 from commands.registry import execute
-from commands.state_store import AggregateState, PartitionStore, chain_hash
+from commands.state_store import (
+    COMMANDS_POSITION_KEY,
+    AggregateState,
+    PartitionStore,
+    chain_hash,
+    encode_command_offset,
+)
 from commands.tracing import header_value, parent_context, trace_headers
 from domain.errors import DomainError
 
@@ -73,6 +83,9 @@ RETRY_BACKOFF_S = 0.1
 RETRY_BACKOFF_MAX_S = 30.0
 MAX_ERROR_CHARS = 2000  # of an error kept in a rejection or a dead letter
 MAX_ID_CHARS = 256  # command ids, types, actors: the API's are UUIDs and words
+# The position that counts is in the state topic; the consumer group's copy (for tools showing lag) is
+# committed at most this often per partition.
+GROUP_OFFSETS_EVERY_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,8 @@ class _Step:
     state: AggregateState | None = None
     event_types: list[str] = field(default_factory=list)
     event_futures: list[asyncio.Future[Any]] = field(default_factory=list)
+    # Where its events will land, when known before the broker answers (see _EventOffsets); None: not known.
+    predicted_offsets: list[int | None] = field(default_factory=list)
     version: int = 0
     created_at: float = 0.0
     rejection: Rejection | None = None
@@ -111,6 +126,32 @@ class _Step:
     offset: int = -1  # of the command record
     unprocessable: bool = False  # rejected because it cannot be processed: dead-lettered too
     span: Span | None = None  # "process <type>" when tracing is on; ends when the transaction does
+
+
+@dataclass
+class _EventOffsets:
+    """The offsets a batch's events will get in its events partition, when known before the broker says.
+
+    The processor is the partition's only writer, and a committed transaction leaves one commit
+    marker after its records, so once one transaction's offsets are known the next one's follow:
+    its first event lands two past the previous one's last (one past, for a transaction without
+    events). Knowing them, the outcomes (which name their events' offsets: the consistency token)
+    go out in the same produce request as the events instead of a round trip later. The broker's
+    answer is still checked before the commit; a wrong guess (an aborted transaction or another
+    writer came between) aborts the batch, which runs again waiting for the answers.
+    """
+
+    next: int | None  # the offset of the next event sent; None: unknown
+
+    def take(self) -> int | None:
+        if self.next is None:
+            return None
+        offset, self.next = self.next, self.next + 1
+        return offset
+
+
+class _Misprediction(Exception):
+    """An event landed elsewhere than predicted: abort the batch and run it again without predicting."""
 
 
 class _TooLarge(Exception):
@@ -179,6 +220,10 @@ class CommandProcessor:
         # partition -> command offset -> the rejection it gets when the batch runs again
         self._faults: dict[int, dict[int, Rejection]] = {}
         self.failures: dict[int, int] = {}  # partition -> consecutive failed batches
+        # partition -> the offset its next event will get, known after a committed batch with events
+        self._next_event_offset: dict[int, int] = {}
+        self._group_offsets_at: dict[int, float] = {}  # partition -> when its group offset was last copied
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Process commands until ``stop`` is set."""
@@ -206,6 +251,8 @@ class CommandProcessor:
                         )
                     )
         finally:
+            for task in list(self._background):
+                task.cancel()
             await consumer.stop()
             async with self._lock:
                 for partition in list(self._producers):
@@ -260,7 +307,8 @@ class CommandProcessor:
                 await self._restore(store, tp.partition)
                 self._producers[tp.partition] = producer
                 self._stores[tp.partition] = store
-                log.info("owns partition %s", tp.partition)
+                self._seek_to_stored(tp, store)
+                log.info("owns partition %s from command offset %s", tp.partition, store.command_offset)
 
     async def _start_producer(self, partition: int) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -275,7 +323,7 @@ class CommandProcessor:
         return producer
 
     async def _renew_producer(self, partition: int) -> None:
-        """Replace a partition's producer after a broker error (e.g. the broker restarted).
+        """Replace a partition's producer after a failed batch (e.g. the broker restarted).
 
         aiokafka leaves a transactional producer in a fatal state after some of them (an unknown
         producer id, an out-of-order sequence, a fenced epoch after the coordinator moved), and then
@@ -288,7 +336,7 @@ class CommandProcessor:
             return
         with contextlib.suppress(Exception):
             await asyncio.wait_for(old.stop(), PRODUCER_STOP_TIMEOUT_S)
-        log.warning("partition %s: replacing its transactional producer after a broker error", partition)
+        log.warning("partition %s: replacing its transactional producer after a failed batch", partition)
         self._producers[partition] = await self._start_producer(partition)
 
     async def revoke(self, partitions: set[TopicPartition]) -> None:
@@ -298,7 +346,18 @@ class CommandProcessor:
             for tp in partitions:
                 await self._release(tp.partition)
 
+    def _seek_to_stored(self, tp: TopicPartition, store: PartitionStore) -> None:
+        """Continue from the command offset the last committed transaction recorded in the state topic.
+
+        Without one (a state topic written before it held the position) the group's committed
+        offset applies, as the consumer finds it by itself.
+        """
+        offset = store.command_offset
+        if offset is not None and self._consumer is not None and tp in self._consumer.assignment():
+            self._consumer.seek(tp, offset)
+
     async def _release(self, partition: int) -> None:
+        self._next_event_offset.pop(partition, None)
         self._faults.pop(partition, None)
         self.failures.pop(partition, None)
         producer = self._producers.pop(partition, None)
@@ -326,7 +385,7 @@ class CommandProcessor:
             restored = 0
             while position < end:
                 batch = (await reader.getmany(tp, timeout_ms=1000, max_records=5000)).get(tp, [])
-                records = [(r.key.decode(), r.value) for r in batch if r.key is not None and r.value is not None]
+                records = [(r.key, r.value) for r in batch if r.key is not None and r.value is not None]
                 position = await reader.position(tp)
                 store.restore(records, position)
                 restored += len(records)
@@ -338,21 +397,31 @@ class CommandProcessor:
     async def _process_partition(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
         producer = self._producers[tp.partition]
         store = self._stores[tp.partition]
+        # aiokafka may hand over records it fetched from the group's offset while ``assign`` ran,
+        # though ``assign`` then moved the position on: those commands are in committed transactions.
+        done = store.command_offset
+        if done is not None and records[0].offset < done:
+            records = [record for record in records if record.offset >= done]
+            if not records:
+                return
         touched: dict[str, AggregateState] = {}
         started = time.monotonic()
         steps: list[_Step] = []
+        # Known only after a committed batch: whatever goes wrong below leaves it unknown.
+        offsets = _EventOffsets(self._next_event_offset.pop(tp.partition, None))
+        predicted_from = offsets.next
+        next_command = records[-1].offset + 1
         try:
             self._batch_dead_letters[tp.partition] = 0
             # Each command's span ends when the transaction does (outermost, so after the commit).
             with _ending_spans(steps) if self.tracer is not None else contextlib.nullcontext():
                 async with producer.transaction():
                     self._add_partitions(producer, tp.partition)
-                    await self._run_commands(producer, store, tp.partition, records, touched, steps)
+                    await self._run_commands(producer, store, tp.partition, records, touched, steps, offsets)
                     ran = time.monotonic()
-                    values, next_state_offset = await self._send_results(producer, tp.partition, steps, touched)
-                    # Last, not alongside the produce requests: sent at the transaction's start (with its three
-                    # partitions added at once) it measured 35-45% fewer ingests/s in one quiet sitting (stop 18).
-                    await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.config.group_id)
+                    values, next_state_offset, last_event = await self._send_results(
+                        producer, tp.partition, steps, touched, next_command
+                    )
                     sent = time.monotonic()
         except ProducerFenced:
             # A newer owner of this partition exists (we were presumed dead): stop writing for it.
@@ -360,24 +429,30 @@ class CommandProcessor:
             store.forget(touched)
             await self._release(tp.partition)
             return
-        except _RecordFault as fault:
-            # Nothing of the batch is visible; run it again at once, this command rejected.
-            log.error("partition %s: command at offset %s cannot be produced: %s", tp.partition, fault.offset, fault)
-            self._faults.setdefault(tp.partition, {})[fault.offset] = fault.rejection
+        except (_RecordFault, _Misprediction) as fault:
+            # Nothing of the batch is visible; run it again at once (this command rejected, or waiting
+            # for the broker's offsets).
+            if isinstance(fault, _RecordFault):
+                log.error(
+                    "partition %s: command at offset %s cannot be produced: %s", tp.partition, fault.offset, fault
+                )
+                self._faults.setdefault(tp.partition, {})[fault.offset] = fault.rejection
+            else:
+                log.warning("partition %s: %s; running the batch again", tp.partition, fault)
+                self._count("pipeline_processor_mispredicted_batches", 1)
             store.forget(touched)
-            await self._rewind(consumer, tp, records)
+            consumer.seek(tp, records[0].offset)
             return
-        except Exception as exc:
-            # Nothing of the batch is visible: forget in-memory changes and consume it again later.
+        except Exception:
+            # Nothing of the batch is visible, or (its commit's answer lost) all of it: forget in-memory
+            # changes, learn from the state topic which, and consume from there again later.
             failures = self.failures[tp.partition] = self.failures.get(tp.partition, 0) + 1
             delay = min(RETRY_BACKOFF_S * 2 ** (failures - 1), RETRY_BACKOFF_MAX_S)
             log.exception(
                 "batch on partition %s aborted (%s in a row); retrying in %.1fs", tp.partition, failures, delay
             )
             store.forget(touched)
-            if isinstance(exc, KafkaError):
-                await self._renew_producer(tp.partition)
-            await self._rewind(consumer, tp, records)
+            await self._recover(consumer, tp, records)
             consumer.pause(tp)
             asyncio.get_running_loop().call_later(delay, self._resume, consumer, tp)
             return
@@ -386,7 +461,13 @@ class CommandProcessor:
         if faults:
             for offset in [o for o in faults if o <= records[-1].offset]:
                 del faults[offset]
-        store.commit(values, touched, next_state_offset)
+        store.commit(values, touched, next_state_offset, next_command)
+        # The commit marker takes the offset after the batch's last record in the events partition.
+        if last_event is not None:
+            self._next_event_offset[tp.partition] = last_event + 2
+        elif predicted_from is not None:
+            self._next_event_offset[tp.partition] = predicted_from + 1
+        self._copy_to_group(consumer, tp, next_command)
         self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
         self.last_progress = time.time()
         self._count("pipeline_processor_batches", 1)
@@ -394,9 +475,30 @@ class CommandProcessor:
         ended = time.monotonic()
         self._count("pipeline_processor_transaction_seconds", ended - started)
         # Where a transaction's time goes: running the commands (their events sent as they go), the
-        # outcomes and states sent once the events' offsets are known, with the consumed offsets, and the commit.
+        # outcomes, states and position sent and every record acknowledged, and the commit.
         for phase, seconds in (("run", ran - started), ("results", sent - ran), ("commit", ended - sent)):
             self._count("pipeline_processor_transaction_phase_seconds", seconds, (("phase", phase),))
+
+    def _copy_to_group(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
+        """Commit the position to the consumer group too, every GROUP_OFFSETS_EVERY_S, not waited for.
+
+        The state topic holds the position that counts (written in each batch's transaction); the
+        group's copy is for tools that show a group's lag (``kafka-consumer-groups``), so it may lag.
+        """
+        now = time.monotonic()
+        if now - self._group_offsets_at.get(tp.partition, -GROUP_OFFSETS_EVERY_S) < GROUP_OFFSETS_EVERY_S:
+            return
+        self._group_offsets_at[tp.partition] = now
+
+        async def commit() -> None:
+            try:
+                await consumer.commit({tp: offset})
+            except Exception as exc:  # e.g. a rebalance began: the next batch's copy will do
+                log.debug("partition %s: group offset not copied: %s", tp.partition, exc)
+
+        task = asyncio.create_task(commit())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _add_partitions(self, producer: AIOKafkaProducer, partition: int) -> None:
         """Add the three partitions a batch writes to its transaction in one AddPartitionsToTxn.
@@ -417,8 +519,20 @@ class CommandProcessor:
         key = (name, labels)
         self.counters[key] = self.counters.get(key, 0) + value
 
-    async def _rewind(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
-        try:
+    async def _recover(self, consumer: AIOKafkaConsumer, tp: TopicPartition, records: list[Any]) -> None:
+        """After a failed batch: seek to where the committed transactions end.
+
+        The commit may have happened though its answer was lost. A new producer ends the old one's
+        transaction either way (and replaces one aiokafka may have left unusable), and the state
+        topic then says which way: caught up from it, the store holds the position that committed.
+        """
+        await self._renew_producer(tp.partition)
+        store = self._stores[tp.partition]
+        await self._restore(store, tp.partition)
+        if store.command_offset is not None:
+            consumer.seek(tp, store.command_offset)
+            return
+        try:  # a state topic written before it held the position: the group's offset
             committed = await consumer.committed(tp)
         except Exception:  # e.g. the broker is away: the batch's first record is the next one to run
             committed = None
@@ -453,6 +567,7 @@ class CommandProcessor:
         records: list[Any],
         touched: dict[str, AggregateState],
         steps: list[_Step],
+        offsets: _EventOffsets,
     ) -> None:
         """Run the batch's commands, appending a step per decodable command to ``steps``."""
         in_batch: dict[str, _Step] = {}
@@ -507,12 +622,14 @@ class CommandProcessor:
                     step.same_batch_original = earlier
                 continue
             in_batch[envelope.command_id] = step
-            await self._apply(producer, partition, step, state)
+            await self._apply(producer, partition, step, state, offsets)
             if step.unprocessable:
                 assert step.rejection is not None
                 await self._dead_letter(producer, record, f"{step.rejection.code}: {step.rejection.message}")
 
-    async def _apply(self, producer: AIOKafkaProducer, partition: int, step: _Step, state: AggregateState) -> None:
+    async def _apply(
+        self, producer: AIOKafkaProducer, partition: int, step: _Step, state: AggregateState, offsets: _EventOffsets
+    ) -> None:
         envelope = step.envelope
         # A handler that triggers an event and then refuses would leave the aggregate changed in
         # memory; keep a copy to put back. Aggregates hold only what decisions need: small to copy.
@@ -553,6 +670,7 @@ class CommandProcessor:
             except MessageSizeTooLargeError as exc:  # refused before it was buffered: this command's fault
                 raise _RecordFault(step.offset, _unprocessable("too_large", f"event not produced: {exc}")) from exc
             step.event_futures.append(future)
+            step.predicted_offsets.append(offsets.take())
             step.event_types.append(stored.topic.rsplit(".", 1)[-1])
             step.version = stored.originator_version
             if not step.created_at:
@@ -564,8 +682,11 @@ class CommandProcessor:
         partition: int,
         steps: list[_Step],
         touched: dict[str, AggregateState],
-    ) -> tuple[dict[str, bytes], int]:
-        """Produce outcomes and new aggregate states; return the states and the next state-topic offset."""
+        next_command: int,
+    ) -> tuple[dict[str, bytes], int, int | None]:
+        """Produce outcomes, new aggregate states and the position ``next_command`` and wait until the
+        broker has them all; return the states, the next state-topic offset and the batch's last event's
+        offset (None: no event). The events' offsets are awaited before the outcomes only if not predicted."""
         outcomes: dict[str, bytes] = {}
         for step in steps:
             envelope = step.envelope
@@ -584,9 +705,12 @@ class CommandProcessor:
                 )
             else:
                 position = None
-                for future in step.event_futures:
-                    metadata = await future
-                    position = Position(metadata.partition, metadata.offset).token()
+                if step.predicted_offsets and step.predicted_offsets[-1] is not None:
+                    position = Position(partition, step.predicted_offsets[-1]).token()
+                else:
+                    for future in step.event_futures:
+                        metadata = await future
+                        position = Position(metadata.partition, metadata.offset).token()
                 outcome = Outcome(
                     command_id=envelope.command_id,
                     aggregate_id=envelope.aggregate_id,
@@ -620,14 +744,25 @@ class CommandProcessor:
                     last_change[aggregate_id].offset,
                     _unprocessable("too_large", f"the aggregate's state would be {len(value)} bytes"),
                 )
-        last_offset = -1
         futures = [
             await producer.send(self.config.state_topic, value, key=aggregate_id.encode(), partition=partition)
             for aggregate_id, value in values.items()
         ]
-        for future in futures:
-            last_offset = max(last_offset, (await future).offset)
-        return values, last_offset + 1 if last_offset >= 0 else 0
+        command_position = encode_command_offset(next_command)
+        futures.append(
+            await producer.send(
+                self.config.state_topic, command_position, key=COMMANDS_POSITION_KEY, partition=partition
+            )
+        )
+        last_event = None
+        for step in steps:
+            for future, predicted in zip(step.event_futures, step.predicted_offsets, strict=True):
+                offset = (await future).offset
+                if predicted is not None and offset != predicted:
+                    raise _Misprediction(f"an event landed at offset {offset}, not {predicted}")
+                last_event = offset
+        last_state = max([(await future).offset for future in futures])
+        return values, last_state + 1, last_event
 
 
 @contextlib.contextmanager

@@ -24,6 +24,15 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
 SNAPSHOT_TOPIC = get_topic(Snapshot)
+# The state topic's record of the next command offset of its partition, written in each batch's
+# transaction beside the states: the consume-transform-produce position, where a transaction's
+# consumed offsets would otherwise go (AddOffsetsToTxn + TxnOffsetCommit: two more round trips and
+# a fourth partition per transaction). Aggregate ids are UUIDs, so it cannot collide with one.
+COMMANDS_POSITION_KEY = b"~commands-position"
+
+
+def encode_command_offset(offset: int) -> bytes:
+    return str(offset).encode()
 
 
 @dataclass
@@ -89,12 +98,19 @@ class PartitionStore:
         self._mapper = mapper
         self._cache: OrderedDict[str, AggregateState] = OrderedDict()
         self._cache_size = cache_size
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'command_offset'").fetchone()
+        self._command_offset: int | None = int(row[0]) if row else None
 
     @property
     def next_state_offset(self) -> int:
         """The state-topic offset this store has applied up to (exclusive)."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'next_offset'").fetchone()
         return int(row[0]) if row else 0
+
+    @property
+    def command_offset(self) -> int | None:
+        """The next command offset of the last committed batch this store has seen; None: none recorded."""
+        return self._command_offset
 
     def get(self, aggregate_id: str) -> AggregateState:
         """The aggregate's state, or an empty state if it has never been created."""
@@ -112,8 +128,11 @@ class PartitionStore:
         for aggregate_id in aggregate_ids:
             self._cache.pop(aggregate_id, None)
 
-    def commit(self, values: dict[str, bytes], states: dict[str, AggregateState], next_offset: int) -> None:
-        """Record states that the state topic now holds committed, up to ``next_offset``."""
+    def commit(
+        self, values: dict[str, bytes], states: dict[str, AggregateState], next_offset: int, command_offset: int
+    ) -> None:
+        """Record states that the state topic now holds committed, up to ``next_offset``, with the
+        batch's position ``command_offset``."""
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
@@ -121,30 +140,43 @@ class PartitionStore:
                 "ON CONFLICT (aggregate_id) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
-            self._set_offset(next_offset)
+            self._set_meta("command_offset", command_offset)
+            self._set_meta("next_offset", next_offset)
+        self._command_offset = max(command_offset, self._command_offset or 0)
         for aggregate_id, state in states.items():
             self._remember(aggregate_id, state)
 
-    def restore(self, records: Iterable[tuple[str, bytes]], next_offset: int) -> None:
-        """Apply state-topic records read while catching up."""
+    def restore(self, records: Iterable[tuple[bytes, bytes]], next_offset: int) -> None:
+        """Apply state-topic records (key, value) read while catching up."""
+        states = []
+        command_offset = None
+        for key, value in records:
+            if key == COMMANDS_POSITION_KEY:
+                command_offset = int(value)
+            else:
+                states.append((key.decode(), value))
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO state (aggregate_id, value) VALUES (?, ?) "
                 "ON CONFLICT (aggregate_id) DO UPDATE SET value = excluded.value",
-                list(records),
+                states,
             )
-            self._set_offset(next_offset)
+            if command_offset is not None:
+                self._set_meta("command_offset", command_offset)
+                self._command_offset = max(command_offset, self._command_offset or 0)
+            self._set_meta("next_offset", next_offset)
         self._cache.clear()
 
     def close(self) -> None:
         self._db.close()
 
-    def _set_offset(self, next_offset: int) -> None:
+    def _set_meta(self, key: str, offset: int) -> None:
+        """Offsets only move forward: a late write of an older one (a restore overlapping) keeps the newer."""
         self._db.execute(
-            "INSERT INTO meta (key, value) VALUES ('next_offset', ?) "
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = max(meta.value, excluded.value)",
-            (next_offset,),
+            (key, offset),
         )
 
     def _remember(self, aggregate_id: str, state: AggregateState) -> None:

@@ -6,8 +6,12 @@ import asyncio
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from infra.adapters.kafka import Topics
+from infra.runtime.bootstrap import processor_config
 from infra.runtime.settings import Settings
 from tests.integration.harness import Worker, eventually, query, snapshot_read_models
 
@@ -107,3 +111,47 @@ async def test_processor_killed_and_restarted_loses_and_doubles_no_command(
     assert rows == [(300, 300)]
     versions = await query(settings, "SELECT DISTINCT version FROM aggregate_versions")
     assert versions == [(1,)]
+
+
+async def test_a_restarted_processor_continues_from_the_position_its_transactions_recorded(
+    client: httpx.AsyncClient, settings: Settings, workers: dict[str, Worker]
+) -> None:
+    # Each transaction records the next command offset in the state topic; the consumer group's
+    # committed offset is only a copy made every few seconds for monitoring. A processor that
+    # resumed from the group's copy would run the commands after it again (answered as duplicates).
+    processor = workers["processor"]
+    topics = Topics.from_settings(settings.kafka)
+    config = processor_config(settings, topics)
+    await ingest_many(client, 1, "first")  # each partition's first batch copies its offset at once
+    await ingest_many(client, 40, "behind")  # within GROUP_OFFSETS_EVERY_S: not copied
+    processor.kill()
+
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, group_id=config.group_id)
+    await reader.start()
+    try:
+        partitions = range(settings.kafka.partitions)
+        commands = [TopicPartition(topics.commands, p) for p in partitions]
+        outcomes = [TopicPartition(topics.outcomes, p) for p in partitions]
+        ends = await reader.end_offsets(commands)
+        group = {tp: await reader.committed(tp) or 0 for tp in commands}
+        assert any(group[tp] < ends[tp] for tp in commands), (group, ends)  # the copy lags: the test can fail
+        outcomes_before = await reader.end_offsets(outcomes)
+    finally:
+        await reader.stop()
+
+    processor.start()
+    latest = await ingest_many(client, 1, "after the restart")
+    reader = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap_servers, isolation_level="read_committed")
+    await reader.start()
+    try:
+        reader.assign(outcomes)
+        for tp in outcomes:
+            reader.seek(tp, outcomes_before[tp])
+        answered: list[str] = []
+        ends = await reader.end_offsets(outcomes)
+        while [tp for tp in outcomes if await reader.position(tp) < ends[tp]]:
+            for records in (await reader.getmany(timeout_ms=1000)).values():
+                answered += [orjson.loads(r.value)["aggregate_id"] for r in records]
+    finally:
+        await reader.stop()
+    assert answered == [latest[0]["object_id"]]

@@ -131,7 +131,7 @@ def test_processor_puts_back_an_aggregate_that_a_refusing_handler_changed() -> N
     from pathlib import Path
     from tempfile import TemporaryDirectory
 
-    from commands.processor import CommandProcessor, ProcessorConfig, _Step, fingerprint
+    from commands.processor import CommandProcessor, ProcessorConfig, _EventOffsets, _Step, fingerprint
     from commands.state_store import AggregateState
     from infra.adapters.codec import make_mapper
 
@@ -148,7 +148,7 @@ def test_processor_puts_back_an_aggregate_that_a_refusing_handler_changed() -> N
         step.fingerprint = fingerprint(step.envelope)
         import asyncio
 
-        asyncio.run(processor._apply(None, 0, step, state))
+        asyncio.run(processor._apply(None, 0, step, state, _EventOffsets(None)))
     assert step.rejection is not None and step.rejection.message == "refused after a change"
     assert state.aggregate is not None
     restored: Any = state.aggregate
