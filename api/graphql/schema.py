@@ -63,7 +63,7 @@ class Query(ExecutionQuery, NotificationQuery, ChatQuery, HistoryQuery):
 
     @strawberry.field(
         description="Search over data objects, as GET /api/v1/search: modality text (query in web-search syntax)"
-        " or metadata (filters alone, no query)"
+        " or metadata (filters alone, no query); with consistency_token, after the read models applied that write"
     )
     async def search_objects(
         self,
@@ -73,12 +73,14 @@ class Query(ExecutionQuery, NotificationQuery, ChatQuery, HistoryQuery):
         limit: int = 10,
         offset: int = 0,
         filters: JSON | None = None,
+        consistency_token: str | None = None,
     ) -> list[DataObject]:
         require(info.context.connection, Permission.READ)
         check_page(limit, offset, 100, 10_000)
         checked = await answer(_checked(filters))
         actor = actor_of(info.context.connection)
-        results = await answer(run_search(info.context.container, actor, query, modality, limit, offset, checked))
+        container = info.context.container
+        results = await answer(run_search(container, actor, query, modality, limit, offset, checked, consistency_token))
         return [to_object(_as_row(hit)) for hit in results.results]
 
 

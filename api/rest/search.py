@@ -12,10 +12,11 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 
 from api.auth import actor_of
+from api.data_service import wait_for_token
 from api.errors import ApiError
 from api.inputs import checked_json, json_object_text
 from api.rbac import Permission, requires
-from api.rest.data import DataObject
+from api.rest.data import ConsistencyToken, DataObject
 from commands.envelope import Actor
 from infra.runtime.bootstrap import ApiContainer
 from projections.search import FILTER_KEYS, MODALITIES, SearchRequest, search
@@ -130,9 +131,12 @@ async def run_search(
     limit: int,
     offset: int,
     filters: dict[str, Any],
+    token: str | None = None,
 ) -> SearchResults:
-    """Search shared by REST and GraphQL; a non-admin only ever finds their own objects (visibility rule)."""
+    """Search shared by REST and GraphQL; a non-admin only ever finds their own objects (visibility rule).
+    With ``token`` (a write's position) it waits until the read models have applied that write."""
     checked = check_query(query, modality)
+    await wait_for_token(container, token)
     request = SearchRequest(
         query=checked,
         modality=modality,
@@ -180,7 +184,9 @@ class SearchController(Controller):
                 " created_after, created_before, annotation_type, label"
             ),
         ] = None,
+        consistency_token: ConsistencyToken = None,
     ) -> SearchResults:
+        token = consistency_token or request.headers.get("x-consistency-token")
         return await run_search(
-            container, actor_of(request), search_query, modality, limit, offset, parse_filters(filters)
+            container, actor_of(request), search_query, modality, limit, offset, parse_filters(filters), token
         )

@@ -5,7 +5,10 @@ One system for the module; each test uses words of its own so the tests do not s
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -217,3 +220,43 @@ async def test_queries_with_only_operators_or_stop_words_find_nothing_without_er
         response = await client.get("/api/v1/search", params={"query": query})
         assert response.status_code == 200, (query, response.text)
         assert response.json()["total"] == 0, query
+
+
+async def test_a_search_with_a_writes_token_finds_that_write_though_the_read_model_lags(
+    system: RunningSystem, client: AsyncClient
+) -> None:
+    # The projection is held (SIGSTOP), so only a search that waits for the token can find the object.
+    projections = system.workers["projections"].process
+    assert projections is not None
+    body = {"content": "quillwort tokened", "content_type": "text/plain", "metadata": {}}
+    os.kill(projections.pid, signal.SIGSTOP)
+    try:
+        created = (await client.post("/api/v1/ingest", json=body)).json()
+        untokened = await found(client, query="quillwort")
+        rest = asyncio.create_task(
+            client.get(
+                "/api/v1/search", params={"query": "quillwort"}, headers={"X-Consistency-Token": created["position"]}
+            )
+        )
+        graphql = asyncio.create_task(
+            client.post(
+                "/api/graphql",
+                json={
+                    "query": 'query($t: String) { searchObjects(query: "quillwort", consistencyToken: $t) {'
+                    " objectId } }",
+                    "variables": {"t": created["position"]},
+                },
+            )
+        )
+        await asyncio.sleep(0.5)
+        assert not graphql.done(), graphql.result().text
+        assert not rest.done()  # waiting for the projection
+    finally:
+        os.kill(projections.pid, signal.SIGCONT)
+    assert untokened["results"] == []
+    response = await rest
+    assert response.status_code == 200, response.text
+    assert ids(response.json()) == [created["object_id"]]
+    answer = (await graphql).json()
+    assert answer.get("errors") is None, answer
+    assert [hit["objectId"] for hit in answer["data"]["searchObjects"]] == [created["object_id"]]
