@@ -1,18 +1,55 @@
-"""The README documents every setting the code reads."""
+"""The README documents every setting the code reads, with its real environment variables and default."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from infra.runtime.settings import ENV_ALIASES, env_name, iter_settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+ROW = re.compile(r"^\| `(?P<name>[a-z_]+\.[a-z_]+)` \| (?P<env>[^|]+) \| `(?P<default>[^`]*)`[^|]* \| (?P<meaning>[^|]+) \|$")
 
 
-def test_every_setting_and_its_environment_variable_is_in_the_readme() -> None:
-    missing = [env_name(s, k) for s, k, _ in iter_settings() if f"`{env_name(s, k)}`" not in README]
-    missing += [name for name in ENV_ALIASES if f"`{name}`" not in README]
-    assert not missing, f"README lacks: {missing}"
+def settings_table() -> list[re.Match[str]]:
+    """The rows of the Configuration section's table, in order (each must parse: a malformed row fails)."""
+    section = README.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| `")]
+    rows = [ROW.match(line) for line in lines]
+    assert all(rows), f"malformed rows: {[line for line, row in zip(lines, rows, strict=True) if not row]}"
+    return [row for row in rows if row]
+
+
+def shown(value: object) -> str:
+    """A default as the table writes it: tuples comma-separated, the empty string as (empty)."""
+    text = ",".join(value) if isinstance(value, tuple) else str(value)
+    return text or "(empty)"
+
+
+def test_the_settings_table_lists_every_setting_once_in_declaration_order() -> None:
+    documented = [row["name"] for row in settings_table()]
+    declared = [f"{section}.{key}" for section, key, _ in iter_settings()]
+    assert documented == declared, (
+        f"only in the README: {sorted(set(documented) - set(declared))}; only in settings.py:"
+        f" {sorted(set(declared) - set(documented))}; duplicates or order differ otherwise"
+    )
+
+
+def test_the_settings_table_gives_each_setting_its_true_default() -> None:
+    defaults = {f"{section}.{key}": shown(value) for section, key, value in iter_settings()}
+    wrong = {row["name"]: (row["default"], defaults[row["name"]]) for row in settings_table()}
+    wrong = {name: pair for name, pair in wrong.items() if pair[0] != pair[1]}
+    assert not wrong, f"README default != settings.py default: {wrong}"
+
+
+def test_the_settings_table_names_each_environment_variable_and_a_meaning() -> None:
+    aliases = {target: name for name, target in ENV_ALIASES.items()}
+    for row in settings_table():
+        section, key = row["name"].split(".")
+        names = re.findall(r"`([A-Z_]+)`", row["env"])
+        expected = ([aliases[(section, key)]] if (section, key) in aliases else []) + [env_name(section, key)]
+        assert names == expected, f"{row['name']}: README names {names}, the code reads {expected}"
+        assert len(row["meaning"].strip()) > 5, f"{row['name']} has no meaning in the README"
 
 
 def test_readme_names_the_two_set_up_commands() -> None:
