@@ -54,3 +54,28 @@ def test_the_settings_table_names_each_environment_variable_and_a_meaning() -> N
 
 def test_readme_names_the_two_set_up_commands() -> None:
     assert "make run" in README and "make test" in README
+
+
+def api_table() -> set[tuple[str, str]]:
+    """(method, path) of every row of the API section's table; query strings dropped, `/ws` as WS."""
+    section = README.split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| ([A-Z/]+) \| `([^`?]+)[^`]*` \|", section, re.MULTILINE)
+    return {(method, re.sub(r"\{\w+\}", "{}", path)) for methods, path in rows for method in methods.split("/")}
+
+
+def test_every_route_of_the_api_is_a_row_of_the_readmes_api_table() -> None:
+    from litestar.routes import WebSocketRoute
+
+    from api.app import create_app
+    from infra.runtime.settings import load_settings
+
+    app = create_app(load_settings(environ={"SECRET_KEY": "k" * 32}))
+    documented = api_table()
+    missing = []
+    for route in app.routes:
+        path = re.sub(r"\{\w+:[^}]+\}", "{}", route.path)
+        if path.startswith(("/api/docs/", "/api/redoc", "/openapi.json")):  # the docs pages' own (the /api/docs row)
+            continue
+        methods = {"WS"} if isinstance(route, WebSocketRoute) else set(route.methods) - {"OPTIONS", "HEAD"}
+        missing += [f"{method} {path}" for method in sorted(methods) if (method, path) not in documented]
+    assert not missing, f"routes missing from the README's API table: {missing}"
