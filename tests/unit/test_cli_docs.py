@@ -80,9 +80,7 @@ def test_unknown_read_model_names_the_read_models(capsys: pytest.CaptureFixture[
     assert "no read model named bogus" in err and "conversations" in err
 
 
-def test_blobs_check_without_a_system_says_what_is_missing(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_blobs_check_without_a_system_says_what_is_missing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in ("DATABASE_URL", "PIPELINE_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path))  # no runtime.json there

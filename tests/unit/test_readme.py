@@ -8,7 +8,9 @@ from pathlib import Path
 from infra.runtime.settings import ENV_ALIASES, env_name, iter_settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-ROW = re.compile(r"^\| `(?P<name>[a-z_]+\.[a-z_]+)` \| (?P<env>[^|]+) \| `(?P<default>[^`]*)`[^|]* \| (?P<meaning>[^|]+) \|$")
+ROW = re.compile(
+    r"^\| `(?P<name>[a-z_]+\.[a-z_]+)` \| (?P<env>[^|]+) \| `(?P<default>[^`]*)`[^|]* \| (?P<meaning>[^|]+) \|$"
+)
 
 
 def settings_table() -> list[re.Match[str]]:
