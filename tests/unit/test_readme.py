@@ -81,3 +81,36 @@ def test_every_route_of_the_api_is_a_row_of_the_readmes_api_table() -> None:
         methods = {"WS"} if isinstance(route, WebSocketRoute) else set(route.methods) - {"OPTIONS", "HEAD"}
         missing += [f"{method} {path}" for method in sorted(methods) if (method, path) not in documented]
     assert not missing, f"routes missing from the README's API table: {missing}"
+
+
+def reasons_in_code() -> set[str]:
+    """Every error `reason` the code can answer, found in the source (a new one cannot be missed)."""
+    from api.errors import HTTP_REASONS, REJECTION_STATUS
+
+    root = Path(__file__).resolve().parents[2]
+    calls = (
+        r"(?:ApiError|envelope|_error|refuse_websocket|error_response)\("
+        r"\s*(?:request,\s*|scope,\s*send,\s*)?\w+,\s*\"([a-z_]+)\""
+    )
+    found = {"http_error", *REJECTION_STATUS, *HTTP_REASONS.values()}
+    for path in [*(root / "api").rglob("*.py"), root / "infra" / "runtime" / "http_protocol.py"]:
+        text = path.read_text()
+        found |= set(re.findall(calls, text))
+        found |= set(re.findall(r"\"code\": \d{3}, \"reason\": \"([a-z_]+)\"", text))  # GraphQL extensions
+        found |= set(re.findall(r"reason=\"([a-z_]+)\"", text))
+    for folder in ("domain", "commands"):  # a refused command's code is its reason (api/errors.py rejection_error)
+        for path in (root / folder).glob("*.py"):
+            found |= set(re.findall(r"^    code = \"([a-z_]+)\"", path.read_text(), re.MULTILINE))
+    return found
+
+
+def test_every_error_reason_is_in_the_readmes_table() -> None:
+    section = README.split("\n## API\n", 1)[1].split("\n## ", 1)[0]
+    documented = {
+        reason
+        for row in re.findall(r"^  \| (`[a-z_]+`(?:, `[a-z_]+`)*) \| (?:[0-9]|other)", section, re.MULTILINE)
+        for reason in re.findall(r"`([a-z_]+)`", row)
+    }
+    assert "validation_error" in documented
+    missing = reasons_in_code() - documented
+    assert not missing, f"reasons the API answers that the README's table lacks: {sorted(missing)}"
