@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return _operate(settings, args)
+    except BrokenPipeError:  # `pipeline settings | head`: the reader has what it wanted, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except Exception as exc:  # the system is unreachable (or worse): a message and exit 1, not a traceback
         if not _unreachable(exc):
             raise

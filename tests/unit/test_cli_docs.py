@@ -86,3 +86,25 @@ def test_blobs_check_without_a_system_says_what_is_missing(monkeypatch: pytest.M
     monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path))  # no runtime.json there
     with pytest.raises(SystemExit, match="missing settings: DATABASE_URL"):  # exit status 1, no 30 s wait
         main(["blobs", "check"])
+
+
+def test_a_reader_that_stops_early_is_no_error() -> None:
+    """`pipeline settings | head -1`: the closed pipe is neither an unreachable system nor a traceback."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: every write fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "infra.cli", "settings"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=root,
+            text=True,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
