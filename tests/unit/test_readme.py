@@ -114,3 +114,17 @@ def test_every_error_reason_is_in_the_readmes_table() -> None:
     assert "validation_error" in documented
     missing = reasons_in_code() - documented
     assert not missing, f"reasons the API answers that the README's table lacks: {sorted(missing)}"
+
+
+def test_every_ws_message_type_and_error_code_is_in_the_readme() -> None:
+    """What /ws sends and the codes of its errors, found in the source, are each named in the README."""
+    root = Path(__file__).resolve().parents[2]
+    found: set[str] = set()
+    for name in ("ws.py", "hub.py", "ws_expiry.py", "chat_service.py"):
+        text = (root / "api" / name).read_text()
+        found |= set(re.findall(r"\"type\": \"([a-z_]+)\"", text))
+        found |= set(re.findall(r"(?:\berror\(|\"code\": )\"([a-z_]+)\"", text))
+    found -= {"close"}  # the hub's internal end-of-outbox marker, never sent
+    assert {"subscribed", "data_change", "invalid_topic"} <= found
+    missing = {kind for kind in found if f"`{kind}`" not in README}
+    assert not missing, f"/ws message types or error codes the README does not name: {sorted(missing)}"
