@@ -167,11 +167,35 @@ def _other_value(value: object) -> tuple[str, object]:
 def test_every_setting_is_read_from_its_environment_variable(section: str, key: str, default: object) -> None:
     """The README's table promises PIPELINE_<SECTION>_<KEY> for every setting: each one is honoured."""
     text, expected = _other_value(default)
-    if (section, key) == ("search", "language"):
-        text, expected = "english", "english"
+    valid = {  # settings that take only some strings: another valid one
+        ("search", "language"): "english",
+        ("rate_limiting", "fallback"): "open",
+        ("graphql", "ide"): "apollo-sandbox",
+        ("monitoring", "log_format"): "json",
+    }
+    if (section, key) in valid:
+        text = expected = valid[(section, key)]
+    if key.endswith("_limit") and isinstance(default, str):
+        text = expected = "7 per second"
     if (section, key) == ("storage", "event_content_bytes"):
         text, expected = "0", 0
     if (section, key) == ("authentication", "password_hash_parallelism"):
         text, expected = "2", 2  # memory_kib must stay at least 8 x the parallelism
     settings = load_settings(environ={env_name(section, key): text})
     assert getattr(getattr(settings, section), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PIPELINE_RATE_LIMITING_USER_LIMIT", "lots", "rate_limiting.user_limit must be a rate"),
+        ("PIPELINE_RATE_LIMITING_BURST_LIMIT", "100 per fortnight", "rate_limiting.burst_limit must be a rate"),
+        ("PIPELINE_WEBSOCKET_MESSAGE_LIMIT", "600", "websocket.message_limit must be a rate"),
+        ("PIPELINE_RATE_LIMITING_FALLBACK", "closed", "rate_limiting.fallback must be one of memory, open"),
+        ("PIPELINE_GRAPHQL_IDE", "playground", "graphql.ide must be one of graphiql, apollo-sandbox"),
+    ],
+)
+def test_values_the_code_cannot_use_are_refused_when_read(variable: str, value: str, message: str) -> None:
+    """Refused with the setting's name when the settings are read, not later as a traceback in a log."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ={variable: value})
