@@ -128,3 +128,17 @@ def test_every_ws_message_type_and_error_code_is_in_the_readme() -> None:
     assert {"subscribed", "data_change", "invalid_topic"} <= found
     missing = {kind for kind in found if f"`{kind}`" not in README}
     assert not missing, f"/ws message types or error codes the README does not name: {sorted(missing)}"
+
+
+def test_every_graphql_root_field_is_named_in_the_readme() -> None:
+    from api.graphql.schema import build_schema
+    from infra.runtime.settings import load_settings
+
+    from graphql import GraphQLObjectType
+
+    schema = build_schema(load_settings(environ={}).graphql)._schema
+    roots = [schema.get_type(root) for root in ("Query", "Mutation", "Subscription")]
+    fields = [name for root in roots if isinstance(root, GraphQLObjectType) for name in root.fields]
+    assert "dataObject" in fields
+    missing = [name for name in fields if f"`{name}" not in README]
+    assert not missing, f"GraphQL root fields the README does not name: {missing}"
