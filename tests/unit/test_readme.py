@@ -131,10 +131,10 @@ def test_every_ws_message_type_and_error_code_is_in_the_readme() -> None:
 
 
 def test_every_graphql_root_field_is_named_in_the_readme() -> None:
+    from graphql import GraphQLObjectType
+
     from api.graphql.schema import build_schema
     from infra.runtime.settings import load_settings
-
-    from graphql import GraphQLObjectType
 
     schema = build_schema(load_settings(environ={}).graphql)._schema
     roots = [schema.get_type(root) for root in ("Query", "Mutation", "Subscription")]
