@@ -248,6 +248,12 @@ def _port_taken(host: str, port: int) -> str:
 def _run_api(settings: Settings) -> int:
     import uvicorn
 
+    from api.tokens import check_secret
+    from infra.runtime.bootstrap import require_services
+
+    check_secret(settings)  # what the app would refuse at startup, said in one line (exit 1), not a traceback
+    require_services(settings)
+
     uvicorn.run(
         "api.app:app_factory",
         factory=True,

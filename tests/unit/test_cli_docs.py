@@ -108,3 +108,16 @@ def test_a_reader_that_stops_early_is_no_error() -> None:
     finally:
         os.close(write_end)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_pipeline_api_names_what_it_lacks_before_starting(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """One line and exit status 1, not uvicorn's 40-line lifespan traceback and its exit status 3."""
+    for name in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PIPELINE_PORT", "0")
+    with pytest.raises(SystemExit, match="SECRET_KEY is not set"):
+        main(["api"])
+    monkeypatch.setenv("SECRET_KEY", "k" * 40)
+    with pytest.raises(SystemExit, match="missing settings: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, REDIS_URL"):
+        main(["api"])
