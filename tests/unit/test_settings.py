@@ -97,59 +97,6 @@ def test_the_password_hash_cost_comes_from_the_settings_and_is_checked() -> None
             load_settings(environ=bad)
 
 
-SPEC_YAML = """
-# api_gateway.yaml, as the spec writes it
-server:
-  host: 0.0.0.0
-  port: 8000
-  workers: 4
-  reload: false
-
-cors:
-  origins:
-    - http://localhost:3000
-    - https://app.example.com
-  credentials: true
-  methods: ["GET", "POST", "PUT", "DELETE"]
-  headers: ["*"]
-
-authentication:
-  secret_key: ${SECRET_KEY}
-  algorithm: HS256
-  access_token_expire_minutes: 30
-  refresh_token_expire_days: 7
-
-rate_limiting:
-  default_limit: "1000 per hour"
-  burst_limit: "100 per minute"
-  redis_url: redis://localhost:6379/1
-
-websocket:
-  ping_interval: 30
-  ping_timeout: 10
-  max_connections: 1000
-  max_message_size: 1048576  # 1MB
-
-monitoring:
-  metrics_enabled: true
-  tracing_enabled: true
-  health_check_path: /health
-  metrics_path: /metrics
-"""
-
-
-def test_the_specs_own_api_gateway_yaml_loads_as_written(tmp_path: Path) -> None:
-    config = tmp_path / "api_gateway.yaml"
-    config.write_text(SPEC_YAML)
-    settings = load_settings(environ={"PIPELINE_CONFIG": str(config), "SECRET_KEY": "k" * 32})
-    assert (settings.server.host, settings.server.workers, settings.server.reload) == ("0.0.0.0", 4, False)
-    assert settings.cors.methods == ("GET", "POST", "PUT", "DELETE")
-    assert settings.authentication.secret_key == "k" * 32
-    assert settings.redis.url == "redis://localhost:6379/1"
-    assert settings.websocket.max_message_size == 1048576
-    assert settings.monitoring.tracing_enabled is True
-
-
 def _other_value(value: object) -> tuple[str, object]:
     """A value unlike the default, as an environment variable spells it and as the setting then holds it."""
     if isinstance(value, bool):
