@@ -90,6 +90,10 @@ async def test_an_unknown_node_category_names_the_categories(client: httpx.Async
     assert error["reason"] == "validation_error" and error["details"]["field"] == "category"
     assert "text" in error["details"]["categories"]
     assert (await client.get("/api/v1/nodes", params={"category": "text"})).json()  # a real one still lists
+    query = '{ availableNodes(category: "transforms") }'
+    graphql = (await client.post("/api/graphql", json={"query": query})).json()
+    assert graphql["errors"][0]["extensions"]["code"] == 400, graphql
+    assert graphql["errors"][0]["extensions"]["details"]["field"] == "category"
 
 
 async def test_a_refused_websocket_handshake_says_why(client: httpx.AsyncClient) -> None:
