@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+import warnings
 
 from commands.envelope import Outcome
 from domain.user import ROLES, USERNAME, user_id_for
@@ -59,7 +60,9 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             password = sys.stdin.readline().rstrip("\n")
         else:
             try:
-                password = getpass.getpass(f"password for {args.username}: ")
+                with warnings.catch_warnings():  # no terminal: getpass reads stdin, without its noisy warning
+                    warnings.simplefilter("ignore", getpass.GetPassWarning)
+                    password = getpass.getpass(f"password for {args.username}: ")
             except (EOFError, KeyboardInterrupt):  # no terminal and nothing on stdin, or Ctrl-C/Ctrl-D
                 print("\nerror: no password given (type it, or pipe it with --password-stdin)", file=sys.stderr)
                 return 2
