@@ -146,3 +146,11 @@ def test_values_the_code_cannot_use_are_refused_when_read(variable: str, value: 
     """Refused with the setting's name when the settings are read, not later as a traceback in a log."""
     with pytest.raises(SettingsError, match=message):
         load_settings(environ={variable: value})
+
+
+def test_a_short_name_wins_over_the_long_one_and_lists_and_booleans_read_as_documented() -> None:
+    env = {"PIPELINE_PORT": "9001", "PIPELINE_SERVER_PORT": "9002", "PIPELINE_CORS_METHODS": "GET, POST"}
+    settings = load_settings(environ={**env, "PIPELINE_SERVER_RELOAD": "on", "PIPELINE_CORS_CREDENTIALS": "no"})
+    assert settings.server.port == 9001  # README: the short name wins
+    assert settings.cors.methods == ("GET", "POST")
+    assert settings.server.reload is True and settings.cors.credentials is False
