@@ -142,3 +142,18 @@ def test_every_graphql_root_field_is_named_in_the_readme() -> None:
     assert "dataObject" in fields
     missing = [name for name in fields if f"`{name}" not in README]
     assert not missing, f"GraphQL root fields the README does not name: {missing}"
+
+
+def test_every_setting_is_read_somewhere_outside_the_settings_module() -> None:
+    """A documented setting nothing reads is a promise the system does not keep."""
+    root = Path(__file__).resolve().parents[2]
+    sources = [
+        path.read_text()
+        for folder in ("api", "commands", "projections", "infra", "domain")
+        for path in (root / folder).rglob("*.py")
+        if path != root / "infra" / "runtime" / "settings.py"
+    ]
+    code = "\n".join(sources)
+    unread = [f"{s}.{k}" for s, k, _ in iter_settings() if not re.search(rf"\.{k}\b", code)]
+    unread = [name for name in unread if name != "storage.blob_dir"]  # read through StorageSettings.blob_path
+    assert not unread, f"settings no code reads: {unread}"
