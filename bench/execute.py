@@ -325,8 +325,8 @@ def main() -> None:
         type=Path,
         help="a running system's data directory (its runtime.json names the API and the processes to measure)",
     )
-    parser.add_argument("--submitters", type=int, default=8)
-    parser.add_argument("--executions", type=int, default=200)
+    parser.add_argument("--submitters", type=int, default=8, help="concurrent submitters (default 8)")
+    parser.add_argument("--executions", type=int, default=200, help="executions in all (default 200)")
     parser.add_argument(
         "--wait",
         choices=("ws", "poll"),

@@ -323,17 +323,25 @@ async def drive(url: str, args: argparse.Namespace, username: str, password: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running system's API (default: start one)")
-    parser.add_argument("--objects", type=int, default=100_000)
-    parser.add_argument("--writers", type=int, default=32)
+    parser.add_argument("--objects", type=int, default=100_000, help="objects in the corpus (default 100000)")
+    parser.add_argument("--writers", type=int, default=32, help="concurrent ingest connections (default 32)")
     parser.add_argument("--seconds", type=float, default=20.0, help="per connection count")
-    parser.add_argument("--upload-mib", type=int, default=100)
-    parser.add_argument("--upload-rounds", type=int, default=3)
+    parser.add_argument("--upload-mib", type=int, default=100, help="size of each uploaded file (default 100)")
+    parser.add_argument("--upload-rounds", type=int, default=3, help="uploads; the median rate is reported (default 3)")
     parser.add_argument("--run", help="the corpus's tag (default: a new one); with --skip-ingest, an earlier run's")
     parser.add_argument("--skip-ingest", action="store_true", help="query a corpus an earlier --run ingested")
     parser.add_argument("--done", type=Path, help="a file of object numbers an interrupted --run already ingested")
     parser.add_argument("--ingest-only", action="store_true", help="ingest the corpus and stop (see --run)")
-    parser.add_argument("--username", default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"))
-    parser.add_argument("--password", default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""))
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
+        help="with --url: an admin (default: PIPELINE_ADMIN_USERNAME or admin)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
+        help="with --url: their password (default: PIPELINE_ADMIN_PASSWORD)",
+    )
     args = parser.parse_args()
     if args.url:
         figures = asyncio.run(drive(args.url, args, args.username, args.password))
