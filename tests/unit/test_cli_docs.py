@@ -121,3 +121,17 @@ def test_pipeline_api_names_what_it_lacks_before_starting(monkeypatch: pytest.Mo
     monkeypatch.setenv("SECRET_KEY", "k" * 40)
     with pytest.raises(SystemExit, match="missing settings: DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS, REDIS_URL"):
         main(["api"])
+
+
+def test_every_benchmark_option_has_help() -> None:
+    """bench/*.py are run by hand too: each option's --help line says what it is (found in the source)."""
+    import ast
+
+    missing = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "bench").glob("*.py")):
+        calls = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Call)]
+        for call in calls:
+            named = isinstance(call.func, ast.Attribute) and call.func.attr == "add_argument"
+            if named and not any(keyword.arg == "help" for keyword in call.keywords):
+                missing.append(f"{path.name}:{call.lineno}")
+    assert not missing, f"benchmark options without help: {missing}"
