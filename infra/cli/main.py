@@ -138,10 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.command == "run":
-        from infra.runtime.supervisor import run_everything
-
-        return run_everything(settings)
     if args.command == "api":
         return _run_api(settings)
     if args.command == "worker":
@@ -173,7 +169,11 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _operate(settings: Settings, args: argparse.Namespace) -> int:
-    """The operator commands (projections, dlq, blobs, user, audit, settings) and services."""
+    """The operator commands (projections, dlq, blobs, user, audit, settings), run and services."""
+    if args.command == "run":  # given DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS or REDIS_URL may not answer
+        from infra.runtime.supervisor import run_everything
+
+        return run_everything(settings)
     if args.command == "projections":
         from infra.runtime.bootstrap import read_model_names
         from infra.runtime.rebuild import rebuild_read_models

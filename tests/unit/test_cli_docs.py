@@ -135,3 +135,26 @@ def test_every_benchmark_option_has_help() -> None:
             if named and not any(keyword.arg == "help" for keyword in call.keywords):
                 missing.append(f"{path.name}:{call.lineno}")
     assert not missing, f"benchmark options without help: {missing}"
+
+
+def test_run_with_services_that_do_not_answer_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as probe:  # a free port for the API (nothing listens on port 1: refused at once)
+        probe.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("PIPELINE_PORT", str(probe.getsockname()[1]))
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/x")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert main(["run"]) == 1
+    finally:  # the supervisor took Ctrl-C and SIGTERM over: give them back to pytest
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert "error: cannot reach the system" in err and "Traceback" not in err
+    assert not (tmp_path / "runtime.json").exists()
