@@ -27,14 +27,14 @@ from litestar.connection import ASGIConnection
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from psycopg import Error as PostgresError
 
-from api.errors import ApiError
+from api.errors import ApiError, refuse_websocket
 from api.middleware import RESPONSE_HEADERS
 from api.ratelimit import RateLimiter, Verdict
 from api.rbac import PERMISSION, check_permission
 from api.revocations import RevokedTokens
 from api.tokens import InvalidToken, decode_access_token
 from api.user_cache import UserCache
-from api.ws_auth import TRY_AGAIN_LATER, Verify, defers_to_connection_init, init_authenticating_receive
+from api.ws_auth import Verify, defers_to_connection_init, init_authenticating_receive
 from api.ws_expiry import expiring_receive
 from api.ws_limits import UserConnections
 from commands.envelope import Actor
@@ -113,8 +113,8 @@ def auth_middleware(app: ASGIApp) -> ASGIApp:
                 if ws_principal is None:
                     return
                 if not admit(ws_principal):
-                    message = "too many open connections for this user"
-                    await send({"type": "websocket.close", "code": TRY_AGAIN_LATER, "reason": message})
+                    message = "too many open connections for this user (websocket.max_connections_per_user)"
+                    await refuse_websocket(scope, send, 429, "too_many_connections", message)
                     return
                 scope["user"] = ws_principal
                 actor_var.set(f"{ws_principal.username}({ws_principal.role})")
@@ -272,7 +272,7 @@ async def _unauthorized(scope: Scope, send: Send, cause: str, params: str) -> No
     ``get_current_user`` message, "Could not validate credentials", with the cause in ``details``."""
     challenge = f"Bearer {params}".strip()
     message, details = (SPEC_REFUSAL, {"cause": cause}) if params else (cause, None)
-    await _error(scope, send, 401, "unauthorized", message, {"WWW-Authenticate": challenge}, details, cause)
+    await _error(scope, send, 401, "unauthorized", message, {"WWW-Authenticate": challenge}, details)
 
 
 SPEC_REFUSAL = "Could not validate credentials"
@@ -286,12 +286,10 @@ async def _error(
     message: str,
     headers: dict[str, str],
     details: Any = None,
-    close_reason: str | None = None,
 ) -> None:
     """The spec's error envelope, written straight to ASGI (the route never ran)."""
-    if scope["type"] == "websocket":  # before the handshake is accepted: close it with an app code
-        code = 4000 + status if status < 500 else 1011
-        await send({"type": "websocket.close", "code": code, "reason": close_reason or message})
+    if scope["type"] == "websocket":  # before the handshake is accepted: the same status and envelope
+        await refuse_websocket(scope, send, status, reason, message, details, headers)
         return
     request_id = scope.get("state", {}).get("request_id")
     body = orjson.dumps(

@@ -29,10 +29,9 @@ from strawberry.schema.base import BaseSchema
 from api.errors import ApiError, envelope, http_reason
 from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
-from infra.runtime.settings import SettingsError
+from infra.runtime.settings import GRAPHQL_IDES, SettingsError
 
 ASSETS_PATH = "/api/docs/assets"
-IDES = ("graphiql", "apollo-sandbox")
 YEAR_S = 365 * 24 * 3600
 # The pages may load nothing from elsewhere (ReDoc's bundle, for one, links a logo on Redocly's CDN).
 # Inline scripts and styles are the pages' own; ReDoc runs its search in a blob: worker.
@@ -176,8 +175,8 @@ def graphql_controller(
     schema: BaseSchema, path: str, ide: str, root: Path, **kwargs: Any
 ) -> type[GraphQLController[Any, Any]]:
     """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
-    if ide not in IDES:
-        raise SettingsError(f"setting graphql.ide must be one of {', '.join(IDES)}")
+    if ide not in GRAPHQL_IDES:
+        raise SettingsError(f"setting graphql.ide must be one of {', '.join(GRAPHQL_IDES)}")
     chosen: Literal["apollo-sandbox", "graphiql"] = "apollo-sandbox" if ide == "apollo-sandbox" else "graphiql"
     base = make_graphql_controller(schema, path=path, graphql_ide=chosen, **kwargs)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import re
+import uuid
 from typing import Any
 
+import orjson
 import psycopg
 import psycopg.errors
 from aiokafka.errors import KafkaError
@@ -70,6 +72,32 @@ def envelope(
     if status == 401:  # RFC 6750: every 401 names the scheme to authenticate with
         headers = {"WWW-Authenticate": "Bearer"}
     return Response(body, status_code=status, headers=headers)
+
+
+async def refuse_websocket(
+    scope: Any,
+    send: Any,
+    status: int,
+    reason: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> None:
+    """Refuse a WebSocket handshake before accepting it: the HTTP status with the error envelope, as any
+    request gets, where the server can send a response (the ASGI ``websocket.http.response`` extension,
+    which uvicorn's websockets implementations offer); else a close with 4000 + status (1011 for a 5xx),
+    which the server can only turn into a bare 403."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 4000 + status if status < 500 else 1011, "reason": message})
+        return
+    request_id = scope.get("state", {}).get("request_id") or str(uuid.uuid4())
+    error = {"code": status, "reason": reason, "message": message, "details": details, "request_id": request_id}
+    body = orjson.dumps({"error": error})
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+    raw.append((b"x-request-id", request_id.encode()))
+    await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def _api_error(request: Request[Any, Any, Any], exc: ApiError) -> Response[Any]:

@@ -13,7 +13,6 @@ If Redis is unreachable the API keeps serving: by default each process counts in
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -21,12 +20,10 @@ from functools import cached_property
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from infra.runtime.settings import RateLimitingSettings
+from infra.runtime.settings import RATE, RATE_UNITS, RateLimitingSettings
 
 log = logging.getLogger("pipeline.ratelimit")
 RETRY_SECONDS = 5.0
-_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
-_RULE = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(second|minute|hour|day)s?\s*$")
 
 # KEYS: a veto key (see RateLimiter.hit; "" for none), then one counter per rule; ARGV: each rule's
 # window in seconds, then each rule's cost (how many requests this one counts as). Returns {-1} when
@@ -60,10 +57,10 @@ class Rule:
     @classmethod
     def parse(cls, text: str) -> Rule:
         """``"1000 per hour"`` (also ``1000/hour``, ``minute``, ``second``, ``day``)."""
-        match = _RULE.match(text.lower())
+        match = RATE.match(text.lower())
         if match is None:
             raise ValueError(f"not a rate limit: {text!r} (expected e.g. '1000 per hour')")
-        return cls(int(match.group(1)), _UNITS[match.group(2)])
+        return cls(int(match.group(1)), RATE_UNITS[match.group(2)])
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from psycopg import Error as PostgresError
 
 from api.auth import actor_of, principal_of
 from api.chat_service import chat_message
-from api.errors import ApiError
+from api.errors import ApiError, refuse_websocket
 from api.event_streams import HiddenAggregate, Lagged, follow, refuse_hidden, refuse_unreachable, stream_request
 from api.execution_service import read_execution, read_fresh_execution
 from api.graphql.masking import classify
@@ -220,8 +220,13 @@ async def websocket_endpoint(
     """One client's live connection."""
     hub: LiveHub = socket.app.state.hub
     limits = container.settings.websocket
-    if not CLIENT_ID.fullmatch(client_id) or hub.connections >= limits.max_connections:
-        await socket.close(code=1008 if not CLIENT_ID.fullmatch(client_id) else 1013)
+    if not CLIENT_ID.fullmatch(client_id):
+        message = "client_id must be 1..128 characters without control characters"
+        await refuse_websocket(socket.scope, socket.send, 400, "validation_error", message, {"field": "client_id"})
+        return
+    if hub.connections >= limits.max_connections:
+        message = "too many open connections (websocket.max_connections)"
+        await refuse_websocket(socket.scope, socket.send, 503, "too_many_connections", message)
         return
     await socket.accept()
     principal = principal_of(socket)

@@ -36,7 +36,10 @@ import websockets
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(ROOT))  # infra.runtime.progress, whether or not the project is installed
 from running import cpu_seconds_by_tree, machine_cpu, running_system  # noqa: E402
+
+from infra.runtime.progress import Progress  # noqa: E402
 
 BENCH_ADMIN = ("bench-admin", "bench-admin-password-1")
 TEXT = "Kafka keeps an ordered log. Consumers read it in order. The executor runs graphs of nodes over text. " * 5
@@ -213,20 +216,29 @@ async def drive(
         await one(http)  # warm-up: topics, consumer groups, connections
         queue = list(range(executions))
         times: list[float] = []
+        bar = Progress(executions, "executions", unit="executions")  # on stderr; stdout is the JSON
 
         async def submitter(follower: Follower | None) -> None:
             while queue:
                 queue.pop()
                 times.append(await (one(http) if follower is None else one_followed(http, follower)))
+                bar.track(len(times), executions)
 
         async with contextlib.AsyncExitStack() as stack:
             followers: list[Follower | None] = [None]
             if wait == "ws":
                 followers = []
                 for number in range(min(submitters, FOLLOWER_CONNECTIONS)):
-                    ws = await stack.enter_async_context(
-                        websockets.connect(ws_url(http, f"bench-execute-{number}"), max_queue=None)
-                    )
+                    try:
+                        ws = await stack.enter_async_context(
+                            websockets.connect(ws_url(http, f"bench-execute-{number}"), max_queue=None)
+                        )
+                    except websockets.InvalidStatus as refused:  # e.g. 429: the per-user cap on connections
+                        body = bytes(refused.response.body or b"").decode(errors="replace")
+                        raise SystemExit(
+                            f"error: /ws refused follower {number + 1}: {refused.response.status_code} {body}; allow"
+                            " more (websocket.max_connections_per_user) or use --wait poll"
+                        ) from None
                     follower = Follower(ws)
                     followers.append(follower)
                     reader = asyncio.create_task(follower.read())
@@ -313,8 +325,8 @@ def main() -> None:
         type=Path,
         help="a running system's data directory (its runtime.json names the API and the processes to measure)",
     )
-    parser.add_argument("--submitters", type=int, default=8)
-    parser.add_argument("--executions", type=int, default=200)
+    parser.add_argument("--submitters", type=int, default=8, help="concurrent submitters (default 8)")
+    parser.add_argument("--executions", type=int, default=200, help="executions in all (default 200)")
     parser.add_argument(
         "--wait",
         choices=("ws", "poll"),

@@ -34,7 +34,7 @@ import websockets
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from running import log_in, memory_kb  # noqa: E402  (what the benchmarks share)
+from running import add_system_arguments, log_in, memory_kb  # noqa: E402  (what the benchmarks share)
 
 
 class Subscriber:
@@ -184,14 +184,14 @@ async def run(args: argparse.Namespace, runtime: dict[str, Any]) -> dict[str, An
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PIPELINE_DATA_DIR", ".data")))
-    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument(
+        "--subscribers", type=int, default=1000, help="/ws connections following data_changes (default 1000)"
+    )
     parser.add_argument("--connect-concurrency", type=int, default=50, help="handshakes at a time (default 50)")
     parser.add_argument("--rate", type=int, default=200, help="ingests per second (default 200)")
     parser.add_argument("--duration", type=int, default=20, help="seconds of ingest (default 20)")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for the last deliveries")
-    parser.add_argument("--username", default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"))
-    parser.add_argument("--password", default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""))
+    add_system_arguments(parser)  # --data-dir, --username (an admin: it ingests and subscribes), --password
     args = parser.parse_args()
     runtime_file = args.data_dir / "runtime.json"
     if not runtime_file.exists():

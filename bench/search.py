@@ -31,6 +31,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from execute import BENCH_ADMIN, log_in, own_system, percentile
 
+from infra.runtime.progress import Progress  # (execute put the project on sys.path)
+
 SEED = 20261201
 TOPICS = ["kafka", "postgres", "search", "graphs", "storage", "security", "networks", "compilers"]
 COMMON = [
@@ -210,6 +212,8 @@ async def ingest_corpus(
             bodies.append(body)
     queue = list(reversed(bodies))
     started = time.perf_counter()
+    bar = Progress(len(bodies), "ingest", unit="objects")  # on stderr; stdout is the JSON
+    stored = [0]
 
     async def writer() -> None:
         while queue:
@@ -225,9 +229,13 @@ async def ingest_corpus(
                         raise
                     await asyncio.sleep(0.5 * 2**attempt)
             response.raise_for_status()
+            stored[0] += 1
+            bar.track(stored[0], len(bodies))
 
     await asyncio.gather(*(writer() for _ in range(writers)))
+    bar.finish(stored[0])
     accepted = time.perf_counter() - started
+    print(f"waiting until all {objects} objects are searchable...", file=sys.stderr, flush=True)
     wanted: dict[str, Any] = {"modality": "metadata", "limit": 1, "filters": json.dumps({"metadata": {"bench": run}})}
     while (await http.get("/api/v1/search", params=wanted)).json()["total"] < objects:
         await asyncio.sleep(1)
@@ -303,7 +311,11 @@ async def drive(url: str, args: argparse.Namespace, username: str, password: str
         if args.ingest_only:
             return {"corpus": corpus, "run": run}
         mix = query_mix(run)
-        queries = [await run_queries(url, token, mix, n, args.seconds) for n in (1, 16)]
+        queries = []
+        for connections in (1, 16):
+            print(f"searching for {args.seconds}s with {connections} connection(s)...", file=sys.stderr, flush=True)
+            queries.append(await run_queries(url, token, mix, connections, args.seconds))
+        print(f"uploading {args.upload_rounds} file(s) of {args.upload_mib} MiB...", file=sys.stderr, flush=True)
         upload = await upload_throughput(http, args.upload_mib, args.upload_rounds)
     return {"corpus": corpus, "queries": queries, "upload": upload, "cores": os.cpu_count() or 0}
 
@@ -311,17 +323,25 @@ async def drive(url: str, args: argparse.Namespace, username: str, password: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running system's API (default: start one)")
-    parser.add_argument("--objects", type=int, default=100_000)
-    parser.add_argument("--writers", type=int, default=32)
+    parser.add_argument("--objects", type=int, default=100_000, help="objects in the corpus (default 100000)")
+    parser.add_argument("--writers", type=int, default=32, help="concurrent ingest connections (default 32)")
     parser.add_argument("--seconds", type=float, default=20.0, help="per connection count")
-    parser.add_argument("--upload-mib", type=int, default=100)
-    parser.add_argument("--upload-rounds", type=int, default=3)
+    parser.add_argument("--upload-mib", type=int, default=100, help="size of each uploaded file (default 100)")
+    parser.add_argument("--upload-rounds", type=int, default=3, help="uploads; the median rate is reported (default 3)")
     parser.add_argument("--run", help="the corpus's tag (default: a new one); with --skip-ingest, an earlier run's")
     parser.add_argument("--skip-ingest", action="store_true", help="query a corpus an earlier --run ingested")
     parser.add_argument("--done", type=Path, help="a file of object numbers an interrupted --run already ingested")
     parser.add_argument("--ingest-only", action="store_true", help="ingest the corpus and stop (see --run)")
-    parser.add_argument("--username", default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"))
-    parser.add_argument("--password", default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""))
+    parser.add_argument(
+        "--username",
+        default=os.environ.get("PIPELINE_ADMIN_USERNAME", "admin"),
+        help="with --url: an admin (default: PIPELINE_ADMIN_USERNAME or admin)",
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get("PIPELINE_ADMIN_PASSWORD", ""),
+        help="with --url: their password (default: PIPELINE_ADMIN_PASSWORD)",
+    )
     args = parser.parse_args()
     if args.url:
         figures = asyncio.run(drive(args.url, args, args.username, args.password))

@@ -12,14 +12,15 @@ from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from api.auth import actor_of
+from api.errors import ApiError
 from api.execution_service import execute_graph, read_execution, read_fresh_execution
 from api.graphql.context import GraphQLContext
-from api.graphql.errors import answer, parsed, require
+from api.graphql.errors import answer, parsed, require, to_graphql
 from api.graphql.live import live_caller
 from api.inputs import ExecutionRequest
 from api.live_rights import mentions_user
 from api.rbac import Permission
-from domain.nodes import available_nodes
+from api.rest.nodes import node_catalog
 
 GqlInfo = Info[GraphQLContext, None]
 FINISHED = {"completed", "failed", "cancelled"}
@@ -72,7 +73,10 @@ class ExecutionQuery:
     @strawberry.field(description="Node types with ports and JSON-Schema parameters")
     def available_nodes(self, info: GqlInfo, category: str | None = None) -> list[JSON]:
         require(info.context.connection, Permission.READ)
-        return [cast(JSON, node) for node in available_nodes(category)]
+        try:
+            return [cast(JSON, node) for node in node_catalog(category)]
+        except ApiError as exc:  # an unknown category: 400 naming the categories, as over REST
+            raise to_graphql(exc) from exc
 
 
 @strawberry.type

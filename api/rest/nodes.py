@@ -7,8 +7,23 @@ from typing import Annotated, Any
 from litestar import Controller, get
 from litestar.params import QueryParameter
 
+from api.errors import ApiError
 from api.rbac import Permission, requires
-from domain.nodes import available_nodes
+from domain.nodes import available_nodes, categories
+
+
+def node_catalog(category: str | None) -> list[dict[str, Any]]:
+    """The node types, optionally of one category; an unknown category is a 400 naming the categories
+    (REST and GraphQL ``availableNodes`` alike), not an empty list that looks like an empty catalog."""
+    if category is not None and category not in categories():
+        known = ", ".join(categories())
+        raise ApiError(
+            400,
+            "validation_error",
+            f"no node category {category[:64]!r}; the categories are {known}",
+            {"field": "category", "categories": categories()},
+        )
+    return available_nodes(category)
 
 
 class NodesController(Controller):
@@ -20,4 +35,4 @@ class NodesController(Controller):
         self, category: Annotated[str | None, QueryParameter(required=False)] = None
     ) -> list[dict[str, Any]]:
         """Node types with their ports and JSON-Schema parameters, optionally of one category."""
-        return available_nodes(category)
+        return node_catalog(category)

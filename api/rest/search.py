@@ -102,7 +102,7 @@ def check_query(query: str | None, modality: str) -> str | None:
             400,
             "unsupported_modality",
             f"modality {modality!r} is not supported; use one of {', '.join(MODALITIES)}",
-            {"supported": list(MODALITIES)},
+            {"field": "modality", "supported": list(MODALITIES)},
         )
     if modality == "metadata":
         if query is not None:

@@ -10,6 +10,11 @@ CATALOG: dict[str, NodeType] = {
 }
 
 
+def categories() -> list[str]:
+    """The node categories, sorted (``GET /api/v1/nodes?category=`` takes one of them)."""
+    return sorted({node.category for node in CATALOG.values()})
+
+
 def available_nodes(category: str | None = None) -> list[dict[str, object]]:
     """Descriptions of the node types, optionally of one category, sorted by category then name."""
     nodes = sorted(CATALOG.values(), key=lambda n: (n.category, n.name))

@@ -62,6 +62,8 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         if args.action == "verify":
             return _verify(settings, args)
         return _export(settings, args)
+    except BrokenPipeError:  # stdout's reader stopped early (`| head`): pipeline's main handles it
+        raise
     except (KafkaError, DatabaseError, OSError) as exc:  # unreachable or unusable: a message, not a traceback
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_BROKEN

@@ -18,12 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="the events the projections set aside (list, retry, skip)",
         description="Events the projection runner could not apply are recorded as dead letters and skipped, so"
         " their partition moves on; /health says 'degraded' while any is unresolved. Fix the cause, then retry"
-        " each (it is applied if it is still its aggregate's next event) or skip it.",
+        " each (it is applied if it is still its aggregate's next event) or skip it. Exit status: 0 done; 1"
+        " refused (no such letter, already resolved, no longer applicable) or the system could not be reached;"
+        " 2 a usage error.",
     )
     actions = dlq.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list unresolved dead letters with their error, oldest first")
     listing.add_argument("--all", action="store_true", help="include resolved ones (retried or skipped)")
-    listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+    listing.add_argument("--limit", type=int, default=100, metavar="N", help="at most N, 1..10000 (default 100)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line")
     retry = actions.add_parser(
         "retry", help="re-apply a dead letter's event through the projectors in one transaction, then resolve it"
@@ -31,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     retry.add_argument("id", type=int, help="the dead letter's id (from `pipeline dlq list`)")
     skip = actions.add_parser("skip", help="resolve a dead letter without applying its event")
     skip.add_argument("id", type=int, help="the dead letter's id (from `pipeline dlq list`)")
-    skip.add_argument("--note", default="", help="why (kept with the letter)")
+    skip.add_argument("--note", default="", metavar="TEXT", help="why (kept with the letter)")
 
 
 def run(settings: Settings, args: argparse.Namespace) -> int:

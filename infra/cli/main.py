@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -12,6 +13,13 @@ from pathlib import Path
 from infra.runtime.logs import configure_logging
 from infra.runtime.runtime_file import with_running_system
 from infra.runtime.settings import ENV_ALIASES, Settings, SettingsError, env_name, iter_settings, load_settings
+
+# `pipeline worker NAME`: what each worker does (infra.runtime.workers.WORKERS runs them).
+WORKER_HELP = {
+    "processor": "the command processor: runs commands against their aggregates, appends their events to Kafka",
+    "projections": "the projection runner: folds the events into the PostgreSQL read models",
+    "executor": "the graph executor: runs submitted processing graphs node by node",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
         " DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, when set, are used instead of starting services."
         " Ctrl-C stops it all.",
     )
-    sub.add_parser("api", help="run the HTTP API (uvicorn) on PIPELINE_HOST:PIPELINE_PORT")
-    worker = sub.add_parser("worker", help="run one worker process")
-    worker.add_argument("name", choices=["processor", "projections", "executor"], help="which worker")
+    sub.add_parser(
+        "api",
+        help="run the HTTP API (uvicorn) on PIPELINE_HOST:PIPELINE_PORT",
+        description="Run only the HTTP API, REST, GraphQL and WebSockets (what `pipeline run` supervises), on"
+        " server.host:server.port with server.workers processes. Needs DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS,"
+        " REDIS_URL and SECRET_KEY (or a running `pipeline run`'s runtime.json). Exit status 2 if the port is"
+        " taken.",
+    )
+    worker = sub.add_parser(
+        "worker",
+        help="run one worker process",
+        description="Run one worker in the foreground until SIGINT/SIGTERM (what `pipeline run` supervises);"
+        " more than one of a kind share the topics' partitions. "
+        + "; ".join(f"{name}: {text}" for name, text in WORKER_HELP.items())
+        + ".",
+    )
+    worker.add_argument("name", choices=list(WORKER_HELP), help="which worker")
     projections = sub.add_parser("projections", help="operate the read models")
     projections_sub = projections.add_subparsers(dest="action", required=True, metavar="ACTION")
     rebuild = projections_sub.add_parser(
@@ -43,18 +65,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Progress goes to stderr: a bar with events/s and ETA on a terminal, a plain line every"
         " few seconds otherwise. The API keeps serving the live schema meanwhile.",
     )
-    rebuild.add_argument("--into", type=_schema, help="schema to build into (default: <live schema>_rebuild_<time>)")
+    rebuild.add_argument(
+        "--into", type=_schema, metavar="SCHEMA", help="schema to build into (default: <live schema>_rebuild_<time>)"
+    )
     rebuild.add_argument("--swap", action="store_true", help="make the rebuilt schema the live one when caught up")
     rebuild.add_argument(
         "--only",
         action="append",
         metavar="READ_MODEL",
-        help="rebuild only this read model (repeatable): data_objects, annotations, executions, users,"
-        " notifications, audit_log; with --swap only its tables are replaced, the others are left untouched",
+        help=f"rebuild only this read model (repeatable): {', '.join(_read_models())}; with --swap only its tables"
+        " are replaced, the others are left untouched",
     )
     blobs = sub.add_parser("blobs", help="operate the blob store")
     blobs_sub = blobs.add_subparsers(dest="action", required=True, metavar="ACTION")
-    blobs_sub.add_parser("check", help="list objects whose content the blob store lacks (exit 1 if any)")
+    blobs_sub.add_parser(
+        "check",
+        help="list objects whose content the blob store lacks (exit 1 if any)",
+        description="Looks up, for every live object whose content is in the blob store (storage.blob_dir), its"
+        " blob; prints `missing: object ID content sha256:HASH` for each one absent. Progress goes to stderr."
+        " Exit status: 0 none missing; 1 some missing, or the system could not be reached.",
+    )
     from infra.cli.audit import add_parser as add_audit_parser
     from infra.cli.dlq import add_parser as add_dlq_parser
     from infra.cli.users import add_parser as add_user_parser
@@ -62,10 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_dlq_parser(sub)
     add_user_parser(sub)
     add_audit_parser(sub)
-    sub.add_parser("settings", help="list every setting with its environment variable and current value")
-    services = sub.add_parser("services", help="start only Kafka, PostgreSQL and Redis and print where they are")
-    services.add_argument("--data-dir", type=Path, help="where their data lives (default: storage.data_dir)")
+    sub.add_parser(
+        "settings",
+        help="list every setting with its environment variable and current value",
+        description="Prints `section.key = value    [ENVIRONMENT_VARIABLE]` for every setting, as this process"
+        " sees it (defaults, then PIPELINE_CONFIG's YAML file, then the environment); secrets show as <set>."
+        " Exit status 2 if a setting is unusable.",
+    )
+    services = sub.add_parser(
+        "services",
+        help="start only Kafka, PostgreSQL and Redis and print where they are",
+        description="Start Kafka, PostgreSQL and Redis on free ports, print DATABASE_URL=...,"
+        " KAFKA_BOOTSTRAP_SERVERS=... and REDIS_URL=... lines, and keep them running until SIGINT/SIGTERM.",
+    )
+    services.add_argument(
+        "--data-dir", type=Path, metavar="DIR", help="where their data lives (default: storage.data_dir)"
+    )
     return parser
+
+
+def _read_models() -> list[str]:
+    from infra.runtime.bootstrap import read_model_names
+
+    return read_model_names()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,13 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         else:  # beside a running `make run`, find its services from runtime.json (infra.runtime.runtime_file)
             settings = load_settings(environ=with_running_system(os.environ))
         configure_logging(settings.monitoring)
+        if args.command not in ("run", "api", "worker", "services"):  # an operator's command: its own output only
+            logging.getLogger("aiokafka").setLevel(logging.WARNING)
     except SettingsError as exc:  # a message naming the setting, not a traceback (exit codes: README)
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.command == "run":
-        from infra.runtime.supervisor import run_everything
-
-        return run_everything(settings)
+    if args.command in ("run", "api") and (taken := _port_taken(settings.server.host, settings.server.port)):
+        print(
+            f"error: cannot listen on {settings.server.host}:{settings.server.port} ({taken}); another"
+            " `pipeline run` or program has it: stop it, or set PIPELINE_PORT (server.port) to a free port",
+            file=sys.stderr,
+        )
+        return 2
     if args.command == "api":
         return _run_api(settings)
     if args.command == "worker":
@@ -94,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return _operate(settings, args)
+    except BrokenPipeError:  # `pipeline settings | head`: the reader has what it wanted, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except Exception as exc:  # the system is unreachable (or worse): a message and exit 1, not a traceback
         if not _unreachable(exc):
             raise
@@ -112,14 +169,22 @@ def _unreachable(exc: BaseException) -> bool:
 
 
 def _operate(settings: Settings, args: argparse.Namespace) -> int:
-    """The operator commands (projections, dlq, blobs, user, audit, settings) and services."""
+    """The operator commands (projections, dlq, blobs, user, audit, settings), run and services."""
+    if args.command == "run":  # given DATABASE_URL, KAFKA_BOOTSTRAP_SERVERS or REDIS_URL may not answer
+        from infra.runtime.supervisor import run_everything
+
+        return run_everything(settings)
     if args.command == "projections":
         from infra.runtime.bootstrap import read_model_names
         from infra.runtime.rebuild import rebuild_read_models
 
         unknown = set(args.only or ()) - set(read_model_names())
         if unknown:
-            print(f"error: no read model named {', '.join(sorted(unknown))}", file=sys.stderr)
+            print(
+                f"error: no read model named {', '.join(sorted(unknown))} (the read models:"
+                f" {', '.join(read_model_names())})",
+                file=sys.stderr,
+            )
             return 2
         from infra.runtime import event_loop
 
@@ -167,8 +232,27 @@ def _schema(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{exc} (lower-case letters, digits and '_', at most 63)") from exc
 
 
+def _port_taken(host: str, port: int) -> str:
+    """Why the API could not listen on host:port (as uvicorn binds: SO_REUSEADDR), or "" if it can."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return ""
+
+
 def _run_api(settings: Settings) -> int:
     import uvicorn
+
+    from api.tokens import check_secret
+    from infra.runtime.bootstrap import require_services
+
+    check_secret(settings)  # what the app would refuse at startup, said in one line (exit 1), not a traceback
+    require_services(settings)
 
     uvicorn.run(
         "api.app:app_factory",

@@ -25,6 +25,23 @@ from typing import Any
 
 import yaml
 
+# The rate limits' format, "1000 per hour" (also "1000/hour"; second, minute, hour or day): api.ratelimit.Rule.
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+RATE = re.compile(r"^\s*(\d+)\s*(?:per|/)\s*(second|minute|hour|day)s?\s*$")
+RATE_LIMIT_FALLBACKS = ("memory", "open")
+GRAPHQL_IDES = ("graphiql", "apollo-sandbox")  # api/docs.py
+
+
+def _check_rates(section: str, rates: dict[str, str]) -> None:
+    for key, text in rates.items():
+        if RATE.match(text.lower()) is None:
+            raise SettingsError(f"setting {section}.{key} must be a rate such as '1000 per hour', not {text!r}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SettingsError(f"setting {name} must be one of {', '.join(choices)}, not {value!r}")
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -92,6 +109,11 @@ class RateLimitingSettings:
     fallback: str = "memory"
     redis_url: str = ""
 
+    def __post_init__(self) -> None:
+        limits = ("default_limit", "burst_limit", "admin_limit", "user_limit", "viewer_limit")
+        _check_rates("rate_limiting", {key: getattr(self, key) for key in limits})
+        _check_choice("rate_limiting.fallback", self.fallback, RATE_LIMIT_FALLBACKS)
+
 
 @dataclass(frozen=True)
 class AdminSettings:
@@ -109,6 +131,9 @@ class WebsocketSettings:
     max_message_size: int = 1_048_576
     max_connections_per_user: int = 20  # per API process, /ws and GraphQL WebSockets together
     message_limit: str = "600 per minute"  # /ws messages per user (the Redis rate limiter, all processes)
+
+    def __post_init__(self) -> None:
+        _check_rates("websocket", {"message_limit": self.message_limit})
 
 
 @dataclass(frozen=True)
@@ -158,6 +183,9 @@ class GraphQLSettings:
     # The IDE page at GET /api/graphql (api/docs.py): "graphiql", served with its scripts from this API, or
     # "apollo-sandbox", the spec's hosted IDE, which needs the browser to reach Apollo's site.
     ide: str = "graphiql"
+
+    def __post_init__(self) -> None:
+        _check_choice("graphql.ide", self.ide, GRAPHQL_IDES)
 
 
 @dataclass(frozen=True)

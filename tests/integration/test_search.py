@@ -212,7 +212,7 @@ async def test_bad_search_requests_are_4xx(client: AsyncClient) -> None:
         assert response.status_code == status, (params, response.text)
         assert response.json()["error"]["code"] == status
     unsupported = (await client.get("/api/v1/search", params={"query": "x", "modality": "image"})).json()
-    assert unsupported["error"]["details"] == {"supported": ["metadata", "text"]}
+    assert unsupported["error"]["details"] == {"field": "modality", "supported": ["metadata", "text"]}
 
 
 async def test_queries_with_only_operators_or_stop_words_find_nothing_without_error(client: AsyncClient) -> None:

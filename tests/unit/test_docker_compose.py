@@ -18,11 +18,50 @@ def compose() -> dict:
 
 
 def test_compose_has_the_broker_the_databases_the_api_and_each_worker() -> None:
+    from infra.runtime.workers import WORKERS
+
     services = compose()["services"]
-    assert {"kafka", "postgres", "redis", "api", "processor", "projections"} <= set(services)
-    assert services["processor"]["command"] == ["pipeline", "worker", "processor"]
-    assert services["projections"]["command"] == ["pipeline", "worker", "projections"]
+    assert {"kafka", "postgres", "redis", "api", *WORKERS} <= set(services)
+    for worker in WORKERS:  # every worker `pipeline run` supervises is a service of its own
+        assert services[worker]["command"] == ["pipeline", "worker", worker]
     assert services["api"]["command"] == ["pipeline", "api"]
+
+
+def test_each_process_mounts_what_it_reads_and_writes_under_the_data_dir() -> None:
+    from infra.runtime.heartbeat import heartbeat_path
+    from infra.runtime.workers import WORKERS
+
+    services = compose()["services"]
+    data_dir = services["api"]["environment"]["PIPELINE_DATA_DIR"]
+    blobs = f"{data_dir}/blobs"  # storage.blob_dir's default under PIPELINE_DATA_DIR
+    heartbeats = str(heartbeat_path(data_dir, "x").parent)
+    mounts = {name: {v.split(":")[1] for v in services[name].get("volumes", [])} for name in ("api", *WORKERS)}
+    for name in ("api", "projections", "executor"):  # content: served, indexed, read and written by nodes
+        assert blobs in mounts[name], f"{name} lacks the blob store"
+    assert f"{data_dir}/processor" in mounts["processor"]  # its aggregate state (infra/runtime/bootstrap.py)
+    for name in mounts:  # the workers write heartbeats; the API reads them for /health, /ready and /metrics
+        assert heartbeats in mounts[name], f"{name} lacks the shared heartbeats volume"
+
+
+def test_the_api_listens_where_compose_and_the_dockerfile_say() -> None:
+    from infra.runtime.settings import Settings
+
+    api = compose()["services"]["api"]
+    port = api["environment"]["PIPELINE_PORT"]
+    assert api["environment"]["PIPELINE_HOST"] == "0.0.0.0"  # reachable from outside its container
+    assert any(mapping.endswith(f":{port}") for mapping in api["ports"])
+    assert f"EXPOSE {port}" in (ROOT / "Dockerfile").read_text()
+    probe = " ".join(api["healthcheck"]["test"])
+    assert f"127.0.0.1:{port}{Settings().monitoring.health_check_path}" in probe
+
+
+def test_the_image_holds_every_package_the_project_installs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"include = \[([^\]]+)\]", pyproject)
+    assert include, "pyproject.toml lists its packages"
+    for package in re.findall(r'"(\w+)\*"', include.group(1)):
+        assert f"COPY {package} {package}" in dockerfile, f"the Dockerfile does not copy {package}/"
 
 
 def test_kafka_image_is_the_version_of_the_pinned_jars() -> None:

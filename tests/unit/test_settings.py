@@ -95,3 +95,62 @@ def test_the_password_hash_cost_comes_from_the_settings_and_is_checked() -> None
     ):
         with pytest.raises(SettingsError, match="password_hash"):
             load_settings(environ=bad)
+
+
+def _other_value(value: object) -> tuple[str, object]:
+    """A value unlike the default, as an environment variable spells it and as the setting then holds it."""
+    if isinstance(value, bool):
+        return ("false" if value else "true"), not value
+    if isinstance(value, int):
+        return str(value + 7), value + 7
+    if isinstance(value, float):
+        return str(value + 0.5), value + 0.5
+    if isinstance(value, tuple):
+        return "a, b", ("a", "b")
+    return "other_value", "other_value"
+
+
+@pytest.mark.parametrize(("section", "key", "default"), list(iter_settings()))
+def test_every_setting_is_read_from_its_environment_variable(section: str, key: str, default: object) -> None:
+    """The README's table promises PIPELINE_<SECTION>_<KEY> for every setting: each one is honoured."""
+    text, expected = _other_value(default)
+    valid = {  # settings that take only some strings: another valid one
+        ("search", "language"): "english",
+        ("rate_limiting", "fallback"): "open",
+        ("graphql", "ide"): "apollo-sandbox",
+        ("monitoring", "log_format"): "json",
+    }
+    if (section, key) in valid:
+        text = expected = valid[(section, key)]
+    if key.endswith("_limit") and isinstance(default, str):
+        text = expected = "7 per second"
+    if (section, key) == ("storage", "event_content_bytes"):
+        text, expected = "0", 0
+    if (section, key) == ("authentication", "password_hash_parallelism"):
+        text, expected = "2", 2  # memory_kib must stay at least 8 x the parallelism
+    settings = load_settings(environ={env_name(section, key): text})
+    assert getattr(getattr(settings, section), key) == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PIPELINE_RATE_LIMITING_USER_LIMIT", "lots", "rate_limiting.user_limit must be a rate"),
+        ("PIPELINE_RATE_LIMITING_BURST_LIMIT", "100 per fortnight", "rate_limiting.burst_limit must be a rate"),
+        ("PIPELINE_WEBSOCKET_MESSAGE_LIMIT", "600", "websocket.message_limit must be a rate"),
+        ("PIPELINE_RATE_LIMITING_FALLBACK", "closed", "rate_limiting.fallback must be one of memory, open"),
+        ("PIPELINE_GRAPHQL_IDE", "playground", "graphql.ide must be one of graphiql, apollo-sandbox"),
+    ],
+)
+def test_values_the_code_cannot_use_are_refused_when_read(variable: str, value: str, message: str) -> None:
+    """Refused with the setting's name when the settings are read, not later as a traceback in a log."""
+    with pytest.raises(SettingsError, match=message):
+        load_settings(environ={variable: value})
+
+
+def test_a_short_name_wins_over_the_long_one_and_lists_and_booleans_read_as_documented() -> None:
+    env = {"PIPELINE_PORT": "9001", "PIPELINE_SERVER_PORT": "9002", "PIPELINE_CORS_METHODS": "GET, POST"}
+    settings = load_settings(environ={**env, "PIPELINE_SERVER_RELOAD": "on", "PIPELINE_CORS_CREDENTIALS": "no"})
+    assert settings.server.port == 9001  # README: the short name wins
+    assert settings.cors.methods == ("GET", "POST")
+    assert settings.server.reload is True and settings.cors.credentials is False
