@@ -21,7 +21,7 @@ from litestar.types import ASGIApp
 
 from api.auth import auth_middleware
 from api.body_timeout import body_timeout_middleware
-from api.docs import LocalRedoc, LocalSwagger, assets_router, graphql_controller
+from api.docs import LocalRedoc, LocalSwagger, assets_router, docs_router, graphql_controller
 from api.errors import EXCEPTION_HANDLERS
 from api.event_streams import EventStreams
 from api.graphql.context import context_getter
@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             title="Pipeline API",
             version="1.0.0",
             description="Node-based information pipeline system API",
-            path="/api/docs",
+            openapi_router=docs_router(),  # at /api/docs
             render_plugins=[LocalSwagger(assets, path="/"), LocalRedoc(assets, path="/redoc")],
             components=Components(
                 security_schemes={"Bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}

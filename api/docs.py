@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 from cross_web import HTTPException as GraphQLRequestError
 from litestar import Request, Response
+from litestar._openapi.plugin import handle_schema_path_not_found
 from litestar.datastructures import CacheControlHeader
 from litestar.enums import MediaType
+from litestar.exceptions import NotFoundException
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
@@ -31,7 +33,8 @@ from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import GRAPHQL_IDES, SettingsError
 
-ASSETS_PATH = "/api/docs/assets"
+DOCS_PATH = "/api/docs"
+ASSETS_PATH = f"{DOCS_PATH}/assets"
 YEAR_S = 365 * 24 * 3600
 # The pages may load nothing from elsewhere (ReDoc's bundle, for one, links a logo on Redocly's CDN).
 # Inline scripts and styles are the pages' own; ReDoc runs its search in a blob: worker.
@@ -44,6 +47,22 @@ CSP_META = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
 
 def _same_origin_only(page: bytes) -> bytes:
     return page.replace(b"<head>", b"<head>" + CSP_META.encode(), 1)
+
+
+def docs_router() -> Router:
+    """The router litestar's OpenAPI plugin puts the docs pages and the document in (``OpenAPIConfig.openapi_router``).
+
+    The plugin also adds a catch-all ``/{path:str}`` that answers an HTML "Error 404" page; the hook makes
+    it the JSON error envelope every other unknown path gets (``/api/docs/nope`` is no different from
+    ``/api/nope``). It replaces the app's ``require_json_body`` here, which no docs page (all GETs) needs.
+    """
+    return Router(DOCS_PATH, route_handlers=[], include_in_schema=False, before_request=_unknown_docs_page)
+
+
+async def _unknown_docs_page(request: Request[Any, Any, Any]) -> None:
+    handler = request.scope.get("route_handler")
+    if getattr(handler, "fn", None) is handle_schema_path_not_found:
+        raise NotFoundException()
 
 
 def assets_router(root: Path) -> Router:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
@@ -13,6 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import actor_of
 from api.commands import submit
+from api.errors import ApiError
 from api.execution_service import execute_graph, read_execution
 from api.inputs import ExecutionRequest
 from api.rbac import Permission, requires
@@ -21,7 +22,20 @@ from api.rest.paging import MAX_OFFSET
 from infra.runtime.bootstrap import ApiContainer
 from projections.executions import list_executions
 
-Status = Literal["submitted", "running", "completed", "failed", "cancelled"]
+STATUSES = ("submitted", "running", "completed", "failed", "cancelled")
+
+
+def check_status(status: str | None) -> str | None:
+    """The status filter as given; an unknown one is a 400 naming the statuses (as an unknown search
+    modality or node category is), not an empty page that looks like "none of those"."""
+    if status is not None and status not in STATUSES:
+        raise ApiError(
+            400,
+            "validation_error",
+            f"no execution status {status[:64]!r}; the statuses are {', '.join(STATUSES)}",
+            {"field": "status", "statuses": list(STATUSES)},
+        )
+    return status
 
 
 class ExecutionSubmitted(msgspec.Struct):
@@ -145,15 +159,16 @@ class ExecutionsController(Controller):
         self,
         request: Request[Any, Any, Any],
         container: NamedDependency[ApiContainer],
-        status: Annotated[Status | None, QueryParameter(required=False)] = None,
+        status: Annotated[str | None, QueryParameter(required=False, schema_extra={"enum": list(STATUSES)})] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> ExecutionPage:
         """Paginated; admins see everyone's executions."""
         actor = actor_of(request)
+        wanted = check_status(status)
         async with container.pool.connection() as conn:
             rows, total = await list_executions(
-                conn, None if actor.role == "admin" else actor.user_id, status, limit, offset
+                conn, None if actor.role == "admin" else actor.user_id, wanted, limit, offset
             )
         return ExecutionPage([to_status(r) for r in rows], total, limit, offset)
 
