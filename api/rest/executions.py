@@ -24,6 +24,9 @@ from projections.executions import list_executions
 
 STATUSES = ("submitted", "running", "completed", "failed", "cancelled")
 
+# The documented parameter: one of the statuses (absent: all), checked by check_status, not by litestar.
+STATUS_SCHEMA = {"type": "string", "one_of": None, "enum": list(STATUSES)}
+
 
 def check_status(status: str | None) -> str | None:
     """The status filter as given; an unknown one is a 400 naming the statuses (as an unknown search
@@ -159,7 +162,7 @@ class ExecutionsController(Controller):
         self,
         request: Request[Any, Any, Any],
         container: NamedDependency[ApiContainer],
-        status: Annotated[str | None, QueryParameter(required=False, schema_extra={"enum": list(STATUSES)})] = None,
+        status: Annotated[str | None, QueryParameter(required=False, schema_extra=STATUS_SCHEMA)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
         offset: Annotated[int, QueryParameter(ge=0, le=MAX_OFFSET)] = 0,
     ) -> ExecutionPage:

@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from psycopg_pool import AsyncConnectionPool
 
-from infra.adapters.postgres import check_schema
+from infra.adapters.postgres import CONNECT_TIMEOUT_S, check_schema
 from infra.runtime.settings import AuthenticationSettings
 
 _LOCK = 7_294_114  # advisory lock id: one process creates the schema at a time
@@ -33,7 +33,8 @@ def auth_schema(schema: str) -> str:
 async def ensure_credentials_table(url: str, schema: str) -> None:
     """Create the credentials schema and table if they are missing."""
     target = auth_schema(schema)
-    async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+    connecting = psycopg.AsyncConnection.connect(url, connect_timeout=CONNECT_TIMEOUT_S)
+    async with await connecting as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK,))
         await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{target}"')
         await conn.execute(

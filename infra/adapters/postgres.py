@@ -32,10 +32,19 @@ HOLD_MARGIN_S = 5.0
 PREPARE_WHEN_ASKED = 2**62
 
 
+# How long opening a connection may take (libpq's connect_timeout, whole seconds, 2 at least). Without it a
+# PostgreSQL that does not answer (a host that drops packets, a server that accepts and says nothing) keeps
+# psycopg waiting for ever: an operator's `pipeline dlq` or `pipeline user` then hung instead of saying
+# "cannot reach the system". A local or LAN PostgreSQL connects in milliseconds, so 5 s is only ever
+# reached when it is not there; a pool retries a connection that timed out like one that was refused.
+CONNECT_TIMEOUT_S = 5
+
+
 def connection_kwargs(schema: str, prepare: bool = False, statement_timeout_ms: int = 0) -> dict[str, object]:
     """Connection options that put every statement in ``schema``; ``prepare``: allow prepared statements
     where a statement asks for one (else none at all); ``statement_timeout_ms``: cancel a statement
-    that runs longer (0: never)."""
+    that runs longer (0: never). A connection that takes longer than CONNECT_TIMEOUT_S to open fails
+    (psycopg.OperationalError)."""
     # PostgreSQL re-plans a prepared statement when its search_path's schema or a table it read is replaced
     # (a rebuild's swap renames schemas, or moves tables), so a prepared read follows the swap. Writers
     # (the projection runner) prepare nothing all the same.
@@ -43,7 +52,12 @@ def connection_kwargs(schema: str, prepare: bool = False, statement_timeout_ms: 
     options = f"-c search_path={check_schema(schema)}"
     if statement_timeout_ms:
         options += f" -c statement_timeout={int(statement_timeout_ms)}"
-    return {"options": options, "autocommit": False, "prepare_threshold": threshold}
+    return {
+        "options": options,
+        "autocommit": False,
+        "prepare_threshold": threshold,
+        "connect_timeout": CONNECT_TIMEOUT_S,
+    }
 
 
 class BoundedPool(AsyncConnectionPool):

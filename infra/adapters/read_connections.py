@@ -11,6 +11,10 @@ one or waits, in order of arrival, for the next one given back (at most ``timeou
 ``PoolTimeout``, as the pool's checkout would). A connection given back broken or not idle (e.g. its
 query was cancelled) goes back to the pool, which replaces it, and its place is taken from the pool
 again. Closing gives the idle connections back; those in use go back when they are returned.
+A connection is given back to the pool once past the pool's ``max_lifetime`` (an hour by default, as
+the pool stamps it on each connection it opens), after the read that finds it so: the pool closes it
+and opens another, so a long-running API does not keep one PostgreSQL backend (and its memory, and
+the catalogue caches of its prepared statements) for ever, as the pool's own connections do not.
 A read holds its connection at most ``hold_seconds`` (the pool's, a BoundedPool's: a PostgreSQL that
 does not answer at all never sends its statement timeout), then its work is cancelled and
 psycopg.OperationalError raised, as the pool's own connections do.
@@ -19,6 +23,8 @@ psycopg.OperationalError raised, as the pool's own connections do.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -106,8 +112,13 @@ class ReadConnections:
         return connection if connection is not None else await self._new()
 
     async def give(self, connection: Connection) -> None:
-        if self._closed or connection.closed or connection.pgconn.transaction_status != TransactionStatus.IDLE:
-            await self._discard(connection)
+        if (
+            self._closed
+            or connection.closed
+            or connection.pgconn.transaction_status != TransactionStatus.IDLE
+            or _expired(connection)
+        ):
+            await self._discard(connection)  # the pool replaces one closed, broken or past its lifetime
         else:
             self._pass_on(connection)
 
@@ -155,6 +166,12 @@ class ReadConnections:
                 waiter.set_result(None)  # its reader takes a new connection in this place
                 return
         self._taken -= 1
+
+
+def _expired(connection: Connection) -> bool:
+    """Past the pool's max_lifetime: psycopg_pool stamps ``_expire_at`` (time.monotonic) on each connection
+    it opens, and on its return closes one that is past it and opens another (AsyncConnectionPool.putconn)."""
+    return bool(getattr(connection, "_expire_at", math.inf) <= time.monotonic())
 
 
 def _expire(future: asyncio.Future[Connection | None], timeout: float) -> None:
