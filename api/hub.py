@@ -36,6 +36,7 @@ from api.rest.executions import to_status
 from api.revocations import RevokedTokens
 from api.user_cache import UserCache
 from commands.envelope import Actor
+from commands.tasks import cancel_and_wait
 from commands.tracing import parent_context
 from infra.runtime.metrics import WEBSOCKET_DROPPED
 from projections.changes import ChangeFeed
@@ -196,10 +197,7 @@ class LiveHub:
         self._task = asyncio.create_task(self._pump())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def connect(self, actor: Actor, token_generation: int = 0, token_id: str = "") -> Subscriber:
         self.connections += 1

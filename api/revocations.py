@@ -14,7 +14,6 @@ it, which Redis sends while it runs the PUBLISH, before the logout is answered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
@@ -22,6 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from commands.tasks import cancel_and_wait
 
 log = logging.getLogger("pipeline.auth")
 RETRY_SECONDS = 2.0
@@ -84,10 +85,7 @@ class RevokedTokens:
         self._task = asyncio.create_task(self._follow_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def _remember(self, jti: str, expires_at: float) -> None:
         self._expiry[jti] = expires_at

@@ -10,12 +10,12 @@ Anything that could hide a change — a truncated announcement, a feed reconnect
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from psycopg_pool import AsyncConnectionPool
 
+from commands.tasks import cancel_and_wait
 from projections.changes import ChangeFeed
 
 
@@ -40,10 +40,7 @@ class UserCache:
         self._task = asyncio.create_task(self._invalidate_forever())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     async def get(self, user_id: str) -> UserRow | None:
         """The user's row, or None if unknown. Raises psycopg errors."""

@@ -10,12 +10,13 @@ in-process subscribers (bounded queues; a slow subscriber loses what is queued a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
 import orjson
 import psycopg
+
+from commands.tasks import cancel_and_wait
 
 MAX_PAYLOAD = 7000  # PostgreSQL refuses NOTIFY payloads of 8000 bytes or more
 log = logging.getLogger("pipeline.changes")
@@ -89,10 +90,7 @@ class ChangeFeed:
         await asyncio.wait_for(self._ready.wait(), timeout=30)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def reached(self, partition: int, offset: int) -> bool:
         """Has the read model applied the event at ``partition:offset``?"""

@@ -9,7 +9,6 @@ every outcome, which is small next to the requests themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -18,6 +17,7 @@ from aiokafka.errors import KafkaTimeoutError
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
 
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
+from commands.tasks import cancel_and_wait
 from commands.tracing import trace_headers
 from infra.adapters.kafka import Topics
 from infra.runtime.metrics import COMMAND_ROUNDTRIP, COMMANDS
@@ -94,10 +94,7 @@ class KafkaCommandBus:
         self._task = asyncio.create_task(self._read_outcomes())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         if self._consumer is not None:
             await self._consumer.stop()
         if self._offsets is not None:

@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 
+from commands.tasks import cancel_and_wait
 from infra.runtime import heap
 from infra.runtime.bootstrap import build_processor, build_runner, require_services
 from infra.runtime.heartbeat import Progressing, beat, heartbeat_path
@@ -30,9 +31,7 @@ async def _heartbeat(settings: Settings, name: str, source: Progressing) -> Asyn
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def run_processor(settings: Settings) -> None:

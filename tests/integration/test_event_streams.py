@@ -20,6 +20,7 @@ from gql.transport.exceptions import TransportQueryError
 from gql.transport.websockets import WebsocketsTransport
 from prometheus_client.parser import text_string_to_metric_families
 
+from commands.tasks import cancel_and_wait
 from infra.runtime.settings import load_settings
 from projections.event_stream import parse_position
 from tests.conftest import environment_for
@@ -273,9 +274,7 @@ class Following:
         await eventually(delivered, timeout=90, what=f"the stream to deliver {len(objects)} ingests")
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -542,6 +541,4 @@ async def test_a_stream_follows_a_demotion_at_once_and_ends_on_disable(system: R
             await asyncio.wait_for(following, 30)
             assert items[-1]["kind"] == "error" and items[-1]["reason"] == "forbidden", items[-1]
         finally:
-            following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await following
+            await cancel_and_wait(following)
