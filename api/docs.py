@@ -18,9 +18,11 @@ from typing import Any, Literal
 from cross_web import HTTPException as GraphQLRequestError
 from litestar import Request, Response
 from litestar._openapi.plugin import handle_schema_path_not_found
+from litestar.connection import ASGIConnection
 from litestar.datastructures import CacheControlHeader
 from litestar.enums import MediaType
 from litestar.exceptions import NotFoundException
+from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.plugins import RedocRenderPlugin, SwaggerRenderPlugin
 from litestar.router import Router
 from litestar.static_files import create_static_files_router
@@ -52,15 +54,14 @@ def _same_origin_only(page: bytes) -> bytes:
 def docs_router() -> Router:
     """The router litestar's OpenAPI plugin puts the docs pages and the document in (``OpenAPIConfig.openapi_router``).
 
-    The plugin also adds a catch-all ``/{path:str}`` that answers an HTML "Error 404" page; the hook makes
+    The plugin also adds a catch-all ``/{path:str}`` that answers an HTML "Error 404" page; the guard makes
     it the JSON error envelope every other unknown path gets (``/api/docs/nope`` is no different from
-    ``/api/nope``). It replaces the app's ``require_json_body`` here, which no docs page (all GETs) needs.
+    ``/api/nope``). A guard, not a before_request hook: that would replace the app's own hook here.
     """
-    return Router(DOCS_PATH, route_handlers=[], include_in_schema=False, before_request=_unknown_docs_page)
+    return Router(DOCS_PATH, route_handlers=[], include_in_schema=False, guards=[_no_unknown_docs_page])
 
 
-async def _unknown_docs_page(request: Request[Any, Any, Any]) -> None:
-    handler = request.scope.get("route_handler")
+def _no_unknown_docs_page(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
     if getattr(handler, "fn", None) is handle_schema_path_not_found:
         raise NotFoundException()
 
