@@ -33,7 +33,8 @@ def body_timeout_middleware(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
                 if body_done:
                     return await receive()
                 try:
-                    message = await asyncio.wait_for(receive(), seconds)
+                    async with asyncio.timeout(seconds):  # no task per read, as asyncio.wait_for makes
+                        message = await receive()
                 except TimeoutError:
                     raise ApiError(
                         408,

@@ -92,9 +92,10 @@ async def submit(
         submitted_at=time.time(),
     )
     limit = container.settings.kafka.max_command_bytes
-    if len(encode(envelope)) > limit:
+    encoded = encode(envelope)
+    if len(encoded) > limit:
         raise ApiError(413, "too_large", f"the command is larger than {limit} bytes once encoded", {"limit": limit})
-    outcome = await container.bus.submit(envelope)
+    outcome = await container.bus.submit(envelope, encoded)
     if not outcome.accepted:
         assert outcome.rejection is not None
         raise rejection_error(outcome.rejection)
