@@ -33,8 +33,7 @@ def body_timeout_middleware(seconds: float) -> Callable[[ASGIApp], ASGIApp]:
                 if body_done:
                     return await receive()
                 try:
-                    async with asyncio.timeout(seconds):  # no task per read, as asyncio.wait_for makes
-                        message = await receive()
+                    message = await asyncio.wait_for(receive(), seconds)
                 except TimeoutError:
                     raise ApiError(
                         408,
