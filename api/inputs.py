@@ -13,6 +13,7 @@ import msgspec
 from litestar import Request
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
+from litestar.utils.scope.state import ScopeState
 
 from api.errors import ApiError
 from commands.conversation import MessageText
@@ -160,7 +161,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
     litestar converts a body as it converts query strings (``"0.5"`` would pass as a confidence,
     ``"5"`` as a number), which the spec's types do not allow. A missing, malformed or too deeply
     nested body is a 400 naming ``body``; a value of the wrong type a 400 naming its field, with
-    litestar's own ``details`` (``field``, ``source``, ``errors``).
+    litestar's own ``details`` (``field``, ``source``, ``errors``). The decoded body is the handler's.
     """
     field = request.route_handler.parsed_fn_signature.parameters.get("data")
     if field is None or getattr(field.kwarg_definition, "media_type", RequestEncodingType.JSON) != (
@@ -178,7 +179,9 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
     body = await request.body()
     if field.is_optional and not body.strip():  # e.g. login, whose credentials may be in the query instead
         return
-    strictly_decoded(body, field.annotation)
+    # What litestar's request.json() answers from now on: the handler's ``data`` is this value (its
+    # conversion to the same type passes it through), not the body decoded a second time.
+    ScopeState.from_scope(request.scope).json = strictly_decoded(body, field.annotation)
 
 
 BODY = "body"
