@@ -114,7 +114,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     assets = assets_dir()  # the docs pages' scripts (infra.provision.web_assets), served by this API
     graphql = graphql_controller(
-        build_schema(settings.graphql), "/api/graphql", settings.graphql.ide, assets, context_getter=context_getter
+        build_schema(settings.graphql),
+        "/api/graphql",
+        settings.graphql.ide,
+        assets,
+        settings.websocket.max_message_size,
+        context_getter=context_getter,
     )
     graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     # strawberry provides the sub-response in a worker thread (sync_to_thread=True): a thread hop on

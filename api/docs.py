@@ -27,7 +27,7 @@ from strawberry.litestar.controller import GraphQLController
 from strawberry.schema.base import BaseSchema
 
 from api.errors import ApiError, envelope, http_reason
-from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
+from api.graphql.protocols import BoundedWebSocket, CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import SettingsError
 
@@ -173,7 +173,7 @@ _REQUEST_FIELDS = {
 
 
 def graphql_controller(
-    schema: BaseSchema, path: str, ide: str, root: Path, **kwargs: Any
+    schema: BaseSchema, path: str, ide: str, root: Path, max_ws_message: int, **kwargs: Any
 ) -> type[GraphQLController[Any, Any]]:
     """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
     if ide not in IDES:
@@ -185,6 +185,9 @@ def graphql_controller(
         # A malformed WebSocket message closes with 4400, not 4500 (api/graphql/protocols.py).
         graphql_transport_ws_handler_class = CheckedTransportWS
         graphql_ws_handler_class = CheckedLegacyWS
+        # A message above websocket.max_message_size closes with 1009 (api/graphql/protocols.py).
+        websocket_adapter_class = BoundedWebSocket
+        max_message_size = max_ws_message
 
         async def execute_request(
             self, request: Request[Any, Any, Any], context: Any, root_value: Any

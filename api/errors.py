@@ -36,6 +36,7 @@ class ApiError(Exception):
 REJECTION_STATUS = {
     "not_found": 404,
     "conflict": 409,
+    "limit_reached": 409,  # e.g. an object's annotations (storage.max_annotations_per_object)
     "gone": 410,
     "invalid": 422,
     "invalid_graph": 400,  # the spec: HTTPException(400, detail=validation.errors)

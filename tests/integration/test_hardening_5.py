@@ -1,0 +1,132 @@
+"""The fifth hardening sweep: what an independent tester's clients found, one test each.
+
+One system (workers, API) serves the whole module, with a small annotation limit per object. Each test
+names the request that showed the defect.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from typing import Any
+
+import httpx
+import websockets
+
+from tests.integration.harness import eventually, ws_ask
+from tests.integration.system import RunningSystem
+from tests.integration.test_authz_everywhere import gql
+from tests.integration.test_hardening_3 import until_closed
+from tests.integration.users import assert_envelope, system_with_alice_and_vera, token_of, ws_base
+
+GQL = "/api/graphql"
+MAX_ANNOTATIONS = 3  # per object, in this module's system
+
+system, users = system_with_alice_and_vera(
+    "hardening-5",
+    {
+        "PIPELINE_STORAGE_MAX_ANNOTATIONS_PER_OBJECT": str(MAX_ANNOTATIONS),
+        "PIPELINE_STORAGE_MAX_ANNOTATIONS": "2",
+        "PIPELINE_WEBSOCKET_MAX_MESSAGE_SIZE": "65536",
+    },
+)
+
+
+async def finished(client: httpx.AsyncClient, execution_id: str) -> dict[str, Any] | None:
+    body = (await client.get(f"/api/v1/executions/{execution_id}")).json()
+    return body if body.get("status") in {"completed", "failed", "cancelled"} else None
+
+
+async def no_dead_letters(system: RunningSystem) -> None:
+    """Nothing a client sent in this module may end as a dead letter or stop a worker."""
+    health = (await system.admin.get("/health")).json()
+    assert health["status"] == "healthy", health
+    assert health["dead_letters"]["processor_since_start"] in (0, None), health["dead_letters"]
+
+
+# --- annotations per object -------------------------------------------------------------------------
+
+
+async def test_an_object_takes_at_most_the_configured_annotations_on_every_path(
+    system: RunningSystem, users: dict[str, httpx.AsyncClient]
+) -> None:
+    """Found: ``POST /api/v1/data/{id}/annotations`` in a loop was accepted for ever: one object's
+    aggregate, state record and read model grew without bound."""
+    alice = users["alice"]
+    body = {"content": "annotated", "content_type": "text/plain", "annotations": ["one", "two"]}
+    created = (await alice.post("/api/v1/ingest", json=body)).json()
+    object_id = created["object_id"]
+    url = f"/api/v1/data/{object_id}/annotations"
+    third = await alice.post(url, json={"annotation_type": "label", "content": "three"})
+    assert third.status_code == 201, third.text
+    refused = assert_envelope(await alice.post(url, json={"annotation_type": "label", "content": "four"}), 409)
+    assert refused["reason"] == "limit_reached" and refused["details"]["limit"] == MAX_ANNOTATIONS, refused
+    mutation = 'mutation($id: String!) { addAnnotation(objectId: $id, annotationType: "c", content: 1) { annotationId } }'
+    graphql = await gql(alice, mutation, id=object_id)
+    assert graphql["errors"][0]["extensions"]["code"] == 409, graphql
+    graph = {
+        "nodes": [
+            {"id": "src", "type": "input", "params": {"name": "text"}},
+            {"id": "note", "type": "annotate", "params": {"object_id": object_id}},
+        ],
+        "edges": [{"from": "src.value", "to": "note.content"}],
+    }
+    submitted = await alice.post("/api/v1/execute", json={"graph": graph, "inputs": {"text": "five"}})
+    assert submitted.status_code == 202, submitted.text
+    done = await eventually(partial(finished, alice, submitted.json()["execution_id"]), what="the graph")
+    assert done["status"] == "failed" and "annotations" in " ".join(done["errors"]), done
+    read = await alice.get(f"/api/v1/data/{object_id}", headers={"X-Consistency-Token": third.json()["position"]})
+    assert len(read.json()["annotations"]) == MAX_ANNOTATIONS, read.json()
+    await no_dead_letters(system)
+
+
+# --- WebSocket protocols ----------------------------------------------------------------------------
+
+
+async def test_every_ws_message_refuses_unknown_fields_and_keeps_the_connection(
+    users: dict[str, httpx.AsyncClient],
+) -> None:
+    """Found: ``{"type": "subscribe", "topic": "events", "aggregateId": ...}`` on ``/ws`` was answered
+    ``subscribed`` to every event (the misspelt filter ignored), while ``chat_message`` refused an unknown
+    field."""
+    alice = users["alice"]
+    async with websockets.connect(f"{ws_base(alice)}/ws/probe", additional_headers=_bearer(alice)) as ws:
+        for message in (
+            {"type": "subscribe", "topic": "events", "aggregateId": "x"},
+            {"type": "subscribe", "topic": "data_changes", "filter": "x"},
+            {"type": "subscribe", "topic": "execution:00000000-0000-0000-0000-000000000000", "since": "0"},
+            {"type": "unsubscribe", "topic": "data_changes", "after": "now"},
+            {"type": "ping", "id": 1},
+            {"type": "execution_status", "execution_id": "x", "executionId": "x"},
+            {"type": "chat_message", "content": "hi", "conversationId": "x"},
+        ):
+            reply = await ws_ask(ws, message)
+            assert reply["type"] == "error" and reply["code"] in ("invalid_message", "validation_error"), reply
+        assert await ws_ask(ws, {"type": "ping"}) == {"type": "pong"}
+        subscribed = await ws_ask(ws, {"type": "subscribe", "topic": "data_changes"})
+        assert subscribed == {"type": "subscribed", "topic": "data_changes"}
+
+
+def _bearer(client: httpx.AsyncClient) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_of(client)}"}
+
+
+async def test_a_graphql_websocket_message_above_the_limit_closes_1009(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: graphql-transport-ws decoded messages up to uvicorn's 16 MiB while ``/ws`` refuses more than
+    ``websocket.max_message_size``."""
+    alice = users["alice"]
+    big = json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "{ __typename }", "x": "é" * 40_000}})
+    for protocol in ("graphql-transport-ws", "graphql-ws"):
+        async with websockets.connect(f"{ws_base(alice)}{GQL}", subprotocols=[protocol]) as ws:  # type: ignore[list-item]
+            await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(alice)}}))
+            assert json.loads(await ws.recv())["type"] == "connection_ack"
+            await ws.send(big)  # 80,000 bytes of UTF-8 (40,000 characters): above the module's 65,536
+            _, closed = await until_closed(ws, 10)
+        assert closed.rcvd is not None and closed.rcvd.code == 1009, (protocol, closed)
+    # Below the limit a message still runs.
+    async with websockets.connect(f"{ws_base(alice)}{GQL}", subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(alice)}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        payload = {"query": "{ __typename }", "variables": {"x": "y" * 30_000}}
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
+        assert json.loads(await ws.recv())["payload"] == {"data": {"__typename": "Query"}}
