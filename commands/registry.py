@@ -45,6 +45,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "ChangePassword": CommandSpec(users.ChangePassword, users.change_password),
     "DisableUser": CommandSpec(users.DisableUser, users.disable_user),
     "EnableUser": CommandSpec(users.EnableUser, users.enable_user),
+    "SeatAdmin": CommandSpec(users.SeatAdmin, users.seat_admin),
+    "UnseatAdmin": CommandSpec(users.UnseatAdmin, users.unseat_admin),
     "PostMessage": CommandSpec(conversation.PostMessage, conversation.post_message),
     "GiveResponse": CommandSpec(conversation.GiveResponse, conversation.give_response),
     "MarkNotificationsRead": CommandSpec(inbox.MarkNotificationsRead, inbox.mark_notifications_read),

@@ -6,6 +6,7 @@ names the request that showed the defect.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from functools import partial
 from typing import Any
@@ -17,7 +18,13 @@ from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem
 from tests.integration.test_authz_everywhere import gql
 from tests.integration.test_hardening_3 import until_closed
-from tests.integration.users import assert_envelope, system_with_alice_and_vera, token_of, ws_base
+from tests.integration.users import (
+    assert_envelope,
+    clients_with_roles,
+    system_with_alice_and_vera,
+    token_of,
+    ws_base,
+)
 
 GQL = "/api/graphql"
 MAX_ANNOTATIONS = 3  # per object, in this module's system
@@ -61,7 +68,9 @@ async def test_an_object_takes_at_most_the_configured_annotations_on_every_path(
     assert third.status_code == 201, third.text
     refused = assert_envelope(await alice.post(url, json={"annotation_type": "label", "content": "four"}), 409)
     assert refused["reason"] == "limit_reached" and refused["details"]["limit"] == MAX_ANNOTATIONS, refused
-    mutation = 'mutation($id: String!) { addAnnotation(objectId: $id, annotationType: "c", content: 1) { annotationId } }'
+    mutation = (
+        'mutation($id: String!) { addAnnotation(objectId: $id, annotationType: "c", content: 1) { annotationId } }'
+    )
     graphql = await gql(alice, mutation, id=object_id)
     assert graphql["errors"][0]["extensions"]["code"] == 409, graphql
     graph = {
@@ -130,3 +139,38 @@ async def test_a_graphql_websocket_message_above_the_limit_closes_1009(users: di
         payload = {"query": "{ __typename }", "variables": {"x": "y" * 30_000}}
         await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": payload}))
         assert json.loads(await ws.recv())["payload"] == {"data": {"__typename": "Query"}}
+
+
+# --- the last admin (kept last: it changes who is an admin) ---------------------------------------
+
+
+async def test_two_admins_demoting_each_other_at_once_leave_one_admin(system: RunningSystem) -> None:
+    """Found: two admins, each ``PATCH /api/v1/users/{the other}`` with ``{"role": "user"}`` at the same
+    moment: both were accepted (each user aggregate saw another admin) and no admin was left. The same
+    with ``{"disabled": true}``."""
+    admin = system.admin
+    me = (await admin.get("/api/v1/auth/me")).json()
+    async with clients_with_roles(admin, system.anonymous, {"zed": "admin"}) as clients:
+        zed = clients["zed"]
+        zed_id = (await zed.get("/api/v1/auth/me")).json()["user_id"]
+        for change, undo in (({"role": "user"}, {"role": "admin"}), ({"disabled": True}, {"disabled": False})):
+            first, second = await asyncio.gather(
+                admin.patch(f"/api/v1/users/{zed_id}", json=change),
+                zed.patch(f"/api/v1/users/{me['user_id']}", json=change),
+            )
+            statuses = sorted([first.status_code, second.status_code])
+            assert statuses[0] == 200 and statuses[1] in (403, 409), (change, first.text, second.text)
+            if 409 in statuses:
+                refused = first if first.status_code == 409 else second
+                assert refused.json()["error"]["reason"] == "last_admin", refused.text
+            # Whoever is still an admin restores the other, so the next round starts from two admins.
+            winner, loser_id = (admin, zed_id) if first.status_code == 200 else (zed, me["user_id"])
+            restored = await winner.patch(f"/api/v1/users/{loser_id}", json=undo)
+            assert restored.status_code == 200, restored.text
+            if winner is zed:  # the module's admin token may have been refused meanwhile: it is valid again
+                assert (await admin.get("/api/v1/users")).status_code == 200
+            users = (await admin.get("/api/v1/users", params={"limit": 1000})).json()
+            assert [u for u in users if u["role"] == "admin" and not u["disabled"]], users
+        demoted = await admin.patch(f"/api/v1/users/{zed_id}", json={"role": "viewer"})
+        assert demoted.status_code == 200, demoted.text
+    await no_dead_letters(system)
