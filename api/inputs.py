@@ -145,9 +145,18 @@ def _field_of(message: str) -> str | None:
 _JSON_MEDIA = "application/json"
 
 
+_UTF8 = ("utf-8", "utf8")
+
+
 def json_media_type(content_type: str) -> bool:
-    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), parameters ignored."""
-    media = content_type.partition(";")[0].strip().lower()
+    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), in UTF-8: other parameters are
+    ignored, but a ``charset`` other than UTF-8 is not JSON (RFC 8259 8.1) and its bytes would be misread."""
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in _UTF8:
+            return False
     return media == _JSON_MEDIA or (media.startswith("application/") and media.endswith("+json"))
 
 
@@ -172,7 +181,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"the body must be {_JSON_MEDIA}, not {declared[:100]!r}",
+            f"the body must be {_JSON_MEDIA} (UTF-8), not {declared[:100]!r}",
             {"field": "Content-Type", "expected": _JSON_MEDIA},
         )
     body = await request.body()

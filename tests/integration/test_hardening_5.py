@@ -141,6 +141,67 @@ async def test_a_graphql_websocket_message_above_the_limit_closes_1009(users: di
         assert json.loads(await ws.recv())["payload"] == {"data": {"__typename": "Query"}}
 
 
+# --- request decoding -------------------------------------------------------------------------------
+
+
+JSON_TYPE = {"Content-Type": "application/json"}
+
+
+def raw_operation(query: str, variables: str) -> bytes:
+    """A GraphQL request body with ``variables`` as written (JSON a client library would not produce)."""
+    return ('{"query": ' + json.dumps(query) + ', "variables": ' + variables + "}").encode()
+
+
+async def test_a_lone_surrogate_in_graphql_variables_is_a_400_not_a_500(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/graphql`` with ``"variables": {"c": "\\ud800"}`` for ``ingestData(content: $c)``
+    answered a 500 (UnicodeEncodeError once the command was encoded): GraphQL decoded JSON with json.loads,
+    which takes a lone surrogate escape (and NaN) that the REST bodies' decoder refuses. Over
+    graphql-transport-ws the same message now closes with 4400."""
+    alice = users["alice"]
+    mutation = 'mutation($c: String!) { ingestData(content: $c, contentType: "text/plain") { objectId } }'
+    for variables in ('{"c": "\\ud800"}', '{"c": "x", "n": NaN}'):
+        response = await alice.post(GQL, content=raw_operation(mutation, variables), headers=JSON_TYPE)
+        assert assert_envelope(response, 400)["details"]["field"] == "body", (variables, response.text)
+    async with websockets.connect(f"{ws_base(alice)}{GQL}", subprotocols=["graphql-transport-ws"]) as ws:  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"authToken": token_of(alice)}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        operation = raw_operation(mutation, '{"c": "\\ud800"}').decode()
+        await ws.send('{"id": "1", "type": "subscribe", "payload": ' + operation + "}")  # a text frame
+        _, closed = await until_closed(ws, 10)
+    assert closed.rcvd is not None and closed.rcvd.code == 4400, closed
+    # A surrogate pair (an emoji escaped) is still text.
+    ok = await alice.post(GQL, content=raw_operation(mutation, '{"c": "\\ud83d\\ude00"}'), headers=JSON_TYPE)
+    assert ok.json()["data"]["ingestData"]["objectId"], ok.text
+
+
+async def test_a_json_body_in_another_charset_is_415(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/v1/ingest`` with ``Content-Type: application/json; charset=latin-1`` (or UTF-16) was
+    read as UTF-8 and accepted: JSON is UTF-8 (RFC 8259 8.1), and a body in the declared charset is misread."""
+    alice = users["alice"]
+    body = json.dumps({"content": "café", "content_type": "text/plain"}).encode()
+    for declared in ("application/json; charset=latin-1", "application/json;CHARSET=UTF-16"):
+        response = await alice.post("/api/v1/ingest", content=body, headers={"Content-Type": declared})
+        assert assert_envelope(response, 415)["details"]["field"] == "Content-Type", response.text
+    for declared in ('application/json; charset="UTF-8"', "application/json;charset=utf8", "application/json; v=1"):
+        response = await alice.post("/api/v1/ingest", content=body, headers={"Content-Type": declared})
+        assert response.status_code == 201, (declared, response.text)
+
+
+async def test_a_negative_expected_version_is_a_400_on_graphql_as_on_rest(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``addAnnotation(..., expectedVersion: -1)`` answered 409 conflict ("expected version -1, the
+    aggregate is at version 1") where REST refuses ``If-Match: "-1"`` as a bad header (400)."""
+    alice = users["alice"]
+    created = (await alice.post("/api/v1/ingest", json={"content": "versions", "content_type": "text/plain"})).json()
+    for mutation in (
+        'mutation($id: String!) { addAnnotation(objectId: $id, annotationType: "x", content: 1, expectedVersion: -1)'
+        " { content } }",
+        "mutation($id: String!) { deleteDataObject(objectId: $id, expectedVersion: -1) { objectId } }",
+    ):
+        answer = await gql(alice, mutation, id=created["object_id"])
+        error = answer["errors"][0]["extensions"]
+        assert error["code"] == 400 and error["details"]["field"] == "expected_version", answer
+
+
 # --- the last admin (kept last: it changes who is an admin) ---------------------------------------
 
 
