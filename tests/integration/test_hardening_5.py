@@ -202,6 +202,24 @@ async def test_a_negative_expected_version_is_a_400_on_graphql_as_on_rest(users:
         assert error["code"] == 400 and error["details"]["field"] == "expected_version", answer
 
 
+# --- the event stream ------------------------------------------------------------------------------
+
+
+async def test_the_event_stream_filters_every_aggregate_it_delivers_and_names_a_bad_type(
+    users: dict[str, httpx.AsyncClient],
+) -> None:
+    """Found: ``GET /api/v1/events/stream?types=Conversation`` (or ``Inbox.NotificationsRead``) was refused as
+    an unknown event type although the stream delivers those events, and ``types=Nope`` named ``after`` as
+    the bad parameter."""
+    alice = users["alice"]
+    refused = await alice.get("/api/v1/events/stream", params={"types": "Nope"})
+    error = assert_envelope(refused, 400)
+    assert error["details"]["field"] == "types" and "Nope" in error["message"], error
+    for types in ("Conversation", "Inbox.NotificationsRead", "Conversation,Inbox,DataObject"):
+        head = await alice.head("/api/v1/events/stream", params={"types": types, "after": "now"})
+        assert head.status_code == 200, (types, head.status_code)
+
+
 # --- the last admin (kept last: it changes who is an admin) ---------------------------------------
 
 
