@@ -202,6 +202,31 @@ async def test_a_negative_expected_version_is_a_400_on_graphql_as_on_rest(users:
         assert error["code"] == 400 and error["details"]["field"] == "expected_version", answer
 
 
+# --- graphs ----------------------------------------------------------------------------------------
+
+
+async def test_a_graph_field_of_no_meaning_is_refused_not_ignored(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``POST /api/v1/execute`` with a node ``{"id": "n", "type": "normalize", "param": {...}}`` (``param``
+    for ``params``) ran the node with its defaults (202, completed); extra fields on the graph or an edge were
+    ignored too."""
+    alice = users["alice"]
+    source = {"id": "src", "type": "input", "params": {"name": "text"}}
+    edge = {"from": "src.value", "to": "n.text"}
+    node = {"id": "n", "type": "normalize", "params": {"lowercase": False}}
+    for graph, named in (
+        ({"nodes": [source, {**node, "param": {"lowercase": False}}], "edges": [edge]}, "'param'"),
+        ({"nodes": [source, node], "edges": [{**edge, "weight": 1}]}, "'weight'"),
+        ({"nodes": [source, node], "edges": [edge], "edge": []}, "'edge'"),
+    ):
+        response = await alice.post("/api/v1/execute", json={"graph": graph, "inputs": {"text": "A"}})
+        error = assert_envelope(response, 400)
+        assert error["reason"] == "invalid_graph" and named in json.dumps(error["details"]), error
+    ok = await alice.post(
+        "/api/v1/execute", json={"graph": {"nodes": [source, node], "edges": [edge]}, "inputs": {"text": "A"}}
+    )
+    assert ok.status_code == 202, ok.text
+
+
 # --- the event stream ------------------------------------------------------------------------------
 
 
