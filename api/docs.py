@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import orjson
+import msgspec
 from cross_web import HTTPException as GraphQLRequestError
 from litestar import Request, Response
 from litestar.datastructures import CacheControlHeader
@@ -203,11 +203,17 @@ def graphql_controller(
                 return envelope(request, exc.status_code, reason, exc.reason, {"field": field} if field else None)
 
         def decode_json(self, data: str | bytes) -> object:
-            """orjson, as the REST bodies' decoding, and every undecodable document a JSONDecodeError, which
+            """msgspec, as the REST bodies are decoded, and every undecodable document a JSONDecodeError, which
             strawberry answers (400 over HTTP, close 4400 over graphql-transport-ws): json.loads took a lone
             surrogate escape (``"\\ud800"``), which no UTF-8 encoder takes (a 500 once it reached the command
-            log), and NaN, and raised a plain ValueError for an integer of more than 4300 digits (a 500)."""
-            return orjson.loads(data)  # orjson.JSONDecodeError is a json.JSONDecodeError
+            log), and NaN, and raised a plain ValueError for an integer of more than 4300 digits (a 500).
+            Integers stay integers whatever their size (orjson would turn 2**64 into a float), so the input
+            rules refuse one beyond 64 bits by name."""
+            try:
+                return msgspec.json.decode(data)
+            except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested ~1000 deep
+                text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+                raise json.JSONDecodeError(str(exc), text, 0) from exc
 
     if ide == "apollo-sandbox":
         return Enveloped

@@ -49,6 +49,7 @@ async def no_dead_letters(system: RunningSystem) -> None:
     health = (await system.admin.get("/health")).json()
     assert health["status"] == "healthy", health
     assert health["dead_letters"]["processor_since_start"] in (0, None), health["dead_letters"]
+    assert health["dead_letters"]["projections"] == 0, health["dead_letters"]
 
 
 # --- annotations per object -------------------------------------------------------------------------
