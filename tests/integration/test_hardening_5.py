@@ -203,6 +203,18 @@ async def test_a_negative_expected_version_is_a_400_on_graphql_as_on_rest(users:
         assert error["code"] == 400 and error["details"]["field"] == "expected_version", answer
 
 
+async def test_a_query_parameter_that_is_not_utf8_is_a_400(users: dict[str, httpx.AsyncClient]) -> None:
+    """Found: ``GET /api/v1/search?query=%FF%FE`` answered 200 with ``"query": "\ufffd\ufffd"``: the bytes were
+    read with replacement characters, so the search ran for something the client never sent."""
+    alice = users["alice"]
+    for query in ("query=%FF%FE", "query=x&filters=%ED%A0%80", "query=%C0%80"):
+        refused = await alice.get(f"/api/v1/search?{query}")
+        error = assert_envelope(refused, 400)
+        assert error["details"]["field"] == query.split("&")[-1].split("=")[0], (query, error)
+    ok = await alice.get("/api/v1/search?query=caf%C3%A9+au+lait")
+    assert ok.status_code == 200 and ok.json()["query"] == "café au lait", ok.text
+
+
 # --- graphs ----------------------------------------------------------------------------------------
 
 
