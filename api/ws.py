@@ -49,6 +49,7 @@ from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
 from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
+from api.ws_fields import unknown_fields
 from commands.envelope import Actor
 from infra.adapters.command_bus import CommandTimeout
 from infra.runtime.bootstrap import ApiContainer
@@ -60,16 +61,6 @@ TOPIC = re.compile(r"(data_changes|events|execution:[0-9a-fA-F-]{36})")  # whole
 # characters and lengths past 128 are refused.
 CLIENT_ID = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
 CLOSE_TIMEOUT_S = 5.0
-# The fields each message may have (chat_message's are its struct's, api/inputs.ChatMessage). Any other
-# is refused, as a struct refuses it: a misspelt ``aggregateId`` must not silently widen a stream.
-FIELDS = {
-    "subscribe:data_changes": {"type", "topic"},
-    "subscribe:execution": {"type", "topic", "after"},
-    "subscribe:events": {"type", "topic", "after", "types", "aggregate_id"},
-    "unsubscribe": {"type", "topic"},
-    "ping": {"type"},
-    "execution_status": {"type", "execution_id"},
-}
 log = logging.getLogger("pipeline.ws")
 
 
@@ -184,14 +175,6 @@ def error(code: str, message: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "message": message}
 
 
-def unknown_fields(message: dict[str, Any], shape: str) -> dict[str, Any] | None:
-    """An ``invalid_message`` error naming the fields ``message`` has beyond its shape's, or None."""
-    extra = sorted(str(key)[:64] for key in message if key not in FIELDS[shape])
-    if not extra:
-        return None
-    return error("invalid_message", f"unknown field(s) {', '.join(map(repr, extra[:10]))} in {shape.split(':')[0]}")
-
-
 async def handle(
     socket: Any, container: ApiContainer, hub: LiveHub, subscriber: Subscriber, message: Any
 ) -> dict[str, Any] | None:
@@ -208,8 +191,8 @@ async def handle(
         if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
             return error("invalid_topic", "topics are 'data_changes', 'events' or 'execution:<id>'")
         shape = kind if kind == "unsubscribe" else f"{kind}:{topic.split(':')[0]}"
-        if (refused := unknown_fields(message, shape)) is not None:
-            return refused
+        if (extra := unknown_fields(message, shape)) is not None:
+            return error("invalid_message", extra)
         if topic == "events":
             if kind == "subscribe":
                 return await subscribe_events(socket, container, hub, subscriber, message)
@@ -222,8 +205,8 @@ async def handle(
             return {"type": "subscribed", "topic": topic}
         hub.unsubscribe(subscriber, topic)
         return {"type": "unsubscribed", "topic": topic}
-    if kind in ("ping", "execution_status") and (refused := unknown_fields(message, kind)) is not None:
-        return refused
+    if kind in ("ping", "execution_status") and (extra := unknown_fields(message, kind)) is not None:
+        return error("invalid_message", extra)
     if kind == "ping":
         return {"type": "pong"}
     if kind == "execution_status":
