@@ -78,6 +78,8 @@ async def submit(
     A command whose encoding exceeds ``kafka.max_command_bytes`` is refused (413) before it is sent:
     its events must fit the broker's message limit too.
     """
+    if expected is not None and expected < 0:  # If-Match is digits only; GraphQL's expectedVersion an Int
+        raise ApiError(400, "validation_error", "an expected version is 0 or more", {"field": "expected_version"})
     request_id = request_id_of(request) or uuid.uuid4().hex
     command_id = derived_id(request, f"command:{command_type}:{aggregate_id}") or random_uuid()
     envelope = CommandEnvelope(

@@ -8,6 +8,7 @@ and WebSocket build the same structs from their arguments with ``parse``. The ru
 from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 from litestar import Request
@@ -146,10 +147,41 @@ def _field_of(message: str) -> str | None:
 _JSON_MEDIA = "application/json"
 
 
+_UTF8 = ("utf-8", "utf8")
+
+
 def json_media_type(content_type: str) -> bool:
-    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), parameters ignored."""
-    media = content_type.partition(";")[0].strip().lower()
+    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), in UTF-8: other parameters are
+    ignored, but a ``charset`` other than UTF-8 is not JSON (RFC 8259 8.1) and its bytes would be misread."""
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in _UTF8:
+            return False
     return media == _JSON_MEDIA or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def check_request(request: Request[Any, Any, Any]) -> None:
+    """The app's before_request hook: a query string in UTF-8, then a JSON route's body (require_json_body)."""
+    require_utf8_query(request.scope.get("query_string", b""))
+    await require_json_body(request)
+
+
+def require_utf8_query(query: bytes) -> None:
+    """A 400 naming the parameter whose name or value, percent-decoded, is not UTF-8: the framework reads it
+    with replacement characters (``?query=%FF`` searched for "\ufffd")."""
+    if not query or (b"%" not in query and query.isascii()):
+        return
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(name).decode()
+            unquote_to_bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            field = unquote_to_bytes(name).decode("utf-8", "replace")[:64]
+            message = "query parameters must be UTF-8 once percent-decoded"
+            raise ApiError(400, "validation_error", message, {"field": field}) from exc
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
@@ -173,7 +205,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"the body must be {_JSON_MEDIA}, not {declared[:100]!r}",
+            f"the body must be {_JSON_MEDIA} (UTF-8), not {declared[:100]!r}",
             {"field": "Content-Type", "expected": _JSON_MEDIA},
         )
     body = await request.body()
