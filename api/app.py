@@ -28,7 +28,7 @@ from api.graphql.context import context_getter
 from api.graphql.schema import build_schema
 from api.health import health_controller
 from api.hub import LiveHub
-from api.inputs import require_json_body
+from api.inputs import check_request
 from api.login_throttle import LoginThrottle
 from api.metrics import metrics_route, register_worker_collector
 from api.middleware import edge_middleware
@@ -114,7 +114,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     assets = assets_dir()  # the docs pages' scripts (infra.provision.web_assets), served by this API
     graphql = graphql_controller(
-        build_schema(settings.graphql), "/api/graphql", settings.graphql.ide, assets, context_getter=context_getter
+        build_schema(settings.graphql),
+        "/api/graphql",
+        settings.graphql.ide,
+        assets,
+        settings.websocket.max_message_size,
+        context_getter=context_getter,
     )
     graphql.include_in_schema = False  # GraphQL documents itself (introspection); OpenAPI is for REST
     # strawberry provides the sub-response in a worker thread (sync_to_thread=True): a thread hop on
@@ -147,7 +152,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             websocket_endpoint,
             graphql,
         ],
-        before_request=require_json_body,  # 415 for a JSON route's body declared as another type
+        before_request=check_request,  # a UTF-8 query string; 415 for a JSON route's body declared as another type
         middleware=[body_timeout_middleware(settings.server.body_timeout_seconds), auth_middleware],
         before_send=[name_span_by_route] if provider is not None else [],  # Allow headers: api/middleware.py
         plugins=[tracing_plugin(provider, settings.monitoring)] if provider is not None else [],

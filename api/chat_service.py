@@ -12,7 +12,6 @@ What the answer says is domain logic (domain/chat.py); nothing here decides it.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from typing import Any
 
 import msgspec
@@ -23,6 +22,7 @@ from api.data_service import Connection, ingest, visible_row
 from api.errors import ApiError
 from api.execution_service import read_execution
 from api.inputs import ChatMessage, DataIngestionRequest, object_id
+from api.middleware import random_uuid
 from api.rest.executions import to_status
 from api.rest.search import run_search
 from commands.conversation import MAX_RESPONSE_CHARS, Source
@@ -50,9 +50,9 @@ async def chat_message(connection: Connection, container: ApiContainer, message:
     conversation_id = (
         object_id(message.conversation_id, "conversation_id")
         if message.conversation_id is not None
-        else derived_id(connection, "conversation") or str(uuid.uuid4())
+        else derived_id(connection, "conversation") or random_uuid()
     )
-    message_id = derived_id(connection, f"chat:{conversation_id}") or str(uuid.uuid4())
+    message_id = derived_id(connection, f"chat:{conversation_id}") or random_uuid()
     posted = {"message_id": message_id, "content": message.content, "new": message.conversation_id is None}
     await submit(connection, container, "PostMessage", conversation_id, posted)
     kind, content, sources, data = await _respond(connection, container, chat.parse(message.content))

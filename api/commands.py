@@ -13,7 +13,7 @@ from litestar.connection import ASGIConnection
 
 from api.auth import actor_of
 from api.errors import ApiError, rejection_error, request_id_of
-from api.middleware import SANE_ID
+from api.middleware import SANE_ID, random_uuid
 from commands.envelope import CommandEnvelope, Outcome, Position, encode
 from infra.runtime.bootstrap import ApiContainer
 
@@ -78,8 +78,10 @@ async def submit(
     A command whose encoding exceeds ``kafka.max_command_bytes`` is refused (413) before it is sent:
     its events must fit the broker's message limit too.
     """
+    if expected is not None and expected < 0:  # If-Match is digits only; GraphQL's expectedVersion an Int
+        raise ApiError(400, "validation_error", "an expected version is 0 or more", {"field": "expected_version"})
     request_id = request_id_of(request) or uuid.uuid4().hex
-    command_id = derived_id(request, f"command:{command_type}:{aggregate_id}") or str(uuid.uuid4())
+    command_id = derived_id(request, f"command:{command_type}:{aggregate_id}") or random_uuid()
     envelope = CommandEnvelope(
         command_id=command_id,
         type=command_type,
@@ -92,9 +94,10 @@ async def submit(
         submitted_at=time.time(),
     )
     limit = container.settings.kafka.max_command_bytes
-    if len(encode(envelope)) > limit:
+    encoded = encode(envelope)
+    if len(encoded) > limit:
         raise ApiError(413, "too_large", f"the command is larger than {limit} bytes once encoded", {"limit": limit})
-    outcome = await container.bus.submit(envelope)
+    outcome = await container.bus.submit(envelope, encoded)
     if not outcome.accepted:
         assert outcome.rejection is not None
         raise rejection_error(outcome.rejection)

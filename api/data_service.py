@@ -9,7 +9,6 @@ consistency token when one is given. No business rule lives here: the aggregate 
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +22,7 @@ from api.commands import derived_id, submit
 from api.errors import ApiError
 from api.inputs import AnnotationCreate, DataIngestionRequest, checked_json
 from api.inputs import object_id as checked_id
+from api.middleware import random_uuid
 from api.rbac import can_see
 from commands.data import inline_content
 from commands.envelope import Outcome, Position
@@ -57,7 +57,7 @@ async def ingest(connection: Connection, container: ApiContainer, request: DataI
     if stored is None:  # too large for the log: durably into the blob store before the command names it
         blob = await asyncio.to_thread(container.blobs.put, data)  # fsyncs: never on the event loop
         stored = {"content_hash": blob.content_hash, "size": blob.size, "location": blob.location}
-    object_id = derived_id(connection, "ingest") or str(uuid.uuid4())
+    object_id = derived_id(connection, "ingest") or random_uuid()
     payload = {"content_type": request.content_type, **stored, "metadata": metadata, "annotations": labels}
     return Written(object_id, await submit(connection, container, "IngestData", object_id, payload))
 
@@ -74,7 +74,7 @@ async def annotate(
     content = checked_json(request.content, "content")
     if len(msgspec.json.encode(content)) > container.settings.storage.max_metadata_bytes:
         raise ApiError(413, "too_large", "annotation content is too large")
-    annotation_id = derived_id(connection, f"annotation:{object_id}") or str(uuid.uuid4())
+    annotation_id = derived_id(connection, f"annotation:{object_id}") or random_uuid()
     payload = {
         "annotation_id": annotation_id,
         "annotation_type": request.annotation_type,

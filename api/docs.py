@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
 from cross_web import HTTPException as GraphQLRequestError
 from litestar import Request, Response
 from litestar._openapi.plugin import handle_schema_path_not_found
@@ -31,7 +32,7 @@ from strawberry.litestar.controller import GraphQLController
 from strawberry.schema.base import BaseSchema
 
 from api.errors import ApiError, envelope, http_reason
-from api.graphql.protocols import CheckedLegacyWS, CheckedTransportWS
+from api.graphql.protocols import BoundedWebSocket, CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
 from infra.runtime.settings import GRAPHQL_IDES, SettingsError
 
@@ -192,7 +193,7 @@ _REQUEST_FIELDS = {
 
 
 def graphql_controller(
-    schema: BaseSchema, path: str, ide: str, root: Path, **kwargs: Any
+    schema: BaseSchema, path: str, ide: str, root: Path, max_ws_message: int, **kwargs: Any
 ) -> type[GraphQLController[Any, Any]]:
     """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
     if ide not in GRAPHQL_IDES:
@@ -204,6 +205,9 @@ def graphql_controller(
         # A malformed WebSocket message closes with 4400, not 4500 (api/graphql/protocols.py).
         graphql_transport_ws_handler_class = CheckedTransportWS
         graphql_ws_handler_class = CheckedLegacyWS
+        # A message above websocket.max_message_size closes with 1009 (api/graphql/protocols.py).
+        websocket_adapter_class = BoundedWebSocket
+        max_message_size = max_ws_message
 
         async def execute_request(
             self, request: Request[Any, Any, Any], context: Any, root_value: Any
@@ -218,14 +222,15 @@ def graphql_controller(
                 return envelope(request, exc.status_code, reason, exc.reason, {"field": field} if field else None)
 
         def decode_json(self, data: str | bytes) -> object:
-            """strawberry's, but every undecodable document is a JSONDecodeError, which strawberry answers
-            (400 over HTTP, close 4400 over graphql-transport-ws): json.loads raises a plain ValueError for
-            an integer of more than 4300 digits, which was a 500 (HTTP) and a close with 4500 (WebSocket)."""
+            """msgspec, as the REST bodies are decoded, and every undecodable document a JSONDecodeError, which
+            strawberry answers (400 over HTTP, close 4400 over graphql-transport-ws): json.loads took a lone
+            surrogate escape (``"\\ud800"``), which no UTF-8 encoder takes (a 500 once it reached the command
+            log), and NaN, and raised a plain ValueError for an integer of more than 4300 digits (a 500).
+            Integers stay integers whatever their size (orjson would turn 2**64 into a float), so the input
+            rules refuse one beyond 64 bits by name."""
             try:
-                return json.loads(data)
-            except json.JSONDecodeError:
-                raise
-            except ValueError as exc:
+                return msgspec.json.decode(data)
+            except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested ~1000 deep
                 text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
                 raise json.JSONDecodeError(str(exc), text, 0) from exc
 

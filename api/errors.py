@@ -38,6 +38,8 @@ class ApiError(Exception):
 REJECTION_STATUS = {
     "not_found": 404,
     "conflict": 409,
+    "limit_reached": 409,  # e.g. an object's annotations (storage.max_annotations_per_object)
+    "last_admin": 409,  # demoting or disabling the last enabled admin (domain/admin_roster.py)
     "gone": 410,
     "invalid": 422,
     "invalid_graph": 400,  # the spec: HTTPException(400, detail=validation.errors)

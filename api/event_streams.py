@@ -78,7 +78,10 @@ def stream_request(after: Any, types: Any, aggregate_id: Any, settings: EventStr
             raise ValueError("'types' is a list of event types (DataObject.Ingested) or aggregate types (Execution)")
         if not 1 <= len(types) <= settings.max_types:
             raise ValueError(f"'types' names 1..{settings.max_types} types")
-        wanted = expand_types(types)
+        try:
+            wanted = expand_types(types)
+        except ValueError as exc:  # named, so entry points say which parameter is wrong
+            raise ValueError(f"'types': {exc}") from exc
     if aggregate_id is not None:
         if not isinstance(aggregate_id, str):
             raise ValueError("'aggregate_id' is a UUID")

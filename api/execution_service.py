@@ -13,6 +13,7 @@ from api.commands import derived_id, submit
 from api.data_service import Connection, wait_for_token
 from api.errors import ApiError
 from api.inputs import ExecutionRequest, checked_json
+from api.middleware import random_uuid
 from commands.envelope import Outcome
 from domain.graph import parse_graph
 from infra.runtime.bootstrap import ApiContainer
@@ -26,7 +27,7 @@ async def execute_graph(
     connection: Connection, container: ApiContainer, request: ExecutionRequest
 ) -> tuple[str, Outcome, float]:
     """Submit ExecuteGraph (400 invalid_graph lists its problems); returns (execution id, outcome, estimate)."""
-    execution_id = derived_id(connection, "execute") or str(uuid.uuid4())
+    execution_id = derived_id(connection, "execute") or random_uuid()
     payload = {name: checked_json(getattr(request, name), name) for name in ("graph", "inputs", "options")}
     outcome = await submit(connection, container, "ExecuteGraph", execution_id, payload)
     if outcome.position is not None and not outcome.duplicate:

@@ -8,11 +8,13 @@ and WebSocket build the same structs from their arguments with ``parse``. The ru
 from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
+from urllib.parse import unquote_to_bytes
 
 import msgspec
 from litestar import Request
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ValidationException
+from litestar.utils.scope.state import ScopeState
 
 from api.errors import ApiError
 from commands.conversation import MessageText
@@ -145,10 +147,41 @@ def _field_of(message: str) -> str | None:
 _JSON_MEDIA = "application/json"
 
 
+_UTF8 = ("utf-8", "utf8")
+
+
 def json_media_type(content_type: str) -> bool:
-    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), parameters ignored."""
-    media = content_type.partition(";")[0].strip().lower()
+    """``application/json`` or a ``+json`` structured syntax type (RFC 6839), in UTF-8: other parameters are
+    ignored, but a ``charset`` other than UTF-8 is not JSON (RFC 8259 8.1) and its bytes would be misread."""
+    media, _, parameters = content_type.partition(";")
+    media = media.strip().lower()
+    for parameter in parameters.split(";"):
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in _UTF8:
+            return False
     return media == _JSON_MEDIA or (media.startswith("application/") and media.endswith("+json"))
+
+
+async def check_request(request: Request[Any, Any, Any]) -> None:
+    """The app's before_request hook: a query string in UTF-8, then a JSON route's body (require_json_body)."""
+    require_utf8_query(request.scope.get("query_string", b""))
+    await require_json_body(request)
+
+
+def require_utf8_query(query: bytes) -> None:
+    """A 400 naming the parameter whose name or value, percent-decoded, is not UTF-8: the framework reads it
+    with replacement characters (``?query=%FF`` searched for "\ufffd")."""
+    if not query or (b"%" not in query and query.isascii()):
+        return
+    for pair in query.split(b"&"):
+        name, _, value = pair.partition(b"=")
+        try:
+            unquote_to_bytes(name).decode()
+            unquote_to_bytes(value).decode()
+        except UnicodeDecodeError as exc:
+            field = unquote_to_bytes(name).decode("utf-8", "replace")[:64]
+            message = "query parameters must be UTF-8 once percent-decoded"
+            raise ApiError(400, "validation_error", message, {"field": field}) from exc
 
 
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
@@ -160,7 +193,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
     litestar converts a body as it converts query strings (``"0.5"`` would pass as a confidence,
     ``"5"`` as a number), which the spec's types do not allow. A missing, malformed or too deeply
     nested body is a 400 naming ``body``; a value of the wrong type a 400 naming its field, with
-    litestar's own ``details`` (``field``, ``source``, ``errors``).
+    litestar's own ``details`` (``field``, ``source``, ``errors``). The decoded body is the handler's.
     """
     field = request.route_handler.parsed_fn_signature.parameters.get("data")
     if field is None or getattr(field.kwarg_definition, "media_type", RequestEncodingType.JSON) != (
@@ -172,13 +205,15 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"the body must be {_JSON_MEDIA}, not {declared[:100]!r}",
+            f"the body must be {_JSON_MEDIA} (UTF-8), not {declared[:100]!r}",
             {"field": "Content-Type", "expected": _JSON_MEDIA},
         )
     body = await request.body()
     if field.is_optional and not body.strip():  # e.g. login, whose credentials may be in the query instead
         return
-    strictly_decoded(body, field.annotation)
+    # What litestar's request.json() answers from now on: the handler's ``data`` is this value (its
+    # conversion to the same type passes it through), not the body decoded a second time.
+    ScopeState.from_scope(request.scope).json = strictly_decoded(body, field.annotation)
 
 
 BODY = "body"

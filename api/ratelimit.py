@@ -5,6 +5,13 @@ plus the ingest burst limit) is counted by one Lua script, so several rules cost
 and two API processes can never both let the last request of a window through. Refused requests
 count too: hammering a closed window does not reopen it sooner.
 
+The requests of one event-loop turn share that round trip (``_Batch``): each is counted by the
+same script, one after the other, exactly as if it had come alone, in one call. Under load many
+requests start in the same turn, and the client library's work per call (a connection from the
+pool, a task for the timed write, the reply's parsing) was most of the limiter's cost: a fifth of
+the API's CPU per ingest at 64 connections (py-spy). A request waits for nothing more than the
+next turn of the loop.
+
 If Redis is unreachable the API keeps serving: by default each process counts in memory
 (``rate_limiting.fallback: memory``; ``open`` lets everything through), logs it once, and
 ``/health`` says so. Redis is retried after ``RETRY_SECONDS``.
@@ -12,12 +19,14 @@ If Redis is unreachable the API keeps serving: by default each process counts in
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from infra.runtime.settings import RATE, RATE_UNITS, RateLimitingSettings
@@ -25,25 +34,33 @@ from infra.runtime.settings import RATE, RATE_UNITS, RateLimitingSettings
 log = logging.getLogger("pipeline.ratelimit")
 RETRY_SECONDS = 5.0
 
-# KEYS: a veto key (see RateLimiter.hit; "" for none), then one counter per rule; ARGV: each rule's
-# window in seconds, then each rule's cost (how many requests this one counts as). Returns {-1} when
-# the veto key exists (nothing counted), else count, ttl per rule.
+# Counts the hits of a batch (``_Batch``), each in turn as if alone. Per hit, KEYS: a veto key (see
+# RateLimiter.hit; "" for none), then one counter per rule; ARGV: the number of rules n, each rule's
+# window in seconds, then each rule's cost (how many requests this one counts as). Returns per hit
+# -1 when its veto key exists (nothing counted), else n followed by count, ttl per rule.
 _SCRIPT = """
-if KEYS[1] ~= '' and redis.call('EXISTS', KEYS[1]) == 1 then
-  return {-1}
-end
-local rules = #KEYS - 1
 local out = {}
-for i = 1, rules do
-  local key = KEYS[i + 1]
-  local n = redis.call('INCRBY', key, ARGV[rules + i])
-  local ttl = redis.call('TTL', key)
-  if ttl < 0 then
-    redis.call('EXPIRE', key, ARGV[i])
-    ttl = tonumber(ARGV[i])
+local k, a = 1, 1
+while a <= #ARGV do
+  local rules = tonumber(ARGV[a])
+  if KEYS[k] ~= '' and redis.call('EXISTS', KEYS[k]) == 1 then
+    out[#out + 1] = -1
+  else
+    out[#out + 1] = rules
+    for i = 1, rules do
+      local key = KEYS[k + i]
+      local n = redis.call('INCRBY', key, ARGV[a + rules + i])
+      local ttl = redis.call('TTL', key)
+      if ttl < 0 then
+        redis.call('EXPIRE', key, ARGV[a + i])
+        ttl = tonumber(ARGV[a + i])
+      end
+      out[#out + 1] = n
+      out[#out + 1] = ttl
+    end
   end
-  out[#out + 1] = n
-  out[#out + 1] = ttl
+  k = k + 1 + rules
+  a = a + 1 + 2 * rules
 end
 return out
 """
@@ -104,7 +121,7 @@ class RateLimiter:
         }
         self.anonymous = Rule.parse(settings.default_limit)
         self.burst = Rule.parse(settings.burst_limit)
-        self._script = redis.register_script(_SCRIPT)
+        self._batch = _Batch(redis.register_script(_SCRIPT))
         self._memory: dict[str, tuple[int, float]] = {}  # key -> (count, window end)
         self._open: dict[Rule, Verdict] = {}  # limiting off: the verdict of each rule
         self._redis_down_until = 0.0
@@ -158,14 +175,12 @@ class RateLimiter:
             if veto is not None and not self.degraded and await self._vetoed(veto):
                 return Verdict(False, first.limit, first.limit, first.window, vetoed=True)
             return self._uncounted(first)
-        counts: list[tuple[int, int]] | None = None
+        counts: Counts | None = None
         if not self.degraded:
             try:
-                keys = [veto or "", *(k for k, _ in rules)]
-                raw = await self._script(keys=keys, args=[*(r.window for _, r in rules), *costs])
-                if raw and int(raw[0]) == -1:
+                counts = await self._batch.count(veto or "", rules, costs)
+                if counts is VETOED:
                     return Verdict(False, first.limit, first.limit, first.window, vetoed=True)
-                counts = [(int(raw[i]), int(raw[i + 1])) for i in range(0, len(raw), 2)]
             except (RedisError, OSError) as exc:
                 self._down(exc)
         if counts is None:
@@ -191,11 +206,13 @@ class RateLimiter:
     async def _vetoed(self, key: str) -> bool:
         """Limiting off: the veto alone (without Redis: no veto, as no request is counted either)."""
         try:
-            return bool(await self.redis.exists(key))
+            return await self._batch.count(key, [], []) is VETOED
         except (RedisError, OSError):
             return False
 
     def _down(self, exc: Exception) -> None:
+        if self.degraded:  # e.g. the other requests of a batch that failed: said once
+            return
         log.warning("rate limiter: Redis unreachable (%s); using the %s fallback", exc, self.settings.fallback)
         self._redis_down_until = time.monotonic() + RETRY_SECONDS
 
@@ -208,3 +225,65 @@ class RateLimiter:
                 self._memory = {k: v for k, v in self._memory.items() if v[1] > now}
         self._memory[key] = (count + cost, ends)
         return count + cost, max(1, int(ends - now))
+
+
+Counts = list[tuple[int, int]]  # (count, seconds left in the window) per rule of a hit
+VETOED: Counts = []  # the answer for a hit whose veto key exists (compared by identity)
+
+
+class _Batch:
+    """The limiter's hits of one event-loop turn, counted by one call of the script.
+
+    The first hit of a turn starts the task that sends them; it runs at the next turn, by which
+    time every request the loop started in this one has added its hit. Each hit learns its own
+    counts (or the error of the call: the limiter falls back as for a call of its own).
+    """
+
+    def __init__(self, script: AsyncScript) -> None:
+        self.script = script
+        self._keys: list[str] = []
+        self._args: list[int] = []
+        self._waiters: list[asyncio.Future[Counts]] = []
+        self._running: set[asyncio.Task[None]] = set()  # a strong reference while one runs
+
+    async def count(self, veto: str, rules: list[tuple[str, Rule]], costs: list[int]) -> Counts:
+        """Count one hit against ``rules`` (``costs``: one per rule); VETOED if ``veto`` exists."""
+        future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
+        if not self._waiters:
+            task = asyncio.create_task(self._send())
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        self._keys.append(veto)
+        self._keys.extend(key for key, _ in rules)
+        self._args.append(len(rules))
+        self._args.extend(rule.window for _, rule in rules)
+        self._args.extend(costs)
+        self._waiters.append(future)
+        return await future
+
+    async def _send(self) -> None:
+        keys, args, waiters = self._keys, self._args, self._waiters
+        self._keys, self._args, self._waiters = [], [], []
+        try:
+            raw = await self.script(keys=keys, args=args)
+        except BaseException as exc:
+            for future in waiters:
+                if future.done():
+                    continue
+                if isinstance(exc, Exception):
+                    future.set_exception(exc)
+                else:
+                    future.cancel()
+            if not isinstance(exc, Exception):
+                raise
+            return
+        at = 0
+        for future in waiters:
+            rules = int(raw[at])
+            if rules < 0:
+                counts, at = VETOED, at + 1
+            else:
+                counts = [(int(raw[at + 1 + 2 * i]), int(raw[at + 2 + 2 * i])) for i in range(rules)]
+                at += 1 + 2 * rules
+            if not future.done():
+                future.set_result(counts)

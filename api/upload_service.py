@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +24,7 @@ from api.auth import actor_of
 from api.commands import derived_id, submit
 from api.errors import ApiError
 from api.inputs import checked_json, json_object_text
+from api.middleware import random_uuid
 from commands.envelope import Outcome
 from domain.content_types import ContentTypeMismatch, decide
 from domain.data_object import CONTENT_TYPE_PATTERN
@@ -242,7 +242,7 @@ async def _ingest_one(
     except ContentTypeMismatch as exc:
         raise ApiError(422, "content_type_mismatch", str(exc)) from exc
     blob = await asyncio.to_thread(part.writer.commit)
-    object_id = derived_id(request, f"upload:{index}") or str(uuid.uuid4())
+    object_id = derived_id(request, f"upload:{index}") or random_uuid()
     payload = {
         "content_type": content_type,
         "content_hash": blob.content_hash,

@@ -49,6 +49,7 @@ from api.live_rights import POLICY_VIOLATION, AccessEnded, recheck
 from api.ratelimit import RateLimiter, Rule
 from api.rbac import Permission, has_permission
 from api.rest.executions import to_status
+from api.ws_fields import unknown_fields
 from commands.envelope import Actor
 from infra.adapters.command_bus import CommandTimeout
 from infra.runtime.bootstrap import ApiContainer
@@ -189,6 +190,9 @@ async def handle(
         topic = message.get("topic")
         if not isinstance(topic, str) or not TOPIC.fullmatch(topic):
             return error("invalid_topic", "topics are 'data_changes', 'events' or 'execution:<id>'")
+        shape = kind if kind == "unsubscribe" else f"{kind}:{topic.split(':')[0]}"
+        if (extra := unknown_fields(message, shape)) is not None:
+            return error("invalid_message", extra)
         if topic == "events":
             if kind == "subscribe":
                 return await subscribe_events(socket, container, hub, subscriber, message)
@@ -201,6 +205,8 @@ async def handle(
             return {"type": "subscribed", "topic": topic}
         hub.unsubscribe(subscriber, topic)
         return {"type": "unsubscribed", "topic": topic}
+    if kind in ("ping", "execution_status") and (extra := unknown_fields(message, kind)) is not None:
+        return error("invalid_message", extra)
     if kind == "ping":
         return {"type": "pong"}
     if kind == "execution_status":

@@ -1,15 +1,16 @@
 """Where an ingest's time goes between the API and the outcome, from the records' own timestamps.
 
 Every record carries the time its producer stamped it (CreateTime): the API stamps the command,
-the processor the event (when its batch ran that command) and the outcome (once the event's
-offset is known, i.e. the event was acknowledged). So, per command of a measured window:
+the processor the event (when its batch ran that command) and the outcome (once the batch has run,
+with the event's predicted offset; after the events' produce round trip when the offsets are not
+predicted, see commands/processor.py ``_EventOffsets``). So, per command of a measured window:
 
 - ``command_to_event``: the command waiting in the log and in the processor (the partition's
   previous transaction, the group commit's linger) and its batch running up to it;
-- ``event_to_outcome``: the rest of its batch and the events' produce round trip.
+- ``event_to_outcome``: the rest of its batch (and the events' round trip when not predicted).
 
-What follows the outcome's stamp (the rest of the transaction, its commit, the API's outcome
-reader seeing it) is the API's command round trip (its metrics) minus these two, by the means;
+What follows the outcome's stamp (the produce round trip, the commit, the API's outcome reader
+seeing it) is the API's command round trip (its metrics) minus these two, by the means;
 and what the API spends around the round trip (HTTP, authentication, the limiter, encoding) is its
 request duration minus the round trip.
 """

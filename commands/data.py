@@ -9,7 +9,15 @@ from uuid import UUID, uuid5
 import msgspec
 
 from commands.envelope import CommandEnvelope
-from commands.limits import AnnotationSource, AnnotationType, Confidence, ContentType, Label
+from commands.limits import (
+    DEFAULT_LIMITS,
+    AnnotationSource,
+    AnnotationType,
+    CommandLimits,
+    Confidence,
+    ContentType,
+    Label,
+)
 from domain.data_object import DataObject
 from domain.errors import DomainError
 
@@ -76,7 +84,9 @@ def initial_annotation_id(object_id: UUID, index: int) -> str:
     return str(uuid5(object_id, f"initial-annotation-{index}"))
 
 
-def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: CommandEnvelope) -> DataObject:
+def ingest_data(
+    aggregate: DataObject | None, command: IngestData, envelope: CommandEnvelope, limits: CommandLimits = DEFAULT_LIMITS
+) -> DataObject:
     _require_writer(envelope)
     if aggregate is not None:
         raise ObjectExists(f"data object {envelope.aggregate_id} already exists")
@@ -94,7 +104,9 @@ def ingest_data(aggregate: DataObject | None, command: IngestData, envelope: Com
         content=command.content,
     )
     for index, label in enumerate(command.annotations):
-        obj.annotate(initial_annotation_id(object_id, index), "label", label, 1.0, envelope.actor.user_id, "ingest")
+        annotation_id = initial_annotation_id(object_id, index)
+        actor = envelope.actor.user_id
+        obj.annotate(annotation_id, "label", label, 1.0, actor, "ingest", limits.max_annotations_per_object)
     return obj
 
 
@@ -104,7 +116,12 @@ def may_change(aggregate: DataObject | None, envelope: CommandEnvelope) -> None:
     _owned(_existing(aggregate, envelope), envelope)
 
 
-def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envelope: CommandEnvelope) -> DataObject:
+def annotate_object(
+    aggregate: DataObject | None,
+    command: AnnotateObject,
+    envelope: CommandEnvelope,
+    limits: CommandLimits = DEFAULT_LIMITS,
+) -> DataObject:
     obj = _owned(_existing(aggregate, envelope), envelope)
     obj.annotate(
         command.annotation_id,
@@ -113,6 +130,7 @@ def annotate_object(aggregate: DataObject | None, command: AnnotateObject, envel
         command.confidence,
         envelope.actor.user_id,
         command.source,
+        limits.max_annotations_per_object,
     )
     return obj
 

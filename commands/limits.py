@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import math
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
 
-from domain.data_object import ANNOTATION_SOURCE_PATTERN, ANNOTATION_TYPE_PATTERN, CONTENT_TYPE_PATTERN
+from domain.data_object import (
+    ANNOTATION_SOURCE_PATTERN,
+    ANNOTATION_TYPE_PATTERN,
+    CONTENT_TYPE_PATTERN,
+    MAX_ANNOTATIONS_PER_OBJECT,
+)
 
 # JSON values (metadata, annotation content, graph, inputs, options) nest at most this deep: far
 # below orjson's own limit of 254 and Python's recursion limit (1000), which a deeper value hit.
@@ -44,6 +50,17 @@ AnnotationSource = Annotated[
     str, msgspec.Meta(pattern=ANNOTATION_SOURCE_PATTERN, description='"user", "ingest" or "graph:<execution id>"')
 ]
 Confidence = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+@dataclass(frozen=True)
+class CommandLimits:
+    """Bounds the handlers of ``limited`` commands (commands/registry.py) enforce, from the settings
+    (infra/runtime/bootstrap.py builds them); the defaults are the settings' defaults."""
+
+    max_annotations_per_object: int = MAX_ANNOTATIONS_PER_OBJECT
+
+
+DEFAULT_LIMITS = CommandLimits()
 
 
 class InvalidInput(ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -11,22 +12,24 @@ from eventsourcing.domain import Aggregate
 
 from commands import conversation, data, execution, inbox, users
 from commands.envelope import CommandEnvelope
+from commands.limits import DEFAULT_LIMITS, CommandLimits
 from domain.errors import DomainError
 
 
 @dataclass(frozen=True)
 class CommandSpec:
     payload: type[msgspec.Struct]
-    handler: Callable[[Any, Any, CommandEnvelope], Aggregate]
+    handler: Callable[..., Aggregate]  # (aggregate, payload, envelope[, limits])
     creates: bool = False  # the command makes a new aggregate (expected_version must be empty)
     # Checked before the expected version: raises when the actor may not act on this aggregate at all,
     # so a conflict (409 with the current version) is never what tells them it exists.
     authorize: Callable[[Any, CommandEnvelope], None] | None = None
+    limited: bool = False  # the handler takes the CommandLimits as a fourth argument
 
 
 COMMANDS: dict[str, CommandSpec] = {
-    "IngestData": CommandSpec(data.IngestData, data.ingest_data, creates=True),
-    "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object, authorize=data.may_change),
+    "IngestData": CommandSpec(data.IngestData, data.ingest_data, creates=True, limited=True),
+    "AnnotateObject": CommandSpec(data.AnnotateObject, data.annotate_object, authorize=data.may_change, limited=True),
     "DeleteObject": CommandSpec(data.DeleteObject, data.delete_object, authorize=data.may_change),
     "ExecuteGraph": CommandSpec(execution.ExecuteGraph, execution.execute_graph, creates=True),
     "StartNode": CommandSpec(execution.StartNode, execution.start_node),
@@ -42,6 +45,8 @@ COMMANDS: dict[str, CommandSpec] = {
     "ChangePassword": CommandSpec(users.ChangePassword, users.change_password),
     "DisableUser": CommandSpec(users.DisableUser, users.disable_user),
     "EnableUser": CommandSpec(users.EnableUser, users.enable_user),
+    "SeatAdmin": CommandSpec(users.SeatAdmin, users.seat_admin),
+    "UnseatAdmin": CommandSpec(users.UnseatAdmin, users.unseat_admin),
     "PostMessage": CommandSpec(conversation.PostMessage, conversation.post_message),
     "GiveResponse": CommandSpec(conversation.GiveResponse, conversation.give_response),
     "MarkNotificationsRead": CommandSpec(inbox.MarkNotificationsRead, inbox.mark_notifications_read),
@@ -56,9 +61,11 @@ class VersionConflict(DomainError):
     code = "conflict"
 
 
-def execute(envelope: CommandEnvelope, aggregate: Aggregate | None) -> Aggregate:
+def execute(
+    envelope: CommandEnvelope, aggregate: Aggregate | None, limits: CommandLimits = DEFAULT_LIMITS
+) -> Aggregate:
     """Check the expected version (after ``authorize``), decode the payload, run the handler; return the
-    changed aggregate."""
+    changed aggregate. ``limits``: the settings' bounds (``executor`` binds them for the processor)."""
     spec = COMMANDS.get(envelope.type)
     if spec is None:
         raise InvalidCommand(f"unknown command type {envelope.type!r}")
@@ -75,4 +82,11 @@ def execute(envelope: CommandEnvelope, aggregate: Aggregate | None) -> Aggregate
         payload = msgspec.convert(envelope.payload, spec.payload)
     except msgspec.ValidationError as exc:
         raise InvalidCommand(f"invalid {envelope.type} payload: {exc}") from exc
+    if spec.limited:
+        return spec.handler(aggregate, payload, envelope, limits)
     return spec.handler(aggregate, payload, envelope)
+
+
+def executor(limits: CommandLimits) -> Callable[[CommandEnvelope, Aggregate | None], Aggregate]:
+    """``execute`` with these limits: what the command processor runs each command with."""
+    return functools.partial(execute, limits=limits)

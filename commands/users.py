@@ -3,9 +3,13 @@ so every entry point (REST, CLI, GraphQL, WebSocket) is held to the same rules."
 
 from __future__ import annotations
 
+from typing import Annotated
+from uuid import UUID
+
 import msgspec
 
 from commands.envelope import Actor, CommandEnvelope
+from domain.admin_roster import ROSTER_ID, AdminRoster
 from domain.errors import DomainError
 from domain.user import User, user_id_for
 
@@ -33,6 +37,21 @@ class DisableUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class EnableUser(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
+
+
+UserId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")]
+
+
+class SeatAdmin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user_id: UserId
+    # The enabled admins as the sender reads them: they open the roster if it does not exist yet (a
+    # system from before it); an existing roster ignores them.
+    admins: Annotated[list[UserId], msgspec.Meta(max_length=1000)]
+
+
+class UnseatAdmin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    user_id: UserId
+    admins: Annotated[list[UserId], msgspec.Meta(max_length=1000)]
 
 
 class Forbidden(DomainError):
@@ -87,6 +106,29 @@ def enable_user(aggregate: User | None, command: EnableUser, envelope: CommandEn
     user = _existing(aggregate, envelope)
     user.enable()
     return user
+
+
+def seat_admin(aggregate: AdminRoster | None, command: SeatAdmin, envelope: CommandEnvelope) -> AdminRoster:
+    """Put a user who has become an enabled admin on the roster (domain/admin_roster.py)."""
+    roster = _roster(aggregate, command.admins, envelope)
+    roster.seat(command.user_id)
+    return roster
+
+
+def unseat_admin(aggregate: AdminRoster | None, command: UnseatAdmin, envelope: CommandEnvelope) -> AdminRoster:
+    """Take a user off the roster before they are demoted or disabled: refused for the last admin."""
+    roster = _roster(aggregate, command.admins, envelope)
+    if envelope.actor.user_id == command.user_id:
+        raise Forbidden("an admin cannot demote or disable themselves (another admin must)")
+    roster.unseat(command.user_id)
+    return roster
+
+
+def _roster(aggregate: AdminRoster | None, admins: list[str], envelope: CommandEnvelope) -> AdminRoster:
+    _require_admin(envelope)
+    if envelope.aggregate_id != str(ROSTER_ID) or (aggregate is not None and not isinstance(aggregate, AdminRoster)):
+        raise UserNotFound(f"admin roster {envelope.aggregate_id} does not exist")
+    return aggregate if aggregate is not None else AdminRoster(id=UUID(envelope.aggregate_id), admins=admins)
 
 
 def _require_admin(envelope: CommandEnvelope) -> None:

@@ -19,6 +19,9 @@ ANNOTATION_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9 _.:/+-]{0,99}$"
 # type/subtype with optional printable parameters: no markup, no control characters.
 _MEDIA_TOKEN = r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}"
 CONTENT_TYPE_PATTERN = rf"^{_MEDIA_TOKEN}/{_MEDIA_TOKEN}(;[ -~]{{0,200}})?$"
+# Annotations one object may have (setting storage.max_annotations_per_object): without a bound a client
+# grows one aggregate, its state record and its read-model rows for ever.
+MAX_ANNOTATIONS_PER_OBJECT = 1000
 
 
 class DataObject(Aggregate):
@@ -78,8 +81,14 @@ class DataObject(Aggregate):
         confidence: float,
         annotator: str,
         source: str = "user",
+        max_annotations: int = MAX_ANNOTATIONS_PER_OBJECT,
     ) -> None:
         self._require_live()
+        if self.annotation_count >= max_annotations:
+            raise TooManyAnnotations(
+                f"data object {self.id} has {self.annotation_count} annotations, the most one object may have",
+                {"object_id": str(self.id), "limit": max_annotations},
+            )
         self._annotated(annotation_id, annotation_type, content, confidence, annotator, source)
 
     @event(Annotated)
@@ -103,3 +112,7 @@ class DataObject(Aggregate):
 
 class ObjectDeleted(DomainError):
     code = "gone"
+
+
+class TooManyAnnotations(DomainError):
+    code = "limit_reached"

@@ -95,6 +95,7 @@ def check_graph(raw: Any) -> tuple[Graph | None, list[dict[str, Any]]]:
     if encoded_size(raw) > MAX_GRAPH_BYTES:
         return None, [problem(None, None, f"the graph is larger than {MAX_GRAPH_BYTES} bytes")]
     problems: list[dict[str, Any]] = []
+    _unknown_fields(raw, _GRAPH_FIELDS, "graph", None, problems)
     if len(raw["nodes"]) > MAX_NODES:
         problems.append(problem(None, None, f"at most {MAX_NODES} nodes"))
     if len(raw.get("edges", [])) > MAX_EDGES:
@@ -115,6 +116,7 @@ def _nodes(raw_nodes: list[Any], problems: list[dict[str, Any]]) -> dict[str, No
             problems.append(problem(None, None, f"node #{index} needs an id of letters, digits, _ and - (<= 64)"))
             continue
         node_id = raw["id"]
+        _unknown_fields(raw, _NODE_FIELDS, "node", node_id, problems)
         if node_id in nodes:
             problems.append(problem(node_id, None, "duplicate node id"))
             continue
@@ -131,6 +133,22 @@ def _nodes(raw_nodes: list[Any], problems: list[dict[str, Any]]) -> dict[str, No
             problems.append(problem(node_id, None, f"param {path} {message}"))
         nodes[node_id] = Node(node_id, node_type.name, params)
     return nodes
+
+
+# The fields a graph, a node and an edge have. Any other is refused, as a request body's unknown field is:
+# a misspelt ``param`` silently ran a node with its default parameters.
+_GRAPH_FIELDS = frozenset({"nodes", "edges"})
+_NODE_FIELDS = frozenset({"id", "type", "params"})
+_EDGE_FIELDS = frozenset({"from", "to"})
+
+
+def _unknown_fields(
+    raw: dict[str, Any], known: frozenset[str], what: str, node_id: str | None, problems: list[dict[str, Any]]
+) -> None:
+    extra = sorted(str(key)[:64] for key in raw if key not in known)
+    if extra:
+        fields = ", ".join(map(repr, extra[:10]))
+        problems.append(problem(node_id, None, f"unknown {what} field(s) {fields} (known: {', '.join(sorted(known))})"))
 
 
 def _endpoint(value: Any) -> tuple[str, str] | None:
@@ -154,6 +172,7 @@ def _edges(
         if source is None or target is None:
             problems.append(problem(None, None, f'edge #{index} must be {{"from": "node.port", "to": "node.port"}}'))
             continue
+        _unknown_fields(raw, _EDGE_FIELDS, f"edge #{index}", None, problems)
         ok = True
         for (node_id, port), side in ((source, "output"), (target, "input")):
             node = nodes.get(node_id)

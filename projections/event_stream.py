@@ -29,8 +29,11 @@ from eventsourcing.domain import Aggregate
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
+from domain.admin_roster import AdminRoster
+from domain.conversation import Conversation
 from domain.data_object import DataObject
 from domain.execution import Execution
+from domain.inbox import Inbox
 from domain.user import User
 from projections.stored_json import plain
 
@@ -41,7 +44,8 @@ MAX_OFFSET = 2**63 - 1
 def event_types() -> dict[str, frozenset[str]]:
     """Aggregate type -> its event types (``DataObject.Ingested``, ...), from the domain itself."""
     found: dict[str, frozenset[str]] = {}
-    for aggregate in (DataObject, Execution, User):
+    # Every aggregate whose events the log carries: a type the stream delivers can be asked for by name.
+    for aggregate in (DataObject, Execution, User, Conversation, Inbox, AdminRoster):
         names = [
             f"{aggregate.__name__}.{name}"
             for name, value in vars(aggregate).items()

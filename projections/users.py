@@ -86,3 +86,15 @@ async def admin_exists(conn: AsyncConnection[Any]) -> bool:
     cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin' AND NOT disabled)")
     row = await cur.fetchone()
     return bool(row and row[0])
+
+
+MAX_LISTED_ADMINS = 1000
+
+
+async def enabled_admins(conn: AsyncConnection[Any]) -> list[str]:
+    """The ids of the enabled admins (at most MAX_LISTED_ADMINS): what opens the admin roster."""
+    cur = await conn.execute(
+        "SELECT user_id::text FROM users WHERE role = 'admin' AND NOT disabled ORDER BY user_id LIMIT %s",
+        (MAX_LISTED_ADMINS,),
+    )
+    return [row[0] for row in await cur.fetchall()]

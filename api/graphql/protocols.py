@@ -7,17 +7,26 @@ TypeError that ended the connection with 4500 Internal Server Error, and the leg
 handler did so even for a missing key. Here every message is checked first: one that is not of its
 type's shape closes the connection with 4400 ("Failed to parse message"), as graphql-transport-ws
 prescribes for an invalid message.
+
+A message larger than ``websocket.max_message_size`` (the bound of ``/ws`` too) closes the connection
+with 1009 (Message Too Big, RFC 6455 7.4.1) before it is decoded: uvicorn takes frames up to 16 MiB.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
+from litestar.exceptions import WebSocketDisconnect
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
+from strawberry.litestar.controller import LitestarWebSocketAdapter
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import BaseGraphQLTransportWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 
 INVALID_MESSAGE = 4400
 MALFORMED = "Failed to parse message"
+MESSAGE_TOO_BIG = 1009
 # The message types that name an operation, and those whose payload is an operation, per protocol.
 _WITH_ID = {"subscribe", "complete", "next", "error", "start", "stop"}
 _OPERATIONS = {"subscribe", "start"}
@@ -60,3 +69,26 @@ class CheckedLegacyWS(BaseGraphQLWSHandler[Any, Any]):
             await self.websocket.close(code=INVALID_MESSAGE, reason=MALFORMED)
             return
         await super().handle_message(message)
+
+
+class BoundedWebSocket(LitestarWebSocketAdapter):
+    """strawberry's Litestar WebSocket, closing with 1009 on a message above the view's
+    ``max_message_size`` (UTF-8 bytes) instead of decoding it."""
+
+    async def iter_json(self, *, ignore_parsing_errors: bool = False) -> AsyncGenerator[object, None]:
+        limit: int = self.view.max_message_size  # type: ignore[attr-defined]
+        try:
+            while self.ws.connection_state != "disconnect":
+                text = await self.ws.receive_text()
+                if len(text) > limit // 4 and len(text.encode()) > limit:  # 4 bytes a character at most
+                    await self.close(MESSAGE_TOO_BIG, f"messages are limited to {limit} bytes")
+                    return
+                if text == "":  # litestar's text of a binary frame
+                    raise NonTextMessageReceived
+                try:
+                    yield self.view.decode_json(text)
+                except json.JSONDecodeError as exc:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from exc
+        except WebSocketDisconnect:
+            pass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -18,6 +19,7 @@ from api.rest.paging import MAX_OFFSET
 from commands.envelope import Outcome
 from domain.user import user_id_for
 from infra.adapters.credentials import MAX_PASSWORD, MIN_PASSWORD
+from infra.runtime.accounts import change_user, seat_if_admin
 from infra.runtime.bootstrap import ApiContainer
 from projections.users import get_user, list_users
 
@@ -43,6 +45,13 @@ class User(msgspec.Struct):
     version: int
     created_at: datetime
     updated_at: datetime
+
+
+async def _send(
+    request: Request[Any, Any, Any], container: ApiContainer, command: str, aggregate_id: str, payload: dict[str, Any]
+) -> Outcome:
+    """A command as the caller: a refusal raises its error envelope."""
+    return await submit(request, container, command, aggregate_id, payload)
 
 
 def _user(row: dict[str, Any]) -> User:
@@ -81,6 +90,7 @@ class UsersController(Controller):
         payload = {"username": data.username, "role": data.role, "credential_id": credential_id}
         outcome = await submit(request, container, "RegisterUser", user_id, payload)
         await wait_for_position(container, outcome)
+        await seat_if_admin(container, partial(_send, request), user_id)
         return _user(await _row(container, user_id))
 
     @patch("/{user_id:uuid}", operation_id="updateUser", summary="Change a user's role or disable/enable them")
@@ -98,12 +108,6 @@ class UsersController(Controller):
         except msgspec.ValidationError as exc:
             raise ApiError(400, "validation_error", str(exc)) from exc
         target = str(user_id)
-        last: Outcome | None = None
-        if data.role is not None:
-            last = await submit(request, container, "ChangeRole", target, {"role": data.role})
-        if data.disabled is not None:
-            command = "DisableUser" if data.disabled else "EnableUser"
-            last = await submit(request, container, command, target, {})
-        if last is not None:
-            await wait_for_position(container, last)
+        # The admin roster decides whether an admin may stop being one (infra/runtime/accounts.py).
+        await change_user(container, partial(_send, request), target, data.role, data.disabled)
         return _user(await _row(container, target))

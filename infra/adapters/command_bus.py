@@ -9,12 +9,14 @@ every outcome, which is small next to the requests themselves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from opentelemetry.trace import SpanKind, StatusCode, Tracer
+from prometheus_client.metrics import Counter, Histogram
 
 from commands.envelope import OUTCOME_DECODER, CommandEnvelope, Outcome, encode
 from commands.tasks import cancel_and_wait
@@ -102,8 +104,11 @@ class KafkaCommandBus:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def submit(self, envelope: CommandEnvelope) -> Outcome:
-        """Send the command and wait for its outcome; CommandTimeout after the configured time."""
+    async def submit(self, envelope: CommandEnvelope, encoded: bytes | None = None) -> Outcome:
+        """Send the command and wait for its outcome; CommandTimeout after the configured time.
+
+        ``encoded``: the envelope's encoding, when the caller has it already (e.g. to check its size).
+        """
         assert self._producer is not None, "command bus not started"
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         waiters = self._pending.setdefault(envelope.command_id, [])
@@ -122,29 +127,32 @@ class KafkaCommandBus:
                 },
             )
             headers = trace_headers(span)
+        value = encode(envelope) if encoded is None else encoded
+        sent = False
         try:
-            try:
-                # Without a bound, a send to a broker that is gone waits for metadata and retries for
-                # request_timeout_ms (40 s) and more; the caller should hear "unavailable" at once.
-                await asyncio.wait_for(
-                    self._producer.send_and_wait(
-                        self.topics.commands, encode(envelope), key=envelope.aggregate_id.encode(), headers=headers
-                    ),
-                    self.send_timeout,
+            # One deadline for both waits (asyncio.wait_for made a task per send): first the send's,
+            # then, once the broker has the command, the outcome's. Without a bound, a send to a broker
+            # that is gone waits for metadata and retries for request_timeout_ms (40 s) and more; the
+            # caller should hear "unavailable" at once.
+            async with asyncio.timeout(self.send_timeout) as deadline:
+                await self._producer.send_and_wait(
+                    self.topics.commands, value, key=envelope.aggregate_id.encode(), headers=headers
                 )
-            except TimeoutError as exc:
+                sent = True
+                deadline.reschedule(asyncio.get_running_loop().time() + self.timeout)
+                outcome = await future
+            outcome_label = _outcome_label(outcome)
+            _roundtrip(envelope.type).observe(time.monotonic() - started)
+            return outcome
+        except TimeoutError as exc:
+            if not sent:
                 # A KafkaError answers 503 unavailable. The record may still be delivered later:
                 # a retry with the same Idempotency-Key is safe either way.
                 raise KafkaTimeoutError(f"the broker did not take the command within {self.send_timeout} s") from exc
-            outcome = await asyncio.wait_for(future, self.timeout)
-            outcome_label = _outcome_label(outcome)
-            COMMAND_ROUNDTRIP.labels(envelope.type).observe(time.monotonic() - started)
-            return outcome
-        except TimeoutError as exc:
             outcome_label = "timeout"
             raise CommandTimeout(envelope.command_id) from exc
         finally:
-            COMMANDS.labels(envelope.type, outcome_label).inc()
+            _commands(envelope.type, outcome_label).inc()
             if span is not None:
                 span.set_attribute("pipeline.outcome", outcome_label)
                 if not outcome_label.startswith(("accepted", "duplicate", "rejected")):
@@ -220,3 +228,15 @@ def _outcome_label(outcome: Outcome) -> str:
     if outcome.accepted:
         return "accepted"
     return f"rejected_{outcome.rejection.code}" if outcome.rejection else "rejected"
+
+
+# The series of a command type (and outcome), looked up once: ``labels`` checks and locks on every
+# call. Command types and outcome labels are few.
+@functools.cache
+def _roundtrip(command_type: str) -> Histogram:
+    return COMMAND_ROUNDTRIP.labels(command_type)
+
+
+@functools.cache
+def _commands(command_type: str, outcome: str) -> Counter:
+    return COMMANDS.labels(command_type, outcome)

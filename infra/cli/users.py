@@ -10,7 +10,7 @@ import warnings
 
 from commands.envelope import Outcome
 from domain.user import ROLES, USERNAME, user_id_for
-from infra.runtime.accounts import check_password, register, system_command
+from infra.runtime.accounts import change_user, check_password, register, system_command
 from infra.runtime.bootstrap import build_api
 from infra.runtime.settings import Settings
 
@@ -88,9 +88,9 @@ async def _run(settings: Settings, args: argparse.Namespace, password: str) -> O
         user_id = str(user_id_for(args.username))
         if args.action == "create":
             return await register(container, args.username, password, args.role)
-        if args.action == "set-role":
-            return await system_command(container, "ChangeRole", user_id, {"role": args.role})
-        command = "DisableUser" if args.action == "disable" else "EnableUser"
-        return await system_command(container, command, user_id, {})
+        change = {"role": args.role} if args.action == "set-role" else {"disabled": args.action == "disable"}
+        outcome = await change_user(container, system_command, user_id, **change)
+        assert outcome is not None  # one change was asked
+        return outcome
     finally:
         await container.close()

@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 from opentelemetry.trace import Tracer
 from psycopg_pool import AsyncConnectionPool
 
+from commands.limits import CommandLimits
 from commands.processor import CommandProcessor, ProcessorConfig
+from commands.registry import executor
 from domain.content_types import is_textual
 from infra.adapters.blobstore import LocalBlobStore
 from infra.adapters.codec import make_mapper
@@ -158,7 +160,8 @@ def processor_config(settings: Settings, topics: Topics) -> ProcessorConfig:
 async def build_processor(settings: Settings, tracer: Tracer | None = None) -> CommandProcessor:
     require_services(settings)
     topics = await ensure_topics(settings.kafka)
-    return CommandProcessor(processor_config(settings, topics), make_mapper(), tracer=tracer)
+    limits = CommandLimits(max_annotations_per_object=settings.storage.max_annotations_per_object)
+    return CommandProcessor(processor_config(settings, topics), make_mapper(), executor(limits), tracer=tracer)
 
 
 def runner_config(

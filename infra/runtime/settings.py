@@ -266,7 +266,9 @@ class StorageSettings:
     blob_dir: str = ""  # empty: <data_dir>/blobs
     max_content_bytes: int = 10 * 1024 * 1024
     max_metadata_bytes: int = 64 * 1024
-    max_annotations: int = 100
+    max_annotations: int = 100  # given at ingest
+    # Annotations one data object may have (domain/data_object.py): more are refused (409 limit_reached).
+    max_annotations_per_object: int = 1000
     inline_content_bytes: int = 64 * 1024  # GraphQL DataObject.content: text up to this, else contentUrl
     # Ingested content up to this many bytes travels in the command and its event (the Kafka log is its
     # durable store, the read model keeps a copy) instead of an fsynced blob file; 0: always the blob
@@ -279,6 +281,8 @@ class StorageSettings:
     max_upload_files: int = 20
 
     def __post_init__(self) -> None:
+        if not 0 <= self.max_annotations <= self.max_annotations_per_object:
+            raise SettingsError("storage.max_annotations must be between 0 and storage.max_annotations_per_object")
         if not 0 <= self.event_content_bytes <= MAX_EVENT_CONTENT_BYTES:
             raise SettingsError(f"storage.event_content_bytes must be between 0 and {MAX_EVENT_CONTENT_BYTES}")
 

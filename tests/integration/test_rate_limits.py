@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -124,5 +125,37 @@ async def test_a_veto_key_refuses_uncounted_in_the_same_round_trip(services: dic
         second = await limiter.hit("viewer", "u1", veto=veto)
         assert second.allowed and not second.vetoed
         assert second.remaining == (1 if enabled else 3)
+    finally:
+        await redis.aclose()
+
+
+async def test_the_hits_of_one_loop_turn_share_one_round_trip_and_count_exactly(services: dict[str, str]) -> None:
+    """Concurrent requests are counted by one script call (api/ratelimit.py ``_Batch``), each as if alone:
+    exactly the limit is let through, each verdict has its own remaining count, a vetoed hit counts nothing."""
+    redis = aioredis.from_url(services["REDIS_URL"])
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    limiter = RateLimiter(RateLimitingSettings(viewer_limit="3 per hour", burst_limit="100 per minute"), redis, prefix)
+    veto = f"{prefix}:revoked:some-token"
+    try:
+        await redis.set(veto, 1, ex=60)
+        await limiter.hit("viewer", "warm-up")  # loads the script: later calls are one EVALSHA each
+
+        async def script_calls() -> int:
+            stats = await redis.info("commandstats")
+            return sum(int(v["calls"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+
+        before = await script_calls()
+        verdicts = await asyncio.gather(
+            *(limiter.hit("viewer", "u1", burst=True) for _ in range(8)),
+            limiter.hit("viewer", "u2", veto=veto),
+            limiter.hit("viewer", "u3"),
+        )
+        assert await script_calls() - before == 1  # INFO itself is not a script call
+        counted = verdicts[:8]
+        assert sum(v.allowed for v in counted) == 3
+        assert [v.remaining for v in counted] == [2, 1, 0, 0, 0, 0, 0, 0]  # in the order they were made
+        assert verdicts[8].vetoed and not verdicts[8].allowed
+        assert verdicts[9].allowed and verdicts[9].remaining == 2
+        assert (await limiter.hit("viewer", "u2")).remaining == 2  # the vetoed hit counted nothing
     finally:
         await redis.aclose()

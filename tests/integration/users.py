@@ -78,16 +78,17 @@ def assert_envelope(response: httpx.Response, status: int) -> dict[str, Any]:
     return error
 
 
-def system_with_alice_and_vera(name: str) -> tuple[Any, Any]:
-    """A module's ``system`` (one running system, the rate limiter off) and ``users`` fixtures: alice (a
-    user) and vera (a viewer), each a client with their token. Assign them to those names in the module."""
+def system_with_alice_and_vera(name: str, settings: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """A module's ``system`` (one running system, the rate limiter off, ``settings`` as environment
+    variables on top) and ``users`` fixtures: alice (a user) and vera (a viewer), each a client with their
+    token. Assign them to those names in the module."""
 
     @pytest.fixture(scope="module")
     async def system(
         services: dict[str, str], tmp_path_factory: pytest.TempPathFactory
     ) -> AsyncIterator[RunningSystem]:
         tmp = tmp_path_factory.mktemp(name)
-        env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false"}
+        env = {**environment_for(services, tmp), "PIPELINE_RATE_LIMITING_ENABLED": "false", **(settings or {})}
         async with running_system(env, tmp) as running:
             yield running
 

@@ -11,6 +11,7 @@ import pytest
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import StoredEvent
 
+from domain.admin_roster import AdminRoster
 from domain.conversation import Conversation
 from domain.data_object import DataObject
 from domain.inbox import Inbox
@@ -131,11 +132,34 @@ INBOX_GOLDEN: list[tuple[Aggregate.Event, str]] = [
 ]
 
 
+ADMIN = "eb84f73c-67e4-55f7-b2e1-3c9ecadef49e"
+ROSTER_GOLDEN: list[tuple[Aggregate.Event, str]] = [
+    (
+        AdminRoster.Opened(  # type: ignore[call-arg]
+            originator_id=ID,
+            originator_version=1,
+            timestamp=AT,
+            originator_topic="domain.admin_roster:AdminRoster",
+            admins=[ADMIN],
+        ),
+        '{"timestamp":' + TS + ',"originator_topic":"domain.admin_roster:AdminRoster","admins":["' + ADMIN + '"]}',
+    ),
+    (
+        AdminRoster.Seated(originator_id=ID, originator_version=2, timestamp=AT, user_id=ADMIN),  # type: ignore[call-arg]
+        '{"timestamp":' + TS + ',"user_id":"' + ADMIN + '"}',
+    ),
+    (
+        AdminRoster.Unseated(originator_id=ID, originator_version=3, timestamp=AT, user_id=ADMIN),  # type: ignore[call-arg]
+        '{"timestamp":' + TS + ',"user_id":"' + ADMIN + '"}',
+    ),
+]
+
+
 def _topic(event: Aggregate.Event) -> str:
     return f"{type(event).__module__}:{type(event).__qualname__}"
 
 
-EVERY = [*GOLDEN, *CONVERSATION_GOLDEN, *INBOX_GOLDEN]
+EVERY = [*GOLDEN, *CONVERSATION_GOLDEN, *INBOX_GOLDEN, *ROSTER_GOLDEN]
 
 
 @pytest.mark.parametrize(("event", "golden"), EVERY, ids=lambda v: type(v).__qualname__)
@@ -152,7 +176,13 @@ def test_golden_example_deserializes_to_the_same_event(event: Aggregate.Event, g
 
 
 @pytest.mark.parametrize(
-    ("aggregate", "examples"), [(DataObject, GOLDEN), (Conversation, CONVERSATION_GOLDEN), (Inbox, INBOX_GOLDEN)]
+    ("aggregate", "examples"),
+    [
+        (DataObject, GOLDEN),
+        (Conversation, CONVERSATION_GOLDEN),
+        (Inbox, INBOX_GOLDEN),
+        (AdminRoster, ROSTER_GOLDEN),
+    ],
 )
 def test_every_event_type_has_a_golden_example(aggregate: type[Aggregate], examples: list[Any]) -> None:
     declared = {

@@ -14,6 +14,7 @@ from api.ratelimit import Rule
 from api.rbac import ROLE_PERMISSIONS, Permission, can_see, has_permission
 from commands.envelope import Actor, CommandEnvelope
 from commands.registry import execute
+from domain.admin_roster import ROSTER_ID, AdminRoster
 from domain.errors import DomainError
 from domain.user import User, user_id_for
 from infra.adapters.codec import make_mapper
@@ -221,3 +222,42 @@ def test_every_user_event_type_has_a_golden_example() -> None:
         if isinstance(value, type) and issubclass(value, Aggregate.Event) and name not in {"Event", "Created"}
     }
     assert declared == {type(event).__name__ for event, _ in GOLDEN}
+
+
+# --- the admin roster: the last admin stays ---------------------------------------------------------
+
+A, B = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa", "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
+ROSTER = str(ROSTER_ID)
+
+
+def roster_command(kind: str, user_id: str, admins: list[str], actor: Actor, existing: Any) -> AdminRoster:
+    roster = execute(envelope(kind, ROSTER, {"user_id": user_id, "admins": admins}, actor), existing)
+    assert isinstance(roster, AdminRoster)
+    return roster
+
+
+def test_of_two_admins_demoting_each_other_the_second_is_refused() -> None:
+    # Given a roster opened from the read model's two admins, when A unseats B, then B may not unseat A.
+    roster = roster_command("UnseatAdmin", B, [A, B], Actor(A, "admin"), None)
+    assert roster.admins == [A]
+    assert (
+        refusal(envelope("UnseatAdmin", ROSTER, {"user_id": A, "admins": [A, B]}, Actor(B, "admin")), roster)
+        == "last_admin"
+    )
+
+
+def test_the_roster_ignores_the_senders_list_once_open_and_seats_once() -> None:
+    roster = roster_command("SeatAdmin", B, [A], ADMIN, None)
+    roster = roster_command("SeatAdmin", B, [A, B], ADMIN, roster)  # already seated: no new event
+    assert roster.admins == [A, B] and roster.version == 2
+    roster = roster_command("UnseatAdmin", "cccccccc-cccc-4ccc-8ccc-cccccccccccc", [], ADMIN, roster)  # not on it
+    assert roster.admins == [A, B] and roster.version == 2
+
+
+def test_only_another_admin_may_unseat_an_admin() -> None:
+    assert (
+        refusal(envelope("UnseatAdmin", ROSTER, {"user_id": A, "admins": [A, B]}, Actor(A, "admin")), None)
+        == "forbidden"
+    )
+    assert refusal(envelope("SeatAdmin", ROSTER, {"user_id": A, "admins": [A]}, ALICE), None) == "forbidden"
+    assert refusal(envelope("SeatAdmin", A, {"user_id": A, "admins": [A]}), None) == "not_found"
