@@ -103,7 +103,7 @@ class ProcessorConfig:
     cache_size: int = 10_000
     commands_per_aggregate: int = 64
     transaction_timeout_ms: int = 60_000
-    linger_ms: float = 10.0  # group commit: gather commands this long before a transaction
+    linger_ms: float = 5.0  # group commit: gather commands this long before a transaction
     linger_min_records: int = 2  # ... once a poll brings this many: a lone command is not held back
 
 

@@ -214,7 +214,7 @@ class DatabaseSettings:
 class KafkaSettings:
     bootstrap_servers: str = ""  # empty: `pipeline run` / the tests start Apache Kafka themselves
     topic_prefix: str = "pipeline"
-    partitions: int = 2  # fixed when the topics are created; bounds processor instances (see README)
+    partitions: int = 1  # fixed when the topics are created; bounds processor instances (see README)
     processor_group: str = "command-processor"
     projection_name: str = "read-models"
     command_timeout_seconds: float = 10.0
@@ -224,7 +224,7 @@ class KafkaSettings:
     processor_batch_size: int = 500
     # Group commit (commands/processor.py `_gather`): once a poll brings at least
     # processor_linger_min_records commands, gather for this long before the transaction.
-    processor_linger_ms: float = 10.0
+    processor_linger_ms: float = 5.0
     processor_linger_min_records: int = 2
     processor_cache_size: int = 10_000
     projection_batch_size: int = 500
