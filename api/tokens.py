@@ -128,9 +128,11 @@ class RefreshTokens:
         self.ttl = lifetime_days * 86400
         self._rotate = redis.register_script(_ROTATE)
 
-    async def issue(self, user_id: str, family: str | None = None) -> str:
-        """A new token (a new family unless given) for ``user_id``."""
-        family = family or secrets.token_urlsafe(12)
+    async def issue(self, user_id: str, generation: int) -> str:
+        """A new token of a new family for ``user_id``, whose token generation (users read model) is
+        ``generation``: the family carries it, so a later generation (a password change, a disable)
+        refuses it (``generation_of``)."""
+        family = f"{generation}{GENERATION_MARK}{secrets.token_urlsafe(12)}"
         token = f"{family}.{secrets.token_urlsafe(32)}"
         digest = _digest(token)
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -183,6 +185,16 @@ class RefreshTokens:
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+GENERATION_MARK = "~"  # not in token_urlsafe's alphabet
+
+
+def generation_of(token: str) -> int | None:
+    """The token generation a refresh token was issued at; None for a token from before families carried it."""
+    family = _family_of(token) or ""
+    generation, mark, _ = family.partition(GENERATION_MARK)
+    return int(generation) if mark and generation.isdigit() and len(generation) < 10 else None
 
 
 def _family_of(token: str) -> str | None:

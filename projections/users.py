@@ -42,7 +42,9 @@ class UsersProjector(Projector):
         await self._update(cur, record, assignment, record.event.credential_id)
 
     async def on_disabled(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
-        await self._update(cur, record, "disabled = %s", True)
+        # A new generation: the tokens issued before stay refused when the user is enabled again (an
+        # account disabled because its tokens leaked must not get them back with it).
+        await self._update(cur, record, "disabled = %s, token_generation = token_generation + 1", True)
 
     async def on_enabled(self, cur: AsyncCursor[Any], record: EventRecord) -> None:
         await self._update(cur, record, "disabled = %s", False)

@@ -20,7 +20,7 @@ from api.errors import ApiError
 from api.inputs import parse
 from api.login_throttle import LoginThrottle
 from api.middleware import LOGIN_QUERY
-from api.tokens import InvalidToken, RefreshTokens, decode_access_token, issue_access_token
+from api.tokens import InvalidToken, RefreshTokens, decode_access_token, generation_of, issue_access_token
 from commands.limits import NO_CONTROL
 from infra.adapters.credentials import MAX_PASSWORD, MIN_PASSWORD
 from infra.runtime.bootstrap import ApiContainer
@@ -142,9 +142,14 @@ class AuthController(Controller):
             raise ApiError(401, "unauthorized", "the refresh token is invalid, expired or revoked")
         async with container.pool.connection() as conn:
             user = await get_user(conn, result.user_id)
+        issued_at = generation_of(result.token)
         if user is None or user["disabled"]:
             await store.revoke(result.token)
             raise ApiError(401, "unauthorized", "the user is unknown or disabled")
+        if issued_at is not None and issued_at < user["token_generation"]:
+            # Issued before a password change or a disable: ended with the tokens of its generation.
+            await store.revoke(result.token)
+            raise ApiError(401, "unauthorized", "the refresh token is invalid, expired or revoked")
         access, lifetime = issue_access_token(
             container.settings, user["user_id"], user["role"], user["token_generation"]
         )
@@ -225,7 +230,7 @@ async def _tokens(container: ApiContainer, store: RefreshTokens, user: dict[str,
     """A new login's tokens for a users read-model row."""
     access, lifetime = issue_access_token(container.settings, user["user_id"], user["role"], user["token_generation"])
     try:
-        refresh = await store.issue(user["user_id"])
+        refresh = await store.issue(user["user_id"], user["token_generation"])
     except RedisError as exc:
         raise _token_store_down(exc) from exc
     return TokenResponse(access, refresh, "bearer", lifetime)

@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     set_role.add_argument("username", help="an existing user's name")
     set_role.add_argument("role", choices=ROLES, help="admin (everything), user (read, write, execute), viewer (read)")
     for name, text in (
-        ("disable", "disable a user: their tokens stop working at once, their live connections are closed"),
+        ("disable", "disable a user: their tokens stop working for good, their live connections are closed"),
         ("enable", "enable a disabled user again"),
     ):
         actions.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".").add_argument(

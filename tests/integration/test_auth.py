@@ -178,7 +178,11 @@ async def test_a_disabled_users_tokens_stop_working_at_once(
     assert again.status_code == 401
     enabled = await client.patch(f"/api/v1/users/{user['user_id']}", json={"disabled": False})
     assert enabled.status_code == 200
-    assert (await anonymous.get("/api/v1/auth/me", headers=bearer)).status_code == 200
+    # Enabled again, the user logs in anew: the tokens held before the disable stay refused.
+    assert_401(await anonymous.get("/api/v1/auth/me", headers=bearer))
+    fresh = await login(anonymous, "soon-disabled", PASSWORD)
+    fresh_bearer = {"Authorization": f"Bearer {fresh['access_token']}"}
+    assert (await anonymous.get("/api/v1/auth/me", headers=fresh_bearer)).status_code == 200
 
 
 async def test_concurrent_registrations_of_one_username_have_one_winner(

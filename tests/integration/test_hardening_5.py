@@ -14,11 +14,14 @@ from typing import Any
 import httpx
 import websockets
 
+from tests.conftest import ADMIN_PASSWORD, ADMIN_USERNAME
+from tests.integration.conftest import login
 from tests.integration.harness import eventually, ws_ask
 from tests.integration.system import RunningSystem
 from tests.integration.test_authz_everywhere import gql
 from tests.integration.test_hardening_3 import until_closed
 from tests.integration.users import (
+    PASSWORD,
     assert_envelope,
     clients_with_roles,
     system_with_alice_and_vera,
@@ -284,10 +287,37 @@ async def test_two_admins_demoting_each_other_at_once_leave_one_admin(system: Ru
             winner, loser_id = (admin, zed_id) if first.status_code == 200 else (zed, me["user_id"])
             restored = await winner.patch(f"/api/v1/users/{loser_id}", json=undo)
             assert restored.status_code == 200, restored.text
-            if winner is zed:  # the module's admin token may have been refused meanwhile: it is valid again
-                assert (await admin.get("/api/v1/users")).status_code == 200
+            if winner is zed and "disabled" in change:  # a disable ends the tokens it had: log in again
+                assert (await admin.get("/api/v1/users")).status_code == 401
+                tokens = await login(system.anonymous, ADMIN_USERNAME, ADMIN_PASSWORD)
+                admin.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+            assert (await admin.get("/api/v1/users")).status_code == 200
             users = (await admin.get("/api/v1/users", params={"limit": 1000})).json()
             assert [u for u in users if u["role"] == "admin" and not u["disabled"]], users
         demoted = await admin.patch(f"/api/v1/users/{zed_id}", json={"role": "viewer"})
         assert demoted.status_code == 200, demoted.text
     await no_dead_letters(system)
+
+
+async def test_tokens_of_a_disabled_user_stay_refused_when_the_user_is_enabled_again(system: RunningSystem) -> None:
+    """Found: ``PATCH /api/v1/users/{id}`` with ``{"disabled": true}`` and then ``{"disabled": false}``:
+    the access and refresh tokens issued before the disable worked again (an account disabled because its
+    tokens leaked got them back with it)."""
+    admin = system.admin
+    async with clients_with_roles(admin, system.anonymous, {"kai": "user"}) as clients:
+        kai = clients["kai"]
+        me = (await kai.get("/api/v1/auth/me")).json()
+        tokens = await login(system.anonymous, me["username"], PASSWORD)
+        for change in ({"disabled": True}, {"disabled": False}):
+            response = await admin.patch(f"/api/v1/users/{me['user_id']}", json=change)
+            assert response.status_code == 200, response.text
+        assert_envelope(await kai.get("/api/v1/auth/me"), 401)
+        old_bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+        assert_envelope(await system.anonymous.get("/api/v1/auth/me", headers=old_bearer), 401)
+        refreshed = await system.anonymous.post("/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]})
+        assert_envelope(refreshed, 401)
+        again = await login(system.anonymous, me["username"], PASSWORD)  # a new login works
+        new_bearer = {"Authorization": f"Bearer {again['access_token']}"}
+        assert (await system.anonymous.get("/api/v1/auth/me", headers=new_bearer)).status_code == 200
+        renewed = await system.anonymous.post("/api/v1/auth/refresh", json={"refresh_token": again["refresh_token"]})
+        assert renewed.status_code == 200, renewed.text
