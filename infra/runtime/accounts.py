@@ -54,10 +54,6 @@ async def wait_readable(container: ApiContainer, outcome: Outcome) -> None:
         )
 
 
-async def _system(container: ApiContainer, command_type: str, aggregate_id: str, payload: dict[str, Any]) -> Outcome:
-    return await system_command(container, command_type, aggregate_id, payload)
-
-
 async def register(container: ApiContainer, username: str, password: str, role: str) -> Outcome:
     """Register a user as the system (hash stored first, then the event naming its credential id)."""
     check_password(password)
@@ -66,7 +62,7 @@ async def register(container: ApiContainer, username: str, password: str, role: 
     payload = {"username": username, "role": role, "credential_id": credential_id}
     outcome = await system_command(container, "RegisterUser", user_id, payload)
     if outcome.accepted:
-        await seat_if_admin(container, _system, user_id)
+        await seat_if_admin(container, system_command, user_id)
     return outcome
 
 
