@@ -149,6 +149,12 @@ class _EventOffsets:
         offset, self.next = self.next, self.next + 1
         return offset
 
+    def after_commit(self, last_event: int | None) -> int | None:
+        """Where the next transaction's first event lands once this one committed: past this one's last event
+        (the broker's answer; without events, where its first would have landed) and its commit marker."""
+        end = last_event + 1 if last_event is not None else self.next
+        return None if end is None else end + 1
+
 
 class _Misprediction(Exception):
     """An event landed elsewhere than predicted: abort the batch and run it again without predicting."""
@@ -409,7 +415,6 @@ class CommandProcessor:
         steps: list[_Step] = []
         # Known only after a committed batch: whatever goes wrong below leaves it unknown.
         offsets = _EventOffsets(self._next_event_offset.pop(tp.partition, None))
-        predicted_from = offsets.next
         next_command = records[-1].offset + 1
         try:
             self._batch_dead_letters[tp.partition] = 0
@@ -462,11 +467,9 @@ class CommandProcessor:
             for offset in [o for o in faults if o <= records[-1].offset]:
                 del faults[offset]
         store.commit(values, touched, next_state_offset, next_command)
-        # The commit marker takes the offset after the batch's last record in the events partition.
-        if last_event is not None:
-            self._next_event_offset[tp.partition] = last_event + 2
-        elif predicted_from is not None:
-            self._next_event_offset[tp.partition] = predicted_from + 1
+        following = offsets.after_commit(last_event)
+        if following is not None:
+            self._next_event_offset[tp.partition] = following
         self._copy_to_group(consumer, tp, next_command)
         self.dead_letters += self._batch_dead_letters.pop(tp.partition, 0)
         self.last_progress = time.time()

@@ -140,9 +140,8 @@ class PartitionStore:
                 "ON CONFLICT (aggregate_id) DO UPDATE SET value = excluded.value",
                 list(values.items()),
             )
-            self._set_meta("command_offset", command_offset)
+            self._advance_command_offset(command_offset)
             self._set_meta("next_offset", next_offset)
-        self._command_offset = max(command_offset, self._command_offset or 0)
         for aggregate_id, state in states.items():
             self._remember(aggregate_id, state)
 
@@ -163,13 +162,17 @@ class PartitionStore:
                 states,
             )
             if command_offset is not None:
-                self._set_meta("command_offset", command_offset)
-                self._command_offset = max(command_offset, self._command_offset or 0)
+                self._advance_command_offset(command_offset)
             self._set_meta("next_offset", next_offset)
         self._cache.clear()
 
     def close(self) -> None:
         self._db.close()
+
+    def _advance_command_offset(self, offset: int) -> None:
+        """Record the position (in the open SQLite transaction) and keep its copy in memory, never moving back."""
+        self._set_meta("command_offset", offset)
+        self._command_offset = max(offset, self._command_offset or 0)
 
     def _set_meta(self, key: str, offset: int) -> None:
         """Offsets only move forward: a late write of an older one (a restore overlapping) keeps the newer."""
