@@ -144,6 +144,20 @@ def _field_of(message: str) -> str | None:
     return where.rstrip("`") or None if found else None
 
 
+def require_one_of(value: str | None, allowed: list[str], field: str, noun: str, plural: str) -> str | None:
+    """A filter parameter as given (None: no filter); a value outside ``allowed`` is a 400 listing them under
+    ``details[plural]``, not an empty answer that looks like "none of those" (execution statuses, node
+    categories)."""
+    if value is not None and value not in allowed:
+        raise ApiError(
+            400,
+            "validation_error",
+            f"no {noun} {value[:64]!r}; the {plural} are {', '.join(allowed)}",
+            {"field": field, plural: allowed},
+        )
+    return value
+
+
 _JSON_MEDIA = "application/json"
 
 

@@ -13,9 +13,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from api.auth import actor_of
 from api.commands import submit
-from api.errors import ApiError
 from api.execution_service import execute_graph, read_execution
-from api.inputs import ExecutionRequest
+from api.inputs import ExecutionRequest, require_one_of
 from api.rbac import Permission, requires
 from api.rest.data import ConsistencyToken
 from api.rest.paging import MAX_OFFSET
@@ -29,16 +28,8 @@ STATUS_SCHEMA = {"type": "string", "one_of": None, "enum": list(STATUSES)}
 
 
 def check_status(status: str | None) -> str | None:
-    """The status filter as given; an unknown one is a 400 naming the statuses (as an unknown search
-    modality or node category is), not an empty page that looks like "none of those"."""
-    if status is not None and status not in STATUSES:
-        raise ApiError(
-            400,
-            "validation_error",
-            f"no execution status {status[:64]!r}; the statuses are {', '.join(STATUSES)}",
-            {"field": "status", "statuses": list(STATUSES)},
-        )
-    return status
+    """The status filter as given; an unknown one is a 400 naming the statuses."""
+    return require_one_of(status, list(STATUSES), "status", "execution status", "statuses")
 
 
 class ExecutionSubmitted(msgspec.Struct):

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from litestar import Controller, get
 from litestar.params import QueryParameter
 
-from api.errors import ApiError
+from api.inputs import require_one_of
 from api.rbac import Permission, requires
 from domain.nodes import available_nodes, categories
 
@@ -17,16 +17,8 @@ CATEGORY_SCHEMA = {"type": "string", "one_of": None, "enum": categories()}
 
 def node_catalog(category: str | None) -> list[dict[str, Any]]:
     """The node types, optionally of one category; an unknown category is a 400 naming the categories
-    (REST and GraphQL ``availableNodes`` alike), not an empty list that looks like an empty catalog."""
-    if category is not None and category not in categories():
-        known = ", ".join(categories())
-        raise ApiError(
-            400,
-            "validation_error",
-            f"no node category {category[:64]!r}; the categories are {known}",
-            {"field": "category", "categories": categories()},
-        )
-    return available_nodes(category)
+    (REST and GraphQL ``availableNodes`` alike)."""
+    return available_nodes(require_one_of(category, categories(), "category", "node category", "categories"))
 
 
 class NodesController(Controller):
