@@ -34,7 +34,6 @@ from strawberry.schema.base import BaseSchema
 from api.errors import ApiError, envelope, http_reason
 from api.graphql.protocols import BoundedWebSocket, CheckedLegacyWS, CheckedTransportWS
 from infra.provision.web_assets import FETCH_COMMAND, asset_path, missing
-from infra.runtime.settings import GRAPHQL_IDES, SettingsError
 
 DOCS_PATH = "/api/docs"
 ASSETS_PATH = f"{DOCS_PATH}/assets"
@@ -195,9 +194,8 @@ _REQUEST_FIELDS = {
 def graphql_controller(
     schema: BaseSchema, path: str, ide: str, root: Path, max_ws_message: int, **kwargs: Any
 ) -> type[GraphQLController[Any, Any]]:
-    """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox."""
-    if ide not in GRAPHQL_IDES:
-        raise SettingsError(f"setting graphql.ide must be one of {', '.join(GRAPHQL_IDES)}")
+    """strawberry's controller, with the self-hosted GraphiQL page unless ``ide`` is apollo-sandbox (one of
+    GRAPHQL_IDES: GraphQLSettings refuses any other when the settings are read)."""
     chosen: Literal["apollo-sandbox", "graphiql"] = "apollo-sandbox" if ide == "apollo-sandbox" else "graphiql"
     base = make_graphql_controller(schema, path=path, graphql_ide=chosen, **kwargs)
 
