@@ -194,7 +194,7 @@ def generation_of(token: str) -> int | None:
     """The token generation a refresh token was issued at; None for a token from before families carried it."""
     family = _family_of(token) or ""
     generation, mark, _ = family.partition(GENERATION_MARK)
-    return int(generation) if mark and generation.isdigit() and len(generation) < 10 else None
+    return int(generation) if mark and generation.isascii() and generation.isdigit() and len(generation) < 10 else None
 
 
 def _family_of(token: str) -> str | None:

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from api.tokens import InvalidToken, check_secret, decode_access_token, issue_access_token
+from api.tokens import InvalidToken, check_secret, decode_access_token, generation_of, issue_access_token
 from infra.runtime.settings import AuthenticationSettings, ServerSettings, Settings
 
 SECRET = "s" * 48  # HS384 (refused below) warns on a key shorter than 48 bytes
@@ -86,3 +86,19 @@ def test_a_token_remembered_under_one_secret_does_not_verify_under_another() -> 
     decode_access_token(settings(), token)
     with pytest.raises(InvalidToken):
         decode_access_token(settings("t" * 32), token)
+
+
+@pytest.mark.parametrize(
+    ("token", "generation"),
+    [
+        ("3~family.secret", 3),
+        ("family.secret", None),  # issued before families carried a generation
+        ("x~family.secret", None),
+        ("\u00b2~family.secret", None),  # a Unicode digit: str.isdigit says yes, int() refuses it
+        ("12345678901~family.secret", None),
+        ("3~family", None),  # not a token
+        ("", None),
+    ],
+)
+def test_a_refresh_tokens_generation_is_read_from_its_family_or_not_at_all(token: str, generation: int | None) -> None:
+    assert generation_of(token) == generation
